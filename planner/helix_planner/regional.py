@@ -1,0 +1,142 @@
+"""Stage chains across regions: a constructive placement for clusters with slow links.
+
+Where links between groups (regions) are slow, the flow crossing from one region to the
+next needs several sender/receiver pairs. This builds the pipeline as a chain of *stages*
+(identical nodes of one class holding the same layers), region after region, with enough
+nodes at each region's first and last stage that the cross links carry the target flow,
+and finds the largest target flow for which the chain covers every layer (bisection).
+"""
+
+import itertools
+import math
+from dataclasses import dataclass
+
+from helix_planner.models import ModelSpec
+from helix_planner.topology import NodeClass, Topology
+
+Layout = dict[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class _Stage:
+    cls: NodeClass
+    layers: int
+    nodes: int
+
+
+def chain_layout(topology: Topology, model: ModelSpec, *, max_orders: int = 120) -> tuple[Layout, float]:
+    """The best stage chain found and the flow target it was built for (0 if none covers)."""
+    groups = range(len(topology.groups))
+    orders = [p for r in range(1, len(topology.groups) + 1) for p in itertools.permutations(groups, r)][:max_orders]
+    best: tuple[list[_Stage], float] | None = None
+    low, high = 0.0, max((max(c.caps) for c in topology.classes), default=0.0)
+    for _ in range(40):
+        target = (low + high) / 2
+        chain = next((c for order in orders if (c := _chain(topology, order, target, model.num_layers))), None)
+        if chain is None:
+            high = target
+        else:
+            low, best = target, (chain, target)
+        if high - low < 1e-3 * max(high, 1.0):
+            break
+    if best is None:
+        return {}, 0.0
+    return _to_layout(best[0], model.num_layers), best[1]
+
+
+def _stage_options(cls: NodeClass, target: float, min_nodes: int, available: int) -> list[_Stage]:
+    """Stages of this class carrying `target`, best layers-per-node first."""
+    options = []
+    for k, cap in enumerate(cls.caps, start=1):
+        if cap <= 0:
+            continue
+        nodes = max(min_nodes, math.ceil(target / cap - 1e-9))
+        if nodes <= available:
+            options.append(_Stage(cls, k, nodes))
+    return sorted(options, key=lambda s: (-s.layers / s.nodes, -s.layers))
+
+
+def _region_stages(topology: Topology, group: int, target: float, fan_in: int, fan_out: int) -> list[_Stage] | None:
+    """Greedy stages for one region: an entry stage, an exit stage, then the most efficient."""
+    left = {c.key: len(c.nodes) for c in topology.classes if c.group == group}
+    classes = [c for c in topology.classes if c.group == group]
+
+    def take(min_nodes: int) -> _Stage | None:
+        options = [o for c in classes for o in _stage_options(c, target, min_nodes, left[c.key])]
+        if not options:
+            return None
+        stage = max(options, key=lambda s: (s.layers / s.nodes, s.layers))
+        left[stage.cls.key] -= stage.nodes
+        return stage
+
+    entry = take(fan_in)
+    if entry is None:
+        return None
+    exit_stage = take(fan_out) if fan_out > 1 or fan_in > 1 else None
+    middle = []
+    while (stage := take(1)) is not None:
+        middle.append(stage)
+    stages = [entry] + middle + ([exit_stage] if exit_stage else [])
+    if stages[-1].nodes < fan_out:
+        return None
+    return stages
+
+
+def _chain(topology: Topology, order: tuple[int, ...], target: float, num_layers: int) -> list[_Stage] | None:
+    """Stages covering all layers at `target` through the regions in `order`, or None."""
+    fans = [(1, 1)] * len(order)
+    chain: list[_Stage] = []
+    for position, group in enumerate(order):
+        best_region, best_layers = None, -1
+        fan_in = fans[position][0]
+        for fan_out in range(1, 5):
+            if position + 1 < len(order):
+                need = _fan_needed(topology, group, order[position + 1], target, fan_out)
+                if need is None:
+                    continue
+            stages = _region_stages(topology, group, target, fan_in, fan_out if position + 1 < len(order) else 1)
+            if stages is None:
+                continue
+            layers = sum(s.layers for s in stages)
+            if layers > best_layers:
+                best_region, best_layers = (stages, fan_out), layers
+        if best_region is None:
+            return None
+        stages, fan_out = best_region
+        chain += stages
+        if position + 1 < len(order):
+            fans[position + 1] = (_fan_needed(topology, group, order[position + 1], target, fan_out) or 1, 1)
+    if sum(s.layers for s in chain) < num_layers:
+        return None
+    return chain
+
+
+def _fan_needed(topology: Topology, src: int, dst: int, target: float, senders: int) -> int | None:
+    """Receivers needed so that senders x receivers slowest links carry `target`."""
+    slowest = topology.pair_min.get((src, dst), 0.0)
+    if slowest <= 0:
+        return None
+    receivers = math.ceil(target / (slowest * senders) - 1e-9)
+    return receivers if receivers <= 4 else None
+
+
+def _to_layout(chain: list[_Stage], num_layers: int) -> Layout:
+    """Lay stages end to end; trim the surplus from the longest stages (shorter is faster)."""
+    lengths = [s.layers for s in chain]
+    surplus = sum(lengths) - num_layers
+    while surplus > 0:
+        i = max(range(len(lengths)), key=lambda j: lengths[j])
+        lengths[i] -= 1
+        surplus -= 1
+    layout: Layout = {}
+    used: dict[str, int] = {}
+    position = 0
+    for stage, length in zip(chain, lengths):
+        if length <= 0:
+            continue
+        start = used.get(stage.cls.key, 0)
+        for name in stage.cls.nodes[start:start + stage.nodes]:
+            layout[name] = (position, position + length)
+        used[stage.cls.key] = start + stage.nodes
+        position += length
+    return layout
