@@ -1,0 +1,118 @@
+"""The planner's subcommands: `helix plan`, `helix evaluate`, `helix catalog`."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from helix_planner.catalog_import import import_reference
+from helix_planner.errors import PlanningError
+from helix_planner.flow import evaluate
+from helix_planner.io.cluster_files import load_cluster
+from helix_planner.io.helix_ini import dump_layout_ini, load_layout_ini
+from helix_planner.models import get_model
+from helix_planner.plan_format import load_plan
+from helix_planner.planner import METHODS, PlannerOptions, capacity_model_for, plan_cluster
+from helix_planner.profiles import load_catalog
+from helix_planner.render import render_svg
+from helix_planner.report import plan_table
+
+DEFAULT_CLUSTER = "geo-demo"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    plan = subparsers.add_parser("plan", help="place layers on a cluster for maximum throughput")
+    plan.add_argument("cluster", nargs="?", default=DEFAULT_CLUSTER,
+                      help=f"cluster file (.yaml or Helix .ini) or bundled example (default {DEFAULT_CLUSTER})")
+    _model_options(plan)
+    plan.add_argument("--time-limit", type=float, default=60.0, help="seconds for the whole plan (default 60)")
+    plan.add_argument("--mip-gap", type=float, default=1e-4, help="stop when the certified gap is below this")
+    plan.add_argument("--threads", type=int, default=2, help="HiGHS threads (default 2)")
+    plan.add_argument("--method", choices=METHODS, default="auto", help="auto (heuristics + MILP) or one baseline")
+    plan.add_argument("--previous", type=Path, help="running plan (JSON): warm start and churn penalty")
+    plan.add_argument("--churn-weight", type=float, default=0.0, help="tok/s given up per moved layer")
+    plan.add_argument("-o", "--output", choices=("table", "json", "helix-ini"), default="table")
+    plan.add_argument("--svg", type=Path, help="also write a picture of the placement")
+    plan.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    plan.set_defaults(func=_plan)
+
+    check = subparsers.add_parser("evaluate", help="max flow and bottleneck of a given placement")
+    check.add_argument("cluster")
+    check.add_argument("layout", type=Path, help="a Helix [Solution] .ini layout or a plan JSON")
+    _model_options(check)
+    check.add_argument("--partial-inference", action="store_true", help="let a stage start inside a node's range")
+    check.set_defaults(func=_evaluate)
+
+    catalog = subparsers.add_parser("catalog", help="GPU profile catalog")
+    actions = catalog.add_subparsers(dest="catalog_command", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="GPU types and measurements known")
+    listing.add_argument("--catalog", type=Path, action="append", default=[])
+    listing.set_defaults(func=_catalog_list)
+    imported = actions.add_parser("import", help="convert the Helix artifact's profiles to catalog files")
+    imported.add_argument("reference", type=Path, help="the helix-reference directory")
+    imported.add_argument("-o", "--out", type=Path, required=True)
+    imported.set_defaults(func=_catalog_import)
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model name (default: the cluster file's, else llama2-70b)")
+    parser.add_argument("--throughput-model", choices=("profiled", "helix"), default="profiled",
+                        help="node capacity model: the project's own (profiled) or Helix's T_i(k)")
+    parser.add_argument("--catalog", type=Path, action="append", default=[], help="extra GPU catalog dir or file")
+
+
+def _inputs(args: argparse.Namespace):
+    cluster, model = load_cluster(args.cluster)
+    if args.model:
+        model = get_model(args.model)
+    return cluster, model or get_model("llama2-70b"), load_catalog(args.catalog)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    cluster, model, catalog = _inputs(args)
+    previous = load_plan(args.previous.read_text()) if args.previous else None
+    options = PlannerOptions(time_limit=args.time_limit, mip_gap=args.mip_gap, threads=args.threads,
+                             throughput_model=args.throughput_model, method=args.method, churn_weight=args.churn_weight)
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    plan = plan_cluster(cluster, model, options, previous=previous, catalog=catalog, progress=progress)
+    if args.output == "json":
+        print(plan.to_json())
+    elif args.output == "helix-ini":
+        print(dump_layout_ini(plan.layout, cluster), end="")
+    else:
+        print(plan_table(plan), end="")
+    if args.svg:
+        args.svg.write_text(render_svg(plan))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    cluster, model, catalog = _inputs(args)
+    capacity_model = capacity_model_for(cluster, model, PlannerOptions(throughput_model=args.throughput_model), catalog)
+    if args.layout.suffix == ".json":
+        layout = load_plan(args.layout.read_text()).layout
+    else:
+        layout = load_layout_ini(args.layout, cluster)
+    result = evaluate(cluster, model, capacity_model, layout, partial_inference=args.partial_inference)
+    print(f"max flow {result.value:.2f} tok/s over {len(layout)} nodes")
+    for item in result.bottlenecks:
+        print(f"  bottleneck: {item}")
+    return 0
+
+
+def _catalog_list(args: argparse.Namespace) -> int:
+    catalog = load_catalog(args.catalog)
+    print(f"{'gpu':<12} {'vram GB':>8} {'mem BW GB/s':>12} {'TFLOP/s':>8}  measured models")
+    for name, gpu in sorted(catalog.gpus.items()):
+        measured = ", ".join(sorted(m for m, g in catalog.measured if g == name)) or "-"
+        print(f"{name:<12} {gpu.vram_bytes / 1e9:>8.0f} {gpu.memory_bandwidth / 1e9:>12.0f} "
+              f"{gpu.peak_flops / 1e12:>8.0f}  {measured}")
+    return 0
+
+
+def _catalog_import(args: argparse.Namespace) -> int:
+    if not (args.reference / "gpu_constants.json").exists():
+        raise PlanningError(f"{args.reference} is not the Helix reference directory (no gpu_constants.json)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path in import_reference(args.reference, args.out):
+        print(f"wrote {path}")
+    return 0
