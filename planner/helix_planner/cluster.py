@@ -60,8 +60,9 @@ class Cluster:
         return self.links.get((src, dst))
 
     def add_link(self, link: Link) -> None:
-        if link.bandwidth < 0:
-            raise PlanningError(f"link {link.src} -> {link.dst} has negative bandwidth {link.bandwidth}")
+        if link.bandwidth <= 0:
+            raise PlanningError(f"link {link.src} -> {link.dst} has zero bandwidth ({link.bandwidth}): remove the "
+                                "link (in YAML: `disabled: true`) or give its real bandwidth")
         self.links[(link.src, link.dst)] = link
 
     def gpu_counts(self) -> dict[str, int]:

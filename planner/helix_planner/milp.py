@@ -86,8 +86,8 @@ def build_model(topology: Topology, model: ModelSpec, *, previous: dict[tuple[st
                     continue
                 key = (cls.key, a, k)
                 cat = pulp.LpBinary if len(cls.nodes) == 1 else pulp.LpInteger
-                n[key] = pulp.LpVariable(f"n_{cls.key}_{a}_{k}", 0, len(cls.nodes), cat)
-                y[key] = pulp.LpVariable(f"y_{cls.key}_{a}_{k}", 0)
+                n[key] = prob.add_variable(f"n_{cls.key}_{a}_{k}", 0, len(cls.nodes), cat)
+                y[key] = prob.add_variable(f"y_{cls.key}_{a}_{k}", 0)
                 prob += y[key] <= min(cls.caps[k - 1], flow_cap) * n[key], f"cap_{cls.key}_{a}_{k}"
         prob += pulp.lpSum(v for key, v in n.items() if key[0] == cls.key) <= len(cls.nodes), f"count_{cls.key}"
 
@@ -116,7 +116,7 @@ def build_model(topology: Topology, model: ModelSpec, *, previous: dict[tuple[st
                                      for c in topology.classes if c.group == hh for v in start_counts.get((c.key, l), []))
                 if not send or not receive:
                     continue
-                var = h[(g, hh, l)] = pulp.LpVariable(f"h_{g}_{hh}_{l}", 0)
+                var = h[(g, hh, l)] = prob.add_variable(f"h_{g}_{hh}_{l}", 0)
                 prob += var <= send, f"send_{g}_{hh}_{l}"
                 prob += var <= receive, f"recv_{g}_{hh}_{l}"
                 if conservative_links:
@@ -148,7 +148,7 @@ def build_model(topology: Topology, model: ModelSpec, *, previous: dict[tuple[st
         moved = []
         for key, count in previous.items():
             if key in n:
-                z = pulp.LpVariable(f"moved_{key[0]}_{key[1]}_{key[2]}", 0)
+                z = prob.add_variable(f"moved_{key[0]}_{key[1]}_{key[2]}", 0)
                 prob += z >= count - n[key], f"churn_{key[0]}_{key[1]}_{key[2]}"
                 moved.append(key[2] * z)
             else:
@@ -283,7 +283,7 @@ def _to_highs_lp(problem: pulp.LpProblem, columns: list[pulp.LpVariable], index:
     lp.integrality_ = [highspy.HighsVarType.kInteger if v.cat == pulp.LpInteger else highspy.HighsVarType.kContinuous
                        for v in columns]
     lower, upper, starts, indices, values = [], [], [0], [], []
-    for constraint in problem.constraints.values():
+    for constraint in problem.constraints():
         rhs = -float(constraint.constant)
         if constraint.sense == pulp.LpConstraintEQ:
             lower.append(rhs), upper.append(rhs)

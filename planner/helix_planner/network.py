@@ -2,7 +2,7 @@
 
 Intra-region pairs get `intra`, inter-region pairs `inter` (or a region-pair override),
 the front end reaches nodes in its own region like `intra` and others like `inter` unless
-`frontend` is given; per-link overrides come last. A zero bandwidth removes the link.
+`frontend` is given; per-link overrides come last, and `removed` pairs get no link.
 """
 
 from dataclasses import dataclass, field
@@ -27,13 +27,14 @@ class NetworkModel:
     frontend_region: str | None = None
     region_pairs: dict[tuple[str, str], LinkSpec] = field(default_factory=dict)
     link_overrides: dict[tuple[str, str], LinkSpec] = field(default_factory=dict)
+    removed: set[tuple[str, str]] = field(default_factory=set)
 
 
 def build_cluster(nodes: list[Node], network: NetworkModel, *, name: str = "cluster") -> Cluster:
     """A full mesh between nodes plus front-end links, shaped by `network`."""
     cluster = Cluster(nodes=list(nodes), name=name)
     known = set(cluster.node_names) | {SOURCE, SINK}
-    for a, b in network.link_overrides:
+    for a, b in [*network.link_overrides, *network.removed]:
         for end in (a, b):
             if end not in known:
                 raise PlanningError(f"network override names unknown node {end!r}; known nodes: {sorted(known)}")
@@ -56,11 +57,17 @@ def _between(network: NetworkModel, a: str, b: str) -> LinkSpec:
 
 
 def _add(cluster: Cluster, src: str, dst: str, spec: LinkSpec, network: NetworkModel) -> None:
+    if _pair(src, dst) & network.removed:
+        return
     override = network.link_overrides.get((src, dst))
     if override is None:
         override = network.link_overrides.get((dst, src)) if SOURCE not in (src, dst) and SINK not in (src, dst) else None
     if override is None and src == SOURCE:
         override = network.link_overrides.get((SINK, dst)) or network.link_overrides.get((dst, SINK))
-    spec = override or spec
-    if spec.bandwidth > 0:
-        cluster.add_link(Link(src, dst, spec.bandwidth, spec.latency))
+    cluster.add_link(Link(src, dst, (override or spec).bandwidth, (override or spec).latency))
+
+
+def _pair(src: str, dst: str) -> set[tuple[str, str]]:
+    """The names under which a link may be listed: either direction, source and sink alike."""
+    ends = {(src, dst), (dst, src)}
+    return ends | {(SINK if a == SOURCE else a, SINK if b == SOURCE else b) for a, b in ends}

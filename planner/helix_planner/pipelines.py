@@ -90,16 +90,15 @@ def _widest_path(edges: dict[tuple[str, str], float]) -> list[str] | None:
 class InterleavedWeightedRoundRobin:
     """Interleaved WRR: in each round, item i is served once per weight unit it still has.
 
-    Weights are the pipelines' tokens/s rounded to integers (relative to the smallest), so
-    over a round each pipeline gets requests in proportion to its flow, spread out evenly
-    rather than in bursts.
+    Weights are the pipelines' tokens/s as the integers up to `resolution` that best keep
+    their ratios, so over a cycle each pipeline gets requests in proportion to its flow, and
+    a heavy pipeline is never served more than `resolution` times in a row.
     """
 
-    def __init__(self, weights: list[float], *, resolution: int = 100) -> None:
+    def __init__(self, weights: list[float], *, resolution: int = 20) -> None:
         if not weights or max(weights) <= 0:
             raise ValueError("IWRR needs at least one positive weight")
-        top = max(weights)
-        self.weights = [max(1, round(resolution * w / top)) if w > 0 else 0 for w in weights]
+        self.weights = _integer_weights(weights, resolution)
         self._round = 1
         self._index = -1
 
@@ -115,3 +114,16 @@ class InterleavedWeightedRoundRobin:
                 self._round = self._round % top + 1
             if self.weights[self._index] >= self._round and (available is None or available[self._index]):
                 return self._index
+
+
+def _integer_weights(weights: list[float], resolution: int) -> list[int]:
+    """Small integers proportional to `weights`: the smallest scale with the least ratio error."""
+    top = max(weights)
+    best: tuple[float, list[int]] | None = None
+    for scale in range(1, resolution + 1):
+        ints = [max(1, round(scale * w / top)) if w > 0 else 0 for w in weights]
+        error = max(abs(i / scale - w / top) / (w / top) for i, w in zip(ints, weights) if w > 0)
+        if best is None or error < best[0] - 1e-9:
+            best = (error, ints)
+    assert best is not None
+    return best[1]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from helix_planner.bound import position_free_bound
-from helix_planner.cluster import Cluster
+from helix_planner.cluster import SINK, SOURCE, Cluster
 from helix_planner.errors import PlanningError
 from helix_planner.flow import FlowResult, evaluate
 from helix_planner.heuristics import BASELINES
@@ -58,6 +58,15 @@ def capacity_model_for(cluster: Cluster, model: ModelSpec, options: PlannerOptio
     raise PlanningError(f"unknown throughput model {options.throughput_model!r}: use `profiled` or `helix`")
 
 
+def check_network(cluster: Cluster) -> None:
+    """The front end must reach some node and hear back from some node."""
+    if not any(src == SOURCE for src, _ in cluster.links):
+        raise PlanningError(f"the front end cannot reach any node of {cluster.name!r}: add front-end links "
+                            "(network.frontend in YAML, [Link-source-i] in .ini)")
+    if not any(dst == SINK for _, dst in cluster.links):
+        raise PlanningError(f"no node of {cluster.name!r} can answer the front end: add links to the sink")
+
+
 def check_fits(cluster: Cluster, model: ModelSpec, capacity_model: CapacityModel) -> None:
     """The fleet must be able to hold every layer at least once."""
     slots = sum(capacity_model.max_layers(node.gpu) for node in cluster.nodes)
@@ -87,6 +96,7 @@ def plan_cluster(
     started = time.monotonic()
     catalog = catalog or load_catalog()
     capacity_model = capacity_model_for(cluster, model, options, catalog)
+    check_network(cluster)
     check_fits(cluster, model, capacity_model)
     topology = build_topology(cluster, model, capacity_model)
 

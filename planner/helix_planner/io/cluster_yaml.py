@@ -11,7 +11,9 @@
       interRegion: {bandwidth: 100Mbps, latency: 50ms}
       frontend: {region: us-east}                  # or {bandwidth: ..., latency: ...}
       regionPairs: [{from: us-east, to: eu-west, bandwidth: 1Gbps, latency: 80ms}]
-      links: [{from: a100-0, to: t4-eu-west-3, bandwidth: 0}]   # 0 removes a link
+      links:
+        - {from: a100-0, to: t4-eu-west-3, bandwidth: 2Gbps}   # override one link (both ways)
+        - {from: a100-0, to: t4-eu-west-2, disabled: true}     # no link at all
 
 Bandwidth accepts bits (`Gbps`) or bytes (`GB/s`); a bare number is bytes/s.
 """
@@ -91,5 +93,9 @@ def _network(data: dict[str, Any]) -> NetworkModel:
     for pair in data.get("regionPairs") or []:
         model.region_pairs[(str(pair["from"]), str(pair["to"]))] = _spec(pair, model.inter, "regionPairs")
     for link in data.get("links") or []:
-        model.link_overrides[(str(link["from"]), str(link["to"]))] = _spec(link, model.intra, "links")
+        pair = (str(link["from"]), str(link["to"]))
+        if link.get("disabled"):
+            model.removed.add(pair)
+        else:
+            model.link_overrides[pair] = _spec(link, model.intra, "links")
     return model
