@@ -25,9 +25,33 @@ class _Stage:
 
 
 def chain_layout(topology: Topology, model: ModelSpec, *, max_orders: int = 120) -> tuple[Layout, float]:
-    """The best stage chain found and the flow target it was built for (0 if none covers)."""
-    groups = range(len(topology.groups))
-    orders = [p for r in range(1, len(topology.groups) + 1) for p in itertools.permutations(groups, r)][:max_orders]
+    """The best of one chain through the regions and one chain per self-sufficient region.
+
+    Regions that can hold the whole model each get their own chain (no slow links used);
+    the others are chained together; their flows add up. Returns the layout and the flow
+    target it was built for (0 if nothing covers the model).
+    """
+    groups = list(range(len(topology.groups)))
+    across = _best_chain(topology, model, [tuple(p) for r in range(1, len(groups) + 1)
+                                           for p in itertools.permutations(groups, r)][:max_orders])
+    alone = {g: _best_chain(topology, model, [(g,)]) for g in groups}
+    self_sufficient = [g for g in groups if alone[g][1] > 0]
+    rest = [g for g in groups if alone[g][1] <= 0]
+    layout: Layout = {}
+    total = 0.0
+    for g in self_sufficient:
+        layout.update(alone[g][0])
+        total += alone[g][1]
+    if len(rest) > 1:
+        joined = _best_chain(topology, model, [p for r in range(2, len(rest) + 1)
+                                               for p in itertools.permutations(rest, r)][:max_orders])
+        layout.update(joined[0])
+        total += joined[1]
+    return (layout, total) if total > across[1] else across
+
+
+def _best_chain(topology: Topology, model: ModelSpec, orders: list[tuple[int, ...]]) -> tuple[Layout, float]:
+    """Bisection on the flow target over the given region orders."""
     best: tuple[list[_Stage], float] | None = None
     low, high = 0.0, max((max(c.caps) for c in topology.classes), default=0.0)
     for _ in range(40):
