@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--method", choices=METHODS, default="auto", help="auto (heuristics + MILP) or one baseline")
     plan.add_argument("--previous", type=Path, help="running plan (JSON): warm start and churn penalty")
     plan.add_argument("--churn-weight", type=float, default=0.0, help="tok/s given up per moved layer")
-    plan.add_argument("-o", "--output", choices=("table", "json", "helix-ini"), default="table")
+    plan.add_argument("-o", "--output", choices=("json", "table", "helix-ini"), default="json",
+                      help="the plan document (json, default), a readable table, or Helix's [Solution] .ini")
     plan.add_argument("--svg", type=Path, help="also write a picture of the placement")
     plan.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     plan.set_defaults(func=_plan)

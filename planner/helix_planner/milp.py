@@ -339,22 +339,3 @@ def assign_nodes(counts: dict[tuple[str, int, int], int], topology: Topology,
             layout[free.pop(0)] = rng
     return layout
 
-
-def lp_bound(topology: Topology, model: ModelSpec, *, threads: int = 2, rounds: int = 20) -> float:
-    """Tighten the LP bound by capping capacities at the previous bound until it stops moving."""
-    bound = float("inf")
-    for _ in range(rounds):
-        built = build_model(topology, model, flow_cap=bound)
-        columns = built.problem.variables()
-        lp = _to_highs_lp(built.problem, columns, {v.name: i for i, v in enumerate(columns)})
-        lp.integrality_ = [highspy.HighsVarType.kContinuous] * lp.num_col_
-        highs = new_highs(threads)
-        highs.passModel(lp)
-        highs.run()
-        if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-            raise PlanningError("the LP relaxation of the placement problem has no optimum: check the cluster's links")
-        value = float(highs.getInfo().objective_function_value)
-        if value >= bound * (1 - 1e-6):
-            return min(bound, value)
-        bound = value
-    return bound

@@ -121,9 +121,21 @@ def get_model(name: str) -> ModelSpec:
 
 
 def model_from_mapping(data: dict) -> ModelSpec:
-    """A model from a YAML mapping: either `{name: llama3-8b}` or a full Llama-style shape."""
+    """A model from a YAML mapping: `{name: llama3-8b}`, a Llama-style shape, or raw sizes.
+
+    Raw sizes: numLayers, hiddenSize, bytesPerLayer, kvBytesPerTokenLayer (and dtype).
+    """
     if set(data) <= {"name"}:
         return get_model(str(data.get("name", "")))
+    if "bytesPerLayer" in data:
+        try:
+            return ModelSpec(name=str(data.get("name", "custom")), num_layers=int(data["numLayers"]),
+                             hidden_size=int(data["hiddenSize"]), bytes_per_layer=float(data["bytesPerLayer"]),
+                             kv_bytes_per_token_layer=float(data["kvBytesPerTokenLayer"]),
+                             dtype=str(data.get("dtype", "float16")))
+        except KeyError as missing:
+            raise PlanningError(f"model description lacks {missing}: with bytesPerLayer also give numLayers, "
+                                "hiddenSize and kvBytesPerTokenLayer") from None
     try:
         return llama_like(
             str(data["name"]),

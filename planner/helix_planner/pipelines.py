@@ -119,11 +119,10 @@ class InterleavedWeightedRoundRobin:
 def _integer_weights(weights: list[float], resolution: int) -> list[int]:
     """Small integers proportional to `weights`: the smallest scale with the least ratio error."""
     top = max(weights)
-    best: tuple[float, list[int]] | None = None
+    best_error, best = float("inf"), [1 if w > 0 else 0 for w in weights]
     for scale in range(1, resolution + 1):
         ints = [max(1, round(scale * w / top)) if w > 0 else 0 for w in weights]
         error = max(abs(i / scale - w / top) / (w / top) for i, w in zip(ints, weights) if w > 0)
-        if best is None or error < best[0] - 1e-9:
-            best = (error, ints)
-    assert best is not None
-    return best[1]
+        if error < best_error - 1e-9:
+            best_error, best = error, ints
+    return best

@@ -114,7 +114,8 @@ def plan_cluster(
     method, status = best_name, "heuristic"
     if options.method in ("auto", "milp") and _gap(best.value, bound) > options.mip_gap:
         if options.time_limit - (time.monotonic() - started) > 1.0:
-            milp = _run_milp(topology, model, options, best_layout, previous, started + options.time_limit, say, cancel)
+            milp = _run_milp(topology, model, options, best_layout, previous, bound, started + options.time_limit,
+                             say, cancel)
             layout = assign_nodes(milp.counts, topology, previous.layout if previous else None)
             result = evaluate(cluster, model, capacity_model, layout)
             say(f"milp       {result.value:12.1f} tok/s ({milp.status})")
@@ -150,11 +151,12 @@ def _candidates(cluster: Cluster, model: ModelSpec, capacity_model: CapacityMode
     return {name: layout for name, layout in candidates.items() if layout}
 
 
-def _run_milp(topology: Topology, model: ModelSpec, options: PlannerOptions, start: Layout,
-              previous: Plan | None, deadline: float, say: Callable[[str], None], cancel: threading.Event | None):
+def _run_milp(topology: Topology, model: ModelSpec, options: PlannerOptions, start: Layout, previous: Plan | None,
+              bound: float, deadline: float, say: Callable[[str], None], cancel: threading.Event | None):
+    """The MILP from the best placement so far; capacities capped at the certified bound."""
     previous_counts = class_counts(previous.layout, topology) if previous else None
     built = build_model(topology, model, previous=previous_counts, churn_weight=options.churn_weight,
-                        conservative_links=len(topology.groups) > 1)
+                        flow_cap=bound, conservative_links=len(topology.groups) > 1)
     seconds = max(1.0, deadline - time.monotonic())
     settings = MilpSettings(time_limit=seconds, mip_gap=options.mip_gap, threads=options.threads, seed=options.seed)
     return solve(built, settings, warm_start=class_counts(start, topology), progress=say, cancel=cancel)

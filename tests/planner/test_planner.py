@@ -8,7 +8,7 @@ from plankit import reference_case
 from helix_planner.cluster import Link, Node
 from helix_planner.errors import PlanningError
 from helix_planner.io.cluster_yaml import cluster_from_mapping
-from helix_planner.models import get_model
+from helix_planner.models import get_model, model_from_mapping
 from helix_planner.network import NetworkModel, build_cluster
 from helix_planner.plan_format import load_plan
 from helix_planner.planner import PlannerOptions, plan_cluster
@@ -84,6 +84,16 @@ def test_disconnected_network_is_explained(catalog) -> None:
         del cluster.links[key]
     with pytest.raises(PlanningError, match="front end cannot reach"):
         plan_cluster(cluster, get_model("llama3-8b"), PlannerOptions(time_limit=5), catalog=catalog)
+
+
+def test_partitioned_network_is_explained(catalog) -> None:
+    # Each node holds at most half of the model and they have no link to each other.
+    cluster = _yaml_cluster([{"name": "a", "gpu": "L4", "region": "x"}, {"name": "b", "gpu": "L4", "region": "y"}],
+                            {"links": [{"from": "a", "to": "b", "disabled": True}]})
+    model = model_from_mapping({"name": "half", "numLayers": 20, "hiddenSize": 4096, "bytesPerLayer": 0.9e9,
+                                "kvBytesPerTokenLayer": 4096})
+    with pytest.raises(PlanningError, match="no placement carries any flow"):
+        plan_cluster(cluster, model, PlannerOptions(time_limit=5), catalog=catalog)
 
 
 def test_zero_bandwidth_link_is_rejected() -> None:
