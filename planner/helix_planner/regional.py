@@ -81,29 +81,45 @@ def _stage_options(cls: NodeClass, target: float, min_nodes: int, available: int
 
 
 def _region_stages(topology: Topology, group: int, target: float, fan_in: int, fan_out: int) -> list[_Stage] | None:
-    """Greedy stages for one region: an entry stage, an exit stage, then the most efficient."""
-    left = {c.key: len(c.nodes) for c in topology.classes if c.group == group}
-    classes = [c for c in topology.classes if c.group == group]
+    """Stages for one region: the entry and exit stages that leave the most layers, then greedy.
 
-    def take(min_nodes: int) -> _Stage | None:
-        options = [o for c in classes for o in _stage_options(c, target, min_nodes, left[c.key])]
+    Every entry and exit option is tried (a region has few classes and layer counts), and the
+    nodes left fill middle stages, most layers per node first.
+    """
+    classes = [c for c in topology.classes if c.group == group]
+    sizes = {c.key: len(c.nodes) for c in classes}
+    needs_exit = fan_out > 1
+    if fan_in <= 1 and not needs_exit:
+        return _fill(classes, target, sizes) or None
+    entries = [o for c in classes for o in _stage_options(c, target, fan_in, sizes[c.key])]
+    best: list[_Stage] | None = None
+    best_layers = -1
+    for entry in entries:
+        left = dict(sizes)
+        left[entry.cls.key] -= entry.nodes
+        exits = [o for c in classes for o in _stage_options(c, target, fan_out, left[c.key])] if needs_exit else [None]
+        for exit_stage in exits:
+            remaining = dict(left)
+            if exit_stage is not None:
+                remaining[exit_stage.cls.key] -= exit_stage.nodes
+            middle = _fill(classes, target, remaining)
+            stages = [entry, *middle, *([exit_stage] if exit_stage else [])]
+            layers = sum(s.layers for s in stages)
+            if layers > best_layers:
+                best, best_layers = stages, layers
+    return best
+
+
+def _fill(classes: list[NodeClass], target: float, left: dict[str, int]) -> list[_Stage]:
+    """Middle stages from the nodes left, most layers per node first."""
+    stages = []
+    while True:
+        options = [o for c in classes for o in _stage_options(c, target, 1, left[c.key])]
         if not options:
-            return None
+            return stages
         stage = max(options, key=lambda s: (s.layers / s.nodes, s.layers))
         left[stage.cls.key] -= stage.nodes
-        return stage
-
-    entry = take(fan_in)
-    if entry is None:
-        return None
-    exit_stage = take(fan_out) if fan_out > 1 or fan_in > 1 else None
-    middle = []
-    while (stage := take(1)) is not None:
-        middle.append(stage)
-    stages = [entry] + middle + ([exit_stage] if exit_stage else [])
-    if stages[-1].nodes < fan_out:
-        return None
-    return stages
+        stages.append(stage)
 
 
 def _chain(topology: Topology, order: tuple[int, ...], target: float, num_layers: int) -> list[_Stage] | None:

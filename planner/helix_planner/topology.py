@@ -42,6 +42,8 @@ class Topology:
     cross_in: dict[tuple[int, str], float]
     # pair_min[(g, h)]: the slowest existing link from group g to group h (tokens/s)
     pair_min: dict[tuple[int, int], float]
+    # fastest link between any two groups (tokens/s), 0 with a single group
+    cross_max: float = 0.0
 
 
 def build_topology(cluster: Cluster, model: ModelSpec, capacity_model: CapacityModel) -> Topology:
@@ -93,12 +95,14 @@ def build_topology(cluster: Cluster, model: ModelSpec, capacity_model: CapacityM
                 cross_in[(h, cls.key)] = min(ceiling, max(
                     sum(edge_capacity(cluster, model, o, n) for o in others) for n in cls.nodes))
     pair_min: dict[tuple[int, int], float] = {}
+    cross_max = 0.0
     for g, senders in enumerate(groups):
         for h, receivers in enumerate(groups):
             if g != h:
                 caps = [c for a in senders for b in receivers if (c := edge_capacity(cluster, model, a, b)) > 0]
                 pair_min[(g, h)] = min(caps, default=0.0)
-    return Topology(classes, [tuple(g) for g in groups], cross_out, cross_in, pair_min)
+                cross_max = max(cross_max, *caps) if caps else cross_max
+    return Topology(classes, [tuple(g) for g in groups], cross_out, cross_in, pair_min, cross_max)
 
 
 def _merge_free_groups(groups: list[list[str]], free) -> None:

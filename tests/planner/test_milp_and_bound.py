@@ -107,3 +107,16 @@ def test_model_without_placeable_ranges_is_a_clear_error() -> None:
     caps = TableCapacity({"none": []})
     with pytest.raises(PlanningError, match="no node can hold"):
         build_model(build_topology(cluster, MODEL, caps), MODEL)
+
+
+def test_cross_region_bound_holds_and_is_tighter_on_slow_links() -> None:
+    # Neither region can hold all 5 layers; the cross links carry only 150 tok/s.
+    model = ModelSpec(name="toy5", num_layers=5, hidden_size=1024, bytes_per_layer=1e9, kv_bytes_per_token_layer=1e3)
+    caps = TableCapacity({"fast": [900.0, 520.0], "mid": [600.0, 290.0]})
+    nodes = [("f0", "fast", "east"), ("m0", "mid", "east"), ("f1", "fast", "west")]
+    slow, fast = mesh(nodes, inter=2048 * 150), mesh(nodes)
+    slow_topology, fast_topology = build_topology(slow, model, caps), build_topology(fast, model, caps)
+    assert len(slow_topology.groups) == 2 and len(fast_topology.groups) == 1
+    slow_bound = position_free_bound(slow_topology, model.num_layers)
+    assert slow_bound >= brute_force_optimum(slow, model, caps) * (1 - 1e-6)
+    assert slow_bound < position_free_bound(fast_topology, model.num_layers)

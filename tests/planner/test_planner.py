@@ -100,3 +100,10 @@ def test_zero_bandwidth_link_is_rejected() -> None:
     cluster = _yaml_cluster([{"name": "a", "gpu": "A100"}])
     with pytest.raises(PlanningError, match="zero bandwidth"):
         cluster.add_link(Link("a", "sink", 0.0))
+
+
+def test_geo24_is_proven_optimal_above_the_published_plan(reference, catalog) -> None:
+    cluster, model, _, published = reference_case(reference, catalog, "geo24")
+    plan = plan_cluster(cluster, model, PlannerOptions(time_limit=20, throughput_model="helix"), catalog=catalog)
+    assert plan.throughput > 1.4 * published
+    assert plan.gap < 1e-4 and plan.solver.status == "optimal"

@@ -1,0 +1,138 @@
+"""GPU nodes: batched passes over the node's layer range, timed from the GPU profile.
+
+A pass takes every queued decode step up to the decode batch limit and queued prompts up
+to the prompt limits (vLLM's, per layer count, from the catalog), and runs them through the
+node's layers together. One layer costs prompt(P) + decode(D) seconds, P the prompt tokens
+and D the decode sequences in the pass, interpolated from the measured curves (roofline
+estimates for GPUs without measurements). A pass is one event: layers are not simulated
+one by one. Prompts and decode steps wait in two FIFO queues.
+"""
+
+from collections import deque
+from dataclasses import dataclass
+
+from helix_planner.errors import PlanningError
+from helix_planner.models import ModelSpec
+from helix_planner.profiles import Catalog, Curve
+from helix_planner.sim.memory import KvCache
+from helix_planner.sim.request import Request
+from helix_planner.throughput.profiled import USABLE_VRAM, Workload, roofline_curves
+
+MAX_PROMPT_TOKENS = 2048  # vLLM's max_num_batched_tokens per prompt request in the measured profiles
+ROOFLINE_DECODE_SEQUENCES = 256
+
+
+@dataclass(frozen=True)
+class NodeProfile:
+    """What one GPU type does holding a given number of layers."""
+
+    prompt: Curve
+    decode: Curve
+    prompt_max_requests: int
+    prompt_max_tokens: int
+    decode_max_sequences: int
+    kv_capacity: float  # token-layers
+
+
+def node_profile(catalog: Catalog, model: ModelSpec, gpu_name: str, layers: int) -> NodeProfile:
+    """Measured curves and limits where the catalog has them, roofline and VRAM arithmetic else."""
+    gpu = catalog.gpu(gpu_name)
+    measured = catalog.measurement(model.name, gpu.name)
+    if measured is not None:
+        if layers not in measured.kv_blocks:
+            raise PlanningError(f"{gpu.name} cannot hold {layers} layers of {model.name}: at most {measured.max_layers}")
+        requests = measured.prompt_max_requests.get(layers, 1)
+        return NodeProfile(measured.prompt, measured.decode, requests, requests * MAX_PROMPT_TOKENS,
+                           measured.decode_max_tokens.get(layers, ROOFLINE_DECODE_SEQUENCES),
+                           float(measured.block_size * measured.kv_blocks[layers] * layers))
+    kv_bytes = gpu.vram_bytes * USABLE_VRAM - layers * model.bytes_per_layer
+    if kv_bytes <= 0:
+        raise PlanningError(f"{gpu.name} cannot hold {layers} layers of {model.name}: no memory left for KV cache")
+    prompt, decode = roofline_curves(gpu, model, Workload())
+    return NodeProfile(prompt, decode, 1, MAX_PROMPT_TOKENS, ROOFLINE_DECODE_SEQUENCES,
+                       kv_bytes / model.kv_bytes_per_token_layer)
+
+
+class GpuNode:
+    """One node's queues, batch former and pass timer; the simulation moves requests in and out."""
+
+    __slots__ = ("name", "gpu", "start", "end", "profile", "kv", "prompts", "decodes", "batch", "busy_seconds",
+                 "passes", "_decode_table")
+
+    def __init__(self, name: str, gpu: str, start: int, end: int, profile: NodeProfile, kv_high_water: float) -> None:
+        self.name, self.gpu, self.start, self.end, self.profile = name, gpu, start, end, profile
+        self.kv = KvCache(profile.kv_capacity, kv_high_water)
+        self.prompts: deque[Request] = deque()
+        self.decodes: deque[Request] = deque()
+        self.batch: list[Request] = []
+        self.busy_seconds = 0.0
+        self.passes = 0
+        self._decode_table = [profile.decode(d) for d in range(profile.decode_max_sequences + 1)]
+
+    @property
+    def layers(self) -> int:
+        return self.end - self.start
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.batch)
+
+    @property
+    def queued(self) -> int:
+        return len(self.prompts) + len(self.decodes)
+
+    def enqueue(self, request: Request) -> None:
+        (self.prompts if request.prompt else self.decodes).append(request)
+
+    def start_pass(self) -> float:
+        """Form the next batch from the queues; return its duration (0 when nothing is queued)."""
+        profile = self.profile
+        batch: list[Request] = []
+        decodes, prompts = self.decodes, self.prompts
+        for _ in range(min(len(decodes), profile.decode_max_sequences)):
+            batch.append(decodes.popleft())
+        taken = tokens = 0
+        while prompts and taken < profile.prompt_max_requests:
+            if taken and tokens + prompts[0].tokens > profile.prompt_max_tokens:
+                break  # a prompt longer than the token budget still runs, alone
+            tokens += prompts[0].tokens
+            taken += 1
+            batch.append(prompts.popleft())
+        self.batch = batch
+        return self.pass_seconds(batch) if batch else 0.0
+
+    def pass_seconds(self, batch: list[Request]) -> float:
+        """Seconds for `batch`; requests entering mid-range (partial inference) skip earlier layers."""
+        prompt_tokens = decodes = 0
+        partial = False
+        for request in batch:
+            if request.prompt:
+                prompt_tokens += request.tokens
+            else:
+                decodes += 1
+            partial = partial or request.route[request.stage].start != self.start
+        if not partial:
+            return (self.end - self.start) * (self.profile.prompt(prompt_tokens) + self._decode(decodes))
+        return self._partial_seconds(batch)
+
+    def _partial_seconds(self, batch: list[Request]) -> float:
+        """Layer segments between distinct entry points, each timed with the requests present there."""
+        segments: dict[int, list[int]] = {}
+        for request in batch:
+            counts = segments.setdefault(request.route[request.stage].start, [0, 0])
+            if request.prompt:
+                counts[0] += request.tokens
+            else:
+                counts[1] += 1
+        seconds, prompt_tokens, decodes = 0.0, 0, 0
+        starts = sorted(segments)
+        for i, start in enumerate(starts):
+            prompt_tokens += segments[start][0]
+            decodes += segments[start][1]
+            end = starts[i + 1] if i + 1 < len(starts) else self.end
+            seconds += (end - start) * (self.profile.prompt(prompt_tokens) + self._decode(decodes))
+        return seconds
+
+    def _decode(self, sequences: int) -> float:
+        table = self._decode_table
+        return table[sequences] if sequences < len(table) else self.profile.decode(sequences)

@@ -1,0 +1,245 @@
+"""The simulated serving system: front end, GPU nodes and links driven by one event queue.
+
+A request waits at the front end until the scheduler finds a route with KV room; its prompt
+then travels as token ids to the first stage, as activations stage to stage, and its first
+output token returns to the front end; every further token is one decode iteration over the
+same route. Offline mode keeps one request always waiting, so the cluster admits as much as
+its KV caches allow (saturated); online mode feeds arrivals at a target rate.
+"""
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from helix_planner.cluster import SINK, SOURCE, Cluster
+from helix_planner.errors import PlanningError
+from helix_planner.models import ModelSpec
+from helix_planner.pipelines import Pipeline
+from helix_planner.profiles import Catalog
+from helix_planner.sim.compute import GpuNode, node_profile
+from helix_planner.sim.engine import EventQueue
+from helix_planner.sim.metrics import Recorder, SimResult, summarize
+from helix_planner.sim.network import Channel
+from helix_planner.sim.request import Request
+from helix_planner.sim.routes import build_routes
+from helix_planner.sim.schedulers import make_scheduler
+from helix_planner.sim.workload import LengthTrace
+
+MODES = ("offline", "online")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What is simulated: a cluster, a model, a layout and the pipelines of its max flow."""
+
+    label: str
+    cluster: Cluster
+    model: ModelSpec
+    catalog: Catalog
+    layout: dict[str, tuple[int, int]]
+    pipelines: list[Pipeline]
+    partial_inference: bool = False
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    mode: str = "offline"
+    warmup: float = 60.0
+    duration: float = 600.0
+    seed: int = 0
+    arrivals: np.ndarray | None = None  # online: arrival instants (see workload.arrival_times)
+    kv_high_water: float = 0.9
+    slo_ttft: float = 5.0
+    slo_tpot: float = 0.5
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise PlanningError(f"unknown mode {self.mode!r}: use offline or online")
+        if self.mode == "online" and self.arrivals is None:
+            raise PlanningError("online mode needs arrivals: give --rate (requests/s) and --arrivals")
+        if self.warmup < 0 or self.duration <= 0:
+            raise PlanningError(f"warm-up must be >= 0 and the measured window > 0 (got {self.warmup}, {self.duration})")
+        if not 0 < self.kv_high_water <= 1:
+            raise PlanningError(f"--kv-high-water must be in (0, 1], got {self.kv_high_water}")
+
+
+class Simulation:
+    """One run; construct, then `run()` once."""
+
+    def __init__(self, scenario: Scenario, scheduler: str, config: SimConfig, lengths: LengthTrace) -> None:
+        config.check()
+        self.scenario, self.config, self.lengths = scenario, config, lengths
+        model, cluster = scenario.model, scenario.cluster
+        self.token_bytes, self.activation_bytes = model.token_bytes, model.activation_bytes_per_token
+        self.nodes = {n.name: GpuNode(n.name, n.gpu, *scenario.layout[n.name],
+                                      node_profile(scenario.catalog, model, n.gpu, scenario.layout[n.name][1]
+                                                   - scenario.layout[n.name][0]), config.kv_high_water)
+                      for n in cluster.nodes if n.name in scenario.layout}
+        missing = sorted(set(scenario.layout) - set(self.nodes))
+        if missing:
+            raise PlanningError(f"plan/cluster mismatch: the layout uses {', '.join(missing)}, "
+                                f"which cluster {cluster.name!r} does not have")
+        ends = set(self.nodes) | {SOURCE, SINK}
+        self.channels = {key: Channel(link.bandwidth, link.latency) for key, link in cluster.links.items()
+                         if key[0] in ends and key[1] in ends}
+        self.graph = build_routes(cluster, self.nodes, model.num_layers, scenario.pipelines,
+                                  partial_inference=scenario.partial_inference)
+        seeds = np.random.SeedSequence(config.seed).spawn(2)
+        self.length_rng = np.random.default_rng(seeds[0])
+        self.scheduler = make_scheduler(scheduler, self.graph, np.random.default_rng(seeds[1]))
+        self.queue = EventQueue()
+        self.end = config.warmup + config.duration
+        self.recorder = Recorder(list(self.nodes.values()), config.warmup, self.end, _interval(self.end))
+        self.waiting: deque[Request] = deque()
+        self.in_flight = 0
+        self.rejected = 0
+        self._next_id = 0
+
+    def run(self, progress: Callable[[float, float], None] | None = None) -> SimResult:
+        started = time.perf_counter()
+        if self.config.mode == "offline":
+            self.waiting.append(self._new_request(0.0))
+            self.queue.at(0.0, self._admit)
+        else:
+            lengths = self.lengths.sample(self.length_rng, len(self.config.arrivals))
+            for at, (inp, out) in zip(self.config.arrivals.tolist(), lengths):
+                self.queue.at(at, self._arrive, self._request(at, inp, out))
+        self.queue.at(0.0, self._sample)
+        tick = (lambda now: progress(now, self.end)) if progress else None
+        self.queue.run(self.end, tick)
+        if progress:
+            progress(self.end, self.end)
+        return summarize(self.recorder, label=self.scenario.label, scheduler=self.scheduler.name,
+                         mode=self.config.mode, seed=self.config.seed, slo_ttft=self.config.slo_ttft,
+                         slo_tpot=self.config.slo_tpot, waiting=len(self.waiting), in_flight=self.in_flight,
+                         rejected=self.rejected, wall_seconds=time.perf_counter() - started)
+
+    # front end ---------------------------------------------------------------------------
+
+    def _request(self, arrival: float, inp: int, out: int) -> Request:
+        self._next_id += 1
+        return Request(self._next_id, inp, out, arrival)
+
+    def _new_request(self, now: float) -> Request:
+        (inp, out), = self.lengths.sample(self.length_rng, 1)
+        return self._request(now, inp, out)
+
+    def _arrive(self, request: Request) -> None:
+        self.waiting.append(request)
+        if len(self.waiting) == 1:
+            self._admit()
+
+    def _admit(self, _: object = None) -> None:
+        """Admit waiting requests in order while the scheduler finds routes with KV room."""
+        now, admitted = self.queue.now, []
+        while self.waiting:
+            request = self.waiting[0]
+            route = self.scheduler.choose(request)
+            if route is None:
+                if self.in_flight or admitted:
+                    break
+                self.waiting.popleft()  # does not fit even an idle cluster: it never will
+                self.rejected += 1
+                continue
+            self.waiting.popleft()
+            need = request.worst_case_tokens
+            for hop in route:
+                hop.node.kv.reserve(need * (hop.end - hop.start))
+            request.route, request.stage, request.tokens, request.prompt = route, 0, request.input_tokens, True
+            admitted.append(request)
+            self.in_flight += 1
+            if self.config.mode == "offline" and not self.waiting:
+                self.waiting.append(self._new_request(now))
+        self._send_from_front_end(admitted, now)
+
+    def _send_from_front_end(self, requests: list[Request], now: float) -> None:
+        groups: dict[str, list[Request]] = {}
+        for request in requests:
+            request.sent_at = now
+            groups.setdefault(request.route[0].node.name, []).append(request)
+        for name, group in groups.items():
+            tokens = sum(r.tokens for r in group)
+            arrival = self.channels[(SOURCE, name)].send(now, tokens * self.token_bytes)
+            self.queue.at(arrival, self._deliver, group)
+
+    def _returned(self, group: list[Request]) -> None:
+        """Output tokens reach the front end: record them, finish requests or start their next step."""
+        now, again, finished = self.queue.now, [], False
+        recorder = self.recorder
+        for request in group:
+            request.generated += 1
+            if request.prompt:
+                request.prompt, request.first_token, request.tokens = False, now, 1
+                recorder.first_token(request, now)
+            if request.generated >= request.output_tokens:
+                self._finish(request, now)
+                finished = True
+            else:
+                request.stage = 0
+                again.append(request)
+        recorder.tokens(now, len(group))
+        self._send_from_front_end(again, now)
+        if finished and self.waiting:
+            self._admit()
+
+    def _finish(self, request: Request, now: float) -> None:
+        need, stored = request.worst_case_tokens, request.stored_tokens
+        for hop in request.route:
+            layers = hop.end - hop.start
+            hop.node.kv.release(need * layers, stored * layers)
+        self.in_flight -= 1
+        self.scheduler.finished(request)
+        self.recorder.done(request, now)
+
+    # nodes -------------------------------------------------------------------------------
+
+    def _deliver(self, group: list[Request]) -> None:
+        node = group[0].route[group[0].stage].node
+        for request in group:
+            node.enqueue(request)
+        if not node.batch:
+            self._start(node)
+
+    def _start(self, node: GpuNode) -> None:
+        seconds = node.start_pass()
+        if node.batch:
+            node.passes += 1
+            self.recorder.pass_started(node, self.queue.now, seconds)
+            self.queue.at(self.queue.now + seconds, self._pass_done, node)
+
+    def _pass_done(self, node: GpuNode) -> None:
+        now, batch = self.queue.now, node.batch
+        node.batch = []
+        stage_done = self.scheduler.stage_done
+        groups: dict[str | None, list[Request]] = {}
+        stored = 0.0
+        for request in batch:
+            hop = request.route[request.stage]
+            stored += request.tokens * (hop.end - hop.start)
+            stage_done(request, now - request.sent_at)
+            request.stage += 1
+            request.sent_at = now
+            after = request.route[request.stage].node.name if request.stage < len(request.route) else None
+            groups.setdefault(after, []).append(request)
+        node.kv.used += stored
+        for after, group in groups.items():
+            if after is None:
+                arrival = self.channels[(node.name, SINK)].send(now, len(group) * self.token_bytes)
+                self.queue.at(arrival, self._returned, group)
+            else:
+                tokens = sum(r.tokens for r in group)
+                arrival = self.channels[(node.name, after)].send(now, tokens * self.activation_bytes)
+                self.queue.at(arrival, self._deliver, group)
+        self._start(node)
+
+    def _sample(self, _: object) -> None:
+        self.recorder.sample(self.queue.now)
+        self.queue.at(self.queue.now + self.recorder.interval, self._sample)
+
+
+def _interval(end: float) -> float:
+    """Sampling period: about 600 samples per run, at least 0.5 s."""
+    return max(0.5, end / 600)
