@@ -33,6 +33,7 @@ from helix_planner.topology import Topology, build_topology
 
 Layout = dict[str, tuple[int, int]]
 METHODS = ("auto", "milp", "chain", *BASELINES)
+PARTIAL_INFERENCE_METHODS = ("petals", "swarm")
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,10 @@ def plan_cluster(
     candidates = _candidates(cluster, model, capacity_model, topology, options, previous)
     if not candidates:
         raise PlanningError(f"method {options.method!r} produced no placement for this cluster")
-    scored = {name: evaluate(cluster, model, capacity_model, layout) for name, layout in candidates.items()}
+    # Petals and Swarm layouts overlap by design: a stage may start inside a node's range.
+    partial = options.method in PARTIAL_INFERENCE_METHODS
+    scored = {name: evaluate(cluster, model, capacity_model, layout, partial_inference=partial)
+              for name, layout in candidates.items()}
     for name, result in scored.items():
         say(f"heuristic {name:10s} {result.value:12.1f} tok/s")
     best_name = max(scored, key=lambda n: scored[n].value)
