@@ -21,7 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for entry in sorted(entry_points(group="helix.commands"), key=lambda e: e.name):
-        entry.load()(subparsers)
+        try:
+            register = entry.load()
+        except ImportError as err:  # a component installed without its dependencies
+            print(f"warning: `helix` commands of {entry.name!r} are unavailable: {err}", file=sys.stderr)
+            continue
+        register(subparsers)
     return parser
 
 

@@ -1,0 +1,84 @@
+"""Settings registry, local plans, route choice (IWRR over flow, health, KV fit), stop strings."""
+
+import pytest
+
+from helix_worker.envs import Settings, describe, env_name
+from helix_worker.errors import InvalidRequest, ServingError
+from helix_worker.frontend.routes import RouteTable
+from helix_worker.frontend.text import StopMatcher, render_chat
+from helix_worker.local_plan import manual_plan, proportional_split
+from helix_worker.model_init import build_tokenizer
+from helix_worker.tokenizer import tokenizer_from_dict
+
+
+def test_settings_come_from_helix_variables_with_overrides() -> None:
+    settings = Settings.from_env({"HELIX_KV_CACHE_TOKENS": "123", "HELIX_SLOWDOWN": "2.5", "OTHER": "x"}, slowdown=3.0)
+    assert settings.kv_cache_tokens == 123 and settings.slowdown == 3.0
+    with pytest.raises(ServingError, match="HELIX_MAX_BATCH_TOKENS='many'"):
+        Settings.from_env({"HELIX_MAX_BATCH_TOKENS": "many"})
+    assert env_name("kv_cache_tokens") in describe()
+
+
+def test_manual_plans_must_cover_all_layers() -> None:
+    with pytest.raises(ServingError, match="ends at layer 4"):
+        manual_plan("m", 6, [[("a", 0, 4)]])
+    with pytest.raises(ServingError, match="contiguously"):
+        manual_plan("m", 6, [[("a", 0, 2), ("b", 3, 6)]])
+
+
+def test_proportional_split_follows_speed() -> None:
+    assert proportional_split(12, [1.0, 2.0, 1.0]) == [(0, 3), (3, 9), (9, 12)]
+    assert proportional_split(3, [1.0, 100.0, 1.0]) == [(0, 1), (1, 2), (2, 3)]  # at least one layer each
+    with pytest.raises(ServingError):
+        proportional_split(2, [1.0, 1.0, 1.0])
+
+
+def _table(weights=(3.0, 1.0)) -> RouteTable:
+    plan = manual_plan("m", 4, [[("a", 0, 2), ("b", 2, 4)], [("c", 0, 4)]], list(weights))
+    table = RouteTable(plan, {"a": "h:1", "b": "h:2", "c": "h:3"})
+    for node in table.nodes:
+        table.up[node], table.capacity[node] = True, 1000
+    return table
+
+
+def test_routes_follow_the_flow_weights() -> None:
+    table = _table()
+    picks = [table.choose(10).index for _ in range(1200)]
+    assert picks.count(0) / len(picks) == pytest.approx(0.75, abs=0.01)  # flow 3 : 1
+
+
+def test_routes_skip_down_and_full_pipelines() -> None:
+    table = _table()
+    table.up["b"] = False
+    assert {table.choose(10).index for _ in range(10)} == {1}
+    table.up["b"] = True
+    table.reserve(table.routes[1], 995)
+    assert {table.choose(10).index for _ in range(10)} == {0}
+    table.reserve(table.routes[0], 995)
+    assert table.choose(10) is None
+    table.unreserve(table.routes[0], 995)
+    assert table.choose(10).index == 0
+    assert table.largest_fit() == 1000
+
+
+def test_routes_need_an_address_for_every_node() -> None:
+    plan = manual_plan("m", 4, [[("a", 0, 4)]])
+    with pytest.raises(ServingError, match="no address for plan node"):
+        RouteTable(plan, {})
+
+
+def test_stop_matcher_holds_back_possible_stop_prefixes() -> None:
+    matcher = StopMatcher(("END",))
+    assert matcher.feed("abcE") == ("abc", False)
+    assert matcher.feed("N") == ("", False)
+    assert matcher.feed("x") == ("ENx", False)
+    assert matcher.feed("yyEND and more") == ("yy", True)
+    done = StopMatcher(("zz",))
+    assert done.feed("az") == ("a", False) and done.flush() == "z"
+
+
+def test_chat_without_template_is_a_clear_error() -> None:
+    body, _ = build_tokenizer(10)
+    tokenizer = tokenizer_from_dict(body, {})
+    with pytest.raises(InvalidRequest, match="no chat template"):
+        render_chat(tokenizer, [{"role": "user", "content": "hi"}])

@@ -1,0 +1,58 @@
+"""Sampling filters and seeding, and the per-stage KV cache budget."""
+
+import pytest
+import torch
+
+from helix_worker.kv_cache import KVCache, KVCacheFull
+from helix_worker.protocol import SamplingParams
+from helix_worker.sampling import filter_logits, sample_row
+
+LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+
+
+def test_greedy_takes_the_argmax_with_its_logprob() -> None:
+    token, logprob, top = sample_row(LOGITS, SamplingParams(logprobs=2), 5, torch.Generator())
+    assert token == 0
+    assert logprob == pytest.approx(float(torch.log_softmax(LOGITS, -1)[0]))
+    assert [t for t, _ in top] == [0, 1]
+
+
+def test_top_k_keeps_the_k_best() -> None:
+    kept = filter_logits(LOGITS, SamplingParams(temperature=1.0, top_k=2))
+    assert torch.isfinite(kept).tolist() == [True, True, False, False, False, False]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
+    probs = torch.softmax(LOGITS, -1)
+    p = float(probs[0] + probs[1]) - 1e-3  # needs tokens 0 and 1
+    kept = filter_logits(LOGITS, SamplingParams(temperature=1.0, top_p=p))
+    assert torch.isfinite(kept).tolist() == [True, True, False, False, False, False]
+    only_first = filter_logits(LOGITS, SamplingParams(temperature=1.0, top_p=float(probs[0]) / 2))
+    assert torch.isfinite(only_first).sum() == 1
+
+
+def test_temperature_scales_logits() -> None:
+    assert torch.allclose(filter_logits(LOGITS, SamplingParams(temperature=2.0)), LOGITS / 2)
+
+
+def test_seeded_sampling_depends_only_on_seed_and_position() -> None:
+    params = SamplingParams(temperature=5.0, seed=1234)
+    draws = [sample_row(LOGITS, params, position, torch.Generator())[0] for position in range(40)]
+    again = [sample_row(LOGITS, params, position, torch.Generator().manual_seed(99))[0] for position in range(40)]
+    assert draws == again
+    assert len(set(draws)) > 2  # hot temperature: not always the argmax
+    other = [sample_row(LOGITS, SamplingParams(temperature=5.0, seed=1235), p, torch.Generator())[0] for p in range(40)]
+    assert other != draws
+
+
+def test_kv_cache_budget_allocate_and_free() -> None:
+    kv = KVCache(100, layers=2, kv_heads=2, head_dim=4, dtype=torch.float32, device=torch.device("cpu"))
+    first = kv.allocate("a", 60)
+    assert first.keys.shape == (2, 2, 60, 4)
+    with pytest.raises(KVCacheFull, match="40 of 100 free"):
+        kv.allocate("b", 41)
+    kv.allocate("b", 40)
+    first.length = 10
+    assert kv.usage().reserved_tokens == 100 and kv.usage().used_tokens == 10 and kv.usage().requests == 2
+    assert kv.free("a") and not kv.free("a")
+    assert kv.usage().reserved_tokens == 40 and kv.get("a") is None

@@ -1,0 +1,123 @@
+"""One stage over real gRPC in-process: results, failures (KV full, unknown request, bad
+payload), releases, and the HTTP health/readiness/metrics endpoints of a worker process."""
+
+import asyncio
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from dataplane_helpers import write_plan
+
+from helix_proto import helix_stage_pb2 as pb
+from helix_proto import helix_stage_pb2_grpc as pb_grpc
+from helix_worker import wire
+from helix_worker.kv_cache import KVCache
+from helix_worker.links import StreamLink
+from helix_worker.protocol import Chunk, FailureKind, Hop, Phase
+from helix_worker.reference import ReferenceModel
+from helix_worker.slice_model import LayerSlice
+from helix_worker.stage.engine import StageEngine
+from helix_worker.stage.server import StageIdentity, StageServicer
+
+
+@pytest.fixture
+async def stage(checkpoint: Path):
+    """The whole model as one stage with a 64-token KV cache, and a front-end link to it."""
+    model = LayerSlice.load(checkpoint, 0, 6)
+    engine = StageEngine("solo", model, KVCache(64, *model.new_cache_shape(), model.dtype, model.device),
+                         max_batch_tokens=256)
+    servicer = StageServicer(engine, StageIdentity("solo", "tiny", "hash"), max_message_bytes=1 << 20)
+    server = grpc.aio.server()
+    pb_grpc.add_StageServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    runner = asyncio.create_task(engine.run())
+    events: asyncio.Queue[pb.StageEvent] = asyncio.Queue()
+    link = StreamLink(f"127.0.0.1:{port}", "fe", max_message_bytes=1 << 20, on_event=events.put_nowait)
+    await link.connect()
+    try:
+        yield engine, link, events, Hop("solo", f"127.0.0.1:{port}", 0, 6)
+    finally:
+        await link.close()
+        runner.cancel()
+        await servicer.close()
+        await server.stop(None)
+
+
+def _prefill(hop: Hop, rid: str, ids: list[int], reserve: int) -> pb.StageRequest:
+    chunk = Chunk(rid, Phase.PREFILL, 0, len(ids), (hop,), "fe", reserve)
+    return wire.batch_to_proto([chunk], torch.tensor(ids))
+
+
+async def test_prefill_returns_the_reference_token(stage, checkpoint: Path) -> None:
+    engine, link, events, hop = stage
+    link.send(_prefill(hop, "r1", [5, 6, 7], 10))
+    event = await asyncio.wait_for(events.get(), 10)
+    assert [r.request_id for r in event.results] == ["r1"]
+    assert event.results[0].token_id == ReferenceModel(checkpoint).greedy([5, 6, 7], 1).tokens[0]
+    assert event.results[0].position == 3
+    assert engine.kv.usage().reserved_tokens == 10
+    link.send(wire.release_to_proto(["r1"]))
+    await asyncio.sleep(0.2)
+    assert engine.kv.usage().reserved_tokens == 0
+
+
+async def test_failures_come_back_per_request(stage) -> None:
+    engine, link, events, hop = stage
+    link.send(_prefill(hop, "big", [1, 2], 100))  # the stage holds only 64 tokens
+    decode = Chunk("ghost", Phase.DECODE, 4, 1, (hop,), "fe")
+    link.send(wire.batch_to_proto([decode], torch.tensor([3])))
+    elsewhere = Chunk("lost", Phase.PREFILL, 0, 1, (Hop("other", "x:1", 0, 6),), "fe", 4)
+    link.send(wire.batch_to_proto([elsewhere], torch.tensor([3])))
+    bad_dtype = pb.StageRequest(batch=pb.ForwardBatch(chunks=[wire.chunk_to_proto(Chunk("odd", Phase.PREFILL, 0, 1, (hop,), "fe", 4))],
+                                                      payload=pb.Tensor(dtype="complex32", shape=[1], data=b"\0" * 4)))
+    link.send(bad_dtype)
+    kinds = {}
+    while len(kinds) < 4:
+        event = await asyncio.wait_for(events.get(), 10)
+        kinds |= {e.request_id: (e.kind, e.message) for e in event.errors}
+    assert kinds["big"][0] == FailureKind.KV_FULL and "100 tokens asked" in kinds["big"][1]
+    assert kinds["ghost"][0] == FailureKind.ROUTE_BROKEN and "no KV cache" in kinds["ghost"][1]
+    assert kinds["lost"][0] == FailureKind.INVALID and "not solo" in kinds["lost"][1]
+    assert kinds["odd"][0] == FailureKind.INVALID and "complex32" in kinds["odd"][1]
+    assert engine.kv.usage().requests == 0
+
+
+async def test_late_chunks_of_released_requests_are_dropped(stage) -> None:
+    engine, link, events, hop = stage
+    link.send(wire.release_to_proto(["gone"]))
+    link.send(_prefill(hop, "gone", [1, 2, 3], 8))
+    link.send(_prefill(hop, "kept", [1, 2, 3], 8))
+    event = await asyncio.wait_for(events.get(), 10)
+    assert [r.request_id for r in event.results] == ["kept"]
+    assert engine.kv.get("gone") is None
+
+
+async def test_describe_reports_layers_and_kv(stage) -> None:
+    _, link, _, _ = stage
+    info = await link.describe()
+    assert (info.node, info.start, info.end, info.num_layers, info.kv_capacity_tokens) == ("solo", 0, 6, 6, 64)
+
+
+@pytest.mark.timeout(120)
+def test_worker_process_health_readiness_and_metrics(tmp_path: Path, checkpoint: Path, fleet) -> None:
+    plan, plan_path = write_plan(tmp_path, [[("only", 0, 6)]])
+    child = fleet.wait(fleet.start_worker(plan_path, "only", checkpoint))
+    for path in ("/healthz", "/readyz"):
+        with urllib.request.urlopen(child.http_url + path, timeout=5) as response:
+            assert response.status == 200
+    metrics = urllib.request.urlopen(child.http_url + "/metrics", timeout=5).read().decode()
+    for name in ("helix_stage_tokens_total", "helix_stage_batch_requests", "helix_stage_kv_tokens",
+                 "helix_stage_queue_length", "helix_stage_hop_seconds"):
+        assert name in metrics
+    assert 'helix_stage_kv_tokens{node="only",state="capacity"} 4096.0' in metrics
+
+
+def test_unknown_node_is_one_clear_error(tmp_path: Path, checkpoint: Path, fleet) -> None:
+    plan, plan_path = write_plan(tmp_path, [[("only", 0, 6)]])
+    child = fleet.start_worker(plan_path, "nobody", checkpoint)
+    assert child.process.wait(timeout=60) == 2
+    log = child.log_path.read_text()
+    assert "error: node 'nobody' is not in the plan" in log and "Traceback" not in log

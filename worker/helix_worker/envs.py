@@ -1,0 +1,54 @@
+"""The one registry of environment variables that configure workers and the front end.
+
+Each field of `Settings` is read from `HELIX_<FIELD NAME IN CAPITALS>`; its metadata holds
+the help text. Command-line flags override the environment; nothing else reads `os.environ`.
+"""
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+from helix_worker.errors import ServingError
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    device: str = _setting("auto", "torch device for the layers: auto (cuda when present), cpu, cuda, cuda:N")
+    dtype: str = _setting("", "weight/activation dtype (float32, bfloat16, float16); empty: the checkpoint's")
+    kv_cache_tokens: int = _setting(0, "KV cache size in tokens; 0: derive from kv_cache_bytes")
+    kv_cache_bytes: int = _setting(1 << 30, "KV cache memory budget in bytes when kv_cache_tokens is 0")
+    max_batch_tokens: int = _setting(4096, "most tokens one stage step runs (prefill rows count in full)")
+    torch_threads: int = _setting(0, "torch intra-op threads; 0: torch's default")
+    slowdown: float = _setting(1.0, "emulate a slower GPU: each step takes this many times its compute time")
+    max_message_bytes: int = _setting(256 << 20, "largest gRPC message (activations of a long prefill)")
+    reconnect_seconds: float = _setting(0.5, "how often the front end probes a stage that went down")
+    route_wait_seconds: float = _setting(60.0, "how long a request waits for a usable pipeline before failing")
+    step_timeout_seconds: float = _setting(120.0, "a step with no answer by then is re-routed (a lost message)")
+    max_queue: int = _setting(1024, "requests the front end holds waiting for KV cache before refusing more")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            name = env_name(spec.name)
+            if name in environ and environ[name] != "":
+                try:
+                    values[spec.name] = type(spec.default)(environ[name])
+                except ValueError:
+                    raise ServingError(f"{name}={environ[name]!r} is not a valid {type(spec.default).__name__}") from None
+        settings = cls(**values)
+        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def env_name(field_name: str) -> str:
+    return "HELIX_" + field_name.upper()
+
+
+def describe() -> str:
+    """One line per variable, for `--help` epilogs and the README."""
+    return "\n".join(f"  {env_name(f.name)} (default {f.default!r}): {f.metadata['help']}" for f in fields(Settings))

@@ -1,0 +1,322 @@
+"""The coordinator: token ids in, token ids out, over the plan's pipelines.
+
+It holds a stream to every stage (first stages take token ids, last stages send back the
+sampled tokens, any stage reports failures), admits each request onto a route with room
+for `prompt + max_tokens` KV tokens, keeps it there for all its decode steps, and when a
+stage dies or a stream breaks re-prefills the request (prompt + tokens so far) on another
+route, so under greedy decoding it finishes with exactly the tokens of an uninterrupted
+run. Sends from requests that step together are coalesced into one batch per stage.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import torch
+
+from helix_planner.plan_format import Plan
+from helix_proto import helix_stage_pb2 as pb
+from helix_worker import wire
+from helix_worker.envs import Settings
+from helix_worker.errors import InvalidRequest, ServingError, Unavailable
+from helix_worker.frontend.routes import Route, RouteTable
+from helix_worker.links import StreamLink
+from helix_worker.metrics import FrontendMetrics
+from helix_worker.protocol import Chunk, FailureKind, Phase, Sampled, SamplingParams
+
+log = logging.getLogger(__name__)
+MAX_REROUTES = 8
+MAX_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    vocab_size: int
+    max_positions: int
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_ids: tuple[int, ...]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop_token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+    logits: torch.Tensor | None = None
+    finish_reason: str | None = None  # "stop" (a stop token) or "length" on the last event
+
+
+class _Reroute(Exception):
+    """The request's route failed; re-prefill it elsewhere."""
+
+
+class Coordinator:
+    def __init__(self, plan: Plan, endpoints: dict[str, str], limits: ModelLimits, settings: Settings,
+                 metrics: FrontendMetrics | None = None) -> None:
+        self.routes = RouteTable(plan, endpoints)
+        self.limits, self.settings = limits, settings
+        self.metrics = metrics or FrontendMetrics()
+        self.peer_name = f"frontend-{uuid.uuid4().hex[:8]}"
+        self._links: dict[str, StreamLink] = {}
+        self._waiting: dict[str, asyncio.Future[Sampled]] = {}
+        self._active: dict[str, Route] = {}
+        self._outbox: dict[str, list[tuple[Chunk, torch.Tensor]]] = {}
+        self._flush_scheduled = False
+        self._probes: dict[str, asyncio.Task] = {}
+        self._changed = asyncio.Event()  # replaced on every change; waiters hold the old one
+        self._queued = 0
+
+    # Lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to every stage; unreachable ones are probed until they answer."""
+        for node in self.routes.nodes:
+            address = next(h.address for r in self.routes.routes for h in r.hops if h.node == node)
+            self._links[node] = StreamLink(address, self.peer_name, max_message_bytes=self.settings.max_message_bytes,
+                                           on_event=self._on_event, on_down=lambda link, n=node: self._mark_down(n))
+        await asyncio.gather(*(self._try_up(node) for node in self.routes.nodes))
+        for node in self.routes.nodes:
+            if not self.routes.up[node]:
+                self._probe(node)
+
+    async def close(self) -> None:
+        for task in self._probes.values():
+            task.cancel()
+        await asyncio.gather(*self._probes.values(), return_exceptions=True)
+        for link in self._links.values():
+            await link.close()
+
+    @property
+    def ready(self) -> bool:
+        return any(self.routes.usable(r) for r in self.routes.routes)
+
+    async def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready:
+            await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - time.monotonic()))
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # Generation ----------------------------------------------------------------------------
+
+    def validate(self, request: GenerationRequest) -> int:
+        """Reject what can never run, with one clear message; returns the KV tokens it needs."""
+        if not request.prompt_ids:
+            raise InvalidRequest("the prompt is empty")
+        bad = [t for t in request.prompt_ids if not 0 <= t < self.limits.vocab_size]
+        if bad:
+            raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary [0, {self.limits.vocab_size})")
+        if request.max_tokens < 1:
+            raise InvalidRequest(f"max_tokens must be at least 1, not {request.max_tokens}")
+        s = request.sampling
+        if s.temperature < 0 or not 0.0 < s.top_p <= 1.0 or s.top_k < 0 or not 0 <= s.logprobs <= MAX_LOGPROBS:
+            raise InvalidRequest(f"bad sampling parameters: need temperature >= 0, 0 < top_p <= 1, top_k >= 0, "
+                                 f"0 <= logprobs <= {MAX_LOGPROBS}; got {s}")
+        need = len(request.prompt_ids) + request.max_tokens
+        if need > self.limits.max_positions:
+            raise InvalidRequest(f"prompt ({len(request.prompt_ids)} tokens) + max_tokens ({request.max_tokens}) = "
+                                 f"{need} exceeds the model's context of {self.limits.max_positions} tokens")
+        largest = self.routes.largest_fit()
+        if largest and need > largest:
+            raise InvalidRequest(f"prompt + max_tokens = {need} tokens can never fit: the largest pipeline's KV cache "
+                                 f"holds {largest} tokens per request; lower max_tokens or shorten the prompt")
+        return need
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Tokens of one request as they are sampled; the last event has a finish_reason."""
+        need = self.validate(request)
+        base, generated, reroutes = uuid.uuid4().hex[:16], [], 0
+        admitted = time.perf_counter()
+        self.metrics.in_flight.inc()
+        try:
+            while True:
+                route = await self._admit(need)
+                wire_id = f"{base}.{reroutes}"
+                self._active[wire_id] = route
+                try:
+                    ids, position, phase = list(request.prompt_ids) + generated, 0, Phase.PREFILL
+                    self.metrics.prompt_tokens.inc(len(ids))
+                    while True:
+                        started = time.perf_counter()
+                        sampled = await self._step(route, Chunk(wire_id, phase, position, len(ids), route.hops,
+                                                                self.peer_name, need, request.sampling), ids)
+                        if phase == Phase.DECODE:
+                            self.metrics.step.labels(pipeline=route.name).observe(time.perf_counter() - started)
+                        elif not generated:
+                            self.metrics.first_token.observe(time.perf_counter() - admitted)
+                        position += len(ids)
+                        generated.append(sampled.token_id)
+                        self.metrics.tokens.inc()
+                        finish = ("stop" if sampled.token_id in request.stop_token_ids
+                                  else "length" if len(generated) >= request.max_tokens else None)
+                        yield TokenEvent(sampled.token_id, sampled.logprob, sampled.top, sampled.logits, finish)
+                        if finish:
+                            self.metrics.requests.labels(outcome=finish).inc()
+                            return
+                        ids, phase = [sampled.token_id], Phase.DECODE
+                except _Reroute as err:
+                    reroutes += 1
+                    self.metrics.failovers.inc()
+                    log.warning("request %s: %s; re-prefilling %d tokens elsewhere (attempt %d)", base, err,
+                                len(request.prompt_ids) + len(generated), reroutes + 1)
+                    if reroutes > MAX_REROUTES:
+                        raise Unavailable(f"request failed on {reroutes} routes; last error: {err}") from None
+                    await asyncio.sleep(min(0.05 * reroutes, 1.0))  # let health and KV state settle
+                finally:
+                    self._retire(wire_id, route, need)
+        except BaseException as err:
+            if not isinstance(err, GeneratorExit):
+                self.metrics.requests.labels(outcome=type(err).__name__).inc()
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+
+    async def _admit(self, need: int) -> Route:
+        """Reserve `need` KV tokens on a route, waiting (FIFO-ish) while every route is full or down."""
+        if self._queued >= self.settings.max_queue:
+            raise Unavailable(f"{self._queued} requests are already waiting; retry later")
+        deadline = time.monotonic() + self.settings.route_wait_seconds
+        self._queued += 1
+        self.metrics.queued.set(self._queued)
+        try:
+            while (route := self.routes.choose(need)) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    down = [n for n, up in self.routes.up.items() if not up]
+                    raise Unavailable(f"no pipeline could take the request within {self.settings.route_wait_seconds:.0f}s"
+                                      + (f" (down: {', '.join(down)})" if down else " (KV caches full)"))
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except TimeoutError:
+                    pass
+            self.routes.reserve(route, need)
+            self._show_reserved()
+            return route
+        finally:
+            self._queued -= 1
+            self.metrics.queued.set(self._queued)
+
+    async def _step(self, route: Route, chunk: Chunk, ids: list[int]) -> Sampled:
+        if not self.routes.usable(route):
+            raise _Reroute(f"route {route.name} is down")
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[chunk.request_id] = future
+        self._queue_send(route.hops[0].node, chunk, torch.tensor(ids, dtype=torch.int64))
+        try:
+            return await asyncio.wait_for(future, self.settings.step_timeout_seconds)
+        except TimeoutError:
+            raise _Reroute(f"no answer from {route.name} within {self.settings.step_timeout_seconds:.0f}s") from None
+        finally:
+            self._waiting.pop(chunk.request_id, None)
+
+    def _retire(self, wire_id: str, route: Route, need: int) -> None:
+        """Free the request's KV on its route (stages and ledger) and wake waiting requests."""
+        self._active.pop(wire_id, None)
+        message = wire.release_to_proto([wire_id])
+        for node in route.nodes:
+            self._links[node].send(message)
+        self.routes.unreserve(route, need)
+        self._show_reserved()
+        self._notify()
+
+    # Sending -------------------------------------------------------------------------------
+
+    def _queue_send(self, node: str, chunk: Chunk, payload: torch.Tensor) -> None:
+        self._outbox.setdefault(node, []).append((chunk, payload))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outbox, self._outbox = self._outbox, {}
+        for node, items in outbox.items():
+            chunks = [c for c, _ in items]
+            message = wire.batch_to_proto(chunks, torch.cat([p for _, p in items]))
+            if not self._links[node].send(message):
+                for chunk in chunks:
+                    self._fail(chunk.request_id, _Reroute(f"stream to {node} is down"))
+
+    # Events from stages --------------------------------------------------------------------
+
+    def _on_event(self, event: pb.StageEvent) -> None:
+        for result in event.results:
+            future = self._waiting.get(result.request_id)
+            if future is not None and not future.done():
+                future.set_result(wire.sampled_from_proto(result))
+        for error in event.errors:
+            failure = wire.failure_from_proto(error)
+            if failure.kind == FailureKind.INVALID:
+                self._fail(failure.request_id, ServingError(f"stage {failure.node} rejected the request: {failure.message}"))
+                continue
+            self._fail(failure.request_id, _Reroute(f"{failure.node}: {failure.message}"))
+            if failure.kind == FailureKind.ROUTE_BROKEN and failure.node in self.routes.up:
+                self._mark_down(failure.node)
+
+    def _fail(self, wire_id: str, error: Exception) -> None:
+        future = self._waiting.get(wire_id)
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+    # Stage health --------------------------------------------------------------------------
+
+    def _mark_down(self, node: str) -> None:
+        if not self.routes.up.get(node):
+            return
+        log.warning("stage %s is down; its pipelines leave rotation until it is back", node)
+        self.routes.up[node] = False
+        self._show_health()
+        for wire_id, route in list(self._active.items()):
+            if node in route.nodes:
+                self._fail(wire_id, _Reroute(f"stage {node} went down"))
+        self._probe(node)
+
+    def _probe(self, node: str) -> None:
+        if node not in self._probes or self._probes[node].done():
+            self._probes[node] = asyncio.get_running_loop().create_task(self._probe_until_up(node))
+
+    async def _probe_until_up(self, node: str) -> None:
+        while not await self._try_up(node):
+            await asyncio.sleep(self.settings.reconnect_seconds)
+
+    async def _try_up(self, node: str) -> bool:
+        link = self._links[node]
+        try:
+            info = await link.describe(timeout=2.0)
+            self._check_holds(node, info)
+            await link.connect(timeout=2.0)
+        except Exception as err:  # unreachable, still loading, or holding other layers
+            log.debug("stage %s not usable yet: %s", node, err)
+            return False
+        self.routes.capacity[node] = int(info.kv_capacity_tokens)
+        self.routes.up[node] = True
+        self._show_health()
+        self._notify()
+        log.info("stage %s is up (layers [%d, %d), KV %d tokens)", node, info.start, info.end, info.kv_capacity_tokens)
+        return True
+
+    def _check_holds(self, node: str, info: pb.StageInfo) -> None:
+        for route in self.routes.routes:
+            for hop in route.hops:
+                if hop.node == node and not info.start <= hop.start < hop.end <= info.end:
+                    raise ServingError(f"stage {node} holds layers [{info.start}, {info.end}) but pipeline "
+                                       f"{route.name} needs [{hop.start}, {hop.end}) there")
+
+    def _show_health(self) -> None:
+        for route in self.routes.routes:
+            self.metrics.pipeline_up.labels(pipeline=route.name).set(1 if self.routes.usable(route) else 0)
+
+    def _show_reserved(self) -> None:
+        for node, tokens in self.routes.reserved.items():
+            self.metrics.kv_reserved.labels(node=node).set(tokens)

@@ -1,0 +1,149 @@
+"""KServe v2 tensors <-> `TextRequest` / outputs, following Triton's LLM conventions.
+
+Inputs (all optional but one of `text_input` / `input_ids`): text_input BYTES, input_ids
+INT32/INT64, max_tokens, temperature, top_p, top_k, seed, logprobs, stop BYTES, ignore_eos
+BOOL, stream BOOL, and sampling_parameters (BYTES JSON, as Triton's vLLM backend takes).
+The same sampling fields may come as request parameters. Outputs: text_output BYTES,
+output_ids INT64, finish_reason BYTES, logprobs FP32.
+"""
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+from helix_proto import grpc_service_pb2 as kserve
+from helix_worker.errors import InvalidRequest
+from helix_worker.frontend.service import TextRequest
+from helix_worker.protocol import SamplingParams
+
+INPUTS = {
+    "text_input": ("BYTES", [1]), "input_ids": ("INT64", [-1]), "max_tokens": ("INT32", [1]),
+    "temperature": ("FP32", [1]), "top_p": ("FP32", [1]), "top_k": ("INT32", [1]), "seed": ("UINT64", [1]),
+    "logprobs": ("INT32", [1]), "stop": ("BYTES", [-1]), "ignore_eos": ("BOOL", [1]), "stream": ("BOOL", [1]),
+    "sampling_parameters": ("BYTES", [1]),
+}
+OUTPUTS = {"text_output": ("BYTES", [-1]), "output_ids": ("INT64", [-1]), "finish_reason": ("BYTES", [1]),
+           "logprobs": ("FP32", [-1])}
+_NUMPY = {"BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+          "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+          "FP32": np.float32, "FP64": np.float64}
+_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+             "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+             "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+_SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "logprobs", "stop", "ignore_eos")
+
+
+def decode_inputs(request: kserve.ModelInferRequest) -> dict[str, list]:
+    """Every input tensor as a flat Python list; malformed tensors are one clear error."""
+    if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
+        raise InvalidRequest(f"{len(request.inputs)} inputs but {len(request.raw_input_contents)} raw contents")
+    values = {}
+    for i, tensor in enumerate(request.inputs):
+        if tensor.name not in INPUTS:
+            raise InvalidRequest(f"unknown input {tensor.name!r}; this model takes {', '.join(INPUTS)}")
+        if tensor.datatype not in _CONTENTS:
+            raise InvalidRequest(f"input {tensor.name!r} has unsupported datatype {tensor.datatype!r}")
+        count = int(np.prod(tensor.shape)) if tensor.shape else 1
+        if request.raw_input_contents:
+            items = _from_raw(tensor.name, tensor.datatype, request.raw_input_contents[i])
+        else:
+            items = list(getattr(tensor.contents, _CONTENTS[tensor.datatype]))
+        if len(items) != count:
+            raise InvalidRequest(f"input {tensor.name!r} has shape {list(tensor.shape)} but {len(items)} elements")
+        values[tensor.name] = items
+    return values
+
+
+def _from_raw(name: str, datatype: str, raw: bytes) -> list:
+    if datatype != "BYTES":
+        width = np.dtype(_NUMPY[datatype]).itemsize
+        if len(raw) % width:
+            raise InvalidRequest(f"input {name!r}: {len(raw)} raw bytes is not a whole number of {datatype}")
+        return np.frombuffer(raw, dtype=_NUMPY[datatype]).tolist()
+    items, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidRequest(f"input {name!r}: truncated BYTES element length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidRequest(f"input {name!r}: BYTES element runs past the end of the tensor")
+        items.append(raw[offset:offset + length])
+        offset += length
+    return items
+
+
+def _parameter(value: kserve.InferParameter) -> Any:
+    choice = value.WhichOneof("parameter_choice")
+    return getattr(value, choice) if choice else None
+
+
+def text_request(request: kserve.ModelInferRequest) -> tuple[TextRequest, bool]:
+    """The request as a `TextRequest`, and whether an empty final response was asked for."""
+    inputs = decode_inputs(request)
+    options: dict[str, Any] = {}
+    if "sampling_parameters" in inputs:
+        try:
+            options |= json.loads(inputs["sampling_parameters"][0])
+        except (ValueError, UnicodeDecodeError) as err:
+            raise InvalidRequest(f"sampling_parameters is not JSON: {err}") from None
+    params = {k: _parameter(v) for k, v in request.parameters.items()}
+    options |= {k: v for k, v in params.items() if k in _SAMPLING_KEYS}
+    options |= {k: (v if k == "stop" else v[0]) for k, v in inputs.items() if k in _SAMPLING_KEYS}
+    stop = options.get("stop", ())
+    stop = (stop,) if isinstance(stop, (str, bytes)) else tuple(stop)
+    try:
+        sampling = SamplingParams(temperature=float(options.get("temperature", 0.0)),
+                                  top_p=float(options.get("top_p", 1.0)), top_k=int(options.get("top_k", 0)),
+                                  seed=None if options.get("seed") is None else int(options["seed"]),
+                                  logprobs=int(options.get("logprobs", 0)))
+        text = TextRequest(
+            prompt=_text(inputs["text_input"][0]) if "text_input" in inputs else None,
+            prompt_ids=tuple(int(t) for t in inputs["input_ids"]) if "input_ids" in inputs else None,
+            max_tokens=int(options.get("max_tokens", 16)), sampling=sampling,
+            stop=tuple(_text(s) for s in stop), ignore_eos=bool(options.get("ignore_eos", False)))
+    except (TypeError, ValueError) as err:
+        raise InvalidRequest(f"bad sampling parameter: {err}") from None
+    if text.prompt is None and text.prompt_ids is None:
+        raise InvalidRequest("give `text_input` (BYTES) or `input_ids` (INT64)")
+    return text, bool(params.get("triton_enable_empty_final_response", False))
+
+
+def _text(value: bytes | str) -> str:
+    try:
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    except UnicodeDecodeError:
+        raise InvalidRequest("text inputs must be UTF-8") from None
+
+
+def requested_outputs(request: kserve.ModelInferRequest) -> list[str]:
+    names = [o.name for o in request.outputs] or list(OUTPUTS)
+    unknown = [n for n in names if n not in OUTPUTS]
+    if unknown:
+        raise InvalidRequest(f"unknown output {unknown[0]!r}; this model returns {', '.join(OUTPUTS)}")
+    return names
+
+
+def response(request: kserve.ModelInferRequest, model: str, names: list[str], *, text: str,
+             token_ids: tuple[int, ...], finish: str | None, logprobs: tuple[float, ...],
+             final: bool | None = None) -> kserve.ModelInferResponse:
+    """A response with the wanted outputs (as raw contents); `final` sets triton_final_response."""
+    values = {"text_output": ("BYTES", [1], _bytes_tensor([text.encode()])),
+              "output_ids": ("INT64", [len(token_ids)], np.asarray(token_ids, dtype=np.int64).tobytes()),
+              "finish_reason": ("BYTES", [1], _bytes_tensor([(finish or "").encode()])),
+              "logprobs": ("FP32", [len(logprobs)], np.asarray(logprobs, dtype=np.float32).tobytes())}
+    out = kserve.ModelInferResponse(model_name=model, model_version="1", id=request.id)
+    for name in names:
+        datatype, shape, raw = values[name]
+        out.outputs.add(name=name, datatype=datatype, shape=shape)
+        out.raw_output_contents.append(raw)
+    if final is not None:
+        out.parameters["triton_final_response"].bool_param = final
+    return out
+
+
+def _bytes_tensor(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)

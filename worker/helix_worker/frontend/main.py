@@ -1,0 +1,99 @@
+"""`helix frontend`: the coordinator with its KServe v2 gRPC and OpenAI HTTP endpoints.
+
+Serves until SIGTERM / SIGINT. With `ready_file`, writes the bound ports as JSON once the
+servers listen (readiness itself turns green when some pipeline is fully up).
+"""
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+
+from helix_planner.plan_format import Plan
+from helix_proto import grpc_service_pb2_grpc as kserve_grpc
+from helix_worker.envs import Settings
+from helix_worker.errors import ServingError
+from helix_worker.frontend.coordinator import Coordinator, ModelLimits
+from helix_worker.frontend.kserve import KServeServicer
+from helix_worker.frontend.openai_http import add_openai_routes
+from helix_worker.frontend.service import GenerationService
+from helix_worker.http_base import health_routes, start_site
+from helix_worker.links import channel_options
+from helix_worker.metrics import FrontendMetrics
+from helix_worker.model_config import load_model_config
+from helix_worker.readyfile import write_ready_file
+from helix_worker.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FrontendOptions:
+    plan: Plan
+    endpoints: dict[str, str]
+    checkpoint: Path
+    model_name: str = ""
+    host: str = "127.0.0.1"
+    grpc_port: int = 0
+    http_port: int = 0
+    ready_file: Path | None = None
+
+
+def parse_endpoints(pairs: list[str], files: list[Path]) -> dict[str, str]:
+    """NODE=HOST:PORT pairs and JSON files mapping node names to addresses."""
+    endpoints: dict[str, str] = {}
+    for path in files:
+        try:
+            endpoints |= {str(k): str(v) for k, v in json.loads(Path(path).read_text()).items()}
+        except (OSError, ValueError, AttributeError) as err:
+            raise ServingError(f"cannot read endpoints file {path}: {err}") from None
+    for pair in pairs:
+        node, sep, address = pair.partition("=")
+        if not sep or not node or ":" not in address:
+            raise ServingError(f"endpoint {pair!r} should look like NODE=HOST:PORT")
+        endpoints[node] = address
+    return endpoints
+
+
+def build_service(options: FrontendOptions, settings: Settings, metrics: FrontendMetrics) -> GenerationService:
+    config = load_model_config(options.checkpoint)
+    tokenizer = load_tokenizer(options.checkpoint) if (options.checkpoint / "tokenizer.json").exists() else None
+    name = options.model_name or str(options.plan.model.get("name") or options.checkpoint.name)
+    coordinator = Coordinator(options.plan, options.endpoints,
+                              ModelLimits(config.vocab_size, config.max_position_embeddings), settings, metrics)
+    eos = config.eos_token_ids or ((tokenizer.eos_token_id,) if tokenizer and tokenizer.eos_token_id is not None else ())
+    return GenerationService(coordinator, tokenizer, name, tuple(eos))
+
+
+async def serve_frontend(options: FrontendOptions, settings: Settings) -> None:
+    metrics = FrontendMetrics()
+    service = build_service(options, settings, metrics)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.coordinator.start()
+    server = grpc.aio.server(options=channel_options(settings.max_message_bytes))
+    kserve_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(service), server)
+    grpc_port = server.add_insecure_port(f"{options.host}:{options.grpc_port}")
+    await server.start()
+    app = web.Application()
+    health_routes(app, lambda: service.coordinator.ready, metrics.render)
+    add_openai_routes(app, service)
+    runner, http_port = await start_site(app, options.host, options.http_port)
+    log.info("front end for %s: KServe gRPC %s:%d, OpenAI HTTP http://%s:%d/v1", service.model_name,
+             options.host, grpc_port, options.host, http_port)
+    if options.ready_file is not None:
+        write_ready_file(options.ready_file, {"grpc": grpc_port, "http": http_port, "pid": os.getpid()})
+    try:
+        await stop.wait()
+    finally:
+        await server.stop(grace=2.0)
+        await runner.cleanup()
+        await service.coordinator.close()

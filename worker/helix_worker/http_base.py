@@ -1,0 +1,35 @@
+"""The HTTP side every process shares: liveness, readiness and Prometheus metrics (aiohttp)."""
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from helix_worker.metrics import CONTENT_TYPE
+
+
+def health_routes(app: web.Application, ready: Callable[[], bool], render_metrics: Callable[[], bytes]) -> None:
+    """/healthz: the process answers; /readyz: it can serve (503 until then); /metrics."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok = ready()
+        return web.json_response({"ready": ok}, status=200 if ok else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=render_metrics(), headers={"Content-Type": CONTENT_TYPE})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+
+
+async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve `app`; returns the runner (for cleanup) and the bound port (port 0 picks one)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # aiohttp exposes no public accessor
+    return runner, bound

@@ -1,0 +1,102 @@
+"""An outbound stage stream: one long-lived `Connect` call to a stage, with a send queue.
+
+Used by the front end (a link to every stage) and by stages (a link to each next hop).
+Sends never block the caller; events and the link going down reach callbacks, and the
+owner decides when to reconnect.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from helix_proto import helix_stage_pb2 as pb
+from helix_proto import helix_stage_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+PEER_HEADER = "helix-peer"
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.http2.max_pings_without_data", 0), ("grpc.keepalive_permit_without_calls", 1)]
+
+
+class StreamLink:
+    def __init__(self, address: str, peer_name: str, *, max_message_bytes: int,
+                 on_event: Callable[[pb.StageEvent], None] | None = None,
+                 on_down: Callable[["StreamLink"], None] | None = None) -> None:
+        self.address, self.peer_name = address, peer_name
+        self._options = channel_options(max_message_bytes)
+        self._on_event, self._on_down = on_event, on_down
+        self._channel: grpc.aio.Channel | None = None
+        self._queue: asyncio.Queue[pb.StageRequest | None] = asyncio.Queue()
+        self._reader: asyncio.Task | None = None
+        self.up = False
+
+    async def connect(self, timeout: float = 5.0) -> None:
+        """Open the stream; raises grpc.aio.AioRpcError or TimeoutError if the stage is unreachable."""
+        await self.close()
+        self._channel = grpc.aio.insecure_channel(self.address, options=self._options)
+        self._queue = asyncio.Queue()
+        call = pb_grpc.StageServiceStub(self._channel).Connect(
+            self._requests(self._queue), metadata=((PEER_HEADER, self.peer_name),))
+        try:
+            await asyncio.wait_for(call.initial_metadata(), timeout)
+        except BaseException:
+            call.cancel()
+            await self._channel.close()
+            self._channel = None
+            raise
+        self.up = True
+        self._reader = asyncio.create_task(self._read(call))
+
+    async def describe(self, timeout: float = 5.0) -> pb.StageInfo:
+        channel = self._channel or grpc.aio.insecure_channel(self.address, options=self._options)
+        try:
+            return await pb_grpc.StageServiceStub(channel).Describe(pb.DescribeRequest(), timeout=timeout)
+        finally:
+            if channel is not self._channel:
+                await channel.close()
+
+    def send(self, message: pb.StageRequest) -> bool:
+        """Queue a message; False if the link is down (nothing is queued then)."""
+        if not self.up:
+            return False
+        self._queue.put_nowait(message)
+        return True
+
+    async def close(self) -> None:
+        self.up = False
+        self._queue.put_nowait(None)
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    @staticmethod
+    async def _requests(queue: asyncio.Queue):
+        while (message := await queue.get()) is not None:
+            yield message
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        try:
+            async for event in call:
+                if self._on_event is not None:
+                    self._on_event(event)
+            log.info("stream to %s ended", self.address)
+        except grpc.aio.AioRpcError as err:
+            log.info("stream to %s broke: %s", self.address, err.code().name)
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        self.up = False
+        self._queue.put_nowait(None)
+        if self._on_down is not None:
+            self._on_down(self)

@@ -1,0 +1,101 @@
+"""`helix profile`: per-layer prompt and decode latency curves of this device, in catalog format.
+
+Like the Helix authors' vLLM measurements, it times a few decoder layers (random weights of
+the model's real shape are enough: latency depends on shape, not values) at several prompt
+lengths and decode batch sizes, and writes `promptMs` / `decodeMs` lists of [x, ms per
+layer] that `--catalog` directories feed straight to the planner.
+"""
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import torch
+import yaml
+
+from helix_worker.kv_cache import KVCache
+from helix_worker.slice_model import LayerSlice, Rows
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    checkpoint: Path
+    gpu_name: str
+    device: torch.device
+    layers: int = 2
+    prompt_tokens: tuple[int, ...] = (32, 64, 128, 256, 512)
+    decode_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    decode_context: int = 128
+    repeats: int = 3
+
+
+def _timed(device: torch.device, run) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
+def _median_ms(options: ProfileOptions, run) -> float:
+    run()  # warm-up (allocations, kernels)
+    return statistics.median(_timed(options.device, run) for _ in range(options.repeats)) * 1000.0
+
+
+def measure(options: ProfileOptions, log=print) -> dict:
+    """The catalog document: {model, source, measured: {gpu: {maxLayers, promptMs, decodeMs}}}."""
+    probe = LayerSlice.load(options.checkpoint, 0, 1, device=options.device)
+    config = probe.config
+    layers = min(options.layers, config.num_layers)
+    model = LayerSlice.load(options.checkpoint, 0, layers, device=options.device)
+    width = (config.hidden_size,)
+
+    def kv(tokens: int) -> KVCache:
+        return KVCache(tokens, *model.new_cache_shape(), model.dtype, model.device)
+
+    prompt = [[0.0, 0.0]]
+    for tokens in options.prompt_tokens:
+        cache = kv(tokens).allocate("p", tokens)
+        hidden = torch.randn(tokens, *width, device=model.device).to(model.dtype)
+        ms = _median_ms(options, lambda: model.forward(hidden, [Rows(tokens, 0, cache)]))
+        prompt.append([float(tokens), round(ms / layers, 4)])
+        log(f"prompt {tokens:5d} tokens: {ms / layers:8.3f} ms/layer")
+    decode = [[0.0, 0.0]]
+    context = options.decode_context
+    for batch in options.decode_batches:
+        pool = kv(batch * (context + 1))
+        caches = [pool.allocate(str(i), context + 1) for i in range(batch)]
+        for cache in caches:  # fill the context once, then time single-token steps over it
+            model.forward(torch.randn(context, *width, device=model.device).to(model.dtype), [Rows(context, 0, cache)])
+        hidden = torch.randn(batch, *width, device=model.device).to(model.dtype)
+        rows = [Rows(1, context, c) for c in caches]
+        ms = _median_ms(options, lambda: model.forward(hidden, rows))
+        decode.append([float(batch), round(ms / layers, 4)])
+        log(f"decode batch {batch:3d}: {ms / layers:8.3f} ms/layer")
+    layer_bytes = sum(t.numel() * t.element_size() for t in vars(model.layers[0]).values() if t is not None)
+    return {
+        "model": options.checkpoint.name,
+        "source": f"helix profile, {date.today().isoformat()}, torch {torch.__version__}, {str(model.dtype).removeprefix('torch.')}, "
+                  f"{layers} layers timed, decode context {context}",
+        "measured": {options.gpu_name: {
+            "maxLayers": max_layers(options.device, layer_bytes, config.num_layers),
+            "blockSize": 16, "promptMs": prompt, "decodeMs": decode}},
+    }
+
+
+def max_layers(device: torch.device, layer_bytes: int, num_layers: int) -> int:
+    """Layers that fit in 90% of device memory with a third left for KV cache (an estimate)."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(num_layers, int(total * 0.9 * 2 / 3 // max(layer_bytes, 1))))
+
+
+def write_profile(document: dict, path: Path) -> None:
+    path.write_text(yaml.safe_dump(document, sort_keys=False, default_flow_style=None))

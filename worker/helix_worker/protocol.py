@@ -1,0 +1,82 @@
+"""Value objects of the stage-to-stage protocol, free of any transport.
+
+The gRPC adapter converts them to and from `helix_stage.proto` messages (see `wire`); the
+stage engine and the front end's coordinator only see these.
+"""
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+
+class Phase(enum.IntEnum):
+    PREFILL = 1
+    DECODE = 2
+
+
+class FailureKind(enum.IntEnum):
+    INTERNAL = 0
+    KV_FULL = 1
+    ROUTE_BROKEN = 2
+    INVALID = 3
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One stage of a route: node name, its address, and the layers [start, end) it runs."""
+
+    node: str
+    address: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    logprobs: int = 0
+    return_logits: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One request's tokens in a forward batch; `route[0]` is the receiving stage."""
+
+    request_id: str
+    phase: Phase
+    position: int
+    length: int
+    route: tuple[Hop, ...]
+    reply_to: str
+    reserve: int = 0
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """A token the last stage sampled for `request_id`; it will sit at `position`."""
+
+    request_id: str
+    token_id: int
+    position: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+    logits: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A request a stage could not carry on, and why."""
+
+    request_id: str
+    node: str
+    kind: FailureKind
+    message: str

@@ -1,0 +1,1 @@
+"""A pipeline stage: the batching engine (transport-free) and its gRPC server."""

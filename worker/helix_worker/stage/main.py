@@ -1,0 +1,106 @@
+"""`helix worker`: run one stage of a plan in this process until SIGTERM / SIGINT.
+
+Liveness answers at once; the model slice loads on a thread (progress in the log), then
+the gRPC server starts and readiness turns green. With `ready_file`, the bound ports are
+written there as JSON once serving, so launchers and tests can use port 0.
+"""
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import torch
+from aiohttp import web
+
+from helix_planner.plan_format import Plan
+from helix_proto import helix_stage_pb2_grpc as pb_grpc
+from helix_worker.envs import Settings
+from helix_worker.errors import ServingError
+from helix_worker.http_base import health_routes, start_site
+from helix_worker.kv_cache import KVCache
+from helix_worker.links import channel_options
+from helix_worker.metrics import StageMetrics
+from helix_worker.model_config import parse_dtype
+from helix_worker.readyfile import write_ready_file
+from helix_worker.slice_model import LayerSlice
+from helix_worker.stage.engine import StageEngine
+from helix_worker.stage.server import StageIdentity, StageServicer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    plan: Plan
+    node: str
+    checkpoint: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    http_port: int = 0
+    ready_file: Path | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def layer_range(plan: Plan, node: str) -> tuple[int, int]:
+    for planned in plan.nodes:
+        if planned.name == node:
+            return planned.start, planned.end
+    raise ServingError(f"node {node!r} is not in the plan; its nodes are {', '.join(n.name for n in plan.nodes)}")
+
+
+async def serve_stage(options: StageOptions, settings: Settings) -> None:
+    start, end = layer_range(options.plan, options.node)
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    metrics = StageMetrics(options.node)
+    ready = asyncio.Event()
+    app = web.Application()
+    health_routes(app, ready.is_set, metrics.render)
+    runner, http_port = await start_site(app, options.host, options.http_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server: grpc.aio.Server | None = None
+    try:
+        began = time.perf_counter()
+        log.info("%s: loading layers [%d, %d) from %s", options.node, start, end, options.checkpoint)
+        dtype = parse_dtype(settings.dtype)
+        model = await asyncio.to_thread(LayerSlice.load, options.checkpoint, start, end,
+                                        dtype=dtype, device=resolve_device(settings.device))
+        tokens = settings.kv_cache_tokens or settings.kv_cache_bytes // model.config.kv_bytes_per_token(
+            len(model.layers), model.dtype)
+        kv = KVCache(tokens, *model.new_cache_shape(), model.dtype, model.device)
+        metrics.kv(kv.usage())
+        engine = StageEngine(options.node, model, kv, max_batch_tokens=settings.max_batch_tokens,
+                             slowdown=settings.slowdown, observer=metrics)
+        servicer = StageServicer(engine, StageIdentity(options.node, str(options.plan.model.get("name", "")),
+                                                       options.plan.plan_hash),
+                                 max_message_bytes=settings.max_message_bytes)
+        server = grpc.aio.server(options=channel_options(settings.max_message_bytes))
+        pb_grpc.add_StageServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port(f"{options.host}:{options.port}")
+        await server.start()
+        engine_task = asyncio.create_task(engine.run())
+        ready.set()
+        log.info("%s: serving layers [%d, %d) on %s:%d (http %d), KV %d tokens, loaded in %.1fs",
+                 options.node, start, end, options.host, port, http_port, tokens, time.perf_counter() - began)
+        if options.ready_file is not None:
+            write_ready_file(options.ready_file, {"grpc": port, "http": http_port, "pid": os.getpid()})
+        await stop.wait()
+        engine_task.cancel()
+        await servicer.close()
+    finally:
+        if server is not None:
+            await server.stop(grace=1.0)
+        await runner.cleanup()

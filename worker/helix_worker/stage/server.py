@@ -1,0 +1,153 @@
+"""gRPC adapter of a stage: the `StageService` servicer and the engine's outputs.
+
+Each upstream peer (the front end, or a previous stage) holds one `Connect` stream and
+names itself in call metadata; the stage writes events addressed to that peer (sampled
+tokens, request failures) onto its stream. Hidden states for the next hop go out through
+one `StreamLink` per next-hop address. If such a link breaks, every request it carried
+gets a ROUTE_BROKEN failure at its front end, which re-routes it.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from helix_proto import helix_stage_pb2 as pb
+from helix_proto import helix_stage_pb2_grpc as pb_grpc
+from helix_worker import wire
+from helix_worker.links import PEER_HEADER, StreamLink
+from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
+from helix_worker.stage.engine import StageEngine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageIdentity:
+    node: str
+    model: str
+    plan_hash: str
+
+
+class StageServicer(pb_grpc.StageServiceServicer):
+    """Also the engine's `Outputs`: routes hidden states onward and events back to peers."""
+
+    def __init__(self, engine: StageEngine, identity: StageIdentity, *, max_message_bytes: int) -> None:
+        self.engine, self.identity = engine, identity
+        self.max_message_bytes = max_message_bytes
+        self._peers: dict[str, asyncio.Queue[pb.StageEvent]] = {}
+        self._links: dict[str, StreamLink] = {}
+        self._carried: dict[str, dict[str, str]] = {}  # link address -> request id -> reply_to
+        self._nodes: dict[str, str] = {}  # link address -> node name
+        self._locks: dict[str, asyncio.Lock] = {}
+        engine.outputs = self
+
+    async def Connect(self, request_iterator, context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC name)
+        peer = dict(context.invocation_metadata()).get(PEER_HEADER, context.peer())
+        outbox: asyncio.Queue[pb.StageEvent] = asyncio.Queue()
+        self._peers[peer] = outbox
+        await context.send_initial_metadata(())
+        reader = asyncio.create_task(self._read(context))
+        try:
+            while True:
+                getter = asyncio.create_task(outbox.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                await context.write(getter.result())
+        finally:
+            reader.cancel()
+            if self._peers.get(peer) is outbox:
+                del self._peers[peer]
+
+    async def _read(self, context: grpc.aio.ServicerContext) -> None:
+        while (message := await context.read()) is not grpc.aio.EOF:
+            if message.HasField("release"):
+                ids = list(message.release.request_ids)
+                self.engine.release(ids)
+                self.forget(ids)
+                continue
+            batch = message.batch
+            try:
+                chunks = [wire.chunk_from_proto(c) for c in batch.chunks]
+                payload = wire.tensor_from_proto(batch.payload)
+            except ValueError as err:
+                for c in batch.chunks:
+                    self.deliver(c.reply_to, [], [Failure(c.request_id, self.identity.node, FailureKind.INVALID, str(err))])
+                continue
+            self.engine.submit(chunks, payload)
+
+    async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext) -> pb.StageInfo:  # noqa: N802
+        model, usage = self.engine.model, self.engine.kv.usage()
+        return pb.StageInfo(node=self.identity.node, model=self.identity.model, start=model.start, end=model.end,
+                            num_layers=model.config.num_layers, hidden_size=model.config.hidden_size,
+                            vocab_size=model.config.vocab_size, dtype=str(model.dtype).removeprefix("torch."),
+                            kv_capacity_tokens=usage.capacity_tokens, kv_reserved_tokens=usage.reserved_tokens,
+                            plan_hash=self.identity.plan_hash, ready=True)
+
+    # Outputs of the engine -------------------------------------------------------------
+
+    def forward(self, hop: Hop, chunks: list[Chunk], hidden: torch.Tensor) -> None:
+        link = self._links.get(hop.address)
+        if link is None or not link.up:
+            asyncio.get_running_loop().create_task(self._connect_and_send(hop, chunks, hidden))
+            return
+        self._send(link, chunks, hidden)
+
+    def deliver(self, reply_to: str, results: list[Sampled], failures: list[Failure]) -> None:
+        outbox = self._peers.get(reply_to)
+        if outbox is None:
+            log.warning("no stream from %r: dropping %d results and %d failures", reply_to, len(results), len(failures))
+            return
+        outbox.put_nowait(pb.StageEvent(results=[wire.sampled_to_proto(r) for r in results],
+                                        errors=[wire.failure_to_proto(f) for f in failures]))
+
+    async def _connect_and_send(self, hop: Hop, chunks: list[Chunk], hidden: torch.Tensor) -> None:
+        async with self._locks.setdefault(hop.address, asyncio.Lock()):
+            link = self._links.get(hop.address)
+            if link is None or not link.up:
+                link = StreamLink(hop.address, self.identity.node, max_message_bytes=self.max_message_bytes,
+                                  on_down=self._link_down)
+                try:
+                    await link.connect()
+                except (grpc.aio.AioRpcError, TimeoutError) as err:
+                    self._broken(hop.node, {c.request_id: c.reply_to for c in chunks},
+                                 f"cannot reach {hop.node} at {hop.address}: {getattr(err, 'code', lambda: err)()}")
+                    return
+                self._links[hop.address], self._nodes[hop.address] = link, hop.node
+        self._send(link, chunks, hidden)
+
+    def _send(self, link: StreamLink, chunks: list[Chunk], hidden: torch.Tensor) -> None:
+        carried = self._carried.setdefault(link.address, {})
+        for chunk in chunks:
+            carried[chunk.request_id] = chunk.reply_to
+        if not link.send(wire.batch_to_proto(chunks, hidden)):
+            self._broken(chunks[0].route[0].node, {c.request_id: c.reply_to for c in chunks}, "link down")
+
+    def _link_down(self, link: StreamLink) -> None:
+        if self._links.get(link.address) is link:
+            del self._links[link.address]
+        carried = self._carried.pop(link.address, {})
+        alive = {rid: to for rid, to in carried.items() if self.engine.kv.get(rid) is not None}
+        self._broken(self._nodes.get(link.address, link.address), alive, f"stream to next stage {link.address} broke")
+
+    def _broken(self, node: str, requests: dict[str, str], message: str) -> None:
+        by_peer: dict[str, list[Failure]] = {}
+        for request_id, reply_to in requests.items():
+            by_peer.setdefault(reply_to, []).append(Failure(request_id, node, FailureKind.ROUTE_BROKEN, message))
+        for reply_to, failures in by_peer.items():
+            self.deliver(reply_to, [], failures)
+
+    def forget(self, request_ids: list[str]) -> None:
+        """Stop tracking released requests on outbound links."""
+        for carried in self._carried.values():
+            for request_id in request_ids:
+                carried.pop(request_id, None)
+
+    async def close(self) -> None:
+        for link in list(self._links.values()):
+            await link.close()
+        self._links.clear()
