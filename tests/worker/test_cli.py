@@ -54,17 +54,31 @@ def test_model_init_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_up_prints_endpoints_and_a_sample_then_exits_cleanly(tmp_path: Path) -> None:
-    result = helix("up", "--workers", "3", "--slowdown", "1,1,2", "--grpc-port", "0", "--http-port", "0",
+def test_up_plans_measured_local_workers_then_serves_and_exits_cleanly(tmp_path: Path) -> None:
+    result = helix("up", "--workers", "3", "--slowdown", "1,1,4", "--grpc-port", "0", "--http-port", "0",
                    "--exit-after-sample", "--workdir", str(tmp_path), "--max-tokens", "5")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "over 3 workers, 1 pipeline(s)" in out
-    assert "worker-2     layers [5, 6)" in out and "slowdown 2" in out  # the slow worker gets fewer layers
+    assert "measuring helix-demo on CPU" in out and "decode batch" in out  # the quick profile
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["solver"]["method"] != "manual" and plan["throughputModel"] == "profiled"
+    assert plan["throughput"] > 0 and f"throughput {plan['throughput']:.1f} tok/s" in out
+    assert f"pipelines ({len(plan['pipelines'])}):" in out  # the plan summary comes before the endpoints
+    assert out.index("pipelines (") < out.index("KServe v2 gRPC")
+    nodes = {n["name"]: n for n in plan["nodes"]}
+    assert {n["gpuType"] for n in nodes.values()} <= {"CPU", "CPU-x4"}
+    slow, fast = nodes.get("worker-2"), [nodes[n] for n in ("worker-0", "worker-1") if n in nodes]
+    assert fast, plan
+    if slow is None:
+        assert "worker-2 (slowdown 4) is left unused by the plan" in out
+    else:  # the 4x slower worker holds fewer layers, or as many layers for a smaller share of the traffic
+        assert slow["gpuType"] == "CPU-x4" and "slowdown 4" in out
+        assert all(slow["end"] - slow["start"] < f["end"] - f["start"] or slow["flow"] < f["flow"] for f in fast)
+    assert f"over {len(nodes)} workers, {len(plan['pipelines'])} pipeline(s)" in out
     assert "KServe v2 gRPC  127.0.0.1:" in out and "OpenAI HTTP     http://127.0.0.1:" in out
     assert "sample: 'Helix serves' -> " in out
     pids = _child_pids(tmp_path)
-    assert len(pids) == 4 and not any(_alive(pid) for pid in pids)
+    assert len(pids) == len(nodes) + 1 and not any(_alive(pid) for pid in pids)
 
 
 CLUSTER = """

@@ -39,12 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up = subparsers.add_parser("up", help="plan a local fleet, start workers and a front end, serve until Ctrl-C",
                                epilog=env_help, formatter_class=argparse.RawDescriptionHelpFormatter)
     up.add_argument("--model", type=Path, help="checkpoint directory (default: write a random-weight demo model)")
-    up.add_argument("--cluster", type=Path, help="cluster YAML to plan (default: --workers local workers)")
-    up.add_argument("--plan-seconds", type=float, default=20.0, help="planner time limit for --cluster")
+    up.add_argument("--cluster", type=Path, help="cluster YAML to plan (default: --workers local workers, "
+                                                 "planned with this machine's measured latency)")
+    up.add_argument("--plan-seconds", type=float, help="planner time limit (default: 5 for local workers, "
+                                                       "20 for --cluster)")
     up.add_argument("--workers", type=int, default=3, help="local workers when no --cluster is given")
-    up.add_argument("--pipelines", type=int, default=1, help="split the workers into this many parallel pipelines")
     up.add_argument("--slowdown", type=_floats, default=(), metavar="F,F,...",
-                    help="per-worker slowdown factors to emulate unlike GPUs, e.g. 1,1,2")
+                    help="per-worker slowdown factors to emulate unlike GPUs, e.g. 1,1,2 (the planner sees "
+                         "each worker's measured latency times its factor)")
     up.add_argument("--workdir", type=Path, help="where plan, logs and the demo model go (default: a temp dir)")
     up.add_argument("--grpc-port", type=int, default=8001, help="KServe v2 gRPC port (0: any)")
     up.add_argument("--http-port", type=int, default=8000, help="OpenAI HTTP port (0: any)")
@@ -150,7 +152,7 @@ def run_up(args: argparse.Namespace) -> int:
     from helix_worker.up import UpOptions, up
 
     return up(UpOptions(checkpoint=args.model, cluster_file=args.cluster, workers=args.workers,
-                        pipelines=args.pipelines, slowdowns=args.slowdown, workdir=args.workdir,
+                        slowdowns=args.slowdown, workdir=args.workdir,
                         grpc_port=args.grpc_port, http_port=args.http_port, prompt=args.prompt,
                         max_tokens=args.max_tokens, exit_after_sample=args.exit_after_sample,
                         plan_seconds=args.plan_seconds))
@@ -161,11 +163,11 @@ def run_profile(args: argparse.Namespace) -> int:
     import tempfile
 
     from helix_worker.model_init import write_demo_checkpoint
-    from helix_worker.profile import ProfileOptions, measure, write_profile
+    from helix_worker.profile import ProfileOptions, device_name, measure, write_profile
     from helix_worker.stage.main import resolve_device
 
     device = resolve_device(args.device)
-    gpu = args.gpu_name or torch_device_name(device)
+    gpu = args.gpu_name or device_name(device)
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = args.model
         if checkpoint is None:
@@ -183,11 +185,3 @@ def run_profile(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(document, sort_keys=False, default_flow_style=None))
     return 0
-
-
-def torch_device_name(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device).replace(" ", "-")
-    return "cpu"

@@ -1,8 +1,8 @@
-"""Plan documents for hand-chosen or proportional layouts (local fleets, tests, benchmarks).
+"""Plan documents for hand-chosen or proportional layouts (tests, benchmarks).
 
-The planner's MILP is the way to place layers on real clusters; these helpers build the
-same plan format when the layout is given or when a few local workers simply split the
-layers in proportion to their speed.
+The planner places layers wherever Helix serves, `helix up` included (see `fleet_plan`);
+these helpers build the same plan format when a test or benchmark fixes the layout itself
+or simply splits the layers in proportion to speed.
 """
 
 from helix_planner.plan_format import SCHEMA_VERSION, Plan, plan_from_dict

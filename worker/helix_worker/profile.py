@@ -3,7 +3,8 @@
 Like the Helix authors' vLLM measurements, it times a few decoder layers (random weights of
 the model's real shape are enough: latency depends on shape, not values) at several prompt
 lengths and decode batch sizes, and writes `promptMs` / `decodeMs` lists of [x, ms per
-layer] that `--catalog` directories feed straight to the planner.
+layer] that `--catalog` directories feed straight to the planner. `helix up` runs the same
+measurement at a few points to plan its local workers (see `fleet_plan`).
 """
 
 import os
@@ -17,6 +18,7 @@ import torch
 import yaml
 
 from helix_worker.kv_cache import KVCache
+from helix_worker.model_config import load_model_config
 from helix_worker.slice_model import LayerSlice, Rows
 
 
@@ -25,6 +27,7 @@ class ProfileOptions:
     checkpoint: Path
     gpu_name: str
     device: torch.device
+    dtype: torch.dtype | None = None  # None: the checkpoint's own
     layers: int = 2
     prompt_tokens: tuple[int, ...] = (32, 64, 128, 256, 512)
     decode_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
@@ -49,10 +52,9 @@ def _median_ms(options: ProfileOptions, run) -> float:
 
 def measure(options: ProfileOptions, log=print) -> dict:
     """The catalog document: {model, source, measured: {gpu: {maxLayers, promptMs, decodeMs}}}."""
-    probe = LayerSlice.load(options.checkpoint, 0, 1, device=options.device)
-    config = probe.config
+    config = load_model_config(options.checkpoint)
     layers = min(options.layers, config.num_layers)
-    model = LayerSlice.load(options.checkpoint, 0, layers, device=options.device)
+    model = LayerSlice.load(options.checkpoint, 0, layers, dtype=options.dtype, device=options.device)
     width = (config.hidden_size,)
 
     def kv(tokens: int) -> KVCache:
@@ -90,11 +92,21 @@ def measure(options: ProfileOptions, log=print) -> dict:
 
 def max_layers(device: torch.device, layer_bytes: int, num_layers: int) -> int:
     """Layers that fit in 90% of device memory with a third left for KV cache (an estimate)."""
+    return max(1, min(num_layers, int(device_memory(device) * 0.9 * 2 / 3 // max(layer_bytes, 1))))
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory on `device`: the GPU's, or this machine's RAM for the CPU."""
     if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-    else:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return max(1, min(num_layers, int(total * 0.9 * 2 / 3 // max(layer_bytes, 1))))
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def device_name(device: torch.device) -> str:
+    """A catalog-style name for `device`: the GPU's model (spaces as dashes), or `cpu`."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device).replace(" ", "-")
+    return "cpu"
 
 
 def write_profile(document: dict, path: Path) -> None:

@@ -1,11 +1,11 @@
 """`helix up`: plan a local fleet, start its workers and the front end on 127.0.0.1, serve.
 
-The fleet is either a cluster YAML file (placed by the planner's `plan_cluster` for the
-checkpoint's real shape, each node emulated by a local worker slowed down by its GPU's peak
-FLOP/s relative to the fastest) or
-N local workers with optional slowdown factors, which split the layers in proportion to
-their speed. It prints the endpoints and a sample generation, then serves until Ctrl-C
-(or exits after the sample with `exit_after_sample`), always stopping every child.
+The fleet is N workers on this machine (optionally slowed down per worker to emulate unlike
+GPUs) or a cluster YAML file; either way the planner places the layers (see `fleet_plan`).
+It prints the plan (throughput estimate, layer ranges, pipelines, unused workers), starts
+exactly the plan's nodes with their slowdowns, prints the endpoints and a sample
+generation, then serves until Ctrl-C (or exits after the sample with `exit_after_sample`),
+always stopping every child.
 """
 
 import json
@@ -17,10 +17,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from helix_planner.plan_format import Plan
+from helix_planner.report import plan_table
+from helix_worker.envs import Settings
 from helix_worker.errors import ServingError
+from helix_worker.fleet_plan import (CLUSTER_PLAN_SECONDS, LOCAL_PLAN_SECONDS, FleetPlan, check_local_fleet,
+                                     cluster_file_plan, local_fleet_plan)
 from helix_worker.launcher import LocalFleet
-from helix_worker.local_plan import manual_plan, proportional_split
 from helix_worker.model_config import ModelConfig, load_model_config
 from helix_worker.model_init import write_demo_checkpoint
 
@@ -30,8 +32,7 @@ class UpOptions:
     checkpoint: Path | None = None
     cluster_file: Path | None = None
     workers: int = 3
-    pipelines: int = 1
-    slowdowns: tuple[float, ...] = ()
+    slowdowns: tuple[float, ...] = ()  # one per worker; empty: all 1
     workdir: Path | None = None
     grpc_port: int = 8001
     http_port: int = 8000
@@ -39,48 +40,7 @@ class UpOptions:
     max_tokens: int = 16
     exit_after_sample: bool = False
     ready_timeout: float = 180.0
-    plan_seconds: float = 20.0
-
-
-def local_fleet_plan(config: ModelConfig, name: str, workers: int, pipelines: int,
-                     slowdowns: tuple[float, ...]) -> tuple[Plan, dict[str, float]]:
-    """`pipelines` chains of workers, layers split by speed (1 / slowdown), weighted by speed."""
-    slowdowns = slowdowns or (1.0,) * workers
-    if len(slowdowns) != workers:
-        raise ServingError(f"give one slowdown factor per worker: {workers} workers, {len(slowdowns)} factors")
-    if pipelines < 1 or workers % pipelines:
-        raise ServingError(f"{workers} workers do not split evenly into {pipelines} pipelines")
-    per_chain = workers // pipelines
-    if per_chain > config.num_layers:
-        raise ServingError(f"{per_chain} stages per pipeline but the model has only {config.num_layers} layers")
-    chains, weights, factors = [], [], {}
-    for p in range(pipelines):
-        names = [f"worker-{p * per_chain + i}" for i in range(per_chain)]
-        speeds = [1.0 / slowdowns[p * per_chain + i] for i in range(per_chain)]
-        ranges = proportional_split(config.num_layers, speeds)
-        chains.append([(n, s, e) for n, (s, e) in zip(names, ranges)])
-        weights.append(1.0 / sum((e - s) / speed for (s, e), speed in zip(ranges, speeds)))
-        factors |= {n: slowdowns[p * per_chain + i] for i, n in enumerate(names)}
-    return manual_plan(name, config.num_layers, chains, weights), factors
-
-
-def cluster_file_plan(path: Path, config: ModelConfig, name: str, time_limit: float,
-                      out=print) -> tuple[Plan, dict[str, float]]:
-    """Plan a cluster YAML with the planner; emulate each GPU type by a compute slowdown."""
-    from helix_planner.io.cluster_yaml import load_cluster_yaml
-    from helix_planner.models import llama_like
-    from helix_planner.planner import PlannerOptions, plan_cluster
-    from helix_planner.profiles import load_catalog
-
-    cluster, _ = load_cluster_yaml(path)  # the checkpoint, not the file's `model:`, fixes the shape
-    spec = llama_like(name, num_layers=config.num_layers, hidden_size=config.hidden_size,
-                      intermediate_size=config.intermediate_size, num_heads=config.num_heads,
-                      num_kv_heads=config.num_kv_heads, vocab_size=config.vocab_size, dtype=config.dtype)
-    plan = plan_cluster(cluster, spec, PlannerOptions(time_limit=time_limit), progress=lambda line: out(f"  {line}"))
-    catalog = load_catalog()
-    flops = {n.name: catalog.gpu(n.gpu_type).peak_flops for n in plan.nodes}
-    fastest = max(flops.values())
-    return plan, {node: fastest / value for node, value in flops.items()}
+    plan_seconds: float | None = None  # None: LOCAL_PLAN_SECONDS, or CLUSTER_PLAN_SECONDS with a cluster file
 
 
 def sample(http_url: str, prompt: str, max_tokens: int) -> str:
@@ -109,7 +69,27 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def make_plan(options: UpOptions, checkpoint: Path, config: ModelConfig, name: str, workdir: Path,
+              out=print) -> FleetPlan:
+    """The planner's placement of the cluster file, or of the local workers as measured here."""
+    settings = Settings.from_env()  # the workers inherit this environment (device, dtype, threads)
+    if options.cluster_file is not None:
+        return cluster_file_plan(options.cluster_file, config, name, settings,
+                                 options.plan_seconds or CLUSTER_PLAN_SECONDS, out)
+    return local_fleet_plan(checkpoint, config, name, options.slowdowns or (1.0,) * options.workers, workdir,
+                            settings, options.plan_seconds or LOCAL_PLAN_SECONDS, out)
+
+
+def report_plan(fleet_plan: FleetPlan, out=print) -> None:
+    """The planner's summary, then every node the plan leaves out."""
+    out(plan_table(fleet_plan.plan).rstrip())
+    for name in fleet_plan.unused:
+        out(f"{name} (slowdown {fleet_plan.slowdowns[name]:g}) is left unused by the plan: not started")
+
+
 def up(options: UpOptions, out=print) -> int:
+    if options.cluster_file is None:
+        check_local_fleet(options.workers, options.slowdowns)
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="helix-up-"))
     checkpoint = options.checkpoint
     if checkpoint is None:
@@ -118,18 +98,16 @@ def up(options: UpOptions, out=print) -> int:
         out(f"no --model given: wrote a random-weight demo checkpoint to {checkpoint}")
     config = load_model_config(checkpoint)
     name = checkpoint.name if options.checkpoint else "helix-demo"
-    if options.cluster_file is not None:
-        out(f"planning {options.cluster_file} for {name} ({config.num_layers} layers)")
-        plan, slowdowns = cluster_file_plan(options.cluster_file, config, name, options.plan_seconds, out)
-    else:
-        plan, slowdowns = local_fleet_plan(config, name, options.workers, options.pipelines, options.slowdowns)
+    fleet_plan = make_plan(options, checkpoint, config, name, workdir, out)
+    report_plan(fleet_plan, out)
+    plan, slowdowns = fleet_plan.plan, fleet_plan.slowdowns
     plan_path = workdir / "plan.json"
     plan_path.write_text(plan.to_json())
     with LocalFleet(workdir / "logs") as fleet:
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             children = [fleet.start_worker(plan_path, n.name, checkpoint,
-                                           env={"HELIX_SLOWDOWN": str(slowdowns.get(n.name, 1.0))}) for n in plan.nodes]
+                                           env={"HELIX_SLOWDOWN": str(slowdowns[n.name])}) for n in plan.nodes]
             endpoints = {c.name: fleet.wait(c, options.ready_timeout).grpc_address for c in children}
             endpoints_path = workdir / "endpoints.json"
             endpoints_path.write_text(json.dumps(endpoints, indent=2))
@@ -141,7 +119,7 @@ def up(options: UpOptions, out=print) -> int:
                 f"{len(plan.pipelines)} pipeline(s); plan {plan.plan_hash} in {plan_path}")
             for node in plan.nodes:
                 out(f"  {node.name:<12} layers [{node.start}, {node.end})  {endpoints[node.name]}  "
-                    f"slowdown {slowdowns.get(node.name, 1.0):g}")
+                    f"slowdown {slowdowns[node.name]:g}")
             out(f"  KServe v2 gRPC  {frontend.grpc_address}")
             out(f"  OpenAI HTTP     {frontend.http_url}/v1")
             out(f"  metrics         {frontend.http_url}/metrics   (logs: {fleet.workdir})")
