@@ -15,6 +15,7 @@ from helix_planner.planner import METHODS, PlannerOptions, capacity_model_for, p
 from helix_planner.profiles import load_catalog
 from helix_planner.render import render_svg
 from helix_planner.report import plan_table
+from helix_planner.sim.cli import add_simulate_command
 
 DEFAULT_CLUSTER = "geo-demo"
 
@@ -52,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imported.add_argument("reference", type=Path, help="the helix-reference directory")
     imported.add_argument("-o", "--out", type=Path, required=True)
     imported.set_defaults(func=_catalog_import)
+    add_simulate_command(subparsers)
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:

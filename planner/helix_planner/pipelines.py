@@ -69,7 +69,7 @@ def _widest_path(edges: dict[tuple[str, str], float]) -> list[str] | None:
     frontier = {SOURCE}
     done: set[str] = set()
     while frontier:
-        node = max(frontier, key=lambda n: best[n])
+        node = max(frontier, key=lambda n: (best[n], n))
         frontier.discard(node)
         done.add(node)
         if node == SINK:

@@ -56,41 +56,31 @@ def node_profile(catalog: Catalog, model: ModelSpec, gpu_name: str, layers: int)
 class GpuNode:
     """One node's queues, batch former and pass timer; the simulation moves requests in and out."""
 
-    __slots__ = ("name", "gpu", "start", "end", "profile", "kv", "prompts", "decodes", "batch", "busy_seconds",
-                 "passes", "_decode_table")
+    __slots__ = ("name", "gpu", "start", "end", "profile", "kv", "prompts", "decodes", "batch", "mid_entry",
+                 "_decode_table")
 
     def __init__(self, name: str, gpu: str, start: int, end: int, profile: NodeProfile, kv_high_water: float) -> None:
         self.name, self.gpu, self.start, self.end, self.profile = name, gpu, start, end, profile
         self.kv = KvCache(profile.kv_capacity, kv_high_water)
         self.prompts: deque[Request] = deque()
         self.decodes: deque[Request] = deque()
-        self.batch: list[Request] = []
-        self.busy_seconds = 0.0
-        self.passes = 0
+        self.batch: list[Request] = []  # the pass running now (empty: idle)
+        self.mid_entry = False  # whether some route enters past `start` (partial inference)
         self._decode_table = [profile.decode(d) for d in range(profile.decode_max_sequences + 1)]
-
-    @property
-    def layers(self) -> int:
-        return self.end - self.start
-
-    @property
-    def busy(self) -> bool:
-        return bool(self.batch)
 
     @property
     def queued(self) -> int:
         return len(self.prompts) + len(self.decodes)
 
-    def enqueue(self, request: Request) -> None:
-        (self.prompts if request.prompt else self.decodes).append(request)
-
     def start_pass(self) -> float:
-        """Form the next batch from the queues; return its duration (0 when nothing is queued)."""
-        profile = self.profile
-        batch: list[Request] = []
-        decodes, prompts = self.decodes, self.prompts
-        for _ in range(min(len(decodes), profile.decode_max_sequences)):
-            batch.append(decodes.popleft())
+        """Form the next batch from the queues into `batch`; return its duration (0 when idle)."""
+        profile, decodes, prompts = self.profile, self.decodes, self.prompts
+        if len(decodes) <= profile.decode_max_sequences:
+            batch = list(decodes)
+            decodes.clear()
+        else:
+            batch = [decodes.popleft() for _ in range(profile.decode_max_sequences)]
+        sequences = len(batch)
         taken = tokens = 0
         while prompts and taken < profile.prompt_max_requests:
             if taken and tokens + prompts[0].tokens > profile.prompt_max_tokens:
@@ -99,21 +89,11 @@ class GpuNode:
             taken += 1
             batch.append(prompts.popleft())
         self.batch = batch
-        return self.pass_seconds(batch) if batch else 0.0
-
-    def pass_seconds(self, batch: list[Request]) -> float:
-        """Seconds for `batch`; requests entering mid-range (partial inference) skip earlier layers."""
-        prompt_tokens = decodes = 0
-        partial = False
-        for request in batch:
-            if request.prompt:
-                prompt_tokens += request.tokens
-            else:
-                decodes += 1
-            partial = partial or request.route[request.stage].start != self.start
-        if not partial:
-            return (self.end - self.start) * (self.profile.prompt(prompt_tokens) + self._decode(decodes))
-        return self._partial_seconds(batch)
+        if not batch:
+            return 0.0
+        if self.mid_entry:
+            return self._partial_seconds(batch)
+        return (self.end - self.start) * (profile.prompt(tokens) + self._decode(sequences))
 
     def _partial_seconds(self, batch: list[Request]) -> float:
         """Layer segments between distinct entry points, each timed with the requests present there."""
@@ -132,6 +112,15 @@ class GpuNode:
             end = starts[i + 1] if i + 1 < len(starts) else self.end
             seconds += (end - start) * (self.profile.prompt(prompt_tokens) + self._decode(decodes))
         return seconds
+
+    def step_seconds(self, sequences: int, layers: int) -> float:
+        """Estimated wait plus pass for one decode step among `sequences` (half a pass, then one)."""
+        return 1.5 * layers * self._decode(sequences)
+
+    def prompt_seconds(self, tokens: int, layers: int) -> float:
+        """Estimated time to first pass a prompt of `tokens` behind the prompts already queued here."""
+        passes = len(self.prompts) / self.profile.prompt_max_requests + 1
+        return passes * layers * self.profile.prompt(tokens)
 
     def _decode(self, sequences: int) -> float:
         table = self._decode_table

@@ -71,9 +71,26 @@ class SimResult:
         return (self.warmup + self.duration) / self.wall_seconds if self.wall_seconds > 0 else float("inf")
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        """Plain data for JSON, camelCase like the plan document; undefined figures become None."""
+        data = _camel(asdict(self))
+        data["ttft"], data["tpot"] = _camel(data["ttft"]), _camel(data["tpot"])
+        data["nodes"] = [_camel(n) for n in data["nodes"]]
         data["simSecondsPerWallSecond"] = self.sim_seconds_per_wall_second
-        return data
+        return _finite(data)
+
+
+def _camel(data: dict) -> dict:
+    return {k.split("_")[0] + "".join(p.title() for p in k.split("_")[1:]): v for k, v in data.items()}
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 class Recorder:

@@ -13,19 +13,24 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class Channel:
-    """One directed link's sending queue; `busy_seconds` is time spent serializing."""
+    """One directed link's sending queue of tokens, each `token_bytes` on the wire (token ids
+    to and from the front end, hidden states between nodes)."""
 
     bandwidth: float
     latency: float
+    token_bytes: float
     free_at: float = 0.0
-    busy_seconds: float = 0.0
-    bytes_sent: float = 0.0
 
-    def send(self, now: float, nbytes: float) -> float:
-        """Queue `nbytes` at `now`; return when the last byte reaches the receiver."""
+    @property
+    def seconds_per_token(self) -> float:
+        return self.token_bytes / self.bandwidth
+
+    def backlog(self, now: float) -> float:
+        """Seconds a transfer queued now waits before it starts."""
+        return self.free_at - now if self.free_at > now else 0.0
+
+    def send(self, now: float, tokens: int) -> float:
+        """Queue `tokens` at `now`; return when the last byte reaches the receiver."""
         start = now if now > self.free_at else self.free_at
-        seconds = nbytes / self.bandwidth
-        self.free_at = start + seconds
-        self.busy_seconds += seconds
-        self.bytes_sent += nbytes
+        self.free_at = start + tokens * self.token_bytes / self.bandwidth
         return self.free_at + self.latency

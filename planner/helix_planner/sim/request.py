@@ -30,24 +30,25 @@ class Request:
     """Prompt, then decode iterations until `output_tokens` tokens came back.
 
     The prompt pass returns the first output token (time to first token); each later token
-    takes one decode iteration through the whole route.
+    takes one decode iteration through the whole route. `output_tokens` stands for the
+    request's max_tokens, which a front end knows and reserves KV cache for.
     """
 
     rid: int
     input_tokens: int
     output_tokens: int
-    arrival: float
+    arrival: float  # when it joined the front end's queue
     route: tuple[Hop, ...] = ()
-    stage: int = 0
-    tokens: int = 0
+    stage: int = 0  # index in `route` of the hop it is travelling to or running on
+    tokens: int = 0  # tokens of the current iteration: the prompt, then 1
     prompt: bool = True
     generated: int = 0
     first_token: float = -1.0
-    sent_at: float = 0.0
+    sent_at: float = 0.0  # when the current hop was handed to the network
 
     @property
     def worst_case_tokens(self) -> int:
-        """KV tokens the request may hold at the end (reserved at admission)."""
+        """KV tokens the request holds at most (reserved at admission)."""
         return self.input_tokens + self.output_tokens
 
     @property

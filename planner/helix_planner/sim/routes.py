@@ -14,6 +14,7 @@ from helix_planner.cluster import SINK, SOURCE, Cluster
 from helix_planner.errors import PlanningError
 from helix_planner.pipelines import Pipeline
 from helix_planner.sim.compute import GpuNode
+from helix_planner.sim.network import Channel
 from helix_planner.sim.request import Hop, Request
 
 Route = tuple[Hop, ...]
@@ -22,25 +23,23 @@ Chooser = Callable[[str, list[GpuNode]], GpuNode]
 
 @dataclass(frozen=True)
 class RouteGraph:
+    """Entry nodes and successors per node (pruned), the flow's pipelines and their weights,
+    and the links (for schedulers that look at latency and backlog)."""
+
     num_layers: int
     entry: tuple[GpuNode, ...]
     successors: dict[str, tuple[GpuNode, ...]]
     pipelines: tuple[Route, ...]
     weights: tuple[float, ...]
+    links: dict[tuple[str, str], Channel]
 
-    def walk(self, request: Request, choose: Chooser) -> Route | None:
-        """Build a route hop by hop among nodes with KV room for `request`; None when a hop has none.
-
-        `choose(previous, candidates)` picks the next node; `previous` is a node name or SOURCE.
-        """
+    def walk(self, choose: Chooser) -> Route:
+        """Build a route hop by hop; `choose(previous, candidates)` picks the next node
+        (`previous` is a node name or SOURCE; pruning guarantees candidates)."""
         hops: list[Hop] = []
         previous, candidates, position = SOURCE, self.entry, 0
-        need = request.worst_case_tokens
         while position < self.num_layers:
-            room = [n for n in candidates if n.kv.fits(need * (n.end - position))]
-            if not room:
-                return None
-            node = choose(previous, room)
+            node = choose(previous, list(candidates))
             hops.append(Hop(node, position, node.end))
             previous, position = node.name, node.end
             candidates = self.successors[node.name]
@@ -50,11 +49,11 @@ class RouteGraph:
 def route_fits(route: Route, request: Request) -> bool:
     """Whether every node of `route` can reserve `request`'s worst-case KV cache."""
     need = request.worst_case_tokens
-    return all(hop.node.kv.fits(need * (hop.end - hop.start)) for hop in route)
+    return all(hop.node.kv.fits(need * hop.layers) for hop in route)
 
 
 def build_routes(cluster: Cluster, nodes: dict[str, GpuNode], num_layers: int, pipelines: list[Pipeline],
-                 *, partial_inference: bool) -> RouteGraph:
+                 links: dict[tuple[str, str], Channel], *, partial_inference: bool) -> RouteGraph:
     """The hop graph of `nodes` over `cluster`'s links and the pipelines checked against it."""
 
     def hands_over(a: GpuNode, b: GpuNode) -> bool:
@@ -82,7 +81,7 @@ def build_routes(cluster: Cluster, nodes: dict[str, GpuNode], num_layers: int, p
                             "stages, and pass --partial-inference for overlapping (Petals/Swarm) layouts")
     routes = tuple(_route(p, nodes, cluster, num_layers) for p in pipelines if p.tokens_per_second > 0)
     return RouteGraph(num_layers, entry, successors, routes,
-                      tuple(p.tokens_per_second for p in pipelines if p.tokens_per_second > 0))
+                      tuple(p.tokens_per_second for p in pipelines if p.tokens_per_second > 0), links)
 
 
 def _route(pipeline: Pipeline, nodes: dict[str, GpuNode], cluster: Cluster, num_layers: int) -> Route:

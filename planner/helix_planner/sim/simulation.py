@@ -3,8 +3,10 @@
 A request waits at the front end until the scheduler finds a route with KV room; its prompt
 then travels as token ids to the first stage, as activations stage to stage, and its first
 output token returns to the front end; every further token is one decode iteration over the
-same route. Offline mode keeps one request always waiting, so the cluster admits as much as
-its KV caches allow (saturated); online mode feeds arrivals at a target rate.
+same route. Online mode feeds arrivals at a target rate. Offline mode follows the paper's
+protocol for a saturated cluster: a few requests at time 0, then one more each time a request
+returns its first token or finishes, as long as KV room (and `max_in_flight`) allow; so the
+load ramps up until the KV caches are full without flooding the first stages with prompts.
 """
 
 import time
@@ -24,7 +26,7 @@ from helix_planner.sim.engine import EventQueue
 from helix_planner.sim.metrics import Recorder, SimResult, summarize
 from helix_planner.sim.network import Channel
 from helix_planner.sim.request import Request
-from helix_planner.sim.routes import build_routes
+from helix_planner.sim.routes import build_routes, route_fits
 from helix_planner.sim.schedulers import make_scheduler
 from helix_planner.sim.workload import LengthTrace
 
@@ -52,6 +54,8 @@ class SimConfig:
     seed: int = 0
     arrivals: np.ndarray | None = None  # online: arrival instants (see workload.arrival_times)
     kv_high_water: float = 0.9
+    max_in_flight: int | None = None  # front-end cap on admitted requests (None: KV room decides)
+    offline_initial: int = 20  # requests admitted at time 0 in offline mode
     slo_ttft: float = 5.0
     slo_tpot: float = 0.5
 
@@ -73,19 +77,25 @@ class Simulation:
         config.check()
         self.scenario, self.config, self.lengths = scenario, config, lengths
         model, cluster = scenario.model, scenario.cluster
-        self.token_bytes, self.activation_bytes = model.token_bytes, model.activation_bytes_per_token
-        self.nodes = {n.name: GpuNode(n.name, n.gpu, *scenario.layout[n.name],
-                                      node_profile(scenario.catalog, model, n.gpu, scenario.layout[n.name][1]
-                                                   - scenario.layout[n.name][0]), config.kv_high_water)
-                      for n in cluster.nodes if n.name in scenario.layout}
+        self.nodes: dict[str, GpuNode] = {}
+        for node in cluster.nodes:
+            if node.name in scenario.layout:
+                start, end = scenario.layout[node.name]
+                profile = node_profile(scenario.catalog, model, node.gpu, end - start)
+                self.nodes[node.name] = GpuNode(node.name, node.gpu, start, end, profile, config.kv_high_water)
         missing = sorted(set(scenario.layout) - set(self.nodes))
         if missing:
             raise PlanningError(f"plan/cluster mismatch: the layout uses {', '.join(missing)}, "
                                 f"which cluster {cluster.name!r} does not have")
+        if scenario.partial_inference:
+            layer_ends = {node.end for node in self.nodes.values()}
+            for node in self.nodes.values():
+                node.mid_entry = any(node.start < end < node.end for end in layer_ends)
         ends = set(self.nodes) | {SOURCE, SINK}
-        self.channels = {key: Channel(link.bandwidth, link.latency) for key, link in cluster.links.items()
-                         if key[0] in ends and key[1] in ends}
-        self.graph = build_routes(cluster, self.nodes, model.num_layers, scenario.pipelines,
+        self.channels = {key: Channel(link.bandwidth, link.latency, model.token_bytes if SOURCE in key or SINK in key
+                                      else model.activation_bytes_per_token)
+                         for key, link in cluster.links.items() if key[0] in ends and key[1] in ends}
+        self.graph = build_routes(cluster, self.nodes, model.num_layers, scenario.pipelines, self.channels,
                                   partial_inference=scenario.partial_inference)
         seeds = np.random.SeedSequence(config.seed).spawn(2)
         self.length_rng = np.random.default_rng(seeds[0])
@@ -102,7 +112,7 @@ class Simulation:
         started = time.perf_counter()
         if self.config.mode == "offline":
             self.waiting.append(self._new_request(0.0))
-            self.queue.at(0.0, self._admit)
+            self.queue.at(0.0, self._admit, self.config.offline_initial)
         else:
             lengths = self.lengths.sample(self.length_rng, len(self.config.arrivals))
             for at, (inp, out) in zip(self.config.arrivals.tolist(), lengths):
@@ -132,23 +142,30 @@ class Simulation:
         if len(self.waiting) == 1:
             self._admit()
 
-    def _admit(self, _: object = None) -> None:
-        """Admit waiting requests in order while the scheduler finds routes with KV room."""
+    def _admit(self, limit: float = float("inf")) -> None:
+        """Admit up to `limit` waiting requests, in order, while their routes have KV room.
+
+        A KV-unaware scheduler's choice is kept while the request waits for room on it.
+        """
         now, admitted = self.queue.now, []
-        while self.waiting:
+        cap = self.config.max_in_flight or float("inf")
+        while self.waiting and self.in_flight < cap and len(admitted) < limit:
             request = self.waiting[0]
-            route = self.scheduler.choose(request)
-            if route is None:
+            if not request.route:
+                request.route = self.scheduler.choose(request, now) or ()
+            if not request.route or not route_fits(request.route, request):
                 if self.in_flight or admitted:
                     break
-                self.waiting.popleft()  # does not fit even an idle cluster: it never will
+                self.waiting.popleft()  # does not fit an idle cluster: it never will
                 self.rejected += 1
+                if request.route:
+                    self.scheduler.released(request)
                 continue
             self.waiting.popleft()
             need = request.worst_case_tokens
-            for hop in route:
-                hop.node.kv.reserve(need * (hop.end - hop.start))
-            request.route, request.stage, request.tokens, request.prompt = route, 0, request.input_tokens, True
+            for hop in request.route:
+                hop.node.kv.reserve(need * hop.layers)
+            request.stage, request.tokens, request.prompt = 0, request.input_tokens, True
             admitted.append(request)
             self.in_flight += 1
             if self.config.mode == "offline" and not self.waiting:
@@ -162,77 +179,85 @@ class Simulation:
             groups.setdefault(request.route[0].node.name, []).append(request)
         for name, group in groups.items():
             tokens = sum(r.tokens for r in group)
-            arrival = self.channels[(SOURCE, name)].send(now, tokens * self.token_bytes)
+            arrival = self.channels[(SOURCE, name)].send(now, tokens)
             self.queue.at(arrival, self._deliver, group)
 
     def _returned(self, group: list[Request]) -> None:
         """Output tokens reach the front end: record them, finish requests or start their next step."""
-        now, again, finished = self.queue.now, [], False
+        now, again, firsts, finished = self.queue.now, [], 0, 0
         recorder = self.recorder
         for request in group:
             request.generated += 1
             if request.prompt:
                 request.prompt, request.first_token, request.tokens = False, now, 1
                 recorder.first_token(request, now)
+                firsts += 1
             if request.generated >= request.output_tokens:
                 self._finish(request, now)
-                finished = True
+                finished += 1
             else:
                 request.stage = 0
                 again.append(request)
         recorder.tokens(now, len(group))
         self._send_from_front_end(again, now)
-        if finished and self.waiting:
+        if self.config.mode == "offline":
+            self._admit(firsts + finished)
+        elif finished and self.waiting:
             self._admit()
 
     def _finish(self, request: Request, now: float) -> None:
         need, stored = request.worst_case_tokens, request.stored_tokens
         for hop in request.route:
-            layers = hop.end - hop.start
-            hop.node.kv.release(need * layers, stored * layers)
+            hop.node.kv.release(need * hop.layers, stored * hop.layers)
         self.in_flight -= 1
-        self.scheduler.finished(request)
+        self.scheduler.released(request)
         self.recorder.done(request, now)
 
     # nodes -------------------------------------------------------------------------------
 
     def _deliver(self, group: list[Request]) -> None:
         node = group[0].route[group[0].stage].node
+        prompts, decodes = node.prompts, node.decodes
         for request in group:
-            node.enqueue(request)
+            (prompts if request.prompt else decodes).append(request)
         if not node.batch:
             self._start(node)
 
     def _start(self, node: GpuNode) -> None:
         seconds = node.start_pass()
         if node.batch:
-            node.passes += 1
             self.recorder.pass_started(node, self.queue.now, seconds)
             self.queue.at(self.queue.now + seconds, self._pass_done, node)
 
     def _pass_done(self, node: GpuNode) -> None:
+        """Account the KV the pass stored and send every request on to its next stage or home."""
         now, batch = self.queue.now, node.batch
         node.batch = []
-        stage_done = self.scheduler.stage_done
-        groups: dict[str | None, list[Request]] = {}
-        stored = 0.0
+        groups: dict[GpuNode | None, list] = {}
+        stored = 0
         for request in batch:
-            hop = request.route[request.stage]
-            stored += request.tokens * (hop.end - hop.start)
-            stage_done(request, now - request.sent_at)
-            request.stage += 1
-            request.sent_at = now
-            after = request.route[request.stage].node.name if request.stage < len(request.route) else None
-            groups.setdefault(after, []).append(request)
+            route, stage, tokens = request.route, request.stage, request.tokens
+            hop = route[stage]
+            stored += tokens * (hop.end - hop.start)
+            if request.prompt:
+                self.scheduler.prompt_stage_done(request, now - request.sent_at)
+                request.sent_at = now
+            stage += 1
+            request.stage = stage
+            after = route[stage].node if stage < len(route) else None
+            group = groups.get(after)
+            if group is None:
+                groups[after] = group = [0, []]
+            group[0] += tokens
+            group[1].append(request)
         node.kv.used += stored
-        for after, group in groups.items():
+        for after, (tokens, requests) in groups.items():
             if after is None:
-                arrival = self.channels[(node.name, SINK)].send(now, len(group) * self.token_bytes)
-                self.queue.at(arrival, self._returned, group)
+                arrival = self.channels[(node.name, SINK)].send(now, len(requests))
+                self.queue.at(arrival, self._returned, requests)
             else:
-                tokens = sum(r.tokens for r in group)
-                arrival = self.channels[(node.name, after)].send(now, tokens * self.activation_bytes)
-                self.queue.at(arrival, self._deliver, group)
+                arrival = self.channels[(node.name, after.name)].send(now, tokens)
+                self.queue.at(arrival, self._deliver, requests)
         self._start(node)
 
     def _sample(self, _: object) -> None:

@@ -1,0 +1,155 @@
+"""Simulator benchmark: fidelity against the Helix paper, our plans and scheduler, speed.
+
+    python bench/simulator.py            # the paper's protocol: 60 s warm-up + 600 s measured, 60 s plans
+    python bench/simulator.py --quick    # CI: 60 s + 240 s windows, 10 s plans (numbers are rougher)
+
+Exits 1 when a fidelity check (Helix layout within ±15% of the paper, Helix layout ahead of
+the Swarm, Petals and separate layouts) fails in a full run; the scheduler ablation and the
+targets for our plans are reported (ok / MISSED). Quick windows are too short for geo24's
+slow ramp, so --quick only reports.
+
+Every run is offline (saturated) with Azure-conversation lengths, seed 0, Helix's node-capacity
+model for the flows the pipelines follow. Paper protocol: Helix's scheduler (IWRR) admits
+requests while KV caches have room; the KV-unaware baselines (Swarm, random, shortest queue)
+keep the fixed number of requests in flight that the artifact's scripts use (180 on the
+24-node clusters, 500 on hetero42). "separate" is the planner's separate-pipelines heuristic
+(the paper hand-built per-GPU-type clusters instead), served by random choice.
+Reference data: ../shared/helix-reference (or $HELIX_REFERENCE).
+"""
+
+import argparse
+import os
+import resource
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from helix_planner.profiles import load_catalog
+from helix_planner.sim.inputs import load_scenario
+from helix_planner.sim.metrics import SimResult
+from helix_planner.sim.simulation import Scenario, SimConfig, Simulation
+from helix_planner.sim.workload import arrival_times, load_lengths
+
+REFERENCE = Path(os.environ.get("HELIX_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "helix-reference"))
+TOLERANCE = 0.15
+
+
+@dataclass(frozen=True)
+class Row:
+    case: str
+    layout: str  # published .ini name, a heuristic name, or "ours" (planned now)
+    scheduler: str
+    published: float | None = None
+    in_flight: int | None = None
+    rate: float | None = None  # requests/s of Azure-conversation arrivals: an online run
+
+
+FIDELITY = [
+    Row("single24", "helix", "iwrr", 252.1), Row("single24", "swarm", "swarm", 124.7, 180),
+    Row("single24", "separate", "random", 124.3, 180),
+    Row("geo24", "helix", "iwrr", 98.0), Row("geo24", "swarm", "swarm", 51.9, 180),
+    Row("geo24", "petals", "iwrr", 66.6), Row("geo24", "separate", "random", 61.9, 180),
+    Row("geo24", "helix", "swarm", 81.7, 180), Row("geo24", "helix", "shortest-queue", 83.6, 180),
+    Row("geo24", "helix", "random", 87.4, 180),
+    Row("hetero42", "helix", "iwrr", 645.6), Row("hetero42", "swarm", "swarm", 473.2, 500),
+    Row("hetero42", "separate", "random", 219.3, 500),
+]
+# The artifact's online run: arrivals shaped like Azure conversations at 2150 tok/s of prompt and
+# output (2.16 requests/s of 995 tokens on average), no warm-up, 1800 s measured.
+ONLINE = Row("hetero42", "helix", "iwrr", 459.8, rate=2150 / 995)
+OURS = ["helix/adaptive", "ours/iwrr", "ours/adaptive"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short windows and plans (CI)")
+    parser.add_argument("--plan-time-limit", type=float, help="seconds per planned case (default 60, quick 10)")
+    args = parser.parse_args()
+    window = SimConfig(warmup=60.0, duration=240.0 if args.quick else 600.0)
+    plan_limit = args.plan_time_limit or (10.0 if args.quick else 60.0)
+    catalog, lengths = load_catalog(), load_lengths("azure-conv", REFERENCE / "traces")
+    scenarios: dict[tuple[str, str], Scenario] = {}
+
+    def scenario(case: str, layout: str) -> Scenario:
+        if (case, layout) not in scenarios:
+            cluster = str(REFERENCE / "clusters" / f"{case}.ini")
+            path = REFERENCE / "layouts" / f"{case}-llama70b" / f"{layout}.ini"
+            source = None if layout == "ours" else str(path) if path.exists() else layout
+            scenarios[(case, layout)] = load_scenario(cluster, source, catalog, throughput_model="helix",
+                                                      partial_inference=layout in ("petals", "swarm"),
+                                                      plan_time_limit=plan_limit)
+        return scenarios[(case, layout)]
+
+    def run(row: Row) -> SimResult:
+        config = replace(window, max_in_flight=row.in_flight)
+        if row.rate:
+            span = 600.0 if args.quick else 1800.0
+            arrivals = arrival_times("azure-conv", row.rate, span, np.random.default_rng(0), REFERENCE / "traces")
+            config = SimConfig(mode="online", warmup=0.0, duration=span, arrivals=arrivals)
+        return Simulation(scenario(row.case, row.layout), row.scheduler, config, lengths).run()
+
+    speed = run(FIDELITY[0])
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"simulator benchmark: offline, azure-conv lengths, seed 0, window {window.warmup:.0f} s + "
+          f"{window.duration:.0f} s, plans {plan_limit:.0f} s")
+    print(f"speed: single24 Helix layout + IWRR, {window.warmup + window.duration:.0f} simulated s in "
+          f"{speed.wall_seconds:.1f} s wall ({speed.sim_seconds_per_wall_second:.0f} sim-s/s), "
+          f"peak RSS {rss:.0f} MiB (whole process)\n")
+    header = (f"{'case':<9} {'layout':<9} {'scheduler':<15} {'admission':>13} {'decode tok/s':>12} {'paper':>7} "
+              f"{'vs paper':>8} {'p95 TTFT s':>10} {'p50 TPOT s':>10} {'wall s':>7}")
+    print(header + "\n" + "-" * len(header))
+    results: dict[tuple[str, str, str], SimResult] = {}
+    rows = FIDELITY + [ONLINE] + [Row(c, *name.split("/")) for c in ("single24", "geo24", "hetero42") for name in OURS]
+    for row in rows:
+        result = speed if row == FIDELITY[0] else run(row)
+        if row != ONLINE:
+            results[(row.case, row.layout, row.scheduler)] = result
+        paper = f"{row.published:7.1f} {(result.decode_throughput / row.published - 1) * 100:+7.1f}%" \
+            if row.published else f"{'-':>7} {'-':>8}"
+        admission = f"online {row.rate:.2f}/s" if row.rate else f"{row.in_flight} in flight" if row.in_flight else "KV room"
+        print(f"{row.case:<9} {row.layout:<9} {row.scheduler:<15} {admission:>13} "
+              f"{result.decode_throughput:12.1f} {paper} {result.ttft.p95:10.1f} {result.tpot.p50:10.2f} "
+              f"{result.wall_seconds:7.1f}", flush=True)
+    return _verdicts(results, enforce=not args.quick)
+
+
+def _verdicts(results: dict[tuple[str, str, str], SimResult], *, enforce: bool) -> int:
+    """Print the checks; the fidelity and layout-ordering ones fail the run when `enforce`."""
+    def decode(case: str, layout: str, scheduler: str) -> float:
+        return results[(case, layout, scheduler)].decode_throughput
+
+    checks: list[tuple[bool, bool, str]] = []  # (hard, passed, description)
+    for row in FIDELITY:
+        if row.layout == "helix" and row.scheduler == "iwrr":
+            got = decode(row.case, "helix", "iwrr")
+            checks.append((True, abs(got / row.published - 1) <= TOLERANCE,
+                           f"{row.case}: Helix layout + IWRR {got:.1f} tok/s within ±15% of the paper's {row.published}"))
+    for row in FIDELITY:
+        if row.layout != "helix":
+            helix, other = decode(row.case, "helix", "iwrr"), decode(row.case, row.layout, row.scheduler)
+            checks.append((True, helix > other, f"{row.case}: Helix layout {helix:.1f} > {row.layout} layout "
+                                                f"({row.scheduler}) {other:.1f}"))
+    iwrr = decode("geo24", "helix", "iwrr")
+    for scheduler in ("swarm", "shortest-queue", "random"):
+        other = decode("geo24", "helix", scheduler)
+        checks.append((False, iwrr > other, f"geo24 Helix layout: IWRR {iwrr:.1f} > {scheduler} {other:.1f}"))
+    print("\nours vs Helix layout + IWRR (decode throughput ratio / p95 TTFT ratio):")
+    for case in ("single24", "geo24", "hetero42"):
+        base = results[(case, "helix", "iwrr")]
+        ratios = {name: (results[(case, *name.split("/"))].decode_throughput / base.decode_throughput,
+                         results[(case, *name.split("/"))].ttft.p95 / base.ttft.p95) for name in OURS}
+        print(f"  {case:<9} " + "   ".join(f"{name} {d:.2f}x / {t:.2f}x" for name, (d, t) in ratios.items()))
+        if case != "single24":
+            d, t = ratios["ours/adaptive"]
+            checks.append((False, d >= 1.10 and t <= 1.0, f"{case}: our plan + adaptive {d:.2f}x Helix's decode "
+                                                           f"throughput (target >= 1.10x) at {t:.2f}x its p95 TTFT"))
+    print()
+    for hard, passed, text in checks:
+        print(f"{'ok    ' if passed else ('FAILED' if hard else 'MISSED')} {text}")
+    return 1 if enforce and any(hard and not passed for hard, passed, _ in checks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

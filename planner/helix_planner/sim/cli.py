@@ -1,0 +1,97 @@
+"""`helix simulate`: what throughput and latency a plan gives, before touching a cluster."""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from numpy.random import default_rng
+
+from helix_planner.profiles import load_catalog
+from helix_planner.sim.inputs import load_scenario
+from helix_planner.sim.plots import write_plots
+from helix_planner.sim.report import summary_text
+from helix_planner.sim.schedulers import SCHEDULERS, scheduler_class
+from helix_planner.sim.simulation import MODES, SimConfig, Simulation
+from helix_planner.sim.workload import LENGTH_TRACES, arrival_times, default_traces_dir, load_lengths
+
+QUICK_WARMUP, QUICK_DURATION = 60.0, 120.0
+
+
+def add_simulate_command(subparsers: argparse._SubParsersAction) -> None:
+    sim = subparsers.add_parser("simulate", help="discrete-event simulation of serving on a cluster",
+                                description=__doc__)
+    sim.add_argument("cluster", help="cluster file (.yaml or Helix .ini) or bundled example")
+    sim.add_argument("--layout", help="Helix [Solution] .ini, plan .json, or a baseline (petals, swarm, separate); "
+                                      "default: plan the cluster now")
+    sim.add_argument("--partial-inference", action="store_true", help="stages may start inside a node's range")
+    sim.add_argument("--model", help="model name (default: the cluster file's, else llama2-70b)")
+    sim.add_argument("--throughput-model", choices=("profiled", "helix"), default="profiled",
+                     help="capacity model for the flow the pipelines follow (and for planning)")
+    sim.add_argument("--catalog", type=Path, action="append", default=[], help="extra GPU catalog dir or file")
+    sim.add_argument("--plan-time-limit", type=float, default=30.0, help="seconds to plan when no --layout")
+    sim.add_argument("--scheduler", default="iwrr", help=f"one of {', '.join(SCHEDULERS)} (default iwrr)")
+    sim.add_argument("--mode", choices=MODES, default="offline", help="offline: saturated; online: --rate arrivals")
+    sim.add_argument("--rate", type=float, default=0.0, help="online: mean requests per second")
+    sim.add_argument("--arrivals", default="poisson", help="online: poisson, gamma:CV, azure-conv or azure-code")
+    sim.add_argument("--lengths", default="azure-conv",
+                     help=f"request lengths: {', '.join(LENGTH_TRACES)}, a CSV path, or fixed:IN,OUT")
+    sim.add_argument("--traces", type=Path, help="folder of the reference traces (default $HELIX_REFERENCE/traces)")
+    sim.add_argument("--warmup", type=float, default=60.0, help="simulated seconds before measuring (default 60)")
+    sim.add_argument("--duration", type=float, default=600.0, help="measured simulated seconds (default 600)")
+    sim.add_argument("--quick", action="store_true",
+                     help=f"short run for CI: {QUICK_WARMUP:g} s warm-up, {QUICK_DURATION:g} s measured")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--kv-high-water", type=float, default=0.9, help="share of each KV cache admission may reserve")
+    sim.add_argument("--max-in-flight", type=int, help="cap on admitted requests (the paper's baseline protocol)")
+    sim.add_argument("--slo-ttft", type=float, default=5.0, help="TTFT target in seconds (default 5)")
+    sim.add_argument("--slo-tpot", type=float, default=0.5, help="TPOT target in seconds (default 0.5)")
+    sim.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    sim.add_argument("--plots", type=Path, help="write throughput, latency-CDF and per-node SVG charts here")
+    sim.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    sim.set_defaults(func=_simulate)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    scheduler_class(args.scheduler)  # fail before planning, which may take a while
+    warmup, duration = (QUICK_WARMUP, QUICK_DURATION) if args.quick else (args.warmup, args.duration)
+    traces = args.traces or default_traces_dir()
+    lengths = load_lengths(args.lengths, traces)
+    arrivals = None
+    if args.mode == "online":
+        arrivals = arrival_times(args.arrivals, args.rate, warmup + duration, default_rng(args.seed), traces)
+    say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    scenario = load_scenario(args.cluster, args.layout, load_catalog(args.catalog), model_name=args.model,
+                             throughput_model=args.throughput_model, partial_inference=args.partial_inference,
+                             plan_time_limit=args.plan_time_limit, progress=say)
+    config = SimConfig(mode=args.mode, warmup=warmup, duration=duration, seed=args.seed, arrivals=arrivals,
+                       kv_high_water=args.kv_high_water, max_in_flight=args.max_in_flight,
+                       slo_ttft=args.slo_ttft, slo_tpot=args.slo_tpot)
+    result = Simulation(scenario, args.scheduler, config, lengths).run(None if args.quiet else ProgressBar())
+    if args.output == "json":
+        print(json.dumps(result.to_dict(), allow_nan=False))
+    else:
+        print(summary_text(result), end="")
+    if args.plots:
+        for path in write_plots(result, args.plots):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+class ProgressBar:
+    """`[#####-----] 50%  330/660 s simulated  92 sim-s/s` on stderr, redrawn at most 5 times a second."""
+
+    def __init__(self, width: int = 30) -> None:
+        self.width, self.started, self.drawn = width, time.monotonic(), 0.0
+
+    def __call__(self, now: float, end: float) -> None:
+        wall = time.monotonic()
+        if wall - self.drawn < 0.2 and now < end:
+            return
+        self.drawn = wall
+        share = min(now / end, 1.0) if end > 0 else 1.0
+        filled = int(share * self.width)
+        rate = now / max(wall - self.started, 1e-9)
+        print(f"\r[{'#' * filled}{'-' * (self.width - filled)}] {share * 100:3.0f}%  {now:.0f}/{end:.0f} s simulated"
+              f"  {rate:.0f} sim-s/s", end="\n" if now >= end else "", file=sys.stderr, flush=True)
