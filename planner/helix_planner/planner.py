@@ -117,9 +117,10 @@ def plan_cluster(
     say(f"bound      position-free {bound:12.1f} tok/s")
     method, status = best_name, "heuristic"
     if options.method in ("auto", "milp") and _gap(best.value, bound) > options.mip_gap:
-        if options.time_limit - (time.monotonic() - started) > 1.0:
-            milp = _run_milp(topology, model, options, best_layout, previous, bound, started + options.time_limit,
-                             say, cancel)
+        # Leave a little of the budget for placing nodes, evaluating and decomposing the result.
+        deadline = started + options.time_limit - min(5.0, 0.05 * options.time_limit)
+        if deadline - time.monotonic() > 1.0:
+            milp = _run_milp(topology, model, options, best_layout, previous, bound, deadline, say, cancel)
             layout = assign_nodes(milp.counts, topology, previous.layout if previous else None)
             result = evaluate(cluster, model, capacity_model, layout)
             say(f"milp       {result.value:12.1f} tok/s ({milp.status})")
