@@ -1,0 +1,74 @@
+"""kopf handlers: they only register interest and delegate.
+
+Watches wake controllers (nodes, GPU profiles, owned pods and Deployments), indices keep the
+node and profile facts controllers read, the spec handler validates, and one daemon per
+HelixCluster runs its `Controller`.
+"""
+
+from typing import Any
+
+import kopf
+
+from helix_operator import names
+from helix_operator.catalog import gpu_type_from_profile
+from helix_operator.controller import Controller
+from helix_operator.discovery import node_facts
+from helix_operator.inbox import NODES, PODS, PROFILES, SPEC
+from helix_operator.meta import MANAGED_BY
+from helix_operator.spec import SpecError, parse_spec
+
+HELIXCLUSTERS = (names.GROUP, names.VERSION, names.HELIXCLUSTERS)
+GPUPROFILES = (names.GROUP, names.VERSION, names.GPUPROFILES)
+CHILD_LABELS = {names.LABEL_MANAGED_BY: MANAGED_BY}
+DAEMON_EXIT_SECONDS = 5.0
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Add every handler to `registry` (one per operator run, not the process-global one)."""
+    on = dict(registry=registry)
+
+    @kopf.index("", "v1", "nodes", id="nodes", **on)
+    def index_node(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
+        return {name: node_facts(body)}
+
+    @kopf.on.event("", "v1", "nodes", **on)
+    def node_changed(body: kopf.Body, name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+        facts = None if type == "DELETED" else node_facts(body)
+        if memo.context.node_changes.changed(name, facts):
+            memo.context.inboxes.notify_all(NODES)
+
+    @kopf.index(*GPUPROFILES, id="gpuprofiles", **on)
+    def index_profile(name: str, spec: kopf.Spec, **_: Any) -> dict[str, Any]:
+        return {name: dict(spec)}
+
+    @kopf.on.event(*GPUPROFILES, **on)
+    def profile_changed(body: kopf.Body, name: str, spec: kopf.Spec, type: str | None, memo: kopf.Memo,
+                        **_: Any) -> None:
+        if type != "DELETED":
+            try:
+                gpu_type_from_profile(name, spec)
+            except (ValueError, KeyError, TypeError) as err:
+                kopf.warn(body, reason="InvalidGPUProfile", message=f"ignored until fixed: {err}")
+        memo.context.inboxes.notify_all(PROFILES)
+
+    @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, **on)
+    @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, **on)
+    def child_changed(namespace: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+        for ref in meta.get("ownerReferences") or []:
+            if ref.get("kind") == names.HELIXCLUSTER_KIND:
+                memo.context.inboxes.notify((namespace, ref["name"]), PODS)
+
+    @kopf.on.resume(*HELIXCLUSTERS, **on)
+    @kopf.on.create(*HELIXCLUSTERS, **on)
+    @kopf.on.update(*HELIXCLUSTERS, **on)
+    def spec_changed(spec: kopf.Spec, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+        memo.context.inboxes.notify((namespace, name), SPEC)
+        try:
+            parse_spec(spec)
+        except SpecError as err:
+            raise kopf.PermanentError(str(err)) from None
+
+    @kopf.daemon(*HELIXCLUSTERS, id="controller", cancellation_timeout=DAEMON_EXIT_SECONDS, **on)
+    async def run_controller(body: kopf.Body, nodes: kopf.Index, gpuprofiles: kopf.Index, memo: kopf.Memo,
+                             stopped: kopf.DaemonStopped, logger: Any, **_: Any) -> None:
+        await Controller(memo.context, body, nodes, gpuprofiles, logger).run(stopped)

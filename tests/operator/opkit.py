@@ -1,0 +1,111 @@
+"""Test helpers for the operator tests (a uniquely named module: every test folder of the
+repo shares sys.path, so a plain `conftest` import could find another folder's).
+
+Fake fleets: Node objects labelled as GKE and NVIDIA GPU feature discovery label them, and
+plan documents, and YAML read the way kubectl reads it.
+"""
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class KubeYamlLoader(yaml.SafeLoader):
+    """YAML 1.2 numbers (`8e12` is a float, as kubectl reads it; PyYAML says string)."""
+
+
+KubeYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)$"),
+    list("-+0123456789."),
+)
+
+
+def load_documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.load_all(path.read_text(), Loader=KubeYamlLoader) if doc]
+
+# --- fake fleets: Node objects labelled as GKE and NVIDIA GPU feature discovery label them ---
+
+GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
+GFD_PRODUCT = "nvidia.com/gpu.product"
+REGION = "topology.kubernetes.io/region"
+POOL_LABEL = "helix.example.com/pool"
+
+
+def node(name: str, labels: dict[str, str], *, ready: bool = True, unschedulable: bool = False,
+         gpus: int = 1) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "uid": f"uid-{name}", "resourceVersion": "1", "labels": dict(labels)},
+        "spec": {"unschedulable": True} if unschedulable else {},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                   "allocatable": {"nvidia.com/gpu": str(gpus), "cpu": "8"}},
+    }
+    return body
+
+
+def fleet(per_region: int = 8) -> list[dict[str, Any]]:
+    """3 regions: A100 and L4 on GKE (gke-accelerator label), T4 on-prem labelled by GFD."""
+    nodes = []
+    for i in range(per_region):
+        nodes.append(node(f"gke-a100-{i}", {GKE_ACCELERATOR: "nvidia-tesla-a100", REGION: "us-central1",
+                                            POOL_LABEL: "gke"}))
+        nodes.append(node(f"gke-l4-{i}", {GKE_ACCELERATOR: "nvidia-l4", REGION: "europe-west4", POOL_LABEL: "gke"}))
+        nodes.append(node(f"dc-t4-{i}", {GFD_PRODUCT: "Tesla-T4", REGION: "onprem-ams", POOL_LABEL: "onprem"}))
+    return nodes
+
+
+def fleet_spec(**planner: Any) -> dict[str, Any]:
+    """A HelixCluster spec over `fleet()`: one GKE pool and one GFD pool, short planner limits."""
+    return {
+        "model": {"name": "llama2-70b"},
+        "nodePools": [
+            {"name": "gke", "selector": {"matchLabels": {POOL_LABEL: "gke"}}},
+            {"name": "onprem", "selector": {"matchExpressions": [{"key": GFD_PRODUCT, "operator": "Exists"}]},
+             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+        ],
+        "network": {"intraRegion": {"bandwidth": "10Gbps", "latency": "1ms"},
+                    "interRegion": {"bandwidth": "1Gbps", "latency": "30ms"},
+                    "frontend": {"region": "us-central1"}},
+        "planner": {"timeLimitSeconds": 3, "threads": 1, "debounceSeconds": 0.3, "replanMinIntervalSeconds": 0,
+                    **planner},
+        "worker": {"image": "helix/worker:test"},
+        "rollout": {"drainTimeoutSeconds": 5},
+    }
+
+
+def plan_document(layout: dict[str, tuple[str, str, int, int]], pipelines: list[list[str]], throughput: float,
+                  *, model: str = "llama2-70b", bound: float | None = None) -> dict[str, Any]:
+    """A schemaVersion-1 plan: layout maps node -> (gpu, region, start, end)."""
+    share = throughput / max(1, len(pipelines))
+    return {
+        "schemaVersion": 1, "kind": "HelixPlan", "inputsHash": "test", "model": {"name": model},
+        "cluster": "test", "throughputModel": "profiled", "throughput": throughput,
+        "upperBound": bound if bound is not None else throughput * 1.01,
+        "solver": {"method": "milp", "status": "Optimal", "seconds": 0.5},
+        "nodes": [{"name": n, "gpuType": g, "region": r, "start": s, "end": e}
+                  for n, (g, r, s, e) in layout.items()],
+        "edges": [],
+        "pipelines": [{"stages": [{"node": n, "start": layout[n][2], "end": layout[n][3]} for n in p],
+                       "tokensPerSecond": share} for p in pipelines],
+    }
+
+
+def pruned_fields(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
+    """Fields the API server would drop from `value` (structural pruning of unknown fields)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields") or path == ".metadata":  # metadata is never pruned
+        return []
+    if isinstance(value, dict) and schema.get("type") == "object":
+        if "additionalProperties" in schema:
+            extra = schema["additionalProperties"]
+            return [p for k, v in value.items() for p in pruned_fields(extra, v, f"{path}.{k}")]
+        props = schema.get("properties", {})
+        return [f"{path}.{k}" for k in value if k not in props] + [
+            p for k, v in value.items() if k in props for p in pruned_fields(props[k], v, f"{path}.{k}")]
+    if isinstance(value, list) and "items" in schema:
+        return [p for i, v in enumerate(value) for p in pruned_fields(schema["items"], v, f"{path}[{i}]")]
+    return []
