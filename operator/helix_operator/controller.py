@@ -31,7 +31,7 @@ from helix_operator.mergepatch import diff
 from helix_operator.meta import plan_configmap_name
 from helix_operator.planmap import PlanTooLarge
 from helix_operator.planning import PlanRequest
-from helix_operator.replan import (APPLIED, APPROVED, FAILED, PROPOSED, broken_nodes, decide, failure_reason,
+from helix_operator.replan import (APPLIED, APPROVED, FAILED, PROPOSED, broken_nodes, decide,
                                    replan_due)
 from helix_operator.rollout import COMPLETE
 from helix_operator.spec import ClusterSpec, SpecError, parse_spec
@@ -215,7 +215,7 @@ class Controller:
             self.ctx.metrics.plan_seconds.labels(self.namespace, self.name).observe(time.monotonic() - started)
             await self._decide(spec, key, due.trigger, plan)
         except (PlanningError, PlanTooLarge) as err:
-            self._record_failure(key, due.trigger, str(err))
+            self._record_failure(key, due.trigger, str(err), getattr(err, "reason", "PlanningFailed"))
         finally:
             obs.planning = False
         await self._publish(obs)  # the new plan (or the failure) shows before pods are touched
@@ -253,10 +253,10 @@ class Controller:
         return inputs_key(spec, discover(self._node_facts(), spec.pools, catalog, spec.worker.gpu_resource_name),
                           catalog)
 
-    def _record_failure(self, key: InputsKey, trigger: str, message: str) -> None:
+    def _record_failure(self, key: InputsKey, trigger: str, message: str, reason: str) -> None:
         state = self.state
         state.attempted, state.last_replan = key, time.monotonic()
-        state.plan_problem = (failure_reason(message), message)
+        state.plan_problem = (reason, message)
         state.last_record = {"time": _now(), "trigger": trigger, "outcome": FAILED, "message": message,
                              "inputs": key.encode()}
         self.ctx.metrics.replans.labels(self.namespace, self.name, trigger, FAILED).inc()

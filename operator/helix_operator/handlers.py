@@ -8,6 +8,7 @@ HelixCluster runs its `Controller`.
 from typing import Any
 
 import kopf
+from helix_planner.errors import PlanningError
 
 from helix_operator import names
 from helix_operator.catalog import gpu_type_from_profile
@@ -47,7 +48,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         if type != "DELETED":
             try:
                 gpu_type_from_profile(name, spec)
-            except (ValueError, KeyError, TypeError) as err:
+            except (PlanningError, KeyError, TypeError) as err:
                 kopf.warn(body, reason="InvalidGPUProfile", message=f"ignored until fixed: {err}")
         memo.context.inboxes.notify_all(PROFILES)
 

@@ -19,6 +19,8 @@ ANNOTATION_PROPOSED = "helix.dev/proposed"
 class PlanTooLarge(ValueError):
     """The plan document exceeds what a ConfigMap may hold."""
 
+    reason = "PlanTooLarge"
+
 
 def build_plan_configmap(owner: Mapping[str, Any], plan: Plan, inputs: str, *,
                          proposed: bool = False) -> dict[str, Any]:

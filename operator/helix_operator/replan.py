@@ -65,13 +65,3 @@ def decide(mode: str, trigger: str, active_tps: float | None, candidate_tps: flo
         return Decision(APPLIED, f"{active_tps:.1f} -> {candidate_tps:.1f} tok/s (+{gain:.1f}%)")
     return Decision(KEPT, f"kept {active_tps:.1f} tok/s: the new plan's {candidate_tps:.1f} tok/s is {gain:+.1f}%, "
                           f"below the {min_improvement_percent:g}% threshold")
-
-
-def failure_reason(message: str) -> str:
-    """A condition reason for a planner error, read from its message (the planner has one error type)."""
-    text = message.lower()
-    if "does not fit" in text:
-        return "ModelDoesNotFit"
-    if "infeasible" in text or "carries any flow" in text or "cannot reach" in text:
-        return "Infeasible"
-    return "PlanningFailed"

@@ -24,7 +24,7 @@ import highspy
 import numpy as np
 import pulp
 
-from helix_planner.errors import PlanningError
+from helix_planner.errors import InfeasiblePlacement, PlanningError
 from helix_planner.highs_session import new_highs
 from helix_planner.models import ModelSpec
 from helix_planner.topology import NodeClass, Topology
@@ -219,7 +219,7 @@ def solve(built: _Model, settings: MilpSettings, *, warm_start: dict[tuple[str, 
     info = highs.getInfo()
     status_text = highs.modelStatusToString(status)
     if status == highspy.HighsModelStatus.kInfeasible:
-        raise PlanningError("the placement problem is infeasible: no contiguous layer assignment reaches the front end")
+        raise InfeasiblePlacement("the placement problem is infeasible: no contiguous layer assignment reaches the front end")
     if info.primal_solution_status != highspy.kSolutionStatusFeasible:
         raise PlanningError(
             f"HiGHS found no placement within {settings.time_limit:.0f}s ({status_text}); raise the time limit"

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 from helix_planner.bound import position_free_bound
 from helix_planner.cluster import SINK, SOURCE, Cluster
-from helix_planner.errors import PlanningError
+from helix_planner.errors import InfeasiblePlacement, ModelDoesNotFit, PlanningError
 from helix_planner.flow import FlowResult, evaluate
 from helix_planner.heuristics import BASELINES
 from helix_planner.milp import MilpSettings, assign_nodes, build_model, class_counts, solve
@@ -62,17 +62,17 @@ def capacity_model_for(cluster: Cluster, model: ModelSpec, options: PlannerOptio
 def check_network(cluster: Cluster) -> None:
     """The front end must reach some node and hear back from some node."""
     if not any(src == SOURCE for src, _ in cluster.links):
-        raise PlanningError(f"the front end cannot reach any node of {cluster.name!r}: add front-end links "
+        raise InfeasiblePlacement(f"the front end cannot reach any node of {cluster.name!r}: add front-end links "
                             "(network.frontend in YAML, [Link-source-i] in .ini)")
     if not any(dst == SINK for _, dst in cluster.links):
-        raise PlanningError(f"no node of {cluster.name!r} can answer the front end: add links to the sink")
+        raise InfeasiblePlacement(f"no node of {cluster.name!r} can answer the front end: add links to the sink")
 
 
 def check_fits(cluster: Cluster, model: ModelSpec, capacity_model: CapacityModel) -> None:
     """The fleet must be able to hold every layer at least once."""
     slots = sum(capacity_model.max_layers(node.gpu) for node in cluster.nodes)
     if slots < model.num_layers:
-        raise PlanningError(
+        raise ModelDoesNotFit(
             f"{model.name} does not fit: its {model.num_layers} layers need room for {model.num_layers} "
             f"layer copies but the {len(cluster.nodes)} nodes hold at most {slots}; add GPU nodes or "
             "choose a smaller model"
@@ -131,7 +131,7 @@ def plan_cluster(
                 bound = max(milp.bound, best.value)
             status = milp.status
     if best.value <= 0:
-        raise PlanningError(_no_flow_message(cluster))
+        raise InfeasiblePlacement(_no_flow_message(cluster))
     gap = _gap(best.value, bound)
     if gap <= options.mip_gap:
         status = "optimal"

@@ -9,12 +9,14 @@ given with `--catalog` or `HELIX_CATALOG`; later files override earlier ones.
 
 import bisect
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from helix_planner.errors import PlanningError
+from helix_planner.errors import PlanningError, UnknownGpuType
 from helix_planner.units import parse_quantity
 
 BUILTIN_CATALOG_DIR = Path(__file__).parent / "catalog"
@@ -100,7 +102,7 @@ class Catalog:
         for gpu in self.gpus.values():
             if name.lower() == gpu.name.lower() or name in gpu.labels:
                 return gpu
-        raise PlanningError(
+        raise UnknownGpuType(
             f"unknown GPU type {name!r}: known types are {', '.join(sorted(self.gpus))}; add it in a "
             "catalog file (vram, memoryBandwidth, peakFlops, nic) passed with --catalog or HELIX_CATALOG"
         )
@@ -115,7 +117,7 @@ class Catalog:
         except (OSError, yaml.YAMLError) as err:
             raise PlanningError(f"cannot read catalog file {path}: {err}") from None
         for name, spec in (data.get("gpus") or {}).items():
-            self.gpus[name] = _gpu_from_mapping(str(name), spec, path)
+            self.gpus[name] = gpu_from_mapping(str(name), spec, source=str(path))
         model = data.get("model")
         for gpu, spec in (data.get("measured") or {}).items():
             self.measured[(model, gpu)] = _measured_from_mapping(model, str(gpu), spec)
@@ -132,21 +134,30 @@ class Catalog:
             )
 
 
-def _gpu_from_mapping(name: str, spec: dict, path: Path) -> GpuType:
-    try:
-        return GpuType(
-            name=name,
-            vram_bytes=parse_quantity(spec["vram"]),
-            memory_bandwidth=parse_quantity(spec["memoryBandwidth"]),
-            peak_flops=float(spec["peakFlops"]),
-            nic_bytes_per_s=parse_quantity(spec.get("nic", 1.25e9)),
-            gpus=int(spec.get("gpus", 1)),
-            labels=tuple(str(label) for label in spec.get("labels", ())),
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise PlanningError(
-            f"GPU type {name!r} in {path} is incomplete ({err}): give vram, memoryBandwidth and peakFlops"
-        ) from None
+DEFAULT_NIC = 1.25e9  # 10 Gbit/s, bytes/s
+
+
+def gpu_from_mapping(name: str, spec: Mapping[str, Any], *, source: str) -> GpuType:
+    """A GPU type from its catalog fields (a catalog file or a GPUProfile object's spec)."""
+    fields = {}
+    for key, default in (("vram", None), ("memoryBandwidth", None), ("peakFlops", None), ("nic", DEFAULT_NIC)):
+        value = spec.get(key, default)
+        if value is None:
+            raise PlanningError(f"GPU type {name!r} in {source}: {key} is required (e.g. vram: 80GB, "
+                                "memoryBandwidth: 3.35e12, peakFlops: 989e12)")
+        try:
+            fields[key] = parse_quantity(value)
+        except ValueError as err:
+            raise PlanningError(f"GPU type {name!r} in {source}: {key}: {err}") from None
+    return GpuType(
+        name=name,
+        vram_bytes=fields["vram"],
+        memory_bandwidth=fields["memoryBandwidth"],
+        peak_flops=fields["peakFlops"],
+        nic_bytes_per_s=fields["nic"],
+        gpus=int(spec.get("gpus", 1)),
+        labels=tuple(str(label) for label in spec.get("labels") or ()),
+    )
 
 
 def _measured_from_mapping(model: str, gpu: str, spec: dict) -> MeasuredProfile:
