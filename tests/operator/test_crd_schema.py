@@ -10,7 +10,7 @@ import yaml
 
 from helix_operator import crd
 from helix_operator.spec import SpecError, parse_spec
-from opkit import REPO, load_documents, pruned_fields
+from opkit import REPO, KubeYamlLoader, load_documents, pruned_fields
 
 EXAMPLES = sorted((REPO / "operator" / "examples").glob("*.yaml"))
 
@@ -163,3 +163,18 @@ def test_printer_columns() -> None:
     assert version["subresources"] == {"status": {}}
     assert crd.helixcluster_crd()["spec"]["names"]["shortNames"] == ["hxc"]
     assert crd.gpuprofile_crd()["spec"]["scope"] == "Cluster"
+
+
+def _readme_manifests() -> list[dict[str, Any]]:
+    """Every YAML block of the README that is a HelixCluster or GPUProfile."""
+    text = (REPO / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```yaml\n")[1:]]
+    documents = [doc for block in blocks for doc in yaml.load_all(block, Loader=KubeYamlLoader) if isinstance(doc, dict)]
+    return [doc for doc in documents if doc.get("kind") in ("HelixCluster", "GPUProfile")]
+
+
+def test_readme_manifests_validate_against_crd() -> None:
+    manifests = _readme_manifests()
+    assert {doc["kind"] for doc in manifests} == {"HelixCluster", "GPUProfile"}
+    for doc in manifests:
+        assert _errors(doc["kind"], doc) == []
