@@ -5,13 +5,14 @@ hold layers [a, a+k); continuous y[c,a,k] = tokens/s through them, y <= T_c(k) n
 layer boundary l of every group, flow of ranges ending at l plus flow arriving from other
 groups equals flow of ranges starting at l plus flow leaving for other groups. Cross-group
 flow h[G,H,l] is bounded by what the classes ending (starting) at l can send (receive) over
-their links. Inside a group this is exact (links there cannot bind); across groups it is a
-relaxation, so the objective is a certified upper bound and the plan's real throughput is
-what the max-flow evaluator measures on the concrete placement.
+their links. Inside one group the model is exact (links there cannot bind), so its dual
+bound certifies too; across groups the planner uses a conservative link model to search,
+and the certified bound comes from `bound`. Either way the plan's throughput is what the
+max-flow evaluator measures on the concrete placement.
 
 Compared with Helix's per-node formulation with start-index big-M switches, the interval
 variables make layer contiguity exact in the LP, and counting identical nodes removes their
-symmetry: the LP bound is tight instead of 20-60x the optimum.
+symmetry.
 """
 
 import math
@@ -38,7 +39,6 @@ class MilpSettings:
     time_limit: float = 60.0
     mip_gap: float = 1e-4
     threads: int = 2
-    churn_weight: float = 0.0
     progress_every: float = 2.0
     seed: int = 0
 
@@ -54,7 +54,7 @@ class MilpSolution:
 
 
 @dataclass
-class _Model:
+class PlacementModel:
     problem: pulp.LpProblem
     n: dict[tuple[str, int, int], pulp.LpVariable]
     y: dict[tuple[str, int, int], pulp.LpVariable]
@@ -62,7 +62,7 @@ class _Model:
 
 
 def build_model(topology: Topology, model: ModelSpec, *, previous: dict[tuple[str, int, int], int] | None = None,
-                churn_weight: float = 0.0, flow_cap: float = float("inf"), conservative_links: bool = False) -> _Model:
+                churn_weight: float = 0.0, flow_cap: float = float("inf"), conservative_links: bool = False) -> PlacementModel:
     """The PuLP model; `previous` counts (class, start, length) of the running plan for churn.
 
     `flow_cap` is any known upper bound U on the total flow: no single node can usefully
@@ -157,7 +157,7 @@ def build_model(topology: Topology, model: ModelSpec, *, previous: dict[tuple[st
     prob += objective
     if not y:
         raise PlanningError("no node can hold any layer range of the model: check GPU memory and front-end links")
-    return _Model(prob, n, y, h)
+    return PlacementModel(prob, n, y, h)
 
 
 def _limit_pairs(prob: pulp.LpProblem, topology: Topology, g: int, hh: int, l: int, flow: pulp.LpVariable,
@@ -172,7 +172,7 @@ def _limit_pairs(prob: pulp.LpProblem, topology: Topology, g: int, hh: int, l: i
     prob += flow <= topology.pair_min[(g, hh)] * 0.5 * (senders + receivers), f"pairs_{g}_{hh}_{l}"
 
 
-def solve(built: _Model, settings: MilpSettings, *, warm_start: dict[tuple[str, int, int], int] | None = None,
+def solve(built: PlacementModel, settings: MilpSettings, *, warm_start: dict[tuple[str, int, int], int] | None = None,
           progress: Progress | None = None, cancel: threading.Event | None = None) -> MilpSolution:
     """Solve with HiGHS: time limit, relative gap, threads, warm start, progress lines."""
     columns = built.problem.variables()
@@ -238,7 +238,7 @@ def solve(built: _Model, settings: MilpSettings, *, warm_start: dict[tuple[str, 
     )
 
 
-def _complete_warm_start(built: _Model, columns: list[pulp.LpVariable], index: dict[str, int],
+def _complete_warm_start(built: PlacementModel, columns: list[pulp.LpVariable], index: dict[str, int],
                          counts: dict[tuple[str, int, int], int], settings: MilpSettings) -> list[float] | None:
     """Fix the integer counts of a known placement and solve the LP for the flows.
 

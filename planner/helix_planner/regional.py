@@ -123,32 +123,28 @@ def _fill(classes: list[NodeClass], target: float, left: dict[str, int]) -> list
 
 
 def _chain(topology: Topology, order: tuple[int, ...], target: float, num_layers: int) -> list[_Stage] | None:
-    """Stages covering all layers at `target` through the regions in `order`, or None."""
-    fans = [(1, 1)] * len(order)
+    """Stages covering all layers at `target` through the regions in `order`, or None.
+
+    Each region picks how many nodes end it (its fan-out) to leave itself the most layers;
+    the next region must then start with enough nodes for the cross links to carry `target`.
+    """
     chain: list[_Stage] = []
+    fan_in = 1
     for position, group in enumerate(order):
-        best_region, best_layers = None, -1
-        fan_in = fans[position][0]
-        for fan_out in range(1, 5):
-            if position + 1 < len(order):
-                need = _fan_needed(topology, group, order[position + 1], target, fan_out)
-                if need is None:
-                    continue
-            stages = _region_stages(topology, group, target, fan_in, fan_out if position + 1 < len(order) else 1)
-            if stages is None:
+        following = order[position + 1] if position + 1 < len(order) else None
+        best: tuple[list[_Stage], int] | None = None
+        for fan_out in range(1, 5) if following is not None else (1,):
+            if following is not None and _fan_needed(topology, group, following, target, fan_out) is None:
                 continue
-            layers = sum(s.layers for s in stages)
-            if layers > best_layers:
-                best_region, best_layers = (stages, fan_out), layers
-        if best_region is None:
+            stages = _region_stages(topology, group, target, fan_in, fan_out)
+            if stages is not None and (best is None or sum(s.layers for s in stages) > sum(s.layers for s in best[0])):
+                best = (stages, fan_out)
+        if best is None:
             return None
-        stages, fan_out = best_region
-        chain += stages
-        if position + 1 < len(order):
-            fans[position + 1] = (_fan_needed(topology, group, order[position + 1], target, fan_out) or 1, 1)
-    if sum(s.layers for s in chain) < num_layers:
-        return None
-    return chain
+        chain += best[0]
+        if following is not None:
+            fan_in = _fan_needed(topology, group, following, target, best[1]) or 1
+    return chain if sum(s.layers for s in chain) >= num_layers else None
 
 
 def _fan_needed(topology: Topology, src: int, dst: int, target: float, senders: int) -> int | None:
