@@ -42,7 +42,7 @@ from helix_worker.envs import Settings
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
 from helix_worker.kv_cache import KVCache
 from helix_worker.launcher import LocalFleet
-from helix_worker.links import StreamLink, channel_options
+from helix_worker.links import StreamLink, server_options
 from helix_worker.local_plan import manual_plan, proportional_split
 from helix_worker.model_init import DemoModel, write_demo_checkpoint
 from helix_worker.protocol import Chunk, Hop, Phase
@@ -161,7 +161,7 @@ class _Sink(pb_grpc.StageServiceServicer):
 
 def _grpc_sink(port_queue, expected: int) -> None:
     async def serve() -> None:
-        server = grpc.aio.server(options=channel_options(256 * MIB))
+        server = grpc.aio.server(options=server_options(256 * MIB))
         pb_grpc.add_StageServiceServicer_to_server(_Sink(expected), server)
         port_queue.put(server.add_insecure_port("127.0.0.1:0"))
         await server.start()

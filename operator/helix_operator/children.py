@@ -73,12 +73,23 @@ async def worker_pods(kube: Kube, owner: Owner) -> list[dict[str, Any]]:
     return _owned(owner, pods)
 
 
+async def frontend_plans(kube: Kube, owner: Owner) -> set[str]:
+    """Plan hashes of the front-end pods that still run, terminating ones included (they may be
+    finishing requests); the pods belong to the Deployment's ReplicaSets, so they go by label."""
+    labels = selector(owner["metadata"]["name"], names.COMPONENT_FRONTEND)
+    pods = await kube.list_objects(Ref("v1", "pods", _ns(owner)), labels)
+    return {(p["metadata"].get("labels") or {}).get(names.LABEL_PLAN_HASH, "") for p in pods
+            if (p.get("status") or {}).get("phase") not in ("Failed", "Succeeded")}
+
+
 async def sync_workers(kube: Kube, owner: Owner, spec: ClusterSpec, discovery: Discovery, target: PlanRef,
                        active_hash: str | None) -> RolloutStep:
     """Take one rollout step towards `target`; `active_hash` is the plan the front end serves."""
     views = [v for pod in await worker_pods(kube, owner) if (v := pod_view(pod)) is not None]
     surge = None if active_hash in (None, target.hash) else spec.rollout.max_surge_nodes
-    step = next_step(assignments(target.plan, discovery, spec), views, target.hash, surge, template_hash(spec))
+    frontend_current = await frontend_plans(kube, owner) <= {target.hash}
+    step = next_step(assignments(target.plan, discovery, spec), views, target.hash, surge, template_hash(spec),
+                     frontend_current)
     namespace, grace = _ns(owner), spec.rollout.drain_timeout
     relabel = {"metadata": {"labels": {names.LABEL_PLAN_HASH: target.hash}}}
     pods = [build_worker_pod(owner, spec, a, target.hash, target.configmap) for a in step.create]

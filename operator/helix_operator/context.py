@@ -7,6 +7,7 @@ from helix_planner.profiles import Catalog
 from helix_operator.discovery import NodeFacts
 from helix_operator.inbox import Inbox
 from helix_operator.kube import Kube
+from helix_operator.meta import dns_name
 from helix_operator.metrics import Metrics
 from helix_operator.planning import PlanRunner
 
@@ -23,6 +24,12 @@ class Inboxes:
         inbox = self.by_key.get(key)
         if inbox is not None:
             inbox.notify(kind)
+
+    def notify_labelled(self, namespace: str, cluster_label: str, kind: str) -> None:
+        """Wake the cluster whose children carry `cluster_label` (its name as a DNS label)."""
+        for key, inbox in self.by_key.items():
+            if key[0] == namespace and dns_name(key[1]) == cluster_label:
+                inbox.notify(kind)
 
     def notify_all(self, kind: str) -> None:
         for inbox in self.by_key.values():

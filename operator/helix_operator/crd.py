@@ -237,7 +237,7 @@ def helixcluster_status_schema() -> Schema:
         }),
         "rollout": obj({
             "targetHash": string(),
-            "state": enum(["Surging", "Draining", "Complete"]),
+            "state": enum(["Surging", "Switching", "Draining", "Complete"]),
             "desiredWorkers": integer(),
             "readyWorkers": integer(),
             "drainingWorkers": integer(),

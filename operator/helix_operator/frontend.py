@@ -43,6 +43,7 @@ def build_frontend_deployment(owner: Mapping[str, Any], spec: ClusterSpec, plan:
             {"name": "HELIX_MODEL", "value": spec.model.name},
             {"name": "HELIX_HTTP_PORT", "value": str(frontend.http_port)},
             {"name": "HELIX_GRPC_PORT", "value": str(frontend.grpc_port)},
+            {"name": "HELIX_DRAIN_SECONDS", "value": str(spec.rollout.drain_timeout)},
         ],
         "ports": [{"name": "http", "containerPort": frontend.http_port},
                   {"name": "grpc", "containerPort": frontend.grpc_port}],

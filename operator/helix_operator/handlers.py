@@ -55,9 +55,12 @@ def register(registry: kopf.OperatorRegistry) -> None:
     @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, **on)
     @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, **on)
     def child_changed(namespace: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
-        for ref in meta.get("ownerReferences") or []:
-            if ref.get("kind") == names.HELIXCLUSTER_KIND:
-                memo.context.inboxes.notify((namespace, ref["name"]), PODS)
+        owners = [ref["name"] for ref in meta.get("ownerReferences") or [] if ref.get("kind") == names.HELIXCLUSTER_KIND]
+        for owner in owners:
+            memo.context.inboxes.notify((namespace, owner), PODS)
+        cluster = (meta.get("labels") or {}).get(names.LABEL_CLUSTER)
+        if cluster and not owners:  # a front-end pod: its owner is the Deployment's ReplicaSet
+            memo.context.inboxes.notify_labelled(namespace, cluster, PODS)
 
     @kopf.on.resume(*HELIXCLUSTERS, **on)
     @kopf.on.create(*HELIXCLUSTERS, **on)

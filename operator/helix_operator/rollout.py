@@ -2,8 +2,10 @@
 
 Surge: pods for new assignments on free nodes come up first (at most `max_surge` starting
 at once while an older plan still serves). Switch: once they are ready the front end moves
-to the target plan and obsolete pods are deleted with the drain timeout as grace period;
-replacements for nodes that change layers are created then and start when the node frees.
+to the target plan, and its old pods finish the requests they hold on the old pipelines.
+Drain: once no front-end pod of an older plan is left, obsolete pods are deleted with the
+drain timeout as grace period; replacements for nodes that change layers are created then
+and start when the node frees.
 """
 
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from typing import Any, Iterable, Mapping
 from helix_operator import names
 from helix_operator.workers import Assignment, pod_assignment
 
-SURGING, DRAINING, COMPLETE = "Surging", "Draining", "Complete"
+SURGING, SWITCHING, DRAINING, COMPLETE = "Surging", "Switching", "Draining", "Complete"
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,11 @@ class RolloutStep:
 
 
 def next_step(desired: Iterable[Assignment], pods: Iterable[PodView], target_hash: str,
-              max_surge: int | None, template: str = "") -> RolloutStep:
+              max_surge: int | None, template: str = "", frontend_current: bool = True) -> RolloutStep:
     """`max_surge` None means nothing older is serving, so every new pod may start at once; pods
-    of another `template` (worker spec) count as obsolete."""
+    of another `template` (worker spec) count as obsolete. `frontend_current` says that no
+    front-end pod of an older plan is left: until then obsolete pods stay, as old front ends
+    may still be finishing requests on them."""
     desired = list(desired)
     wanted = {a.key for a in desired}
     live = [p for p in pods if not p.deleting]
@@ -83,6 +87,8 @@ def next_step(desired: Iterable[Assignment], pods: Iterable[PodView], target_has
         budget = len(free) if max_surge is None else max(0, max_surge - len(starting))
         return RolloutStep(tuple(free[:budget]), tuple(failed), relabel, False, SURGING, len(desired), ready,
                            len(draining))
+    if obsolete and not frontend_current:
+        return RolloutStep((), tuple(failed), relabel, True, SWITCHING, len(desired), ready, len(draining))
     done = not (obsolete or draining or blocked or failed) and ready == len(desired)
     return RolloutStep(tuple(blocked), tuple(failed) + tuple(p.name for p in obsolete), relabel, True,
                        COMPLETE if done else DRAINING, len(desired), ready, len(draining) + len(obsolete))

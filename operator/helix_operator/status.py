@@ -67,7 +67,7 @@ def conditions(obs: Observation) -> list[Condition]:
     rollout_state = (obs.rollout or {}).get("state")
     if obs.planning:
         out.append(Condition("Progressing", TRUE, "Planning", "the planner is solving for the current nodes"))
-    elif rollout_state in ("Surging", "Draining"):
+    elif rollout_state in ("Surging", "Switching", "Draining"):
         out.append(Condition("Progressing", TRUE, f"Rollout{rollout_state}",
                              f"rolling out plan {obs.rollout['targetHash']}: {rollout_state.lower()}"))
     else:

@@ -5,28 +5,13 @@ Fake fleets: Node objects labelled as GKE and NVIDIA GPU feature discovery label
 plan documents, and YAML read the way kubectl reads it.
 """
 
-import re
 from pathlib import Path
 from typing import Any
 
-import yaml
+from helix_dev.fleet import KubeYamlLoader  # noqa: F401 (YAML 1.2 numbers, as kubectl reads them)
+from helix_dev.fleet import load_manifests as load_documents  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class KubeYamlLoader(yaml.SafeLoader):
-    """YAML 1.2 numbers (`8e12` is a float, as kubectl reads it; PyYAML says string)."""
-
-
-KubeYamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)$"),
-    list("-+0123456789."),
-)
-
-
-def load_documents(path: Path) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.load_all(path.read_text(), Loader=KubeYamlLoader) if doc]
 
 # --- fake fleets: Node objects labelled as GKE and NVIDIA GPU feature discovery label them ---
 

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from helix_operator.context import Inboxes
 from helix_operator.inbox import NODES, PODS, SPEC, TIMER, Inbox
 
 pytestmark = pytest.mark.timeout(10)
@@ -46,3 +47,12 @@ async def test_ignored_kinds_stay_pending_and_deadlines_fire() -> None:
     inbox.notify(PODS)
     assert await inbox.wait(debounce=0, deadline=time.monotonic() - 1, ignore=frozenset({PODS})) == {TIMER}
     assert await asyncio.wait_for(inbox.wait(debounce=0), 1) == {PODS}
+
+
+async def test_front_end_pods_wake_their_cluster_by_label() -> None:
+    """Front-end pods are owned by a ReplicaSet, so their cluster is found by its label."""
+    inboxes, ours, other = Inboxes(), Inbox(), Inbox()
+    inboxes.by_key |= {("ns", "llama"): ours, ("other", "llama"): other}
+    inboxes.notify_labelled("ns", "llama", PODS)
+    assert await asyncio.wait_for(ours.wait(debounce=0), 1) == {PODS}
+    assert await other.wait(debounce=0, deadline=time.monotonic() - 1) == {TIMER}

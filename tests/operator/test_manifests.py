@@ -48,7 +48,9 @@ def test_worker_pod_is_pinned_and_told_its_layers() -> None:
         {"key": "metadata.name", "operator": "In", "values": ["dc-t4-3"]}]
     container = pod["spec"]["containers"][0]
     assert container["command"] == ["helix", "worker", "--plan", "/etc/helix/plan.json", "--node", "dc-t4-3",
-                                    "--model", "/models/random", "--host", "0.0.0.0", "--port", "50051"]
+                                    "--model", "/models/random", "--host", "0.0.0.0", "--port", "50051",
+                                    "--http-port", "8081"]
+    assert container["ports"] == [{"name": "grpc", "containerPort": 50051}, {"name": "http", "containerPort": 8081}]
     assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == ("w-dc-t4-3", "llama-workers")
     env = {e["name"]: e["value"] for e in container["env"]}
     assert (env["HELIX_LAYER_START"], env["HELIX_LAYER_END"], env["HELIX_PLAN_HASH"]) == ("10", "14", "abc123")
@@ -114,6 +116,8 @@ def test_frontend_deployment_and_service() -> None:
         "--endpoint=gke-a100-0=w-gke-a100-0.llama-workers.inference.svc:50051",
         "--endpoint=gke-a100-1=w-gke-a100-1.llama-workers.inference.svc:50051"]
     assert template["spec"]["volumes"][0]["configMap"]["name"] == "llama-plan-abc"
+    env = {e["name"]: e["value"] for e in template["spec"]["containers"][0]["env"]}
+    assert env["HELIX_DRAIN_SECONDS"] == "5", "the front end drains within the pods' grace period"
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= template["metadata"]["labels"].items()
     assert build_frontend_deployment(OWNER, spec, PLAN, "cm", replicas=0)["spec"]["replicas"] == 0

@@ -5,7 +5,7 @@ from helix_planner.profiles import load_catalog
 from helix_operator.discovery import discover, node_facts
 from helix_operator.inputs import InputsKey
 from helix_operator.replan import broken_nodes, decide, replan_due
-from helix_operator.rollout import COMPLETE, DRAINING, SURGING, PodView, next_step
+from helix_operator.rollout import COMPLETE, DRAINING, SURGING, SWITCHING, PodView, next_step
 from helix_operator.spec import parse_spec
 from helix_operator.workers import Assignment
 from opkit import fleet, fleet_spec
@@ -44,6 +44,21 @@ def test_switch_then_drain_then_complete() -> None:
     assert next_step(NEW, draining, "h2", max_surge=8).state == DRAINING
     done = next_step(NEW, new + _pods(("a", 0, 40, "h2", True)), "h2", max_surge=8)
     assert done.state == COMPLETE and done.create == () and done.delete == () and done.ready == 3
+
+
+def test_obsolete_pods_stay_until_no_front_end_of_an_older_plan_is_left() -> None:
+    """Old front-end pods finish their requests on the old pipelines before those go."""
+    old = _pods(("x", 0, 80, "h1", True), ("a", 0, 80, "h1", True))
+    new = _pods(("b", 40, 80, "h2", True), ("c", 0, 80, "h2", True))
+    step = next_step(NEW, old + new, "h2", max_surge=8, frontend_current=False)
+    assert step.switch_frontend and step.state == SWITCHING
+    assert step.delete == () and step.create == (), "no obsolete pod deleted, no replacement started yet"
+    failed = [PodView("p-dead", ("b", 40, 80), "h2", False, False, True)]
+    assert next_step(NEW, old + new + failed, "h2", max_surge=8, frontend_current=False).delete == ("p-dead",)
+    step = next_step(NEW, old + new, "h2", max_surge=8, frontend_current=True)
+    assert step.state == DRAINING and sorted(step.delete) == ["p-a-0-80", "p-x-0-80"]
+    done = next_step(NEW, new + _pods(("a", 0, 40, "h2", True)), "h2", max_surge=8, frontend_current=False)
+    assert done.state == COMPLETE, "with nothing obsolete the front end is not waited for"
 
 
 def test_kept_pods_are_relabelled_and_failed_ones_replaced() -> None:

@@ -61,6 +61,13 @@ def test_phases() -> None:
     assert phase_of(spec_problem=("InvalidSpec", "bad")) == "Failed"
 
 
+def test_a_switching_rollout_is_progress() -> None:
+    obs = Observation(generation=1, discovery=DISCOVERY, active=ACTIVE, workers=("RollingOut", "2/2"),
+                      frontend=("Ready", "1/1"), rollout={"targetHash": "h2", "state": "Switching"})
+    progressing = _by_type(obs)["Progressing"]
+    assert (progressing.status, progressing.reason) == ("True", "RolloutSwitching")
+
+
 def test_merge_keeps_transition_time_until_status_changes() -> None:
     first = merge([], [Condition("Planned", "True", "PlanActive", "a")], 1, "t1")
     again = merge(first, [Condition("Planned", "True", "PlanActive", "b")], 2, "t2")

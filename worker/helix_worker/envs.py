@@ -29,6 +29,7 @@ class Settings:
     route_wait_seconds: float = _setting(60.0, "how long a request waits for a usable pipeline before failing")
     step_timeout_seconds: float = _setting(120.0, "a step with no answer by then is re-routed (a lost message)")
     max_queue: int = _setting(1024, "requests the front end holds waiting for KV cache before refusing more")
+    drain_seconds: float = _setting(30.0, "after SIGTERM, how long the front end lets requests in flight finish")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

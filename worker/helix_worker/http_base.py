@@ -25,9 +25,11 @@ def health_routes(app: web.Application, ready: Callable[[], bool], render_metric
     app.router.add_get("/metrics", metrics)
 
 
-async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve `app`; returns the runner (for cleanup) and the bound port (port 0 picks one)."""
-    runner = web.AppRunner(app, access_log=None)
+async def start_site(app: web.Application, host: str, port: int,
+                     shutdown_seconds: float = 60.0) -> tuple[web.AppRunner, int]:
+    """Serve `app`; returns the runner (its cleanup lets requests in flight finish for at most
+    `shutdown_seconds`) and the bound port (port 0 picks one)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_seconds)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -18,11 +18,24 @@ log = logging.getLogger(__name__)
 PEER_HEADER = "helix-peer"
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+KEEPALIVE_MS = 10_000
+
+
+def channel_options(max_message_bytes: int, keepalive_ms: int = KEEPALIVE_MS) -> list[tuple[str, int]]:
+    """Client side: ping every `keepalive_ms`, even on an idle stream, to notice a dead peer."""
     return [("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_time_ms", keepalive_ms), ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.http2.max_pings_without_data", 0), ("grpc.keepalive_permit_without_calls", 1)]
+
+
+def server_options(max_message_bytes: int, keepalive_ms: int = KEEPALIVE_MS) -> list[tuple[str, int]]:
+    """Server side: accept the clients' keepalive pings. gRPC servers by default allow one ping
+    without data per 5 minutes and answer the third early one with GOAWAY too_many_pings, which
+    broke every idle front-end and stage-to-stage stream after about 30 seconds."""
+    return channel_options(max_message_bytes, keepalive_ms) + [
+        ("grpc.http2.min_ping_interval_without_data_ms", keepalive_ms // 2),
+        ("grpc.http2.min_time_between_pings_ms", keepalive_ms // 2)]
 
 
 class StreamLink:

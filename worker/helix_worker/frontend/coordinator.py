@@ -74,6 +74,7 @@ class Coordinator:
         self._probes: dict[str, asyncio.Task] = {}
         self._changed = asyncio.Event()  # replaced on every change; waiters hold the old one
         self._queued = 0
+        self.draining = False
 
     # Lifecycle -----------------------------------------------------------------------------
 
@@ -97,7 +98,13 @@ class Coordinator:
 
     @property
     def ready(self) -> bool:
-        return any(self.routes.usable(r) for r in self.routes.routes)
+        """Some pipeline is fully up, and the front end is not draining (readiness probes and
+        KServe ServerReady then send new clients elsewhere)."""
+        return not self.draining and any(self.routes.usable(r) for r in self.routes.routes)
+
+    def drain(self) -> None:
+        """Report not ready from now on; requests keep being served (the servers stop taking them)."""
+        self.draining = True
 
     async def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

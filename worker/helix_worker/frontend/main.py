@@ -1,6 +1,8 @@
 """`helix frontend`: the coordinator with its KServe v2 gRPC and OpenAI HTTP endpoints.
 
-Serves until SIGTERM / SIGINT. With `ready_file`, writes the bound ports as JSON once the
+Serves until SIGTERM / SIGINT, then drains: readiness turns red, the servers stop taking new
+requests (gRPC clients get GOAWAY and reconnect elsewhere) and requests in flight finish, for
+at most HELIX_DRAIN_SECONDS. With `ready_file`, writes the bound ports as JSON once the
 servers listen (readiness itself turns green when some pipeline is fully up).
 """
 
@@ -24,7 +26,7 @@ from helix_worker.frontend.kserve import KServeServicer
 from helix_worker.frontend.openai_http import add_openai_routes
 from helix_worker.frontend.service import GenerationService
 from helix_worker.http_base import health_routes, start_site
-from helix_worker.links import channel_options
+from helix_worker.links import server_options
 from helix_worker.metrics import FrontendMetrics
 from helix_worker.model_config import load_model_config
 from helix_worker.readyfile import write_ready_file
@@ -79,14 +81,14 @@ async def serve_frontend(options: FrontendOptions, settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.coordinator.start()
-    server = grpc.aio.server(options=channel_options(settings.max_message_bytes))
+    server = grpc.aio.server(options=server_options(settings.max_message_bytes))
     kserve_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(service), server)
     grpc_port = server.add_insecure_port(f"{options.host}:{options.grpc_port}")
     await server.start()
     app = web.Application()
     health_routes(app, lambda: service.coordinator.ready, metrics.render)
     add_openai_routes(app, service)
-    runner, http_port = await start_site(app, options.host, options.http_port)
+    runner, http_port = await start_site(app, options.host, options.http_port, shutdown_seconds=settings.drain_seconds)
     log.info("front end for %s: KServe gRPC %s:%d, OpenAI HTTP http://%s:%d/v1", service.model_name,
              options.host, grpc_port, options.host, http_port)
     if options.ready_file is not None:
@@ -94,6 +96,7 @@ async def serve_frontend(options: FrontendOptions, settings: Settings) -> None:
     try:
         await stop.wait()
     finally:
-        await server.stop(grace=2.0)
-        await runner.cleanup()
+        log.info("draining: finishing requests in flight (at most %.0fs)", settings.drain_seconds)
+        service.coordinator.drain()
+        await asyncio.gather(server.stop(grace=settings.drain_seconds), runner.cleanup())
         await service.coordinator.close()

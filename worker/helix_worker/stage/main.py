@@ -23,7 +23,7 @@ from helix_worker.envs import Settings
 from helix_worker.errors import ServingError
 from helix_worker.http_base import health_routes, start_site
 from helix_worker.kv_cache import KVCache
-from helix_worker.links import channel_options
+from helix_worker.links import server_options
 from helix_worker.metrics import StageMetrics
 from helix_worker.model_config import parse_dtype
 from helix_worker.readyfile import write_ready_file
@@ -87,7 +87,7 @@ async def serve_stage(options: StageOptions, settings: Settings) -> None:
         servicer = StageServicer(engine, StageIdentity(options.node, str(options.plan.model.get("name", "")),
                                                        options.plan.plan_hash),
                                  max_message_bytes=settings.max_message_bytes)
-        server = grpc.aio.server(options=channel_options(settings.max_message_bytes))
+        server = grpc.aio.server(options=server_options(settings.max_message_bytes))
         pb_grpc.add_StageServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port(f"{options.host}:{options.port}")
         await server.start()

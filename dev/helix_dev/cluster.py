@@ -1,0 +1,164 @@
+"""The local stand-in cluster: API server, operator, scheduler, controllers, kube-proxy, node agents.
+
+`LocalCluster` starts kmock's API emulator and the operator in this event loop, and one
+control loop that plays the rest of a cluster each tick: it lists pods, nodes, Deployments
+and Services through the API, binds pending pods (`scheduler`), runs the Deployment
+controller (`deployments`), deletes pods whose node is gone (pod GC), gives every Node a
+node agent (`kubelet`) whose device variables come from the node's labels, and refreshes
+the Service proxies (`network`). Leaving the context stops every process it started.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from helix_dev.apiserver import ApiServer, api_server
+from helix_dev.client import Api, ApiError, path_of, pod_path
+from helix_dev.deployments import sync_deployment
+from helix_dev.inprocess import operator_in_process, server_url
+from helix_dev.kubelet import NodeAgent
+from helix_dev.network import PortBook, ServiceProxy
+from helix_dev.scheduler import schedule
+from helix_operator.context import OperatorContext
+from helix_operator.runtime import RunOptions
+
+log = logging.getLogger(__name__)
+TICK_SECONDS = 0.2
+PLURALS = {"Node": "nodes", "Pod": "pods", "Service": "services", "ConfigMap": "configmaps",
+           "Deployment": "deployments", "HelixCluster": "helixclusters", "GPUProfile": "gpuprofiles"}
+CLUSTER_SCOPED = ("Node", "GPUProfile")
+
+DeviceEnv = Callable[[Mapping[str, str]], dict[str, str]]
+
+
+def object_path(doc: Mapping[str, Any], *, named: bool = True) -> str:
+    kind, metadata = doc["kind"], doc["metadata"]
+    namespace = None if kind in CLUSTER_SCOPED else metadata.get("namespace", "default")
+    return path_of(doc["apiVersion"], PLURALS[kind], namespace, metadata["name"] if named else None)
+
+
+class LocalCluster:
+    def __init__(self, workdir: Path, device_env: DeviceEnv, *,
+                 operator_options: RunOptions = RunOptions(resync_seconds=30, planner_threads=1)) -> None:
+        self.workdir = Path(workdir)
+        self.device_env = device_env
+        self.operator_options = operator_options
+        self.ports = PortBook()
+        self.proxy = ServiceProxy(self.ports)
+        self.agents: dict[str, NodeAgent] = {}
+        self.server: ApiServer | None = None
+        self.operator: OperatorContext | None = None
+        self.api: Api | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._loop: asyncio.Task | None = None
+        self._lost: set[asyncio.Task] = set()
+
+    @property
+    def url(self) -> str:
+        return server_url(self.server)
+
+    async def __aenter__(self) -> "LocalCluster":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.server = await self._stack.enter_async_context(api_server())
+            self.api = Api(self.url)
+            self._stack.push_async_callback(self.api.close)
+            self.operator = await self._stack.enter_async_context(
+                operator_in_process(self.server, self.operator_options))
+            self._stack.push_async_callback(self._stop)
+            self._loop = asyncio.create_task(self._control_loop(), name="stand-in control loop")
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    # kubectl-like conveniences ------------------------------------------------------------
+
+    async def apply(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """Create `doc`, or merge its metadata labels and spec into the live object."""
+        try:
+            return await self.api.create(object_path(doc, named=False), dict(doc))
+        except ApiError as err:
+            if err.status != 409:
+                raise
+        patch = {k: v for k, v in doc.items() if k in ("spec", "data")}
+        patch["metadata"] = {k: v for k, v in doc["metadata"].items() if k in ("labels", "annotations")}
+        return await self.api.patch(object_path(doc), patch)
+
+    async def delete(self, doc: Mapping[str, Any]) -> bool:
+        return await self.api.delete(object_path(doc))
+
+    async def get(self, doc: Mapping[str, Any]) -> dict[str, Any] | None:
+        return await self.api.get(object_path(doc))
+
+    async def pods(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        return await self.api.list(path_of("v1", "pods", namespace))
+
+    def service_address(self, namespace: str, name: str, port: int) -> str:
+        """Where the Service's port answers on this machine (127.0.0.1:PORT)."""
+        return self.proxy.address(namespace, name, port)
+
+    def pids(self) -> list[int]:
+        """Every process the node agents run now."""
+        return [pid for agent in self.agents.values() for pid in agent.pids]
+
+    def agent_of(self, pod_name: str) -> NodeAgent | None:
+        return next((a for a in self.agents.values() if a.find(pod_name) is not None), None)
+
+    def log_of(self, pod_name: str) -> Path | None:
+        agent = self.agent_of(pod_name)
+        return agent.find(pod_name).log_path if agent else None
+
+    # The control loop ---------------------------------------------------------------------
+
+    async def _control_loop(self) -> None:
+        while True:
+            try:
+                await self._tick()
+            except Exception:  # noqa: BLE001 - keep playing the cluster through API hiccups
+                log.exception("stand-in cluster tick failed")
+            await asyncio.sleep(TICK_SECONDS)
+
+    async def _tick(self) -> None:
+        api = self.api
+        nodes = await api.list(path_of("v1", "nodes"))
+        pods = await api.list(path_of("v1", "pods"))
+        await schedule(api, pods, nodes)
+        for deployment in await api.list(path_of("apps/v1", "deployments")):
+            await sync_deployment(api, deployment, pods)
+        labels = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in nodes}
+        for name in set(self.agents) - set(labels):
+            self._node_lost(self.agents.pop(name))
+        for pod in pods:
+            node = (pod.get("spec") or {}).get("nodeName")
+            if node and node not in labels:  # pod GC: the node is gone, so are its pods
+                await api.delete(pod_path(pod), grace_seconds=0)
+        for name, node_labels in labels.items():
+            agent = self.agents.get(name)
+            if agent is None:
+                agent = self.agents[name] = NodeAgent(name, api, self.ports, self.workdir / "nodes",
+                                                      self.device_env(node_labels))
+            agent.device_env = self.device_env(node_labels)
+            await agent.sync([p for p in pods if (p.get("spec") or {}).get("nodeName") == name])
+        await self.proxy.sync(await api.list(path_of("v1", "services")), pods)
+
+    def _node_lost(self, agent: NodeAgent) -> None:
+        """The machine is gone: its processes die with it."""
+        log.info("node %s is gone: killing its pods' processes", agent.node)
+        task = asyncio.create_task(agent.shutdown(kill=True))
+        self._lost.add(task)
+        task.add_done_callback(self._lost.discard)
+
+    async def _stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+        await asyncio.gather(*self._lost, return_exceptions=True)
+        await asyncio.gather(*(agent.shutdown(grace=5.0) for agent in self.agents.values()), return_exceptions=True)
+        await self.proxy.close()
