@@ -28,6 +28,8 @@ COMPONENT_PLAN = "plan"
 ANNOTATION_NODE = "helix.dev/node"
 ANNOTATION_LAYERS = "helix.dev/layers"
 
+WORKER_HTTP_PORT = 8081  # the worker's /healthz, /readyz and /metrics
+
 PLAN_KEY = "plan.json"
 PLAN_MOUNT_DIR = "/etc/helix"
 PLAN_PATH = f"{PLAN_MOUNT_DIR}/{PLAN_KEY}"

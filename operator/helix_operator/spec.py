@@ -11,6 +11,7 @@ from helix_planner.errors import PlanningError
 from helix_planner.models import ModelSpec, get_model, model_from_mapping
 from helix_planner.units import parse_quantity
 
+from helix_operator import names
 from helix_operator.crd import helixcluster_spec_schema
 from helix_operator.defaults import apply_defaults
 
@@ -214,6 +215,9 @@ def _planner(data: dict[str, Any]) -> PlannerSpec:
 def _worker(data: dict[str, Any]) -> WorkerSpec:
     if not data.get("image"):
         raise SpecError("spec.worker.image", "is required: the worker image (e.g. ghcr.io/helix-k8s/worker:0.1.0)")
+    if int(data["port"]) == names.WORKER_HTTP_PORT:
+        raise SpecError("spec.worker.port", f"{names.WORKER_HTTP_PORT} is the worker's health and metrics port; "
+                                            "choose another gRPC port")
     return WorkerSpec(
         image=data["image"], image_pull_policy=data["imagePullPolicy"], port=int(data["port"]),
         gpu_resource_name=data["gpuResourceName"], resources=data.get("resources") or {},

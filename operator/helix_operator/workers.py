@@ -21,7 +21,6 @@ from helix_operator.weights import weights_source
 
 CONTAINER = "worker"
 PLAN_VOLUME = "plan"
-HTTP_PORT = 8081  # the worker's /healthz, /readyz and /metrics
 
 
 @dataclass(frozen=True)
@@ -111,9 +110,9 @@ def build_worker_pod(owner: Mapping[str, Any], spec: ClusterSpec, assignment: As
         "imagePullPolicy": worker.image_pull_policy,
         "command": ["helix", "worker", "--plan", names.PLAN_PATH, "--node", assignment.node,
                     "--model", weights.path, "--host", "0.0.0.0", "--port", str(worker.port),
-                    "--http-port", str(HTTP_PORT)],
+                    "--http-port", str(names.WORKER_HTTP_PORT)],
         "env": _env(spec, assignment, plan_hash, worker.port),
-        "ports": [{"name": "grpc", "containerPort": worker.port}, {"name": "http", "containerPort": HTTP_PORT}],
+        "ports": [{"name": "grpc", "containerPort": worker.port}, {"name": "http", "containerPort": names.WORKER_HTTP_PORT}],
         "resources": _resources(worker.resources, worker.gpu_resource_name, assignment.gpus),
         "readinessProbe": {"tcpSocket": {"port": worker.port}, "periodSeconds": 5},
         "volumeMounts": [{"name": PLAN_VOLUME, "mountPath": names.PLAN_MOUNT_DIR, "readOnly": True}, *weights.mounts],

@@ -118,6 +118,7 @@ class Load:
     model: str
     expected: Expected
     clients: int = 3
+    pause: float = 0.2  # between one client's requests: continuous load that leaves the 2 CI cores some air
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -139,6 +140,10 @@ class Load:
     def since(self, moment: float) -> list[Outcome]:
         with self._lock:
             return [o for o in self.outcomes if o.started >= moment]
+
+    def slowest(self) -> float:
+        with self._lock:
+            return max((o.seconds for o in self.outcomes), default=0.0)
 
     def failures(self) -> list[Outcome]:
         with self._lock:
@@ -168,3 +173,4 @@ class Load:
                 with self._lock:
                     self.outcomes.append(Outcome(kind, prompt, started, time.monotonic() - started, ok,
                                                  "" if ok else detail))
+                self._stop.wait(self.pause)

@@ -9,6 +9,7 @@ every answer must equal the single-process greedy reference of the same checkpoi
 """
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -116,6 +117,10 @@ class Scenario:
         """3a: planned, pods up with their node's slowdown, front end serving."""
         status = await until(self.serving, 150, "the HelixCluster is Running", self.explain)
         assert status["activePlan"]["pipelines"] >= 2 and status["nodes"]["byRegion"] == {"eu-west": 3, "us-east": 3}
+        configmap = await self.cluster.api.get(f"/api/v1/namespaces/{NS}/configmaps/{status['activePlan']['configMap']}")
+        plan = json.loads(configmap["data"]["plan.json"])
+        assert plan["planHash"] == status["activePlan"]["hash"]
+        assert min(len(p["stages"]) for p in plan["pipelines"]) >= 2, "every pipeline spans several nodes"
         pods = await self.workers()
         nodes = {n["metadata"]["name"]: n for n in await self.cluster.api.list("/api/v1/nodes")}
         for pod in pods:
@@ -166,8 +171,8 @@ class Scenario:
             done = time.monotonic()
             await until(lambda: _true(len(load.since(done)) >= 3), 60, "requests complete after the rollout")
         assert load.failures() == [], load.failures()[:5]
-        print(f"replan: {len(load.since(changed))} requests during and after the change, "
-              f"{before['activePlan']['hash']} -> {status['activePlan']['hash']}", flush=True)
+        print(f"replan: {len(load.since(changed))} requests during and after the change (slowest "
+              f"{load.slowest():.1f} s), {before['activePlan']['hash']} -> {status['activePlan']['hash']}", flush=True)
         replan = status["lastReplan"]
         assert replan["trigger"] == "PlanInfeasible" and replan["outcome"] == "Applied"
         assert replan["fromTokensPerSecond"] == before["activePlan"]["tokensPerSecond"]
@@ -203,6 +208,7 @@ class Scenario:
             done = time.monotonic()
             await until(lambda: _true(len(load.since(done)) >= 3), 60, "requests complete after the failures")
         assert load.failures() == [], load.failures()[:5]
+        print(f"failures: {len(load.outcomes)} requests (slowest {load.slowest():.1f} s)", flush=True)
 
     async def delete(self) -> None:
         """6: deleting the HelixCluster removes every child object and stops every process."""

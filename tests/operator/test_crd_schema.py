@@ -127,6 +127,8 @@ CROSS_FIELD = [
      "spec.nodePools[0].selector.matchExpressions[0].values", "need values"),
     ("duplicate pools", lambda s: s["nodePools"].append(copy.deepcopy(s["nodePools"][0])), "spec.nodePools[1].name",
      "used twice"),
+    ("worker port on the health port", lambda s: s["worker"].update(port=8081), "spec.worker.port",
+     "health and metrics port"),
 ]
 
 
