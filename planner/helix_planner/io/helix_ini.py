@@ -46,10 +46,8 @@ def load_cluster_ini(path: Path) -> Cluster:
         latency = eval_unit_expr(parser[section].get("latency", "0"))
         src = SOURCE if a == SOURCE else node_name(int(a))
         dst = SINK if b == SINK else node_name(int(b))
-        if src == SOURCE or dst == SINK:
-            cluster.add_link(Link(src, dst, bandwidth, latency))
-        else:
-            cluster.add_link(Link(src, dst, bandwidth, latency))
+        cluster.add_link(Link(src, dst, bandwidth, latency))
+        if src != SOURCE and dst != SINK:  # node-to-node links carry traffic both ways
             cluster.add_link(Link(dst, src, bandwidth, latency))
     _infer_regions(cluster)
     return cluster
