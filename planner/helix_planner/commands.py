@@ -15,9 +15,12 @@ from helix_planner.planner import METHODS, PlannerOptions, capacity_model_for, p
 from helix_planner.profiles import load_catalog
 from helix_planner.render import render_svg
 from helix_planner.report import plan_table
+from helix_planner.serving_plan import ServingObjective, plan_for_serving
 from helix_planner.sim.cli import add_simulate_command
+from helix_planner.sim.workload import LENGTH_TRACES, default_traces_dir, load_lengths
 
 DEFAULT_CLUSTER = "geo-demo"
+SERVING_LENGTHS = "fixed:750,240"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +34,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--method", choices=METHODS, default="auto", help="auto (heuristics + MILP) or one baseline")
     plan.add_argument("--previous", type=Path, help="running plan (JSON): warm start and churn penalty")
     plan.add_argument("--churn-weight", type=float, default=0.0, help="tok/s given up per moved layer")
+    plan.add_argument("--min-layer-fraction", type=float, default=0.0,
+                      help="each used node holds at least this share of the layers it could (0 to 1, default 0)")
+    plan.add_argument("--objective", choices=("max-flow", "serving"), default="max-flow",
+                      help="max-flow (Helix's), or serving: max-flow plans under several stage floors, the one "
+                           "with the best simulated decode throughput kept (the time limit is shared among them)")
+    plan.add_argument("--lengths", default=SERVING_LENGTHS,
+                      help=f"serving: request lengths to simulate ({', '.join(LENGTH_TRACES)}, a CSV path, or "
+                           f"fixed:IN,OUT; default {SERVING_LENGTHS}, Helix's average request)")
+    plan.add_argument("--traces", type=Path, help="serving: folder of the reference traces")
+    plan.add_argument("--scheduler", default="adaptive", help="serving: scheduler the candidates are simulated with")
     plan.add_argument("-o", "--output", choices=("json", "table", "helix-ini"), default="json",
                       help="the plan document (json, default), a readable table, or Helix's [Solution] .ini")
     plan.add_argument("--svg", type=Path, help="also write a picture of the placement")
@@ -74,9 +87,15 @@ def _plan(args: argparse.Namespace) -> int:
     cluster, model, catalog = _inputs(args)
     previous = load_plan(args.previous.read_text()) if args.previous else None
     options = PlannerOptions(time_limit=args.time_limit, mip_gap=args.mip_gap, threads=args.threads,
-                             throughput_model=args.throughput_model, method=args.method, churn_weight=args.churn_weight)
+                             throughput_model=args.throughput_model, method=args.method, churn_weight=args.churn_weight,
+                             min_layer_fraction=args.min_layer_fraction)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    plan = plan_cluster(cluster, model, options, previous=previous, catalog=catalog, progress=progress)
+    if args.objective == "serving":
+        lengths = load_lengths(args.lengths, args.traces or default_traces_dir())
+        plan, _ = plan_for_serving(cluster, model, options, lengths, ServingObjective(scheduler=args.scheduler),
+                                   previous=previous, catalog=catalog, progress=progress)
+    else:
+        plan = plan_cluster(cluster, model, options, previous=previous, catalog=catalog, progress=progress)
     if args.output == "json":
         print(plan.to_json())
     elif args.output == "helix-ini":

@@ -28,6 +28,7 @@ from helix_planner.profiles import Catalog, load_catalog
 from helix_planner.regional import chain_layout
 from helix_planner.throughput import CapacityModel
 from helix_planner.throughput.helix import HelixCapacityModel
+from helix_planner.throughput.min_layers import MinLayersCapacityModel
 from helix_planner.throughput.profiled import ProfiledCapacityModel
 from helix_planner.topology import Topology, build_topology
 
@@ -45,6 +46,7 @@ class PlannerOptions:
     method: str = "auto"
     churn_weight: float = 0.0
     seed: int = 0
+    min_layer_fraction: float = 0.0  # each used node holds >= this share of its layer limit (see min_layers)
 
 
 def capacity_model_for(cluster: Cluster, model: ModelSpec, options: PlannerOptions, catalog: Catalog) -> CapacityModel:
@@ -53,10 +55,12 @@ def capacity_model_for(cluster: Cluster, model: ModelSpec, options: PlannerOptio
     for gpu in sorted(gpus):
         catalog.gpu(gpu)
     if options.throughput_model == "helix":
-        return HelixCapacityModel(catalog, model.name, model.num_layers, cluster.gpu_counts())
-    if options.throughput_model == "profiled":
-        return ProfiledCapacityModel(catalog, model, gpus)
-    raise PlanningError(f"unknown throughput model {options.throughput_model!r}: use `profiled` or `helix`")
+        base: CapacityModel = HelixCapacityModel(catalog, model.name, model.num_layers, cluster.gpu_counts())
+    elif options.throughput_model == "profiled":
+        base = ProfiledCapacityModel(catalog, model, gpus)
+    else:
+        raise PlanningError(f"unknown throughput model {options.throughput_model!r}: use `profiled` or `helix`")
+    return MinLayersCapacityModel(base, options.min_layer_fraction) if options.min_layer_fraction > 0 else base
 
 
 def check_network(cluster: Cluster) -> None:

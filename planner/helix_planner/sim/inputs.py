@@ -32,12 +32,12 @@ def load_scenario(cluster_source: str, layout: str | None, catalog: Catalog, *, 
     options = PlannerOptions(time_limit=plan_time_limit, throughput_model=throughput_model)
     if layout is None:
         plan = plan_cluster(cluster, model, options, catalog=catalog, progress=progress)
-        return _from_plan(plan, cluster, model, catalog, f"{cluster.name}: planned ({plan.solver.method})")
+        return scenario_from_plan(plan, cluster, model, catalog, f"{cluster.name}: planned ({plan.solver.method})")
     if layout.endswith(".json"):
         path = Path(layout)
         if not path.is_file():
             raise PlanningError(f"plan file {layout} not found")
-        return _from_plan(load_plan(path.read_text()), cluster, model, catalog, f"{cluster.name}: {path.name}")
+        return scenario_from_plan(load_plan(path.read_text()), cluster, model, catalog, f"{cluster.name}: {path.name}")
     capacity = capacity_model_for(cluster, model, options, catalog)
     if layout in BASELINES:
         placement = BASELINES[layout](cluster, model, capacity)
@@ -58,7 +58,7 @@ def load_scenario(cluster_source: str, layout: str | None, catalog: Catalog, *, 
     return Scenario(label, cluster, model, catalog, placement, decompose(flow.edge_flow, placement), partial_inference)
 
 
-def _from_plan(plan: Plan, cluster: Cluster, model: ModelSpec, catalog: Catalog, label: str) -> Scenario:
+def scenario_from_plan(plan: Plan, cluster: Cluster, model: ModelSpec, catalog: Catalog, label: str) -> Scenario:
     if plan.model.get("name") != model.name:
         raise PlanningError(f"plan/cluster mismatch: the plan is for {plan.model.get('name')!r}, "
                             f"the simulation for {model.name!r} (use --model)")

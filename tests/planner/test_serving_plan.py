@@ -1,0 +1,80 @@
+"""The serving objective: stage floors on the planner, candidates judged by the simulator."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+from plankit import reference_case
+from test_plan_cli import helix
+
+from helix_planner.errors import PlanningError
+from helix_planner.planner import PlannerOptions, plan_cluster
+from helix_planner.serving_plan import Candidate, ServingObjective, choose, plan_for_serving
+from helix_planner.sim.simulation import SimConfig
+from helix_planner.sim.workload import load_lengths
+from helix_planner.throughput.min_layers import MinLayersCapacityModel
+
+SHORT = SimConfig(warmup=20.0, duration=60.0, seed=1)
+
+
+def test_floor_zeroes_only_thin_assignments(reference, catalog) -> None:
+    _, _, capacity, _ = reference_case(reference, catalog, "small10")
+    floored = MinLayersCapacityModel(capacity, 0.5)
+    for gpu in ("L4", "T4"):
+        most = capacity.max_layers(gpu)
+        assert floored.min_layers(gpu) == math.ceil(most / 2)
+        for k in range(1, most + 1):
+            expected = capacity.capacity(gpu, k) if k >= math.ceil(most / 2) else 0.0
+            assert floored.capacity(gpu, k) == expected
+    with pytest.raises(PlanningError, match=r"in \[0, 1\]"):
+        MinLayersCapacityModel(capacity, 1.5)
+
+
+def test_planned_nodes_respect_the_floor(reference, catalog) -> None:
+    cluster, model, capacity, _ = reference_case(reference, catalog, "small10")
+    options = PlannerOptions(time_limit=5, throughput_model="helix", min_layer_fraction=0.7)
+    plan = plan_cluster(cluster, model, options, catalog=catalog)
+    assert plan.throughput > 0
+    for node in plan.nodes:
+        assert node.end - node.start >= math.ceil(0.7 * capacity.max_layers(node.gpu_type))
+
+
+def test_serving_objective_keeps_the_best_simulated_candidate(reference, catalog) -> None:
+    cluster, model, _, _ = reference_case(reference, catalog, "small10")
+    lengths = load_lengths("azure-conv", reference / "traces")
+    lines: list[str] = []
+    objective = ServingObjective(floors=(0.0, 0.7, 0.85), window=SHORT)
+    plan, candidates = plan_for_serving(cluster, model, PlannerOptions(time_limit=6, throughput_model="helix"),
+                                        lengths, objective, catalog=catalog, progress=lines.append)
+    assert [c.floor for c in candidates] == [0.0, 0.7, 0.85]  # each floor gives its own layout here
+    best = choose(candidates, objective.ttft_slack)
+    assert plan.layout == best.plan.layout and plan.pipelines == best.plan.pipelines
+    assert plan.upper_bound == pytest.approx(candidates[0].plan.upper_bound)  # the unrestricted bound
+    assert plan.solver.method.startswith(f"serving(floor {best.floor:g}")
+    assert sum("simulated decode" in line for line in lines) == 3 and "chose floor" in lines[-1]
+
+
+def _candidate(floor: float, decode: float, ttft: float) -> Candidate:
+    result = SimpleNamespace(decode_throughput=decode, ttft=SimpleNamespace(p95=ttft))
+    return Candidate(floor, plan=None, result=result)  # type: ignore[arg-type]
+
+
+def test_choice_trades_throughput_only_within_the_ttft_slack() -> None:
+    fast_start, faster, slow_start = _candidate(0.0, 100, 5.0), _candidate(0.5, 120, 5.4), _candidate(0.7, 200, 9.0)
+    assert choose([fast_start, faster, slow_start], 0.10) is faster
+    assert choose([fast_start, faster, slow_start], 1.0) is slow_start
+    never_started = _candidate(0.85, 300, float("nan"))
+    assert choose([fast_start, never_started], 0.10) is fast_start
+    assert choose([never_started], 0.10) is never_started
+
+
+def test_plan_command_serving_objective(reference) -> None:
+    done = helix("plan", str(reference / "clusters" / "small10.ini"), "--model", "llama1-30b", "--throughput-model",
+                 "helix", "--objective", "serving", "--time-limit", "4", "--lengths", "fixed:300,60")
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["solver"]["method"].startswith("serving(") and plan["solver"]["status"] == "simulated-best"
+    assert "chose floor" in done.stderr
+    bad = helix("plan", "--objective", "serving", "--scheduler", "fastest", "--time-limit", "2")
+    assert bad.returncode != 0 and "unknown scheduler 'fastest'" in bad.stderr and "Traceback" not in bad.stderr
