@@ -10,6 +10,7 @@ the Service proxies (`network`). Leaving the context stops every process it star
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,7 +21,7 @@ from helix_dev.client import Api, ApiError, path_of, pod_path
 from helix_dev.deployments import sync_deployment
 from helix_dev.inprocess import operator_in_process, server_url
 from helix_dev.kubelet import NodeAgent
-from helix_dev.network import PortBook, ServiceProxy
+from helix_dev.network import LOOPBACK, PortBook, ServiceProxy
 from helix_dev.scheduler import schedule
 from helix_operator.context import OperatorContext
 from helix_operator.runtime import RunOptions
@@ -42,7 +43,8 @@ def object_path(doc: Mapping[str, Any], *, named: bool = True) -> str:
 
 class LocalCluster:
     def __init__(self, workdir: Path, device_env: DeviceEnv, *,
-                 operator_options: RunOptions = RunOptions(resync_seconds=30, planner_threads=1)) -> None:
+                 operator_options: RunOptions = RunOptions(resync_seconds=30, planner_threads=1, observe_seconds=2)
+                 ) -> None:
         self.workdir = Path(workdir)
         self.device_env = device_env
         self.operator_options = operator_options
@@ -66,8 +68,8 @@ class LocalCluster:
             self.server = await self._stack.enter_async_context(api_server())
             self.api = Api(self.url)
             self._stack.push_async_callback(self.api.close)
-            self.operator = await self._stack.enter_async_context(
-                operator_in_process(self.server, self.operator_options))
+            options = dataclasses.replace(self.operator_options, frontend_address=self._pod_address)
+            self.operator = await self._stack.enter_async_context(operator_in_process(self.server, options))
             self._stack.push_async_callback(self._stop)
             self._loop = asyncio.create_task(self._control_loop(), name="stand-in control loop")
         except BaseException:
@@ -103,6 +105,11 @@ class LocalCluster:
     def service_address(self, namespace: str, name: str, port: int) -> str:
         """Where the Service's port answers on this machine (127.0.0.1:PORT)."""
         return self.proxy.address(namespace, name, port)
+
+    def _pod_address(self, pod: Mapping[str, Any], port: int) -> str | None:
+        """Where the operator reaches a pod's container port: its local port (pods share 127.0.0.1)."""
+        local = self.ports.pod_port(pod, port)
+        return None if local is None else f"{LOOPBACK}:{local}"
 
     def pids(self) -> list[int]:
         """Every process the node agents run now."""

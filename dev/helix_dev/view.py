@@ -41,7 +41,9 @@ def render(snapshot: Snapshot) -> str:
     name = (snapshot.cluster or {}).get("metadata", {}).get("name", "-")
     lines.append(f"HelixCluster {name}: {status.get('phase', 'Pending')}"
                  + (f"   plan {active['hash']}  {active['tokensPerSecond']} tok/s planned  {active['pipelines']} "
-                    f"pipelines over {active['nodes']} nodes" if active else ""))
+                    f"pipelines over {active['nodes']} nodes" if active else "")
+                 + (f"  {status['observedTokensPerSecond']} tok/s observed" if "observedTokensPerSecond" in status
+                    else ""))
     if rollout:
         lines.append(f"  rollout {rollout.get('state')}: {rollout.get('readyWorkers')}/{rollout.get('desiredWorkers')} "
                      f"workers of plan {rollout.get('targetHash')} ready, {rollout.get('drainingWorkers')} draining")

@@ -88,8 +88,9 @@ async def sync_workers(kube: Kube, owner: Owner, spec: ClusterSpec, discovery: D
     views = [v for pod in await worker_pods(kube, owner) if (v := pod_view(pod)) is not None]
     surge = None if active_hash in (None, target.hash) else spec.rollout.max_surge_nodes
     frontend_current = await frontend_plans(kube, owner) <= {target.hash}
+    pipelines = [[stage.node for stage in pipeline.stages] for pipeline in target.plan.pipelines]
     step = next_step(assignments(target.plan, discovery, spec), views, target.hash, surge, template_hash(spec),
-                     frontend_current)
+                     frontend_current, pipelines=pipelines, max_replace=spec.rollout.max_surge_nodes)
     namespace, grace = _ns(owner), spec.rollout.drain_timeout
     relabel = {"metadata": {"labels": {names.LABEL_PLAN_HASH: target.hash}}}
     pods = [build_worker_pod(owner, spec, a, target.hash, target.configmap) for a in step.create]

@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--planner-threads", type=int, default=2, help="planner runs at once (one per HelixCluster)")
     run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (0: off)")
     run.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port (0: off)")
+    run.add_argument("--observe-seconds", type=float, default=30.0,
+                     help="how often each ready front-end pod's token counter is read for "
+                          "status.observedTokensPerSecond")
     run.set_defaults(func=_run)
 
     crds = commands.add_parser("crds", help="write the CustomResourceDefinitions as YAML")
@@ -36,6 +39,7 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=tuple(args.namespace), peering=args.peering, priority=args.priority,
         planner_threads=args.planner_threads, metrics_port=args.metrics_port or None,
         liveness=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+        observe_seconds=args.observe_seconds,
     )
     asyncio.run(run(options, in_cluster_or_kubeconfig()))
     return 0

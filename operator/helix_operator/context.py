@@ -9,6 +9,7 @@ from helix_operator.inbox import Inbox
 from helix_operator.kube import Kube
 from helix_operator.meta import dns_name
 from helix_operator.metrics import Metrics
+from helix_operator.observe import Observer
 from helix_operator.planning import PlanRunner
 
 Key = tuple[str, str]  # (namespace, name) of a HelixCluster
@@ -57,6 +58,7 @@ class OperatorContext:
     planner: PlanRunner
     catalog: Catalog
     metrics: Metrics
+    observer: Observer
     inboxes: Inboxes = field(default_factory=Inboxes)
     node_changes: NodeChanges = field(default_factory=NodeChanges)
     resync_seconds: float = 300.0

@@ -111,6 +111,7 @@ class Controller:
                 del self.ctx.inboxes.by_key[key]
             if self.body["metadata"].get("deletionTimestamp"):
                 self.ctx.metrics.forget(self.namespace, self.name)
+                self.ctx.observer.forget(key)
 
     def _deadline(self, retry_in: float | None) -> float:
         now = time.monotonic()

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from helix_operator import names
+from helix_operator import names, weights_uri
 from helix_operator.openapi import (Schema, array, boolean, enum, free_form, int_or_string, integer, integer_map,
                                     number, obj, string, string_map)
 
@@ -30,6 +30,7 @@ PHASES = ["Pending", "Planning", "Deploying", "Running", "Degraded", "Failed", "
 MODES = ["Auto", "DryRun", "Manual"]
 REPLAN_TRIGGERS = ["Created", "SpecChanged", "NodesChanged", "PlanInfeasible", "Approved"]
 REPLAN_OUTCOMES = ["Applied", "Proposed", "Kept", "Failed"]
+ROLLOUT_STATES = ("Surging", "Switching", "Draining", "Replacing", "Complete")
 
 
 def _link(what: str) -> Schema:
@@ -110,12 +111,16 @@ def _model() -> Schema:
         "numKvHeads": integer(minimum=1, maximum=1024),
         "vocabSize": integer(minimum=1, maximum=4194304),
         "dtype": enum(["float16", "bfloat16", "float32", "fp8", "int8"]),
-        "weightsUri": string("Checkpoint directory (config.json + safetensors): pvc://claim/path mounts a "
+        "weightsUri": string("Checkpoint (config.json, tokenizer, safetensors): pvc://claim/path mounts a "
                              "PersistentVolumeClaim, file:///path is in the image or mounted by worker.template; "
+                             "hf://org/repo[@revision] (Hugging Face) and s3://bucket/prefix are downloaded by an "
+                             "init container into an emptyDir, each worker only the shards holding its layers; "
                              "unset means random weights of the model's shape (for tests).", maxLength=2048,
-                             pattern=r"^(pvc|file)://.+$"),
+                             pattern=weights_uri.PATTERN),
         "credentialsSecret": obj({"name": string(pattern=DNS_SUBDOMAIN, maxLength=253)},
-                                 "Secret whose keys workers and the front end get as environment variables.",
+                                 "Secret whose keys workers and the front end get as environment variables: "
+                                 "HF_TOKEN for hf://; AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, "
+                                 "AWS_SESSION_TOKEN (and AWS_ENDPOINT_URL for S3-compatible stores) for s3://.",
                                  required=["name"]),
     }, "A built-in model by name, or a Llama-family model described by its shape.", required=["name"], cel=[
         (" && ".join(f"has(self.{a}) == has(self.{b})" for a, b in zip(custom, custom[1:])),
@@ -188,8 +193,10 @@ def _frontend() -> Schema:
 
 def _rollout() -> Schema:
     return obj({
-        "maxSurgeNodes": integer("Most new worker pods starting at once before old ones go.", minimum=1,
-                                 maximum=10000, default=8),
+        "maxSurgeNodes": integer("Most worker pods starting at once while something older serves: new-plan "
+                                 "pods on free nodes before old ones go, or, after a worker spec change, nodes "
+                                 "whose pod is replaced (a batch keeps a pipeline whole where the plan allows).",
+                                 minimum=1, maximum=10000, default=8),
         "drainTimeoutSeconds": integer("Grace period old workers get to finish in-flight requests.", minimum=0,
                                        maximum=86400, default=300),
     }, default={})
@@ -237,12 +244,15 @@ def helixcluster_status_schema() -> Schema:
         }),
         "rollout": obj({
             "targetHash": string(),
-            "state": enum(["Surging", "Switching", "Draining", "Complete"]),
+            "state": enum(list(ROLLOUT_STATES)),
             "desiredWorkers": integer(),
             "readyWorkers": integer(),
             "drainingWorkers": integer(),
         }),
-        "observedTokensPerSecond": number("Reported by the front end when it exposes it."),
+        "observedTokensPerSecond": number("Generated tokens/s the front end served lately: the increase of "
+                                          "each ready front-end pod's helix_generated_tokens counter between "
+                                          "two reads by the operator, summed over the pods."),
+        "observedAt": string("When observedTokensPerSecond was last measured.", format="date-time"),
     })
 
 

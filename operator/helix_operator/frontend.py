@@ -29,7 +29,7 @@ def build_frontend_deployment(owner: Mapping[str, Any], spec: ClusterSpec, plan:
     """`replicas` overrides the spec (zero while suspended); every plan node's worker is an --endpoint."""
     cluster, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
     frontend, plan_hash = spec.frontend, plan.plan_hash
-    weights = weights_source(spec, frontend.image)
+    weights = weights_source(spec, frontend.image, None)
     endpoints = [f"--endpoint={n.name}={worker_endpoint(namespace, cluster, n.name, spec.worker.port)}"
                  for n in plan.nodes]
     container: dict[str, Any] = {

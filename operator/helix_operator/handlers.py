@@ -1,8 +1,9 @@
 """kopf handlers: they only register interest and delegate.
 
 Watches wake controllers (nodes, GPU profiles, owned pods and Deployments), indices keep the
-node and profile facts controllers read, the spec handler validates, and one daemon per
-HelixCluster runs its `Controller`.
+node and profile facts controllers read, the spec handler validates, one daemon per
+HelixCluster runs its `Controller`, and a timer reads its front end's observed throughput
+while the front end is ready.
 """
 
 from typing import Any
@@ -16,6 +17,7 @@ from helix_operator.controller import Controller
 from helix_operator.discovery import node_facts
 from helix_operator.inbox import NODES, PODS, PROFILES, SPEC
 from helix_operator.meta import MANAGED_BY
+from helix_operator.observe import frontend_ready
 from helix_operator.spec import SpecError, parse_spec
 
 HELIXCLUSTERS = (names.GROUP, names.VERSION, names.HELIXCLUSTERS)
@@ -24,7 +26,7 @@ CHILD_LABELS = {names.LABEL_MANAGED_BY: MANAGED_BY}
 DAEMON_EXIT_SECONDS = 5.0
 
 
-def register(registry: kopf.OperatorRegistry) -> None:
+def register(registry: kopf.OperatorRegistry, *, observe_seconds: float) -> None:
     """Add every handler to `registry` (one per operator run, not the process-global one)."""
     on = dict(registry=registry)
 
@@ -76,3 +78,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
     async def run_controller(body: kopf.Body, nodes: kopf.Index, gpuprofiles: kopf.Index, memo: kopf.Memo,
                              stopped: kopf.DaemonStopped, logger: Any, **_: Any) -> None:
         await Controller(memo.context, body, nodes, gpuprofiles, logger).run(stopped)
+
+    @kopf.timer(*HELIXCLUSTERS, id="observe", interval=observe_seconds, when=frontend_ready, **on)
+    async def observe_throughput(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        await memo.context.observer.observe(body, logger)

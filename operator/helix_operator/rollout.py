@@ -5,16 +5,19 @@ at once while an older plan still serves). Switch: once they are ready the front
 to the target plan, and its old pods finish the requests they hold on the old pipelines.
 Drain: once no front-end pod of an older plan is left, obsolete pods are deleted with the
 drain timeout as grace period; replacements for nodes that change layers are created then
-and start when the node frees.
+and start when the node frees. Replace: pods whose layers stay but whose worker spec is
+outdated are replaced a batch of nodes at a time (see `replacement`), never all at once.
 """
 
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from helix_operator import names
+from helix_operator.crd import ROLLOUT_STATES
+from helix_operator.replacement import Pipelines, replacement_batch
 from helix_operator.workers import Assignment, pod_assignment
 
-SURGING, SWITCHING, DRAINING, COMPLETE = "Surging", "Switching", "Draining", "Complete"
+SURGING, SWITCHING, DRAINING, REPLACING, COMPLETE = ROLLOUT_STATES
 
 
 @dataclass(frozen=True)
@@ -61,20 +64,25 @@ class RolloutStep:
 
 
 def next_step(desired: Iterable[Assignment], pods: Iterable[PodView], target_hash: str,
-              max_surge: int | None, template: str = "", frontend_current: bool = True) -> RolloutStep:
-    """`max_surge` None means nothing older is serving, so every new pod may start at once; pods
-    of another `template` (worker spec) count as obsolete. `frontend_current` says that no
-    front-end pod of an older plan is left: until then obsolete pods stay, as old front ends
-    may still be finishing requests on them."""
+              max_surge: int | None, template: str = "", frontend_current: bool = True, *,
+              pipelines: Pipelines = (), max_replace: int = 1) -> RolloutStep:
+    """`max_surge` None means nothing older is serving, so every new pod on a free node may start
+    at once. `frontend_current` says that no front-end pod of an older plan is left: until then
+    the front end does not switch while new pods start, and obsolete pods stay, as old front
+    ends may still be finishing requests on them. Pods of
+    another `template` (worker spec) holding wanted layers are replaced at most `max_replace`
+    nodes at a time, keeping one of the target's `pipelines` whole where the plan allows."""
     desired = list(desired)
     wanted = {a.key for a in desired}
     live = [p for p in pods if not p.deleting]
     draining = [p for p in pods if p.deleting]
     failed = [p.name for p in live if p.failed]
-    current = [p for p in live if not p.failed and p.template == template]
+    healthy = [p for p in live if not p.failed]
+    current = [p for p in healthy if p.template == template]
     by_key = {p.key: p for p in current}
-    obsolete = [p for p in live if not p.failed and (p.template != template or p.key not in wanted)]
-    busy_nodes = {p.key[0] for p in obsolete} | {p.key[0] for p in draining}
+    obsolete = [p for p in healthy if p.key not in wanted]
+    stale = [p for p in healthy if p.key in wanted and p.template != template]
+    busy_nodes = {p.key[0] for p in obsolete + stale + draining}
     missing = [a for a in desired if a.key not in by_key]
     free = [a for a in missing if a.node not in busy_nodes]
     blocked = [a for a in missing if a.node in busy_nodes]
@@ -83,12 +91,25 @@ def next_step(desired: Iterable[Assignment], pods: Iterable[PodView], target_has
     relabel = tuple(p.name for p in ours if p.plan_hash != target_hash)
     ready = sum(p.ready for p in ours)
 
-    if free or starting:
+    def step(create: Iterable[Assignment], delete: Iterable[str], switch: bool, state: str,
+             leaving: int = 0) -> RolloutStep:
+        return RolloutStep(tuple(create), tuple(failed) + tuple(delete), relabel, switch, state, len(desired), ready,
+                           len(draining) + leaving)
+
+    if free or starting and not frontend_current:
         budget = len(free) if max_surge is None else max(0, max_surge - len(starting))
-        return RolloutStep(tuple(free[:budget]), tuple(failed), relabel, False, SURGING, len(desired), ready,
-                           len(draining))
-    if obsolete and not frontend_current:
-        return RolloutStep((), tuple(failed), relabel, True, SWITCHING, len(desired), ready, len(draining))
-    done = not (obsolete or draining or blocked or failed) and ready == len(desired)
-    return RolloutStep(tuple(blocked), tuple(failed) + tuple(p.name for p in obsolete), relabel, True,
-                       COMPLETE if done else DRAINING, len(desired), ready, len(draining) + len(obsolete))
+        return step(free[:budget], (), False, SURGING)
+    if (obsolete or stale) and not frontend_current:
+        return step((), (), True, SWITCHING)
+    stale_nodes = {p.key[0] for p in stale}
+    serving = {p.key[0] for p in healthy if p.ready and p.key in wanted}
+    under_way = sum(not p.ready for p in ours)
+    batch = set(replacement_batch(stale_nodes, pipelines, {a.node for a in desired} - serving, under_way,
+                                  max_replace))
+    leaving = [p.name for p in obsolete] + [p.name for p in stale if p.key[0] in batch]
+    if obsolete or stale:
+        create = [a for a in blocked if a.node not in stale_nodes or a.node in batch]
+        return step(create, leaving, True, DRAINING if obsolete else REPLACING, len(leaving))
+    if draining or failed or blocked:
+        return step(blocked, (), True, DRAINING)
+    return step((), (), True, COMPLETE if ready == len(desired) else SURGING)

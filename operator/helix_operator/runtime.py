@@ -20,6 +20,7 @@ from helix_operator.context import OperatorContext
 from helix_operator.handlers import register
 from helix_operator.kube import Kube
 from helix_operator.metrics import Metrics
+from helix_operator.observe import Observer, PodAddress, pod_ip_address
 from helix_operator.planning import PlanRunner
 
 PREFIX = "helix.dev"
@@ -34,6 +35,8 @@ class RunOptions:
     metrics_port: int | None = None
     liveness: str | None = None           # e.g. http://0.0.0.0:8081/healthz
     resync_seconds: float = 300.0
+    observe_seconds: float = 30.0         # how often front-end pods' token counters are read
+    frontend_address: PodAddress = pod_ip_address  # where a pod's port answers (tests map it to 127.0.0.1)
 
 
 def operator_settings(options: RunOptions) -> kopf.OperatorSettings:
@@ -91,11 +94,13 @@ async def start(options: RunOptions, configuration: Configuration, *, login: Cal
     """Spawn the operator's tasks; `login` defaults to kopf's login with the client library."""
     preexisting = asyncio.all_tasks()
     registry = kopf.OperatorRegistry()
-    register(registry)
+    register(registry, observe_seconds=options.observe_seconds)
     kopf.on.login(registry=registry)(login or kopf.login_via_client)
     executor = ThreadPoolExecutor(options.planner_threads, thread_name_prefix="helix-planner")
-    context = OperatorContext(kube=Kube(configuration), planner=PlanRunner(executor), catalog=load_catalog(),
-                              metrics=Metrics(), resync_seconds=options.resync_seconds)
+    kube = Kube(configuration)
+    context = OperatorContext(kube=kube, planner=PlanRunner(executor), catalog=load_catalog(), metrics=Metrics(),
+                              observer=Observer(kube, options.frontend_address, options.observe_seconds),
+                              resync_seconds=options.resync_seconds)
     if options.metrics_port is not None:
         context.metrics.serve(options.metrics_port)
     tasks = await kopf.spawn_tasks(

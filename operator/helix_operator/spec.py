@@ -11,7 +11,7 @@ from helix_planner.errors import PlanningError
 from helix_planner.models import ModelSpec, get_model, model_from_mapping
 from helix_planner.units import parse_quantity
 
-from helix_operator import names
+from helix_operator import names, weights_uri
 from helix_operator.crd import helixcluster_spec_schema
 from helix_operator.defaults import apply_defaults
 
@@ -112,7 +112,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ClusterSpec:
     worker = _worker(data["worker"])
     return ClusterSpec(
         model=_model(data["model"]),
-        weights_uri=data["model"].get("weightsUri"),
+        weights_uri=_weights_uri(data["model"].get("weightsUri")),
         credentials_secret=(data["model"].get("credentialsSecret") or {}).get("name"),
         pools=_pools(data["nodePools"]),
         network=_network(data.get("network") or {}),
@@ -149,6 +149,13 @@ def _model(data: dict[str, Any]) -> ModelSpec:
         raise SpecError("spec.model.dtype", f"built-in model {model.name} is {model.dtype}; describe the model's "
                         f"shape (numLayers, hiddenSize, intermediateSize, numHeads) to serve it in {data['dtype']}")
     return model
+
+
+def _weights_uri(uri: str | None) -> str | None:
+    """The URI as given, if it has a form the pods can read (the CRD pattern says the same)."""
+    if uri is not None and (problem := weights_uri.problem(uri)):
+        raise SpecError("spec.model.weightsUri", problem)
+    return uri
 
 
 def _pools(items: list[dict[str, Any]]) -> tuple[PoolSpec, ...]:

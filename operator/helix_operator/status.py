@@ -10,9 +10,12 @@ from typing import Any, Mapping
 from helix_planner.plan_format import Plan
 
 from helix_operator.conditions import FALSE, TRUE, UNKNOWN, Condition, aggregate_ready, merge
+from helix_operator.crd import ROLLOUT_STATES
 from helix_operator.discovery import Discovery
+from helix_operator.rollout import COMPLETE
 
 Problem = tuple[str, str]  # (reason, message)
+IN_PROGRESS = tuple(s for s in ROLLOUT_STATES if s != COMPLETE)
 
 
 def plan_summary(plan: Plan, configmap: str, time: str) -> dict[str, Any]:
@@ -67,7 +70,7 @@ def conditions(obs: Observation) -> list[Condition]:
     rollout_state = (obs.rollout or {}).get("state")
     if obs.planning:
         out.append(Condition("Progressing", TRUE, "Planning", "the planner is solving for the current nodes"))
-    elif rollout_state in ("Surging", "Switching", "Draining"):
+    elif rollout_state in IN_PROGRESS:
         out.append(Condition("Progressing", TRUE, f"Rollout{rollout_state}",
                              f"rolling out plan {obs.rollout['targetHash']}: {rollout_state.lower()}"))
     else:
@@ -142,7 +145,7 @@ def phase(obs: Observation, conds: list[Condition]) -> str:
     return "Deploying" if obs.active else "Pending"
 
 
-# Status fields this operator writes; others (observedTokensPerSecond) belong to someone else.
+# Status fields the controller writes; observedTokensPerSecond and observedAt are the observation timer's.
 OWNED = ("observedGeneration", "phase", "conditions", "nodes", "activePlan", "proposedPlan", "lastReplan", "rollout")
 
 

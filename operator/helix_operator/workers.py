@@ -97,7 +97,7 @@ def build_worker_pod(owner: Mapping[str, Any], spec: ClusterSpec, assignment: As
                      configmap: str) -> dict[str, Any]:
     cluster = owner["metadata"]["name"]
     worker, template = spec.worker, template_hash(spec)
-    weights = weights_source(spec, worker.image)
+    weights = weights_source(spec, worker.image, (assignment.start, assignment.end))
     metadata = child_metadata(
         owner, worker_pod_name(cluster, assignment, template), names.COMPONENT_WORKER,
         labels={names.LABEL_PLAN_HASH: plan_hash, names.LABEL_NODE: dns_name(assignment.node),

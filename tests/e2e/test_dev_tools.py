@@ -87,10 +87,11 @@ def test_status_view_and_command() -> None:
            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
                       "containerStatuses": [{"restartCount": 2}]}}
     cluster = {"metadata": {"name": "demo"}, "status": {"phase": "Running", "activePlan": {
-        "hash": "abc", "tokensPerSecond": 12.5, "pipelines": 3, "nodes": 6}}}
+        "hash": "abc", "tokensPerSecond": 12.5, "pipelines": 3, "nodes": 6}, "observedTokensPerSecond": 4.2}}
     text = render(Snapshot(cluster, demo_nodes(), [pod], endpoints={"OpenAI HTTP": "http://127.0.0.1:1/v1"},
                            sample="'Helix' -> ok"))
-    assert "HelixCluster demo: Running   plan abc  12.5 tok/s planned  3 pipelines over 6 nodes" in text
+    assert ("HelixCluster demo: Running   plan abc  12.5 tok/s planned  3 pipelines over 6 nodes  "
+            "4.2 tok/s observed") in text
     row = next(line for line in text.splitlines() if line.startswith("gpu-east-0"))
     assert row.split() == ["gpu-east-0", "SIM-A100", "us-east", "1x", "demo-w-gpu-east-0", "0-4", "Running", "ready",
                            "2"]

@@ -168,8 +168,15 @@ class Scenario:
                 return status if status and status["activePlan"]["hash"] != before["activePlan"]["hash"] else None
 
             status = await until(replanned, 180, "the new plan is rolled out", self.explain)
-            done = time.monotonic()
+            done, measured = time.monotonic(), status.get("observedAt")
             await until(lambda: _true(len(load.since(done)) >= 3), 60, "requests complete after the rollout")
+
+            async def observed() -> float | None:
+                """The operator read the new front end's token counter twice, under load."""
+                now = await self.status()
+                return now.get("observedAt") != measured and now.get("observedTokensPerSecond")
+
+            print(f"observed {await until(observed, 30, 'observedTokensPerSecond', self.explain)} tok/s", flush=True)
         assert load.failures() == [], load.failures()[:5]
         print(f"replan: {len(load.since(changed))} requests during and after the change (slowest "
               f"{load.slowest():.1f} s), {before['activePlan']['hash']} -> {status['activePlan']['hash']}", flush=True)

@@ -63,6 +63,11 @@ def fleet_spec(**planner: Any) -> dict[str, Any]:
     }
 
 
+def helixcluster(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "helix.dev/v1alpha1", "kind": "HelixCluster",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
 def plan_document(layout: dict[str, tuple[str, str, int, int]], pipelines: list[list[str]], throughput: float,
                   *, model: str = "llama2-70b", bound: float | None = None) -> dict[str, Any]:
     """A schemaVersion-1 plan: layout maps node -> (gpu, region, start, end)."""

@@ -92,6 +92,10 @@ BAD_SPECS = [
     ("bandwidth unit", lambda s: s.update(network={"intraRegion": {"bandwidth": "fast"}}),
      "spec.network.intraRegion.bandwidth", "does not match"),
     ("weights scheme", lambda s: s["model"].update(weightsUri="ftp://x"), "spec.model.weightsUri", "does not match"),
+    ("hf repo id", lambda s: s["model"].update(weightsUri="hf://meta llama/x"), "spec.model.weightsUri",
+     "does not match"),
+    ("s3 bucket name", lambda s: s["model"].update(weightsUri="s3://My_Bucket/llama"), "spec.model.weightsUri",
+     "does not match"),
     ("negative minNodes", lambda s: s["nodePools"][0].update(minNodes=-1), "spec.nodePools.0.minNodes",
      "less than the minimum"),
     ("selector operator", lambda s: s["nodePools"][0]["selector"]["matchExpressions"][0].update(operator="Has"),
@@ -129,7 +133,26 @@ CROSS_FIELD = [
      "used twice"),
     ("worker port on the health port", lambda s: s["worker"].update(port=8081), "spec.worker.port",
      "health and metrics port"),
+    ("weights scheme", lambda s: s["model"].update(weightsUri="gs://bucket/llama"), "spec.model.weightsUri",
+     "no supported scheme: use pvc://CLAIM/PATH"),
+    ("hf repo id", lambda s: s["model"].update(weightsUri="hf://org/repo/extra"), "spec.model.weightsUri",
+     "not a valid hf:// URI: use hf://ORG/REPO[@REVISION]"),
+    ("s3 bucket", lambda s: s["model"].update(weightsUri="s3://ab"), "spec.model.weightsUri",
+     "bucket name of 3-63 lowercase letters"),
 ]
+
+
+GOOD_URIS = ["pvc://weights/llama", "file:///models/llama", "hf://gpt2", "hf://meta-llama/Llama-3.1-8B",
+             "hf://Qwen/Qwen2.5-72B@main", "hf://org/repo@refs/pr/1", "hf://org/repo@0123abcd", "s3://models",
+             "s3://my.models-bucket/llama/3.1-8b/"]
+
+
+@pytest.mark.parametrize("uri", GOOD_URIS)
+def test_weights_uris_the_schema_and_the_operator_accept(uri: str) -> None:
+    obj = _minimal()
+    obj["spec"]["model"]["weightsUri"] = uri
+    assert _errors("HelixCluster", obj) == []
+    assert parse_spec(obj["spec"]).weights_uri == uri
 
 
 @pytest.mark.parametrize("case", CROSS_FIELD, ids=[c[0] for c in CROSS_FIELD])

@@ -60,6 +60,7 @@ BAD_VALUES = [
     ("namespace name", {"watchNamespaces": ["Team_A"]}),
     ("port range", {"metrics": {**VALUES["metrics"], "port": 70000}}),
     ("planner threads", {"planner": {"threads": 0}}),
+    ("observe interval", {"observe": {"intervalSeconds": 0}}),
     ("quantity", {"resources": {"requests": {"memory": "lots"}}}),
 ]
 

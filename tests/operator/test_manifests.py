@@ -99,6 +99,34 @@ def test_worker_template_overrides_and_credentials() -> None:
     assert worker["resources"] == {"limits": {"memory": "96Gi", "nvidia.com/gpu": 1}, "requests": {"memory": "64Gi"}}
 
 
+def test_remote_weights_are_fetched_by_an_init_container() -> None:
+    """hf:// and s3://: each worker fetches the shards of its layers, the front end config and tokenizer only."""
+    raw = fleet_spec()
+    raw["model"].update(weightsUri="hf://meta-llama/Llama-2-70b-hf@refs/pr/1", credentialsSecret={"name": "hf"})
+    spec = parse_spec(raw)
+    pod = build_worker_pod(OWNER, spec, Assignment("n", 10, 14), "h", "cm")
+    init, = pod["spec"]["initContainers"]
+    assert init["name"] == "fetch-weights" and init["image"] == "helix/worker:test"
+    assert init["command"] == ["helix", "weights", "fetch", "hf://meta-llama/Llama-2-70b-hf@refs/pr/1",
+                               "/models/checkpoint", "--layers", "10-14"]
+    assert init["envFrom"] == [{"secretRef": {"name": "hf"}}]
+    assert init["volumeMounts"] == [{"name": "weights", "mountPath": "/models"}]
+    worker = pod["spec"]["containers"][0]
+    assert worker["command"][worker["command"].index("--model") + 1] == "/models/checkpoint"
+    assert {"name": "weights", "mountPath": "/models", "readOnly": True} in worker["volumeMounts"]
+    assert {"name": "weights", "emptyDir": {}} in pod["spec"]["volumes"]
+
+    raw["model"] = {"name": "llama2-70b", "weightsUri": "s3://models/llama-2-70b"}
+    spec = parse_spec(raw)
+    template = build_frontend_deployment(OWNER, spec, PLAN, "cm")["spec"]["template"]["spec"]
+    init, = template["initContainers"]
+    assert init["command"][3:] == ["s3://models/llama-2-70b", "/models/checkpoint", "--no-weights"]
+    assert "envFrom" not in init, "no credentials Secret: anonymous reads"
+    command = template["containers"][0]["command"]
+    assert command[command.index("--model") + 1] == "/models/checkpoint"
+    assert template_hash(spec) != template_hash(parse_spec(fleet_spec())), "a new URI replaces the workers"
+
+
 def test_frontend_deployment_and_service() -> None:
     raw = fleet_spec()
     raw["frontend"] = {"replicas": 2, "service": {"type": "LoadBalancer", "httpPort": 80, "annotations": {"a": "b"}}}

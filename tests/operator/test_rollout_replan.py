@@ -5,7 +5,8 @@ from helix_planner.profiles import load_catalog
 from helix_operator.discovery import discover, node_facts
 from helix_operator.inputs import InputsKey
 from helix_operator.replan import broken_nodes, decide, replan_due
-from helix_operator.rollout import COMPLETE, DRAINING, SURGING, SWITCHING, PodView, next_step
+from helix_operator.replacement import replacement_batch, serving, weakest_first
+from helix_operator.rollout import COMPLETE, DRAINING, REPLACING, SURGING, SWITCHING, PodView, next_step
 from helix_operator.spec import parse_spec
 from helix_operator.workers import Assignment
 from opkit import fleet, fleet_spec
@@ -73,7 +74,65 @@ def test_a_new_worker_template_replaces_pods_in_place() -> None:
     pods = [PodView("old-a", ("a", 0, 80), "h1", True, False, False, "t1")]
     step = next_step([Assignment("a", 0, 80)], pods, "h1", max_surge=None, template="t2")
     assert step.delete == ("old-a",) and [a.key for a in step.create] == [("a", 0, 80)]
-    assert step.state == DRAINING
+    assert step.state == REPLACING
+
+
+# Two-stage pipelines over six nodes, widest first: p1 = a-b, p2 = c-d, p3 = e-f.
+SIX = [Assignment(n, s, e) for n, s, e in (("a", 0, 40), ("b", 40, 80), ("c", 0, 40), ("d", 40, 80),
+                                          ("e", 0, 40), ("f", 40, 80))]
+THREE_PIPELINES = [["a", "b"], ["c", "d"], ["e", "f"]]
+
+
+def _template_rollout(pipelines, max_replace: int, desired=SIX) -> list[list[str]]:
+    """Play a worker-spec rollout to the end (replacements come up between steps); the nodes of each batch.
+
+    Checks on every step that at most `max_replace` nodes are in transition."""
+    pods = {a.node: PodView(f"old-{a.node}", a.key, "h", True, False, False, "t1") for a in desired}
+    batches = []
+    for _ in range(20):
+        step = next_step(desired, pods.values(), "h", max_surge=None, template="t2", pipelines=pipelines,
+                         max_replace=max_replace)
+        if step.state == COMPLETE:
+            return batches
+        assert step.state in (REPLACING, SURGING), step.state
+        assert sorted(a.node for a in step.create) == sorted(n.removeprefix("old-") for n in step.delete)
+        assert len(step.create) <= max_replace
+        if step.create:
+            batches.append(sorted(a.node for a in step.create))
+            for a in step.create:  # the old pod is gone, the new one not ready yet: check, then make it ready
+                pods[a.node] = PodView(f"new-{a.node}", a.key, "h", False, False, False, "t2")
+            again = next_step(desired, pods.values(), "h", max_surge=None, template="t2", pipelines=pipelines,
+                              max_replace=max_replace)
+            assert again.create == () and again.delete == (), "nothing more while a full batch starts"
+        for node, pod in pods.items():
+            if pod.template == "t2":
+                pods[node] = PodView(pod.name, pod.key, "h", True, False, False, "t2")
+    raise AssertionError(f"no end: {batches}")
+
+
+def test_worker_spec_change_replaces_one_pipeline_at_a_time_weakest_first() -> None:
+    """New-before-old per pipeline: the other pipelines keep serving while one is replaced."""
+    assert _template_rollout(THREE_PIPELINES, max_replace=2) == [["e", "f"], ["c", "d"], ["a", "b"]]
+    assert _template_rollout(THREE_PIPELINES, max_replace=1) == [["e"], ["f"], ["c"], ["d"], ["a"], ["b"]]
+    assert _template_rollout(THREE_PIPELINES, max_replace=4) == [["c", "d", "e", "f"], ["a", "b"]]
+
+
+def test_worker_spec_change_where_every_pipeline_shares_a_node() -> None:
+    """A node on every pipeline goes alone once nothing else is left; a single pipeline goes at once."""
+    shared = [Assignment("hub", 0, 40), Assignment("x", 40, 80), Assignment("y", 40, 80)]
+    assert _template_rollout([["hub", "x"], ["hub", "y"]], 2, shared) == [["y"], ["x"], ["hub"]]
+    single = SIX[:2]
+    assert _template_rollout([["a", "b"]], 8, single) == [["a", "b"]]
+    assert _template_rollout([["a", "b"]], 1, single) == [["a"], ["b"]]
+
+
+def test_replacement_batch_keeps_a_pipeline_whole_around_failures() -> None:
+    """A node already down counts: the batch keeps the last whole pipeline serving."""
+    stages = [frozenset(p) for p in THREE_PIPELINES]
+    assert serving(stages, {"a", "c"}) and not serving(stages, {"a", "c", "e"})
+    assert replacement_batch({"a", "b", "c", "d"}, THREE_PIPELINES, down={"e"}, under_way=0, limit=8) == ["c", "d"]
+    assert replacement_batch({"a", "b"}, THREE_PIPELINES, down=set(), under_way=2, limit=2) == []
+    assert weakest_first({"z", "a", "f"}, THREE_PIPELINES) == ["z", "f", "a"]
 
 
 def test_replan_due() -> None:

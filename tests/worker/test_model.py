@@ -103,7 +103,11 @@ def test_single_file_and_sharded_checkpoints_agree(tmp_path: Path) -> None:
     assert (tmp_path / "three" / "model.safetensors.index.json").exists()
     assert not (tmp_path / "three" / "model.safetensors").exists()
     ids = [7, 8, 9]
-    assert torch.equal(ReferenceModel(tmp_path / "one").next_logits(ids), ReferenceModel(tmp_path / "three").next_logits(ids))
+    one, three = ReferenceModel(tmp_path / "one").next_logits(ids), ReferenceModel(tmp_path / "three").next_logits(ids)
+    # Equal up to float rounding only: a tensor's offset in its file sets its (memory-mapped)
+    # alignment, and with it how the matrix kernels group their sums.
+    torch.testing.assert_close(one, three)
+    assert torch.equal(one.argmax(-1), three.argmax(-1))
 
 
 def test_llama3_rope_scaling_slows_only_low_frequencies() -> None:

@@ -1,4 +1,4 @@
-"""The data plane's `helix` subcommands: worker, frontend, up, model init, profile.
+"""The data plane's `helix` subcommands: worker, frontend, up, model init, weights fetch, profile.
 
 Registered through the `helix.commands` entry-point group; every command returns an exit
 code, and user errors surface as one `ServingError` line (the CLI prints it).
@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 
 from helix_planner.plan_format import Plan, load_plan
-from helix_worker.envs import Settings, describe
+from helix_worker.envs import REMOTE_STORAGE, Settings, describe
 from helix_worker.errors import ServingError
 
 
@@ -83,6 +83,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(func=run_model_init)
 
+    weights = subparsers.add_parser("weights", help="checkpoints in remote storage")
+    weights_sub = weights.add_subparsers(dest="weights_command", metavar="COMMAND", required=True)
+    storage_help = "environment variables:\n" + "\n".join(f"  {k}: {v}" for k, v in REMOTE_STORAGE.items())
+    fetch = weights_sub.add_parser("fetch", help="download a node's part of an hf:// or s3:// checkpoint",
+                                   epilog=storage_help, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fetch.add_argument("source", help="hf://ORG/REPO[@REVISION] or s3://BUCKET[/PREFIX]")
+    fetch.add_argument("directory", type=Path, help="where the checkpoint goes (files already there are kept)")
+    part = fetch.add_mutually_exclusive_group()
+    part.add_argument("--layers", type=_layer_range, metavar="START-END",
+                      help="only the safetensors shards holding layers [START, END) (default: every shard)")
+    part.add_argument("--no-weights", action="store_true", help="config and tokenizer only (what a front end reads)")
+    fetch.set_defaults(func=run_weights_fetch)
+
 
 def _plan_and_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan", required=True, type=Path, help="plan JSON (from `helix plan -o json`)")
@@ -107,6 +120,13 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _ints(text: str) -> tuple[int, ...]:
     return _numbers(int, text)
+
+
+def _layer_range(text: str) -> tuple[int, int]:
+    start, _, end = text.partition("-")
+    if not (start.isdigit() and end.isdigit()) or int(start) >= int(end):
+        raise argparse.ArgumentTypeError(f"expected START-END with START < END, got {text!r}")
+    return int(start), int(end)
 
 
 def read_plan(path: Path) -> Plan:
@@ -145,6 +165,18 @@ def run_model_init(args: argparse.Namespace) -> int:
         tie_word_embeddings=args.tie_embeddings, shards=args.shards, seed=args.seed))
     print(f"wrote a random-weight {config.model_type} checkpoint to {args.directory}: {config.num_layers} layers, "
           f"hidden {config.hidden_size}, vocab {config.vocab_size}, {config.dtype}")
+    return 0
+
+
+def run_weights_fetch(args: argparse.Namespace) -> int:
+    import sys
+
+    from helix_worker.envs import remote_storage_env
+    from helix_worker.weights_fetch import fetch, parse_source
+
+    source = parse_source(args.source, remote_storage_env())
+    fetch(source, args.directory, args.layers, weights=not args.no_weights,
+          log=lambda line: print(line, file=sys.stderr, flush=True))
     return 0
 
 

@@ -2,6 +2,8 @@
 
 Each field of `Settings` is read from `HELIX_<FIELD NAME IN CAPITALS>`; its metadata holds
 the help text. Command-line flags override the environment; nothing else reads `os.environ`.
+`REMOTE_STORAGE` lists the standard variables of Hugging Face and AWS tools that `helix
+weights fetch` honours under their usual names (a credentials Secret already holds them so).
 """
 
 import os
@@ -9,6 +11,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from helix_worker.errors import ServingError
+
+
+DATA_CHANNELS = ("tcp", "grpc")
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -25,6 +30,9 @@ class Settings:
     torch_threads: int = _setting(0, "torch intra-op threads; 0: torch's default")
     slowdown: float = _setting(1.0, "emulate a slower GPU: each step takes this many times its compute time")
     max_message_bytes: int = _setting(256 << 20, "largest gRPC message (activations of a long prefill)")
+    data_channel: str = _setting("tcp", "how messages to stages travel: tcp (a raw TCP side channel each stream "
+                                        "negotiates, falling back to the gRPC stream when it cannot connect; a stage "
+                                        "accepts it, links offer it) or grpc (the gRPC stream only)")
     reconnect_seconds: float = _setting(0.5, "how often the front end probes a stage that went down")
     route_wait_seconds: float = _setting(60.0, "how long a request waits for a usable pipeline before failing")
     step_timeout_seconds: float = _setting(120.0, "a step with no answer by then is re-routed (a lost message)")
@@ -42,8 +50,30 @@ class Settings:
                     values[spec.name] = type(spec.default)(environ[name])
                 except ValueError:
                     raise ServingError(f"{name}={environ[name]!r} is not a valid {type(spec.default).__name__}") from None
-        settings = cls(**values)
-        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        settings = replace(cls(**values), **{k: v for k, v in overrides.items() if v is not None})
+        if settings.data_channel not in DATA_CHANNELS:
+            raise ServingError(f"{env_name('data_channel')}={settings.data_channel!r}: "
+                               f"use one of {', '.join(DATA_CHANNELS)}")
+        return settings
+
+
+REMOTE_STORAGE = {
+    "HF_TOKEN": "Hugging Face access token for hf:// weights (gated or private repositories)",
+    "HF_ENDPOINT": "Hugging Face endpoint for hf:// weights (default https://huggingface.co), e.g. a mirror",
+    "AWS_ACCESS_KEY_ID": "access key for s3:// weights; without one requests are anonymous (public buckets)",
+    "AWS_SECRET_ACCESS_KEY": "secret key for s3:// weights",
+    "AWS_SESSION_TOKEN": "session token of temporary AWS credentials",
+    "AWS_REGION": "region of the s3:// bucket (default: AWS_DEFAULT_REGION, else us-east-1)",
+    "AWS_DEFAULT_REGION": "region of the s3:// bucket when AWS_REGION is unset",
+    "AWS_ENDPOINT_URL_S3": "S3-compatible endpoint (MinIO, Ceph, R2...), addressed path-style",
+    "AWS_ENDPOINT_URL": "endpoint for every AWS service, used when AWS_ENDPOINT_URL_S3 is unset",
+}
+
+
+def remote_storage_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The set, non-empty `REMOTE_STORAGE` variables."""
+    environ = os.environ if environ is None else environ
+    return {name: environ[name] for name in REMOTE_STORAGE if environ.get(name)}
 
 
 def env_name(field_name: str) -> str:

@@ -105,18 +105,27 @@ def random_weights(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
 
 
 def _write_weights(directory: Path, tensors: dict[str, torch.Tensor], shards: int) -> None:
+    """One file, or `shards` files split in Hugging Face's order (embedding, layers, norm, head), so
+    each shard holds a run of consecutive layers, as a stage that fetches only its shards expects."""
     if shards <= 1:
         save_file(tensors, directory / SINGLE_FILE, metadata={"format": "pt"})
         return
-    names = list(tensors)
+    names = sorted(tensors, key=_hf_order)
     weight_map = {}
     for index in range(shards):
-        part = names[index::shards]
+        part = names[len(names) * index // shards: len(names) * (index + 1) // shards]
         filename = f"model-{index + 1:05d}-of-{shards:05d}.safetensors"
         save_file({n: tensors[n] for n in part}, directory / filename, metadata={"format": "pt"})
         weight_map |= {n: filename for n in part}
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     (directory / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+def _hf_order(name: str) -> tuple[int, int]:
+    """Sort key: embedding first, then layer by layer, then the final norm and the LM head."""
+    if name.startswith("model.layers."):
+        return 1, int(name.split(".")[2])
+    return (0 if name.startswith("model.embed_tokens.") else 2), 0
 
 
 def build_tokenizer(merges: int) -> tuple[dict, int]:
