@@ -28,6 +28,7 @@ BUILTIN_GPU_LABELS = (
 PHASES = ["Pending", "Planning", "Deploying", "Running", "Degraded", "Failed", "Suspended", "DryRun",
           "AwaitingApproval"]
 MODES = ["Auto", "DryRun", "Manual"]
+OBJECTIVES = ["MaxFlow", "Serving"]
 REPLAN_TRIGGERS = ["Created", "SpecChanged", "NodesChanged", "PlanInfeasible", "Approved"]
 REPLAN_OUTCOMES = ["Applied", "Proposed", "Kept", "Failed"]
 ROLLOUT_STATES = ("Surging", "Switching", "Draining", "Replacing", "Complete")
@@ -149,6 +150,10 @@ def _planner() -> Schema:
         "approvedPlanHash": string("Manual mode: the proposed plan (status.proposedPlan.hash) to roll out.",
                                    pattern=PLAN_HASH),
         "throughputModel": enum(["profiled", "helix"], default="profiled"),
+        "objective": enum(OBJECTIVES, "MaxFlow plans for the most tokens/s the flow network carries (Helix's "
+                          "objective); Serving plans once per stage floor and keeps the plan with the best "
+                          "simulated decode throughput (the time limit is shared among the floors).",
+                          default="MaxFlow"),
         "timeLimitSeconds": number(minimum=0.5, maximum=3600, default=60),
         "mipGap": number(minimum=0, maximum=1, default=0.01),
         "threads": integer(minimum=1, maximum=64, default=2),

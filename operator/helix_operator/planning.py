@@ -7,12 +7,15 @@ solver, the controller stops waiting for it and throws its result away.
 import asyncio
 import logging
 import threading
+from pathlib import Path
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from helix_planner.plan_format import Plan
 from helix_planner.planner import PlannerOptions, plan_cluster
 from helix_planner.profiles import Catalog
+from helix_planner.serving_plan import DEFAULT_LENGTHS, plan_for_serving
+from helix_planner.sim.workload import load_lengths
 
 from helix_operator.discovery import Discovery
 from helix_operator.inputs import build_cluster
@@ -42,7 +45,13 @@ def solve(request: PlanRequest, cancel: threading.Event, logger: logging.Logger)
 
     spec = request.spec
     cluster = build_cluster(request.name, spec, request.discovery)
-    return plan_cluster(cluster, spec.model, planner_options(spec.planner), previous=request.previous,
+    options = planner_options(spec.planner)
+    if spec.planner.objective == "Serving":
+        lengths = load_lengths(DEFAULT_LENGTHS, Path("."))
+        plan, _ = plan_for_serving(cluster, spec.model, options, lengths, previous=request.previous,
+                                   catalog=request.catalog, progress=progress, cancel=cancel)
+        return plan
+    return plan_cluster(cluster, spec.model, options, previous=request.previous,
                         catalog=request.catalog, progress=progress, cancel=cancel)
 
 

@@ -15,12 +15,11 @@ from helix_planner.planner import METHODS, PlannerOptions, capacity_model_for, p
 from helix_planner.profiles import load_catalog
 from helix_planner.render import render_svg
 from helix_planner.report import plan_table
-from helix_planner.serving_plan import ServingObjective, plan_for_serving
+from helix_planner.serving_plan import DEFAULT_LENGTHS, ServingObjective, plan_for_serving
 from helix_planner.sim.cli import add_simulate_command
 from helix_planner.sim.workload import LENGTH_TRACES, default_traces_dir, load_lengths
 
 DEFAULT_CLUSTER = "geo-demo"
-SERVING_LENGTHS = "fixed:750,240"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,9 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--objective", choices=("max-flow", "serving"), default="max-flow",
                       help="max-flow (Helix's), or serving: max-flow plans under several stage floors, the one "
                            "with the best simulated decode throughput kept (the time limit is shared among them)")
-    plan.add_argument("--lengths", default=SERVING_LENGTHS,
+    plan.add_argument("--lengths", default=DEFAULT_LENGTHS,
                       help=f"serving: request lengths to simulate ({', '.join(LENGTH_TRACES)}, a CSV path, or "
-                           f"fixed:IN,OUT; default {SERVING_LENGTHS}, Helix's average request)")
+                           f"fixed:IN,OUT; default {DEFAULT_LENGTHS}, Helix's average request)")
     plan.add_argument("--traces", type=Path, help="serving: folder of the reference traces")
     plan.add_argument("--scheduler", default="adaptive", help="serving: scheduler the candidates are simulated with")
     plan.add_argument("-o", "--output", choices=("json", "table", "helix-ini"), default="json",

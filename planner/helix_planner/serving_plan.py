@@ -31,6 +31,7 @@ from helix_planner.sim.simulation import SimConfig, Simulation
 from helix_planner.sim.workload import LengthTrace
 
 FLOORS = (0.0, 0.3, 0.5, 0.7, 0.85)
+DEFAULT_LENGTHS = "fixed:750,240"  # Helix's average request (prompt, output tokens)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ def plan_for_serving(cluster: Cluster, model: ModelSpec, options: PlannerOptions
     candidates: list[Candidate] = []
     bound = 0.0
     for floor in objective.floors:
+        if cancel is not None and cancel.is_set():
+            break
         try:
             plan = plan_cluster(cluster, model, replace(options, time_limit=budget, min_layer_fraction=floor),
                                 previous=previous, catalog=catalog, cancel=cancel)
