@@ -6,8 +6,11 @@
 (a) generation tokens/s at batch 8: the whole model in this process (no serving layers at
     all) against 2- and 3-stage pipelines of worker processes driven by the coordinator,
     same checkpoint, same cores; target >= 0.8x.
-(b) stage-to-stage stream throughput of 1 MiB activation messages (real `StreamLink` and
-    tensor codec, receiver in another process) against raw loopback TCP; target >= 0.5x.
+(b) stage-to-stage throughput of 1 MiB activation messages against raw loopback TCP, target
+    >= 0.5x: a stage's real outbound path (`StreamLink.send_batch`, tensor codec) to a real
+    stage endpoint (gRPC server, data-channel listener, servicer decoding every batch) in
+    another process, once over the TCP data channel workers use by default and once over
+    the gRPC stream alone (their fallback).
 (c) latency a hop adds at batch 1: (pipeline decode step - in-process step) / hops, where
     a k-stage pipeline has k + 1 hops (front end -> stages -> front end).
 Each figure is the best of a few interleaved repeats (the CI machine's cores are shared with
@@ -32,21 +35,19 @@ import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import grpc
 import torch
 
-from helix_proto import helix_stage_pb2 as pb
-from helix_proto import helix_stage_pb2_grpc as pb_grpc
-from helix_worker import wire
 from helix_worker.envs import Settings
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
 from helix_worker.kv_cache import KVCache
 from helix_worker.launcher import LocalFleet
-from helix_worker.links import StreamLink, server_options
+from helix_worker.links import StreamLink
 from helix_worker.local_plan import manual_plan, proportional_split
 from helix_worker.model_init import DemoModel, write_demo_checkpoint
 from helix_worker.protocol import Chunk, Hop, Phase
 from helix_worker.slice_model import LayerSlice, Rows
+from helix_worker.stage.endpoint import StageEndpoint
+from helix_worker.stage.server import StageIdentity
 
 MIB = 1 << 20
 
@@ -61,8 +62,8 @@ class Sizes:
     repeats: int
 
 
-QUICK = Sizes(batch=8, prompt=16, new_tokens=16, latency_steps=12, messages=100, repeats=3)
-FULL = Sizes(batch=8, prompt=64, new_tokens=64, latency_steps=40, messages=500, repeats=5)
+QUICK = Sizes(batch=8, prompt=16, new_tokens=16, latency_steps=12, messages=100, repeats=5)
+FULL = Sizes(batch=8, prompt=64, new_tokens=64, latency_steps=40, messages=500, repeats=7)
 BENCH_MODEL = DemoModel(hidden_size=1024, intermediate_size=2816, num_layers=6, num_heads=16, num_kv_heads=4)
 
 
@@ -143,29 +144,30 @@ class Pipeline:
 
 # (b): stream throughput ------------------------------------------------------------------------
 
-class _Sink(pb_grpc.StageServiceServicer):
-    """Decodes every payload the way a stage does and answers once `expected` arrived."""
+class _CountingStage:
+    """Stands in for the engine behind a real stage endpoint: takes every decoded batch and
+    answers its sender after each `expected` of them (compute is not what (b) measures)."""
 
     def __init__(self, expected: int) -> None:
-        self.expected = expected
+        self.expected, self.outputs, self.seen = expected, None, {}
 
-    async def Connect(self, request_iterator, context):  # noqa: N802
-        seen = 0
-        await context.send_initial_metadata(())
-        async for message in request_iterator:
-            wire.tensor_from_proto(message.batch.payload)
-            seen += 1
-            if seen % self.expected == 0:
-                yield pb.StageEvent()
+    def submit(self, chunks: list[Chunk], payload: torch.Tensor) -> None:
+        peer = chunks[0].reply_to
+        self.seen[peer] = self.seen.get(peer, 0) + 1
+        if self.seen[peer] % self.expected == 0:
+            self.outputs.deliver(peer, [], [])
+
+    def release(self, request_ids: list[str]) -> None:
+        pass
 
 
-def _grpc_sink(port_queue, expected: int) -> None:
+def _stage_sink(port_queue, expected: int) -> None:
     async def serve() -> None:
-        server = grpc.aio.server(options=server_options(256 * MIB))
-        pb_grpc.add_StageServiceServicer_to_server(_Sink(expected), server)
-        port_queue.put(server.add_insecure_port("127.0.0.1:0"))
-        await server.start()
-        await server.wait_for_termination()
+        settings = Settings(max_message_bytes=256 * MIB)  # the data channel on, as in workers
+        endpoint = await StageEndpoint.start(_CountingStage(expected), StageIdentity("sink", "bench", ""),
+                                             "127.0.0.1", 0, settings)
+        port_queue.put(endpoint.port)
+        await endpoint.server.wait_for_termination()
 
     asyncio.run(serve())
 
@@ -174,13 +176,12 @@ def _tcp_sink(port_queue, total: int) -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
         port_queue.put(server.getsockname()[1])
         buffer = bytearray(MIB)
-        while True:
-            conn, _ = server.accept()
+        conn, _ = server.accept()
+        while True:  # one connection for every repeat, as a link keeps its stream
             received = 0
             while received < total:
                 received += conn.recv_into(buffer)
             conn.sendall(b"k")
-            conn.close()
 
 
 def _start(target, arg) -> tuple[multiprocessing.Process, int]:
@@ -192,51 +193,54 @@ def _start(target, arg) -> tuple[multiprocessing.Process, int]:
 
 
 class TcpStream:
-    """Raw loopback TCP: 1 MiB sendall calls to a receiver process that recv_into's them."""
+    """Raw loopback TCP: 1 MiB sendall calls on one connection to a receiver process that
+    recv_into's them."""
 
     def __init__(self, messages: int) -> None:
         self.messages = messages
-        self.process, self.port = _start(_tcp_sink, messages * MIB)
+        self.process, port = _start(_tcp_sink, messages * MIB)
+        self.conn = socket.create_connection(("127.0.0.1", port))
         self.payload = os.urandom(MIB)
 
     async def throughput(self) -> float:
-        with socket.create_connection(("127.0.0.1", self.port)) as conn:
-            started = time.perf_counter()
-            for _ in range(self.messages):
-                conn.sendall(self.payload)
-            conn.recv(1)
-            return self.messages * MIB / (time.perf_counter() - started) / 1e6
+        started = time.perf_counter()
+        for _ in range(self.messages):
+            self.conn.sendall(self.payload)
+        self.conn.recv(1)
+        return self.messages * MIB / (time.perf_counter() - started) / 1e6
 
     async def close(self) -> None:
+        self.conn.close()
         self.process.terminate()
 
 
-class GrpcStream:
-    """The stage-to-stage path: `StreamLink` + tensor codec to a receiver process that decodes."""
+class StageStream:
+    """A stage's outbound path to the stage sink, on the data channel or the gRPC stream only."""
 
-    def __init__(self, messages: int) -> None:
-        self.messages = messages
-        self.process, port = _start(_grpc_sink, messages)
+    def __init__(self, port: int, messages: int, data_channel: bool) -> None:
+        self.messages, self.data_channel = messages, data_channel
         self.done = asyncio.Event()
-        self.link = StreamLink(f"127.0.0.1:{port}", "bench", max_message_bytes=256 * MIB,
+        name = "bench-tcp" if data_channel else "bench-grpc"
+        self.link = StreamLink(f"127.0.0.1:{port}", name, max_message_bytes=256 * MIB, data_channel=data_channel,
                                on_event=lambda _: self.done.set())
         self.hidden = torch.randn(MIB // (4 * 1024), 1024)  # 1 MiB of float32 activations
-        self.chunk = Chunk("r", Phase.DECODE, 0, self.hidden.shape[0], (Hop("sink", f"127.0.0.1:{port}", 0, 1),), "bench")
+        self.chunk = Chunk("r", Phase.DECODE, 0, self.hidden.shape[0], (Hop("sink", f"127.0.0.1:{port}", 0, 1),), name)
 
     async def throughput(self) -> float:
         if not self.link.up:
             await self.link.connect(timeout=30)
+            if self.link.transport != ("tcp" if self.data_channel else "grpc"):
+                raise RuntimeError(f"the link to the stage sink fell back to {self.link.transport}")
         self.done.clear()
         started = time.perf_counter()
         for _ in range(self.messages):
-            self.link.send(wire.batch_to_proto([self.chunk], self.hidden))
+            self.link.send_batch([self.chunk], self.hidden)
             await asyncio.sleep(0)
         await asyncio.wait_for(self.done.wait(), 120)
         return self.messages * MIB / (time.perf_counter() - started) / 1e6
 
     async def close(self) -> None:
         await self.link.close()
-        self.process.terminate()
 
 
 # Report ----------------------------------------------------------------------------------------
@@ -275,7 +279,9 @@ async def main(argv: list[str] | None = None) -> int:
         write_demo_checkpoint(checkpoint, BENCH_MODEL)
         subjects = {"single": SingleProcess(checkpoint, sizes)}
         subjects |= {str(k): Pipeline(checkpoint, k, sizes, fleet) for k in (2, 3)}
-        streams = {"tcp": TcpStream(sizes.messages), "grpc": GrpcStream(sizes.messages)}
+        sink, sink_port = _start(_stage_sink, sizes.messages)
+        streams = {"tcp": TcpStream(sizes.messages), "data": StageStream(sink_port, sizes.messages, True),
+                   "grpc": StageStream(sink_port, sizes.messages, False)}
         try:
             for k in ("2", "3"):
                 await subjects[k].start(workdir)
@@ -286,10 +292,13 @@ async def main(argv: list[str] | None = None) -> int:
             for subject in [*subjects.values(), *streams.values()]:
                 if hasattr(subject, "close"):
                     await subject.close()
+            sink.terminate()
     rows = [(f"(a) tokens/s, batch {sizes.batch}, {k} stages", f"1 process {tokens['single']:8.1f}",
              f"{k} processes {tokens[k]:8.1f}", f"{tokens[k] / tokens['single']:.2f}x", ">= 0.8x") for k in ("2", "3")]
-    rows.append(("(b) 1 MiB messages, MB/s", f"raw TCP {rates['tcp']:8.1f}", f"gRPC stream {rates['grpc']:8.1f}",
-                 f"{rates['grpc'] / rates['tcp']:.2f}x", ">= 0.5x"))
+    rows.append(("(b) 1 MiB messages, MB/s", f"raw TCP {rates['tcp']:8.1f}", f"data channel {rates['data']:8.1f}",
+                 f"{rates['data'] / rates['tcp']:.2f}x", ">= 0.5x"))
+    rows.append(("(b) same, gRPC fallback", f"raw TCP {rates['tcp']:8.1f}", f"gRPC stream {rates['grpc']:8.1f}",
+                 f"{rates['grpc'] / rates['tcp']:.2f}x", "(reference)"))
     for k in ("2", "3"):
         hops = int(k) + 1
         rows.append((f"(c) decode step, batch 1, {k} stages", f"1 process {steps['single']:6.2f} ms",

@@ -17,6 +17,10 @@ def test_settings_come_from_helix_variables_with_overrides() -> None:
     with pytest.raises(ServingError, match="HELIX_MAX_BATCH_TOKENS='many'"):
         Settings.from_env({"HELIX_MAX_BATCH_TOKENS": "many"})
     assert env_name("kv_cache_tokens") in describe()
+    assert Settings.from_env({}).data_channel == "tcp"
+    assert Settings.from_env({"HELIX_DATA_CHANNEL": "grpc"}).data_channel == "grpc"
+    with pytest.raises(ServingError, match="HELIX_DATA_CHANNEL='TCP': use one of tcp, grpc"):
+        Settings.from_env({"HELIX_DATA_CHANNEL": "TCP"})
 
 
 def test_manual_plans_must_cover_all_layers() -> None:

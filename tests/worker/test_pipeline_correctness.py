@@ -1,4 +1,5 @@
-"""Three stages in three processes generate exactly what a single process computes."""
+"""Three stages in three processes generate exactly what a single process computes, with
+messages on the TCP data channel (the default) and on the gRPC streams alone."""
 
 import asyncio
 import re
@@ -39,10 +40,14 @@ def _counter(metrics: str, name: str) -> float:
 
 
 @pytest.mark.timeout(180)
-async def test_three_stage_pipeline_matches_single_process(tmp_path: Path, checkpoint: Path, fleet) -> None:
+@pytest.mark.parametrize("data_channel", ["tcp", "grpc"])
+async def test_three_stage_pipeline_matches_single_process(tmp_path: Path, checkpoint: Path, fleet,
+                                                           data_channel: str) -> None:
     plan, plan_path = write_plan(tmp_path, [[("stage-a", 0, 2), ("stage-b", 2, 4), ("stage-c", 4, 6)]])
+    fleet.env["HELIX_DATA_CHANNEL"] = data_channel
     endpoints = await asyncio.to_thread(start_workers, fleet, plan, plan_path, checkpoint)
-    coordinator = Coordinator(plan, endpoints, ModelLimits(vocab_size=380, max_positions=2048), Settings())
+    coordinator = Coordinator(plan, endpoints, ModelLimits(vocab_size=380, max_positions=2048),
+                              Settings(data_channel=data_channel))
     await coordinator.start()
     try:
         await coordinator.wait_ready(30)
@@ -64,3 +69,4 @@ async def test_three_stage_pipeline_matches_single_process(tmp_path: Path, check
         chunks = _counter(text, "helix_stage_chunks")
         assert chunks == len(PROMPTS) * MAX_TOKENS, child.name
         assert 0 < steps < chunks, f"{child.name}: {steps} steps for {chunks} chunks"
+        assert "sending on the gRPC stream" not in child.log_path.read_text(), f"{child.name} fell back"

@@ -1,59 +1,57 @@
-"""One stage over real gRPC in-process: results, failures (KV full, unknown request, bad
-payload), releases, and the HTTP health/readiness/metrics endpoints of a worker process."""
+"""One stage over real gRPC in-process, messages on the data channel or on the gRPC stream:
+results, failures (KV full, unknown request, bad payload), releases, and the HTTP
+health/readiness/metrics endpoints of a worker process."""
 
 import asyncio
 import urllib.request
 from pathlib import Path
 
-import grpc
 import pytest
 import torch
 from dataplane_helpers import write_plan
 
 from helix_proto import helix_stage_pb2 as pb
-from helix_proto import helix_stage_pb2_grpc as pb_grpc
 from helix_worker import wire
+from helix_worker.envs import Settings
 from helix_worker.kv_cache import KVCache
 from helix_worker.links import StreamLink
 from helix_worker.protocol import Chunk, FailureKind, Hop, Phase
 from helix_worker.reference import ReferenceModel
 from helix_worker.slice_model import LayerSlice
+from helix_worker.stage.endpoint import StageEndpoint
 from helix_worker.stage.engine import StageEngine
-from helix_worker.stage.server import StageIdentity, StageServicer
+from helix_worker.stage.server import StageIdentity
 
 
-@pytest.fixture
-async def stage(checkpoint: Path):
-    """The whole model as one stage with a 64-token KV cache, and a front-end link to it."""
+@pytest.fixture(params=["tcp", "grpc"])
+async def stage(checkpoint: Path, request: pytest.FixtureRequest):
+    """The whole model as one stage with a 64-token KV cache, and a front-end link to it that
+    sends on the data channel (tcp) or on the gRPC stream."""
     model = LayerSlice.load(checkpoint, 0, 6)
     engine = StageEngine("solo", model, KVCache(64, *model.new_cache_shape(), model.dtype, model.device),
                          max_batch_tokens=256)
-    servicer = StageServicer(engine, StageIdentity("solo", "tiny", "hash"), max_message_bytes=1 << 20)
-    server = grpc.aio.server()
-    pb_grpc.add_StageServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    settings = Settings(max_message_bytes=1 << 20, data_channel=request.param)
+    endpoint = await StageEndpoint.start(engine, StageIdentity("solo", "tiny", "hash"), "127.0.0.1", 0, settings)
     runner = asyncio.create_task(engine.run())
     events: asyncio.Queue[pb.StageEvent] = asyncio.Queue()
-    link = StreamLink(f"127.0.0.1:{port}", "fe", max_message_bytes=1 << 20, on_event=events.put_nowait)
+    link = StreamLink(f"127.0.0.1:{endpoint.port}", "fe", max_message_bytes=1 << 20, on_event=events.put_nowait)
     await link.connect()
+    assert link.transport == request.param
     try:
-        yield engine, link, events, Hop("solo", f"127.0.0.1:{port}", 0, 6)
+        yield engine, link, events, Hop("solo", f"127.0.0.1:{endpoint.port}", 0, 6)
     finally:
         await link.close()
         runner.cancel()
-        await servicer.close()
-        await server.stop(None)
+        await endpoint.stop(None)
 
 
-def _prefill(hop: Hop, rid: str, ids: list[int], reserve: int) -> pb.StageRequest:
-    chunk = Chunk(rid, Phase.PREFILL, 0, len(ids), (hop,), "fe", reserve)
-    return wire.batch_to_proto([chunk], torch.tensor(ids))
+def _prefill(link: StreamLink, hop: Hop, rid: str, ids: list[int], reserve: int) -> None:
+    link.send_batch([Chunk(rid, Phase.PREFILL, 0, len(ids), (hop,), "fe", reserve)], torch.tensor(ids))
 
 
 async def test_prefill_returns_the_reference_token(stage, checkpoint: Path) -> None:
     engine, link, events, hop = stage
-    link.send(_prefill(hop, "r1", [5, 6, 7], 10))
+    _prefill(link, hop, "r1", [5, 6, 7], 10)
     event = await asyncio.wait_for(events.get(), 10)
     assert [r.request_id for r in event.results] == ["r1"]
     assert event.results[0].token_id == ReferenceModel(checkpoint).greedy([5, 6, 7], 1).tokens[0]
@@ -66,30 +64,33 @@ async def test_prefill_returns_the_reference_token(stage, checkpoint: Path) -> N
 
 async def test_failures_come_back_per_request(stage) -> None:
     engine, link, events, hop = stage
-    link.send(_prefill(hop, "big", [1, 2], 100))  # the stage holds only 64 tokens
-    decode = Chunk("ghost", Phase.DECODE, 4, 1, (hop,), "fe")
-    link.send(wire.batch_to_proto([decode], torch.tensor([3])))
-    elsewhere = Chunk("lost", Phase.PREFILL, 0, 1, (Hop("other", "x:1", 0, 6),), "fe", 4)
-    link.send(wire.batch_to_proto([elsewhere], torch.tensor([3])))
+    _prefill(link, hop, "big", [1, 2], 100)  # the stage holds only 64 tokens
+    link.send_batch([Chunk("ghost", Phase.DECODE, 4, 1, (hop,), "fe")], torch.tensor([3]))
+    link.send_batch([Chunk("lost", Phase.PREFILL, 0, 1, (Hop("other", "x:1", 0, 6),), "fe", 4)], torch.tensor([3]))
     bad_dtype = pb.StageRequest(batch=pb.ForwardBatch(chunks=[wire.chunk_to_proto(Chunk("odd", Phase.PREFILL, 0, 1, (hop,), "fe", 4))],
                                                       payload=pb.Tensor(dtype="complex32", shape=[1], data=b"\0" * 4)))
     link.send(bad_dtype)
+    short_chunk = wire.chunk_to_proto(Chunk("short", Phase.PREFILL, 0, 2, (hop,), "fe", 4))
+    short = pb.StageRequest(batch=pb.ForwardBatch(chunks=[short_chunk],
+                                                  payload=pb.Tensor(dtype="int64", shape=[2], data=b"\0" * 8)))
+    link.send(short)  # two int64 announced, eight bytes sent
     kinds = {}
-    while len(kinds) < 4:
+    while len(kinds) < 5:
         event = await asyncio.wait_for(events.get(), 10)
         kinds |= {e.request_id: (e.kind, e.message) for e in event.errors}
     assert kinds["big"][0] == FailureKind.KV_FULL and "100 tokens asked" in kinds["big"][1]
     assert kinds["ghost"][0] == FailureKind.ROUTE_BROKEN and "no KV cache" in kinds["ghost"][1]
     assert kinds["lost"][0] == FailureKind.INVALID and "not solo" in kinds["lost"][1]
     assert kinds["odd"][0] == FailureKind.INVALID and "complex32" in kinds["odd"][1]
+    assert kinds["short"][0] == FailureKind.INVALID and "8 bytes do not hold" in kinds["short"][1]
     assert engine.kv.usage().requests == 0
 
 
 async def test_late_chunks_of_released_requests_are_dropped(stage) -> None:
     engine, link, events, hop = stage
     link.send(wire.release_to_proto(["gone"]))
-    link.send(_prefill(hop, "gone", [1, 2, 3], 8))
-    link.send(_prefill(hop, "kept", [1, 2, 3], 8))
+    _prefill(link, hop, "gone", [1, 2, 3], 8)
+    _prefill(link, hop, "kept", [1, 2, 3], 8)
     event = await asyncio.wait_for(events.get(), 10)
     assert [r.request_id for r in event.results] == ["kept"]
     assert engine.kv.get("gone") is None

@@ -2,7 +2,10 @@
 
 Used by the front end (a link to every stage) and by stages (a link to each next hop).
 Sends never block the caller; events and the link going down reach callbacks, and the
-owner decides when to reconnect.
+owner decides when to reconnect. With `data_channel`, the link offers the stage a raw TCP
+side channel (`datachannel`) and, once it is open, sends every message there instead of
+on the gRPC stream, which then carries only events back; when the stage does not answer
+the offer or the channel cannot connect, messages go on the gRPC stream as before.
 """
 
 import asyncio
@@ -10,9 +13,12 @@ import logging
 from collections.abc import Callable
 
 import grpc
+import torch
 
 from helix_proto import helix_stage_pb2 as pb
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
+from helix_worker import datachannel, wire
+from helix_worker.protocol import Chunk
 
 log = logging.getLogger(__name__)
 PEER_HEADER = "helix-peer"
@@ -39,33 +45,52 @@ def server_options(max_message_bytes: int, keepalive_ms: int = KEEPALIVE_MS) -> 
 
 
 class StreamLink:
-    def __init__(self, address: str, peer_name: str, *, max_message_bytes: int,
+    def __init__(self, address: str, peer_name: str, *, max_message_bytes: int, data_channel: bool = True,
                  on_event: Callable[[pb.StageEvent], None] | None = None,
                  on_down: Callable[["StreamLink"], None] | None = None) -> None:
         self.address, self.peer_name = address, peer_name
         self._options = channel_options(max_message_bytes)
+        self._offer_data = data_channel
         self._on_event, self._on_down = on_event, on_down
         self._channel: grpc.aio.Channel | None = None
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._data: datachannel.DataSender | None = None
         self._queue: asyncio.Queue[pb.StageRequest | None] = asyncio.Queue()
         self._reader: asyncio.Task | None = None
         self.up = False
+
+    @property
+    def transport(self) -> str:
+        """What messages travel on: "tcp" (the data channel) or "grpc"."""
+        return "tcp" if self._data is not None else "grpc"
 
     async def connect(self, timeout: float = 5.0) -> None:
         """Open the stream; raises grpc.aio.AioRpcError or TimeoutError if the stage is unreachable."""
         await self.close()
         self._channel = grpc.aio.insecure_channel(self.address, options=self._options)
         self._queue = asyncio.Queue()
-        call = pb_grpc.StageServiceStub(self._channel).Connect(
-            self._requests(self._queue), metadata=((PEER_HEADER, self.peer_name),))
+        metadata = ((PEER_HEADER, self.peer_name),)
+        if self._offer_data:
+            metadata += ((datachannel.HEADER, datachannel.OFFER),)
+        call = pb_grpc.StageServiceStub(self._channel).Connect(self._requests(self._queue), metadata=metadata)
         try:
-            await asyncio.wait_for(call.initial_metadata(), timeout)
+            answer = dict(await asyncio.wait_for(call.initial_metadata(), timeout)).get(datachannel.HEADER)
+            if answer:
+                await self._open_data(answer, timeout)
         except BaseException:
             call.cancel()
             await self._channel.close()
             self._channel = None
             raise
-        self.up = True
+        self._call, self.up = call, True
         self._reader = asyncio.create_task(self._read(call))
+
+    async def _open_data(self, answer: str, timeout: float) -> None:
+        try:
+            self._data = await datachannel.DataSender.open(self.address, answer, timeout, self._data_lost)
+        except (OSError, TimeoutError, ValueError) as err:
+            log.warning("data channel to %s unavailable (%s); sending on the gRPC stream", self.address,
+                        err or type(err).__name__)
 
     async def describe(self, timeout: float = 5.0) -> pb.StageInfo:
         channel = self._channel or grpc.aio.insecure_channel(self.address, options=self._options)
@@ -79,16 +104,33 @@ class StreamLink:
         """Queue a message; False if the link is down (nothing is queued then)."""
         if not self.up:
             return False
-        self._queue.put_nowait(message)
+        if self._data is not None:
+            self._data.send(message.SerializeToString())
+        else:
+            self._queue.put_nowait(message)
+        return True
+
+    def send_batch(self, chunks: list[Chunk], payload: torch.Tensor) -> bool:
+        """Queue a forward batch; on the data channel its tensor's bytes are not copied."""
+        if self._data is None:
+            return self.send(wire.batch_to_proto(chunks, payload))
+        if not self.up:
+            return False
+        header = wire.batch_to_proto(chunks, payload, with_data=False).SerializeToString()
+        self._data.send(header, wire.tensor_bytes(payload))
         return True
 
     async def close(self) -> None:
         self.up = False
         self._queue.put_nowait(None)
+        if self._data is not None:
+            self._data.close()
+            self._data = None
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
             self._reader = None
+        self._call = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -109,7 +151,22 @@ class StreamLink:
         except asyncio.CancelledError:
             call.cancel()
             raise
+        self._went_down()
+
+    def _data_lost(self) -> None:
+        log.info("data channel to %s broke", self.address)
+        self._data = None
+        if self._call is not None:
+            self._call.cancel()
+        self._went_down()
+
+    def _went_down(self) -> None:
+        if not self.up:
+            return
         self.up = False
         self._queue.put_nowait(None)
+        if self._data is not None:
+            self._data.close()
+            self._data = None
         if self._on_down is not None:
             self._on_down(self)

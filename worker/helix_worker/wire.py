@@ -1,8 +1,11 @@
 """Conversions between protocol value objects / torch tensors and `helix_stage.proto` messages.
 
-Tensors travel as their raw bytes with dtype name and shape: no pickling, and the receiver
-rebuilds them with one copy.
+Tensors travel as their raw bytes with dtype name and shape: no pickling. Over gRPC the bytes
+sit in the message and the receiver rebuilds the tensor with one copy; over the data channel
+(`datachannel`) they follow the message raw and land in the tensor's memory directly.
 """
+
+import math
 
 import torch
 
@@ -13,22 +16,36 @@ _DTYPES = {str(d).removeprefix("torch."): d for d in
            (torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8, torch.float64)}
 
 
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's raw bytes without copying them (the view keeps the tensor alive)."""
+    data = tensor.detach().contiguous().cpu()
+    return memoryview(data.reshape(-1).view(torch.uint8).numpy())
+
+
+def describe_tensor(target: pb.Tensor, tensor: torch.Tensor) -> None:
+    """Dtype and shape only: the bytes travel apart, on the data channel."""
+    target.dtype = str(tensor.dtype).removeprefix("torch.")
+    target.shape[:] = list(tensor.shape)
+
+
 def fill_tensor(target: pb.Tensor, tensor: torch.Tensor) -> None:
     """Write `tensor` into a message in place: passing a large Tensor to a parent message's
     constructor copies it again (milliseconds per MiB with upb), assigning fields does not."""
-    data = tensor.detach().contiguous().cpu()
-    target.dtype = str(data.dtype).removeprefix("torch.")
-    target.shape[:] = list(data.shape)
-    target.data = data.view(torch.uint8).numpy().tobytes() if data.numel() else b""
+    describe_tensor(target, tensor)
+    target.data = tensor_bytes(tensor).tobytes()
 
 
-def tensor_from_proto(message: pb.Tensor) -> torch.Tensor:
+def tensor_from_proto(message: pb.Tensor, data: torch.Tensor | None = None) -> torch.Tensor:
+    """Rebuild a tensor from its message, or from `data` (uint8) when its bytes came apart."""
     dtype = _DTYPES.get(message.dtype)
     if dtype is None:
         raise ValueError(f"unsupported tensor dtype {message.dtype!r}")
     shape = tuple(message.shape)
-    flat = torch.frombuffer(bytearray(message.data), dtype=torch.uint8) if message.data else torch.empty(0, dtype=torch.uint8)
-    return flat.view(dtype).reshape(shape)
+    if data is None:
+        data = torch.frombuffer(bytearray(message.data), dtype=torch.uint8) if message.data else torch.empty(0, dtype=torch.uint8)
+    if data.numel() != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"{data.numel()} bytes do not hold a {message.dtype} tensor of shape {list(shape)}")
+    return data.view(dtype).reshape(shape)
 
 
 def hop_to_proto(hop: Hop) -> pb.Hop:
@@ -59,10 +76,11 @@ def chunk_from_proto(message: pb.Chunk) -> Chunk:
     )
 
 
-def batch_to_proto(chunks: list[Chunk], payload: torch.Tensor) -> pb.StageRequest:
+def batch_to_proto(chunks: list[Chunk], payload: torch.Tensor, *, with_data: bool = True) -> pb.StageRequest:
+    """The whole batch, or (`with_data` False) all but the payload's bytes, for the data channel."""
     message = pb.StageRequest()
     message.batch.chunks.extend(chunk_to_proto(c) for c in chunks)
-    fill_tensor(message.batch.payload, payload)
+    (fill_tensor if with_data else describe_tensor)(message.batch.payload, payload)
     return message
 
 

@@ -83,7 +83,8 @@ class Coordinator:
         for node in self.routes.nodes:
             address = next(h.address for r in self.routes.routes for h in r.hops if h.node == node)
             self._links[node] = StreamLink(address, self.peer_name, max_message_bytes=self.settings.max_message_bytes,
-                                           on_event=self._on_event, on_down=lambda link, n=node: self._mark_down(n))
+                                           data_channel=self.settings.data_channel == "tcp", on_event=self._on_event,
+                                           on_down=lambda link, n=node: self._mark_down(n))
         await asyncio.gather(*(self._try_up(node) for node in self.routes.nodes))
         for node in self.routes.nodes:
             if not self.routes.up[node]:
@@ -250,8 +251,7 @@ class Coordinator:
         outbox, self._outbox = self._outbox, {}
         for node, items in outbox.items():
             chunks = [c for c, _ in items]
-            message = wire.batch_to_proto(chunks, torch.cat([p for _, p in items]))
-            if not self._links[node].send(message):
+            if not self._links[node].send_batch(chunks, torch.cat([p for _, p in items])):
                 for chunk in chunks:
                     self._fail(chunk.request_id, _Reroute(f"stream to {node} is down"))
 

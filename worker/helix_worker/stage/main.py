@@ -13,23 +13,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import torch
 from aiohttp import web
 
 from helix_planner.plan_format import Plan
-from helix_proto import helix_stage_pb2_grpc as pb_grpc
 from helix_worker.envs import Settings
 from helix_worker.errors import ServingError
 from helix_worker.http_base import health_routes, start_site
 from helix_worker.kv_cache import KVCache
-from helix_worker.links import server_options
 from helix_worker.metrics import StageMetrics
 from helix_worker.model_config import parse_dtype
 from helix_worker.readyfile import write_ready_file
 from helix_worker.slice_model import LayerSlice
+from helix_worker.stage.endpoint import StageEndpoint
 from helix_worker.stage.engine import StageEngine
-from helix_worker.stage.server import StageIdentity, StageServicer
+from helix_worker.stage.server import StageIdentity
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +69,7 @@ async def serve_stage(options: StageOptions, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server: grpc.aio.Server | None = None
+    endpoint: StageEndpoint | None = None
     try:
         began = time.perf_counter()
         log.info("%s: loading layers [%d, %d) from %s", options.node, start, end, options.checkpoint)
@@ -84,23 +82,19 @@ async def serve_stage(options: StageOptions, settings: Settings) -> None:
         metrics.kv(kv.usage())
         engine = StageEngine(options.node, model, kv, max_batch_tokens=settings.max_batch_tokens,
                              slowdown=settings.slowdown, observer=metrics)
-        servicer = StageServicer(engine, StageIdentity(options.node, str(options.plan.model.get("name", "")),
-                                                       options.plan.plan_hash),
-                                 max_message_bytes=settings.max_message_bytes)
-        server = grpc.aio.server(options=server_options(settings.max_message_bytes))
-        pb_grpc.add_StageServiceServicer_to_server(servicer, server)
-        port = server.add_insecure_port(f"{options.host}:{options.port}")
-        await server.start()
+        identity = StageIdentity(options.node, str(options.plan.model.get("name", "")), options.plan.plan_hash)
+        endpoint = await StageEndpoint.start(engine, identity, options.host, options.port, settings)
+        port = endpoint.port
         engine_task = asyncio.create_task(engine.run())
         ready.set()
-        log.info("%s: serving layers [%d, %d) on %s:%d (http %d), KV %d tokens, loaded in %.1fs",
-                 options.node, start, end, options.host, port, http_port, tokens, time.perf_counter() - began)
+        log.info("%s: serving layers [%d, %d) on %s:%d (http %d, data channel %s), KV %d tokens, loaded in %.1fs",
+                 options.node, start, end, options.host, port, http_port, endpoint.data_port or "off", tokens,
+                 time.perf_counter() - began)
         if options.ready_file is not None:
             write_ready_file(options.ready_file, {"grpc": port, "http": http_port, "pid": os.getpid()})
         await stop.wait()
         engine_task.cancel()
-        await servicer.close()
     finally:
-        if server is not None:
-            await server.stop(grace=1.0)
+        if endpoint is not None:
+            await endpoint.stop(grace=1.0)
         await runner.cleanup()

@@ -2,9 +2,11 @@
 
 Each upstream peer (the front end, or a previous stage) holds one `Connect` stream and
 names itself in call metadata; the stage writes events addressed to that peer (sampled
-tokens, request failures) onto its stream. Hidden states for the next hop go out through
-one `StreamLink` per next-hop address. If such a link breaks, every request it carried
-gets a ROUTE_BROKEN failure at its front end, which re-routes it.
+tokens, request failures) onto its stream. A peer that offers a data channel and gets one
+sends its messages there; they are handled exactly as those read from the stream, and the
+stream ends when the channel does. Hidden states for the next hop go out through one
+`StreamLink` per next-hop address. If such a link breaks, every request it carried gets a
+ROUTE_BROKEN failure at its front end, which re-routes it.
 """
 
 import asyncio
@@ -16,7 +18,7 @@ import torch
 
 from helix_proto import helix_stage_pb2 as pb
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
-from helix_worker import wire
+from helix_worker import datachannel, wire
 from helix_worker.links import PEER_HEADER, StreamLink
 from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
 from helix_worker.stage.engine import StageEngine
@@ -34,9 +36,13 @@ class StageIdentity:
 class StageServicer(pb_grpc.StageServiceServicer):
     """Also the engine's `Outputs`: routes hidden states onward and events back to peers."""
 
-    def __init__(self, engine: StageEngine, identity: StageIdentity, *, max_message_bytes: int) -> None:
+    def __init__(self, engine: StageEngine, identity: StageIdentity, *, max_message_bytes: int,
+                 data_listener: datachannel.DataListener | None = None) -> None:
+        """With `data_listener`, peers may open data channels to this stage, and its own links
+        to next stages offer them too."""
         self.engine, self.identity = engine, identity
         self.max_message_bytes = max_message_bytes
+        self.data_listener = data_listener
         self._peers: dict[str, asyncio.Queue[pb.StageEvent]] = {}
         self._links: dict[str, StreamLink] = {}
         self._carried: dict[str, dict[str, str]] = {}  # link address -> request id -> reply_to
@@ -45,40 +51,56 @@ class StageServicer(pb_grpc.StageServiceServicer):
         engine.outputs = self
 
     async def Connect(self, request_iterator, context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC name)
-        peer = dict(context.invocation_metadata()).get(PEER_HEADER, context.peer())
+        metadata = dict(context.invocation_metadata())
+        peer = metadata.get(PEER_HEADER, context.peer())
         outbox: asyncio.Queue[pb.StageEvent] = asyncio.Queue()
         self._peers[peer] = outbox
-        await context.send_initial_metadata(())
+        ended = asyncio.get_running_loop().create_future()  # the stream's data channel closed
+        token = None
+        if self.data_listener is not None and metadata.get(datachannel.HEADER) == datachannel.OFFER:
+            token, answer = self.data_listener.expect(self._receive_frame, lambda: _settle(ended))
+            await context.send_initial_metadata(((datachannel.HEADER, answer),))
+        else:
+            await context.send_initial_metadata(())
         reader = asyncio.create_task(self._read(context))
         try:
             while True:
                 getter = asyncio.create_task(outbox.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({getter, reader, ended}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
                     break
                 await context.write(getter.result())
         finally:
             reader.cancel()
+            if token is not None:
+                self.data_listener.withdraw(token)
             if self._peers.get(peer) is outbox:
                 del self._peers[peer]
 
     async def _read(self, context: grpc.aio.ServicerContext) -> None:
         while (message := await context.read()) is not grpc.aio.EOF:
-            if message.HasField("release"):
-                ids = list(message.release.request_ids)
-                self.engine.release(ids)
-                self.forget(ids)
-                continue
-            batch = message.batch
-            try:
-                chunks = [wire.chunk_from_proto(c) for c in batch.chunks]
-                payload = wire.tensor_from_proto(batch.payload)
-            except ValueError as err:
-                for c in batch.chunks:
-                    self.deliver(c.reply_to, [], [Failure(c.request_id, self.identity.node, FailureKind.INVALID, str(err))])
-                continue
-            self.engine.submit(chunks, payload)
+            self._receive(message)
+
+    def _receive_frame(self, header: bytes, data: torch.Tensor | None) -> None:
+        self._receive(pb.StageRequest.FromString(header), data)
+
+    def _receive(self, message: pb.StageRequest, data: torch.Tensor | None = None) -> None:
+        """One message from a peer; `data` holds its payload's bytes when they came apart."""
+        if message.HasField("release"):
+            ids = list(message.release.request_ids)
+            self.engine.release(ids)
+            self.forget(ids)
+            return
+        batch = message.batch
+        try:
+            chunks = [wire.chunk_from_proto(c) for c in batch.chunks]
+            payload = wire.tensor_from_proto(batch.payload, data)
+        except ValueError as err:
+            for c in batch.chunks:
+                self.deliver(c.reply_to, [], [Failure(c.request_id, self.identity.node, FailureKind.INVALID, str(err))])
+            return
+        self.engine.submit(chunks, payload)
 
     async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext) -> pb.StageInfo:  # noqa: N802
         model, usage = self.engine.model, self.engine.kv.usage()
@@ -110,7 +132,7 @@ class StageServicer(pb_grpc.StageServiceServicer):
             link = self._links.get(hop.address)
             if link is None or not link.up:
                 link = StreamLink(hop.address, self.identity.node, max_message_bytes=self.max_message_bytes,
-                                  on_down=self._link_down)
+                                  data_channel=self.data_listener is not None, on_down=self._link_down)
                 try:
                     await link.connect()
                 except (grpc.aio.AioRpcError, TimeoutError) as err:
@@ -124,7 +146,7 @@ class StageServicer(pb_grpc.StageServiceServicer):
         carried = self._carried.setdefault(link.address, {})
         for chunk in chunks:
             carried[chunk.request_id] = chunk.reply_to
-        if not link.send(wire.batch_to_proto(chunks, hidden)):
+        if not link.send_batch(chunks, hidden):
             self._broken(chunks[0].route[0].node, {c.request_id: c.reply_to for c in chunks}, "link down")
 
     def _link_down(self, link: StreamLink) -> None:
@@ -151,3 +173,8 @@ class StageServicer(pb_grpc.StageServiceServicer):
         for link in list(self._links.values()):
             await link.close()
         self._links.clear()
+
+
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
