@@ -29,6 +29,7 @@ ANNOTATION_NODE = "helix.dev/node"
 ANNOTATION_LAYERS = "helix.dev/layers"
 
 WORKER_HTTP_PORT = 8081  # the worker's /healthz, /readyz and /metrics
+WORKER_DATA_PORT = 8082  # the worker's data-channel listener (activations from the previous stage)
 
 PLAN_KEY = "plan.json"
 PLAN_MOUNT_DIR = "/etc/helix"

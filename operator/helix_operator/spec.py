@@ -223,9 +223,9 @@ def _planner(data: dict[str, Any]) -> PlannerSpec:
 def _worker(data: dict[str, Any]) -> WorkerSpec:
     if not data.get("image"):
         raise SpecError("spec.worker.image", "is required: the worker image (e.g. ghcr.io/helix-k8s/worker:0.1.0)")
-    if int(data["port"]) == names.WORKER_HTTP_PORT:
-        raise SpecError("spec.worker.port", f"{names.WORKER_HTTP_PORT} is the worker's health and metrics port; "
-                                            "choose another gRPC port")
+    if int(data["port"]) in (names.WORKER_HTTP_PORT, names.WORKER_DATA_PORT):
+        raise SpecError("spec.worker.port", f"{names.WORKER_HTTP_PORT} and {names.WORKER_DATA_PORT} are the worker's "
+                                            "health/metrics and data-channel ports; choose another gRPC port")
     return WorkerSpec(
         image=data["image"], image_pull_policy=data["imagePullPolicy"], port=int(data["port"]),
         gpu_resource_name=data["gpuResourceName"], resources=data.get("resources") or {},

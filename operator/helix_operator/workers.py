@@ -112,7 +112,8 @@ def build_worker_pod(owner: Mapping[str, Any], spec: ClusterSpec, assignment: As
                     "--model", weights.path, "--host", "0.0.0.0", "--port", str(worker.port),
                     "--http-port", str(names.WORKER_HTTP_PORT)],
         "env": _env(spec, assignment, plan_hash, worker.port),
-        "ports": [{"name": "grpc", "containerPort": worker.port}, {"name": "http", "containerPort": names.WORKER_HTTP_PORT}],
+        "ports": [{"name": "grpc", "containerPort": worker.port}, {"name": "http", "containerPort": names.WORKER_HTTP_PORT},
+                  {"name": "data", "containerPort": names.WORKER_DATA_PORT}],
         "resources": _resources(worker.resources, worker.gpu_resource_name, assignment.gpus),
         "readinessProbe": {"tcpSocket": {"port": worker.port}, "periodSeconds": 5},
         "volumeMounts": [{"name": PLAN_VOLUME, "mountPath": names.PLAN_MOUNT_DIR, "readOnly": True}, *weights.mounts],
@@ -145,6 +146,7 @@ def _env(spec: ClusterSpec, assignment: Assignment, plan_hash: str, port: int) -
         "HELIX_PLAN_HASH": plan_hash,
         "HELIX_MODEL": spec.model.name,
         "HELIX_WORKER_PORT": str(port),
+        "HELIX_DATA_PORT": str(names.WORKER_DATA_PORT),
     }
     if spec.weights_uri:
         values["HELIX_WEIGHTS_URI"] = spec.weights_uri

@@ -50,7 +50,9 @@ def test_worker_pod_is_pinned_and_told_its_layers() -> None:
     assert container["command"] == ["helix", "worker", "--plan", "/etc/helix/plan.json", "--node", "dc-t4-3",
                                     "--model", "/models/random", "--host", "0.0.0.0", "--port", "50051",
                                     "--http-port", "8081"]
-    assert container["ports"] == [{"name": "grpc", "containerPort": 50051}, {"name": "http", "containerPort": 8081}]
+    assert container["ports"] == [{"name": "grpc", "containerPort": 50051}, {"name": "http", "containerPort": 8081},
+                                  {"name": "data", "containerPort": 8082}]
+    assert {"name": "HELIX_DATA_PORT", "value": "8082"} in container["env"]
     assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == ("w-dc-t4-3", "llama-workers")
     env = {e["name"]: e["value"] for e in container["env"]}
     assert (env["HELIX_LAYER_START"], env["HELIX_LAYER_END"], env["HELIX_PLAN_HASH"]) == ("10", "14", "abc123")

@@ -2,6 +2,7 @@
 tensors intact and in order, and a clean fallback to the gRPC stream when it cannot work."""
 
 import asyncio
+import socket
 
 import grpc
 import pytest
@@ -52,9 +53,10 @@ async def endpoint():
     """Start endpoints (data channel per `mode`) with a recorder; all stopped at the end."""
     started: list[StageEndpoint] = []
 
-    async def start(mode: str = "tcp", max_message_bytes: int = 64 * MIB) -> tuple[StageEndpoint, _Recorder]:
+    async def start(mode: str = "tcp", max_message_bytes: int = 64 * MIB,
+                    data_port: int = 0) -> tuple[StageEndpoint, _Recorder]:
         recorder = _Recorder()
-        settings = Settings(data_channel=mode, max_message_bytes=max_message_bytes)
+        settings = Settings(data_channel=mode, max_message_bytes=max_message_bytes, data_port=data_port)
         started.append(await StageEndpoint.start(recorder, StageIdentity("solo", "m", "h"), "127.0.0.1", 0, settings))
         return started[-1], recorder
 
@@ -94,6 +96,20 @@ async def test_either_side_can_keep_to_the_grpc_stream(endpoint, stage_mode: str
     link.send_batch([_chunk("r", 2)], torch.ones(2, 4))
     await recorder.wait_for(1)
     assert torch.equal(recorder.seen[0][1], torch.ones(2, 4))
+    await link.close()
+
+
+async def test_listener_binds_the_configured_port(endpoint) -> None:
+    """Workers in pods listen on a fixed port (HELIX_DATA_PORT), which network policies can open."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    stage, recorder = await endpoint(data_port=free)
+    assert stage.data_port == free
+    link = await _link(stage.port)
+    assert link.transport == "tcp"
+    link.send_batch([_chunk("r", 1)], torch.tensor([7]))
+    await recorder.wait_for(1)
     await link.close()
 
 

@@ -47,8 +47,9 @@ class DataListener:
         self._server: asyncio.Server | None = None
         self.port = 0
 
-    async def start(self, host: str) -> int:
-        self._server = await asyncio.get_running_loop().create_server(lambda: _Receiver(self), host, 0)
+    async def start(self, host: str, port: int = 0) -> int:
+        """Listen on `host:port` (port 0: any free one); returns the port."""
+        self._server = await asyncio.get_running_loop().create_server(lambda: _Receiver(self), host, port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

@@ -33,6 +33,8 @@ class Settings:
     data_channel: str = _setting("tcp", "how messages to stages travel: tcp (a raw TCP side channel each stream "
                                         "negotiates, falling back to the gRPC stream when it cannot connect; a stage "
                                         "accepts it, links offer it) or grpc (the gRPC stream only)")
+    data_port: int = _setting(0, "port a stage's data-channel listener binds; 0: any free port (the operator sets a "
+                                 "fixed one, so that network policies can open it)")
     reconnect_seconds: float = _setting(0.5, "how often the front end probes a stage that went down")
     route_wait_seconds: float = _setting(60.0, "how long a request waits for a usable pipeline before failing")
     step_timeout_seconds: float = _setting(120.0, "a step with no answer by then is re-routed (a lost message)")

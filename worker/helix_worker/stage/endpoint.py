@@ -25,7 +25,7 @@ class StageEndpoint:
         listener = None
         if settings.data_channel == "tcp":
             listener = DataListener(settings.max_message_bytes)
-            await listener.start(host)
+            await listener.start(host, settings.data_port)
         servicer = StageServicer(engine, identity, max_message_bytes=settings.max_message_bytes, data_listener=listener)
         server = grpc.aio.server(options=server_options(settings.max_message_bytes))
         pb_grpc.add_StageServiceServicer_to_server(servicer, server)
