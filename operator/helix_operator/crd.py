@@ -154,6 +154,9 @@ def _planner() -> Schema:
                           "objective); Serving plans once per stage floor and keeps the plan with the best "
                           "simulated decode throughput (the time limit is shared among the floors).",
                           default="MaxFlow"),
+        "sloTtftSeconds": number("Serving objective: the p95 time to first token the chosen plan must meet in "
+                                 "simulation (if any candidate does); unset: the best decode throughput.",
+                                 minimum=0.01, maximum=3600),
         "timeLimitSeconds": number(minimum=0.5, maximum=3600, default=60),
         "mipGap": number(minimum=0, maximum=1, default=0.01),
         "threads": integer(minimum=1, maximum=64, default=2),

@@ -71,8 +71,8 @@ def inputs_key(spec: ClusterSpec, discovery: Discovery, catalog: Catalog) -> Inp
         "model": [spec.model.name, spec.model.num_layers, spec.model.hidden_size, spec.model.bytes_per_layer,
                   spec.model.dtype],
         "network": spec.network,
-        "planner": [planner.throughput_model, planner.objective, planner.time_limit, planner.mip_gap,
-                    planner.churn_weight],
+        "planner": [planner.throughput_model, planner.objective, planner.slo_ttft, planner.time_limit,
+                    planner.mip_gap, planner.churn_weight],
         "gpus": sorted(repr(gpu) for gpu in catalog.gpus.values()),  # GPUProfiles change this, nodes do not
     }
     return InputsKey(_digest(body), discovery.fingerprint)

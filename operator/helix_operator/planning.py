@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from helix_planner.plan_format import Plan
 from helix_planner.planner import PlannerOptions, plan_cluster
 from helix_planner.profiles import Catalog
-from helix_planner.serving_plan import DEFAULT_LENGTHS, plan_for_serving
+from helix_planner.serving_plan import DEFAULT_LENGTHS, ServingObjective, plan_for_serving
 from helix_planner.sim.workload import load_lengths
 
 from helix_operator.discovery import Discovery
@@ -48,7 +48,8 @@ def solve(request: PlanRequest, cancel: threading.Event, logger: logging.Logger)
     options = planner_options(spec.planner)
     if spec.planner.objective == "Serving":
         lengths = load_lengths(DEFAULT_LENGTHS, Path("."))
-        plan, _ = plan_for_serving(cluster, spec.model, options, lengths, previous=request.previous,
+        objective = ServingObjective(ttft_slo=spec.planner.slo_ttft)
+        plan, _ = plan_for_serving(cluster, spec.model, options, lengths, objective, previous=request.previous,
                                    catalog=request.catalog, progress=progress, cancel=cancel)
         return plan
     return plan_cluster(cluster, spec.model, options, previous=request.previous,

@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            f"fixed:IN,OUT; default {DEFAULT_LENGTHS}, Helix's average request)")
     plan.add_argument("--traces", type=Path, help="serving: folder of the reference traces")
     plan.add_argument("--scheduler", default="adaptive", help="serving: scheduler the candidates are simulated with")
+    plan.add_argument("--slo-ttft", type=float,
+                      help="serving: p95 time to first token (s) the chosen plan must meet in simulation, if any can")
     plan.add_argument("-o", "--output", choices=("json", "table", "helix-ini"), default="json",
                       help="the plan document (json, default), a readable table, or Helix's [Solution] .ini")
     plan.add_argument("--svg", type=Path, help="also write a picture of the placement")
@@ -91,7 +93,7 @@ def _plan(args: argparse.Namespace) -> int:
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     if args.objective == "serving":
         lengths = load_lengths(args.lengths, args.traces or default_traces_dir())
-        plan, _ = plan_for_serving(cluster, model, options, lengths, ServingObjective(scheduler=args.scheduler),
+        plan, _ = plan_for_serving(cluster, model, options, lengths, ServingObjective(scheduler=args.scheduler, ttft_slo=args.slo_ttft),
                                    previous=previous, catalog=catalog, progress=progress)
     else:
         plan = plan_cluster(cluster, model, options, previous=previous, catalog=catalog, progress=progress)

@@ -7,8 +7,8 @@ thin stages, and on the paper's clusters those deep pipelines lose decode throug
 time to first token) against shallower ones with less max flow. So this plans once per stage
 floor (`PlannerOptions.min_layer_fraction`: each used node holds at least that share of the
 layers it could), simulates every distinct placement saturated with the given request
-lengths and scheduler, and keeps the highest decode throughput among the candidates whose
-p95 TTFT is within `ttft_slack` of the lowest one. The result is an ordinary plan; its bound
+lengths and scheduler, and keeps the one with the highest decode throughput (among those
+meeting the p95 TTFT target when one is given). The result is an ordinary plan; its bound
 is the unrestricted max-flow bound, so its gap says how much max flow it gives up.
 """
 
@@ -43,7 +43,7 @@ class ServingObjective:
     floors: tuple[float, ...] = FLOORS
     scheduler: str = "adaptive"
     window: SimConfig = field(default_factory=lambda: SimConfig(warmup=60.0, duration=240.0, seed=1))
-    ttft_slack: float = 0.10
+    ttft_slo: float | None = None  # seconds of p95 TTFT a candidate must meet (None: throughput alone)
 
 
 @dataclass(frozen=True)
@@ -87,19 +87,20 @@ def plan_for_serving(cluster: Cluster, model: ModelSpec, options: PlannerOptions
         candidates.append(Candidate(floor, plan, result))
     if not candidates:
         raise InfeasiblePlacement(f"no stage floor gives a placement for {cluster.name!r}")
-    chosen = choose(candidates, objective.ttft_slack)
+    chosen = choose(candidates, objective.ttft_slo)
     say(f"serving    chose floor {chosen.floor:.2f}")
     solver = replace(chosen.plan.solver, method=f"serving(floor {chosen.floor:g}, {chosen.plan.solver.method})",
                      status="simulated-best", time_limit=options.time_limit, seconds=time.monotonic() - started)
     return replace(chosen.plan, upper_bound=max(bound, chosen.plan.throughput), solver=solver), candidates
 
 
-def choose(candidates: list[Candidate], ttft_slack: float) -> Candidate:
-    """Highest decode throughput among candidates with p95 TTFT within the slack of the lowest
-    (a run too short to see a first token counts as infinitely slow)."""
+def choose(candidates: list[Candidate], ttft_slo: float | None) -> Candidate:
+    """Highest decode throughput among the candidates whose p95 TTFT meets `ttft_slo`; the
+    lowest p95 TTFT when none does (a run too short to see a first token never meets it)."""
     def ttft(c: Candidate) -> float:
         return c.result.ttft.p95 if math.isfinite(c.result.ttft.p95) else math.inf
 
-    lowest = min(ttft(c) for c in candidates)
-    fair = [c for c in candidates if ttft(c) <= lowest * (1 + ttft_slack)] or candidates
-    return max(fair, key=lambda c: c.result.decode_throughput)
+    meeting = [c for c in candidates if ttft_slo is None or ttft(c) <= ttft_slo]
+    if not meeting:
+        return min(candidates, key=ttft)
+    return max(meeting, key=lambda c: c.result.decode_throughput)

@@ -27,7 +27,8 @@ def test_default_objective_is_max_flow() -> None:
 
 
 def test_serving_objective_plans_per_stage_floor_and_changes_the_inputs_key() -> None:
-    spec, found, plan = _plan(objective="Serving", timeLimitSeconds=5)
+    spec, found, plan = _plan(objective="Serving", sloTtftSeconds=60, timeLimitSeconds=5)
+    assert spec.planner.slo_ttft == 60
     assert plan.solver.method.startswith("serving(floor ") and plan.solver.status == "simulated-best"
     assert plan.throughput > 0 and plan.pipelines
     max_flow = parse_spec(fleet_spec(timeLimitSeconds=5))

@@ -48,7 +48,7 @@ def test_serving_objective_keeps_the_best_simulated_candidate(reference, catalog
     plan, candidates = plan_for_serving(cluster, model, PlannerOptions(time_limit=6, throughput_model="helix"),
                                         lengths, objective, catalog=catalog, progress=lines.append)
     assert [c.floor for c in candidates] == [0.0, 0.7, 0.85]  # each floor gives its own layout here
-    best = choose(candidates, objective.ttft_slack)
+    best = choose(candidates, objective.ttft_slo)
     assert plan.layout == best.plan.layout and plan.pipelines == best.plan.pipelines
     assert plan.upper_bound == pytest.approx(candidates[0].plan.upper_bound)  # the unrestricted bound
     assert plan.solver.method.startswith(f"serving(floor {best.floor:g}")
@@ -60,18 +60,20 @@ def _candidate(floor: float, decode: float, ttft: float) -> Candidate:
     return Candidate(floor, plan=None, result=result)  # type: ignore[arg-type]
 
 
-def test_choice_trades_throughput_only_within_the_ttft_slack() -> None:
+def test_choice_is_the_best_throughput_meeting_the_ttft_target() -> None:
     fast_start, faster, slow_start = _candidate(0.0, 100, 5.0), _candidate(0.5, 120, 5.4), _candidate(0.7, 200, 9.0)
-    assert choose([fast_start, faster, slow_start], 0.10) is faster
-    assert choose([fast_start, faster, slow_start], 1.0) is slow_start
+    assert choose([fast_start, faster, slow_start], None) is slow_start
+    assert choose([fast_start, faster, slow_start], 6.0) is faster
+    assert choose([fast_start, faster, slow_start], 4.0) is fast_start  # none meets it: the lowest TTFT
     never_started = _candidate(0.85, 300, float("nan"))
-    assert choose([fast_start, never_started], 0.10) is fast_start
-    assert choose([never_started], 0.10) is never_started
+    assert choose([fast_start, never_started], 6.0) is fast_start
+    assert choose([never_started], 6.0) is never_started
 
 
 def test_plan_command_serving_objective(reference) -> None:
     done = helix("plan", str(reference / "clusters" / "small10.ini"), "--model", "llama1-30b", "--throughput-model",
-                 "helix", "--objective", "serving", "--time-limit", "4", "--lengths", "fixed:300,60")
+                 "helix", "--objective", "serving", "--time-limit", "4", "--lengths", "fixed:300,60",
+                 "--slo-ttft", "30")
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
     assert plan["solver"]["method"].startswith("serving(") and plan["solver"]["status"] == "simulated-best"
