@@ -86,6 +86,8 @@ def plan_for_serving(cluster: Cluster, model: ModelSpec, options: PlannerOptions
             f"{max(len(p.stages) for p in plan.pipelines)} stages deep")
         candidates.append(Candidate(floor, plan, result))
     if not candidates:
+        if cancel is not None and cancel.is_set():
+            raise PlanningError("planning was cancelled before any candidate was judged")
         raise InfeasiblePlacement(f"no stage floor gives a placement for {cluster.name!r}")
     chosen = choose(candidates, objective.ttft_slo)
     say(f"serving    chose floor {chosen.floor:.2f}")

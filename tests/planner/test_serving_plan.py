@@ -2,6 +2,7 @@
 
 import json
 import math
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -80,3 +81,12 @@ def test_plan_command_serving_objective(reference) -> None:
     assert "chose floor" in done.stderr
     bad = helix("plan", "--objective", "serving", "--scheduler", "fastest", "--time-limit", "2")
     assert bad.returncode != 0 and "unknown scheduler 'fastest'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cancelled_before_any_candidate_says_so(reference, catalog) -> None:
+    cluster, model, _, _ = reference_case(reference, catalog, "small10")
+    cancelled = threading.Event()
+    cancelled.set()
+    with pytest.raises(PlanningError, match="cancelled"):
+        plan_for_serving(cluster, model, PlannerOptions(time_limit=2, throughput_model="helix"),
+                         load_lengths("fixed:300,60", reference), catalog=catalog, cancel=cancelled)
