@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help=f"serving: request lengths to simulate ({', '.join(LENGTH_TRACES)}, a CSV path, or "
                            f"fixed:IN,OUT; default {DEFAULT_LENGTHS}, Helix's average request)")
     plan.add_argument("--traces", type=Path, help="serving: folder of the reference traces")
-    plan.add_argument("--scheduler", default="adaptive", help="serving: scheduler the candidates are simulated with")
+    plan.add_argument("--scheduler", default="iwrr",
+                      help="serving: scheduler the candidates are simulated with (default iwrr, the front end's)")
     plan.add_argument("--slo-ttft", type=float,
                       help="serving: p95 time to first token (s) the chosen plan must meet in simulation, if any can")
     plan.add_argument("-o", "--output", choices=("json", "table", "helix-ini"), default="json",

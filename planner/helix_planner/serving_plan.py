@@ -41,7 +41,7 @@ class ServingObjective:
     simulator's default seed (0) does not grade it on the sample it was chosen on."""
 
     floors: tuple[float, ...] = FLOORS
-    scheduler: str = "adaptive"
+    scheduler: str = "iwrr"  # the data plane's front end routes by IWRR; `adaptive` exists only in the simulator
     window: SimConfig = field(default_factory=lambda: SimConfig(warmup=60.0, duration=240.0, seed=1))
     ttft_slo: float | None = None  # seconds of p95 TTFT a candidate must meet (None: throughput alone)
 
