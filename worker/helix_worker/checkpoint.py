@@ -68,13 +68,19 @@ def read_json(path: Path, missing: str) -> Any:
         raise ServingError(f"cannot read {path}: {err}") from None
 
 
+def index_weight_map(index: Path) -> dict[str, str]:
+    """Tensor name -> shard file, from a sharded checkpoint's index."""
+    data = read_json(index, f"{index} vanished")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ServingError(f"{index} has no weight_map")
+    return dict(weight_map)
+
+
 def _weight_map(directory: Path) -> dict[str, str]:
     index = directory / INDEX_FILE
     if index.exists():
-        weight_map = read_json(index, f"{index} vanished").get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ServingError(f"{index} has no weight_map")
-        return dict(weight_map)
+        return index_weight_map(index)
     single = directory / SINGLE_FILE
     if not single.exists():
         raise ServingError(f"{directory} holds neither {SINGLE_FILE} nor {INDEX_FILE}")

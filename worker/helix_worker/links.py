@@ -121,11 +121,7 @@ class StreamLink:
         return True
 
     async def close(self) -> None:
-        self.up = False
-        self._queue.put_nowait(None)
-        if self._data is not None:
-            self._data.close()
-            self._data = None
+        self._stop_sending()
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
@@ -163,10 +159,14 @@ class StreamLink:
     def _went_down(self) -> None:
         if not self.up:
             return
+        self._stop_sending()
+        if self._on_down is not None:
+            self._on_down(self)
+
+    def _stop_sending(self) -> None:
+        """Mark the link down, end the gRPC request stream and close the data channel."""
         self.up = False
         self._queue.put_nowait(None)
         if self._data is not None:
             self._data.close()
             self._data = None
-        if self._on_down is not None:
-            self._on_down(self)

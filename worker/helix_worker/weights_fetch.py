@@ -14,7 +14,6 @@ download redirects to). s3://BUCKET[/PREFIX] reads with AWS Signature V4 when ke
 anonymously otherwise; AWS_ENDPOINT_URL(_S3) selects an S3-compatible endpoint, path-style.
 """
 
-import json
 import os
 import re
 import shutil
@@ -29,7 +28,7 @@ from typing import Any, Protocol
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote, urlsplit
 
-from helix_worker.checkpoint import INDEX_FILE, SINGLE_FILE
+from helix_worker.checkpoint import INDEX_FILE, SINGLE_FILE, index_weight_map, read_json
 from helix_worker.errors import ServingError
 from helix_worker.sigv4 import Credentials, signed_headers
 
@@ -162,10 +161,9 @@ def fetch(source: Source, directory: Path, layers: tuple[int, int] | None, *, we
     if not weights:
         return have
     if get(INDEX_FILE, optional=True):
-        weight_map = _weight_map(directory / INDEX_FILE)
-        config = _read_json(directory / CONFIG_FILE)
+        weight_map = index_weight_map(directory / INDEX_FILE)
         shards = sorted(set(weight_map.values())) if layers is None else needed_shards(
-            weight_map, layers, _num_layers(config), bool(config.get("tie_word_embeddings")))
+            weight_map, layers, *_model_shape(read_json(directory / CONFIG_FILE, f"{CONFIG_FILE} vanished")))
         have.append(INDEX_FILE)
     else:
         shards = [SINGLE_FILE]
@@ -226,25 +224,9 @@ def _download(opener: urllib.request.OpenerDirector, source: Source, name: str, 
     raise ServingError(f"cannot fetch {name} from {source.uri} after {ATTEMPTS} attempts: {problem}")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _model_shape(config: Any) -> tuple[int, bool]:
+    """(layer count, tied embeddings) from config.json."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ServingError(f"cannot read {path}: {err}") from None
-    if not isinstance(data, dict):
-        raise ServingError(f"{path} is not a JSON object")
-    return data
-
-
-def _weight_map(index: Path) -> dict[str, str]:
-    weight_map = _read_json(index).get("weight_map")
-    if not isinstance(weight_map, dict):
-        raise ServingError(f"{index} has no weight_map")
-    return weight_map
-
-
-def _num_layers(config: Mapping[str, Any]) -> int:
-    try:
-        return int(config["num_hidden_layers"])
-    except (KeyError, TypeError, ValueError):
+        return int(config["num_hidden_layers"]), bool(config.get("tie_word_embeddings"))
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise ServingError("config.json has no num_hidden_layers: is it a Llama-family checkpoint?") from None
