@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from helix_dev.client import Api, path_of, pod_path
+from helix_operator.meta import condition_true
 
 TEMPLATE_HASH = "pod-template-hash"
 TERMINAL = ("Failed", "Succeeded")
@@ -23,8 +24,7 @@ def template_hash(template: Mapping[str, Any]) -> str:
 
 
 def _ready(pod: Mapping[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
+    return condition_true(pod.get("status"), "Ready")
 
 
 def _count(value: Any, replicas: int, default: int) -> int:

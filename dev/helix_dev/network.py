@@ -19,6 +19,8 @@ import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from helix_operator.meta import condition_true
+
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 CLUSTER_DOMAIN = "cluster.local"
@@ -179,7 +181,7 @@ def _selected(pod: Mapping[str, Any], namespace: str, selector: Mapping[str, str
         return False
     if not selector.items() <= (metadata.get("labels") or {}).items():
         return False
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return condition_true(status, "Ready")
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -11,14 +11,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from helix_dev.client import Api, pod_path
+from helix_operator.meta import condition_true
 
 TERMINAL = ("Failed", "Succeeded")
 STANDARD_RESOURCES = ("cpu", "memory", "ephemeral-storage", "pods")
 
 
 def _ready(node: Mapping[str, Any]) -> bool:
-    conditions = (node.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return condition_true(node.get("status"), "Ready")
 
 
 def _matches(expression: Mapping[str, Any], value: str | None) -> bool:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from helix_dev.fleet import GPU_PRODUCT, REGION, SLOWDOWN
+from helix_operator.meta import condition_true
 
 
 @dataclass
@@ -20,8 +21,7 @@ class Snapshot:
 
 
 def _ready(pod: Mapping[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
+    return condition_true(pod.get("status"), "Ready")
 
 
 def _pod_line(pod: Mapping[str, Any]) -> str:

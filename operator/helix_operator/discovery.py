@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping
 from helix_planner.errors import PlanningError
 from helix_planner.profiles import Catalog
 
+from helix_operator.meta import condition_true
 from helix_operator.spec import PoolSpec, Requirement
 
 # Tried in order when a pool names neither gpuType nor gpuTypeLabel.
@@ -43,7 +44,7 @@ def node_facts(body: Mapping[str, Any]) -> NodeFacts:
     """Summarise a Node object: labels, Ready condition, cordon, allocatable GPUs."""
     metadata = body.get("metadata") or {}
     status = body.get("status") or {}
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    ready = condition_true(status, "Ready")
     capacity = {}
     for key, value in (status.get("allocatable") or {}).items():
         if "gpu" in key and str(value).isdigit():

@@ -9,6 +9,11 @@ from helix_operator import names
 MANAGED_BY = "helix-operator"
 
 
+def condition_true(status: Mapping[str, Any] | None, kind: str) -> bool:
+    """Whether an object's `status` lists condition `kind` as "True" (Ready, FrontendReady...)."""
+    return any(c.get("type") == kind and c.get("status") == "True" for c in (status or {}).get("conditions") or [])
+
+
 def dns_name(*parts: str, limit: int = 63) -> str:
     """Join parts into a DNS-1123 label; too long, it keeps a readable head and a hash tail."""
     text = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from helix_operator import events, names
 from helix_operator.kube import ApiError, Kube, Ref
-from helix_operator.meta import selector
+from helix_operator.meta import condition_true, selector
 from helix_operator.spec import SpecError, parse_spec
 
 COUNTER = "helix_generated_tokens"  # the front end's counter of sampled tokens (helix_worker.metrics)
@@ -43,7 +43,7 @@ def pod_ip_address(pod: Mapping[str, Any], port: int) -> str | None:
 
 def frontend_ready(status: Mapping[str, Any], **_: Any) -> bool:
     """kopf `when` filter: the observation timer runs only while the front end is ready."""
-    return any(c.get("type") == "FrontendReady" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return condition_true(status, "FrontendReady")
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,4 @@ class Observer:
 
 def _serving(pod: Mapping[str, Any]) -> bool:
     """Ready and not terminating: the pods clients reach through the Service."""
-    metadata, status = pod.get("metadata") or {}, pod.get("status") or {}
-    return not metadata.get("deletionTimestamp") and any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return not (pod.get("metadata") or {}).get("deletionTimestamp") and condition_true(pod.get("status"), "Ready")

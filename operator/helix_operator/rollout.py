@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 
 from helix_operator import names
 from helix_operator.crd import ROLLOUT_STATES
+from helix_operator.meta import condition_true
 from helix_operator.replacement import Pipelines, replacement_batch
 from helix_operator.workers import Assignment, pod_assignment
 
@@ -39,7 +40,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
         return None
     metadata, status = pod.get("metadata") or {}, pod.get("status") or {}
     labels = metadata.get("labels") or {}
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    ready = condition_true(status, "Ready")
     return PodView(
         name=metadata["name"], key=key, plan_hash=labels.get(names.LABEL_PLAN_HASH, ""), ready=ready,
         deleting=bool(metadata.get("deletionTimestamp")), failed=status.get("phase") in ("Failed", "Succeeded"),
