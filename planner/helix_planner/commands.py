@@ -45,7 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--scheduler", default="iwrr",
                       help="serving: scheduler the candidates are simulated with (default iwrr, the front end's)")
     plan.add_argument("--slo-ttft", type=float,
-                      help="serving: p95 time to first token (s) the chosen plan must meet in simulation, if any can")
+                      help="serving: p95 time to first token (s) the chosen plan must meet in simulation, if any "
+                           "can; a placement that misses it is also tried with fewer requests admitted at once, and "
+                           "the plan carries that cap (maxInFlight)")
+    plan.add_argument("--judge-seeds", type=int, default=1,
+                      help="serving: simulations per candidate, averaged (default 1; more steady a TTFT target)")
     plan.add_argument("-o", "--output", choices=("json", "table", "helix-ini"), default="json",
                       help="the plan document (json, default), a readable table, or Helix's [Solution] .ini")
     plan.add_argument("--svg", type=Path, help="also write a picture of the placement")
@@ -94,8 +98,11 @@ def _plan(args: argparse.Namespace) -> int:
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     if args.objective == "serving":
         lengths = load_lengths(args.lengths, args.traces or default_traces_dir())
-        plan, _ = plan_for_serving(cluster, model, options, lengths, ServingObjective(scheduler=args.scheduler, ttft_slo=args.slo_ttft),
-                                   previous=previous, catalog=catalog, progress=progress)
+        if args.judge_seeds < 1:
+            raise PlanningError(f"--judge-seeds {args.judge_seeds}: give at least 1")
+        objective = ServingObjective(scheduler=args.scheduler, ttft_slo=args.slo_ttft, seeds=args.judge_seeds)
+        plan, _ = plan_for_serving(cluster, model, options, lengths, objective, previous=previous, catalog=catalog,
+                                   progress=progress)
     else:
         plan = plan_cluster(cluster, model, options, previous=previous, catalog=catalog, progress=progress)
     if args.output == "json":

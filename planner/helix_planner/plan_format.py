@@ -2,7 +2,9 @@
 ConfigMap holds and workers and the front end load.
 
 Layer ranges are half-open `[start, end)`. `planHash` identifies the placement (what runs);
-`inputsHash` identifies what was planned for (cluster, model, settings).
+`inputsHash` identifies what was planned for (cluster, model, settings). `maxInFlight`, when
+set, caps the requests the front end admits at once (the serving objective's way to meet a
+time-to-first-token target); being part of what runs, it is part of `planHash`.
 """
 
 import hashlib
@@ -58,6 +60,7 @@ class Plan:
     solver: SolverReport
     inputs_hash: str
     bottlenecks: list[str] = field(default_factory=list)
+    max_in_flight: int | None = None  # front-end admission cap the serving objective chose for a TTFT target
 
     @property
     def gap(self) -> float | None:
@@ -72,12 +75,14 @@ class Plan:
 
     @property
     def plan_hash(self) -> str:
-        """Hash of what runs: model, placement and pipelines (not timings or bounds)."""
-        body = {
+        """Hash of what runs: model, placement, pipelines and admission cap (not timings or bounds)."""
+        body: dict[str, Any] = {
             "model": self.model.get("name"),
             "layout": sorted((n.name, n.start, n.end) for n in self.nodes),
             "pipelines": [[(s.node, s.start, s.end) for s in p.stages] for p in self.pipelines],
         }
+        if self.max_in_flight is not None:
+            body["maxInFlight"] = self.max_in_flight
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,6 +113,7 @@ class Plan:
                 for p in self.pipelines
             ],
             "bottlenecks": self.bottlenecks,
+            "maxInFlight": self.max_in_flight,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -146,10 +152,19 @@ def plan_from_dict(data: dict[str, Any]) -> Plan:
                                 time_limit=solver.get("timeLimit"), threads=solver.get("threads")),
             inputs_hash=str(data.get("inputsHash", "")),
             bottlenecks=list(data.get("bottlenecks", [])),
+            max_in_flight=_positive_or_none(data.get("maxInFlight"), "maxInFlight"),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise PlanningError(f"plan document is malformed ({err!r}); regenerate it with `helix plan -o json`") from None
     return plan
+
+
+def _positive_or_none(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer or null, got {value!r}")
+    return value
 
 
 def load_plan(text: str) -> Plan:

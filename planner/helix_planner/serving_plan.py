@@ -10,9 +10,16 @@ layers it could), simulates every distinct placement saturated with the given re
 lengths and scheduler, and keeps the one with the highest decode throughput (among those
 meeting the p95 TTFT target when one is given). The result is an ordinary plan; its bound
 is the unrestricted max-flow bound, so its gap says how much max flow it gives up.
+
+Saturated, a placement runs as many requests as KV room allows, and the last of them add
+more time to first token (bigger decode batches ahead of every prompt, at every stage) than
+decode throughput. So a placement that misses the TTFT target is also judged with the front
+end admitting fewer requests at once (`CAP_FRACTIONS` of what it held saturated), and the
+plan carries the cap that met the target (`Plan.max_in_flight`).
 """
 
 import math
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -25,12 +32,12 @@ from helix_planner.plan_format import Plan
 from helix_planner.planner import PlannerOptions, plan_cluster
 from helix_planner.profiles import Catalog
 from helix_planner.sim.inputs import scenario_from_plan
-from helix_planner.sim.metrics import SimResult
 from helix_planner.sim.schedulers import scheduler_class
 from helix_planner.sim.simulation import SimConfig, Simulation
 from helix_planner.sim.workload import LengthTrace
 
 FLOORS = (0.0, 0.3, 0.5, 0.7, 0.85)
+CAP_FRACTIONS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)  # admission caps tried, as shares of the requests a placement held saturated
 DEFAULT_LENGTHS = "fixed:750,240"  # Helix's average request (prompt, output tokens)
 
 
@@ -44,13 +51,18 @@ class ServingObjective:
     scheduler: str = "iwrr"  # the data plane's front end routes by IWRR; `adaptive` exists only in the simulator
     window: SimConfig = field(default_factory=lambda: SimConfig(warmup=60.0, duration=240.0, seed=1))
     ttft_slo: float | None = None  # seconds of p95 TTFT a candidate must meet (None: throughput alone)
+    seeds: int = 1  # runs per candidate (seeds window.seed, +1, ...): one run's p95 TTFT moves by about ±10%
 
 
 @dataclass(frozen=True)
 class Candidate:
+    """A plan and how it did: means over the judging runs."""
+
     floor: float
     plan: Plan
-    result: SimResult
+    decode_throughput: float
+    ttft_p95: float
+    in_flight: float  # requests admitted at the end of a saturated run
 
 
 def plan_for_serving(cluster: Cluster, model: ModelSpec, options: PlannerOptions, lengths: LengthTrace,
@@ -79,30 +91,51 @@ def plan_for_serving(cluster: Cluster, model: ModelSpec, options: PlannerOptions
         bound = bound or plan.upper_bound
         if any(c.plan.layout == plan.layout for c in candidates):
             continue
-        scenario = scenario_from_plan(plan, cluster, model, catalog, f"{cluster.name}: floor {floor:.2f}")
-        result = Simulation(scenario, objective.scheduler, objective.window, lengths).run()
+        saturated = judge(plan, floor, objective, cluster, model, catalog, lengths)
         say(f"serving    floor {floor:.2f}: max flow {plan.throughput:9.1f}  simulated decode "
-            f"{result.decode_throughput:8.1f} tok/s  p95 TTFT {result.ttft.p95:6.1f} s  "
+            f"{saturated.decode_throughput:8.1f} tok/s  p95 TTFT {saturated.ttft_p95:6.1f} s  "
             f"{max(len(p.stages) for p in plan.pipelines)} stages deep")
-        candidates.append(Candidate(floor, plan, result))
+        candidates.append(saturated)
+        if objective.ttft_slo is None or saturated.ttft_p95 <= objective.ttft_slo:
+            continue
+        held = round(saturated.in_flight)
+        for cap in sorted({max(1, round(f * held)) for f in CAP_FRACTIONS} - {held}, reverse=True):
+            capped = judge(replace(plan, max_in_flight=cap), floor, objective, cluster, model, catalog, lengths)
+            say(f"serving    floor {floor:.2f}, at most {cap} in flight: simulated decode "
+                f"{capped.decode_throughput:8.1f} tok/s  p95 TTFT {capped.ttft_p95:6.1f} s")
+            candidates.append(capped)
+            if capped.ttft_p95 <= objective.ttft_slo:
+                break
     if not candidates:
         if cancel is not None and cancel.is_set():
             raise PlanningError("planning was cancelled before any candidate was judged")
         raise InfeasiblePlacement(f"no stage floor gives a placement for {cluster.name!r}")
     chosen = choose(candidates, objective.ttft_slo)
-    say(f"serving    chose floor {chosen.floor:.2f}")
-    solver = replace(chosen.plan.solver, method=f"serving(floor {chosen.floor:g}, {chosen.plan.solver.method})",
+    cap = chosen.plan.max_in_flight
+    say(f"serving    chose floor {chosen.floor:.2f}" + (f", at most {cap} requests in flight" if cap else ""))
+    shape = f"floor {chosen.floor:g}" + (f", max {cap} in flight" if cap else "")
+    solver = replace(chosen.plan.solver, method=f"serving({shape}, {chosen.plan.solver.method})",
                      status="simulated-best", time_limit=options.time_limit, seconds=time.monotonic() - started)
     return replace(chosen.plan, upper_bound=max(bound, chosen.plan.throughput), solver=solver), candidates
+
+
+def judge(plan: Plan, floor: float, objective: ServingObjective, cluster: Cluster, model: ModelSpec,
+          catalog: Catalog, lengths: LengthTrace) -> Candidate:
+    """`plan` simulated saturated with the objective's scheduler, window and seeds."""
+    scenario = scenario_from_plan(plan, cluster, model, catalog, f"{cluster.name}: floor {floor:.2f}")
+    runs = [Simulation(scenario, objective.scheduler, replace(objective.window, seed=objective.window.seed + i),
+                       lengths).run() for i in range(objective.seeds)]
+    return Candidate(floor, plan, statistics.mean(r.decode_throughput for r in runs),
+                     statistics.mean(r.ttft.p95 for r in runs), statistics.mean(r.in_flight_at_end for r in runs))
 
 
 def choose(candidates: list[Candidate], ttft_slo: float | None) -> Candidate:
     """Highest decode throughput among the candidates whose p95 TTFT meets `ttft_slo`; the
     lowest p95 TTFT when none does (a run too short to see a first token never meets it)."""
     def ttft(c: Candidate) -> float:
-        return c.result.ttft.p95 if math.isfinite(c.result.ttft.p95) else math.inf
+        return c.ttft_p95 if math.isfinite(c.ttft_p95) else math.inf
 
     meeting = [c for c in candidates if ttft_slo is None or ttft(c) <= ttft_slo]
     if not meeting:
         return min(candidates, key=ttft)
-    return max(meeting, key=lambda c: c.result.decode_throughput)
+    return max(meeting, key=lambda c: c.decode_throughput)

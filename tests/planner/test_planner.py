@@ -1,6 +1,7 @@
 """plan_cluster end to end: optimality on the paper's small case, plan documents, bad input."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from plankit import reference_case
@@ -41,6 +42,13 @@ def test_plan_document_round_trips_and_pipelines_carry_the_flow(reference, catal
     for pipeline in plan.pipelines:
         assert pipeline.stages[0].start == 0 and pipeline.stages[-1].end == model.num_layers
         assert all(a.end == b.start for a, b in zip(pipeline.stages, pipeline.stages[1:]))
+    assert document["maxInFlight"] is None and again.max_in_flight is None
+    capped = replace(plan, max_in_flight=300)
+    assert load_plan(capped.to_json()).max_in_flight == 300
+    assert capped.plan_hash != plan.plan_hash  # the front end runs differently, so a rollout must see it
+    for bad in (0, -5, "many", 2.5):
+        with pytest.raises(PlanningError, match="maxInFlight must be a positive integer"):
+            load_plan(json.dumps({**document, "maxInFlight": bad}))
 
 
 def test_replan_from_previous_plan_keeps_nodes_in_place(reference, catalog) -> None:

@@ -3,7 +3,7 @@
 import json
 import math
 import threading
-from types import SimpleNamespace
+from dataclasses import replace
 
 import pytest
 from plankit import reference_case
@@ -11,7 +11,7 @@ from test_plan_cli import helix
 
 from helix_planner.errors import PlanningError
 from helix_planner.planner import PlannerOptions, plan_cluster
-from helix_planner.serving_plan import Candidate, ServingObjective, choose, plan_for_serving
+from helix_planner.serving_plan import Candidate, ServingObjective, choose, judge, plan_for_serving
 from helix_planner.sim.simulation import SimConfig
 from helix_planner.sim.workload import load_lengths
 from helix_planner.throughput.min_layers import MinLayersCapacityModel
@@ -55,10 +55,35 @@ def test_serving_objective_keeps_the_best_simulated_candidate(reference, catalog
     assert plan.solver.method.startswith(f"serving(floor {best.floor:g}")
     assert sum("simulated decode" in line for line in lines) == 3 and "chose floor" in lines[-1]
 
+    # With more seeds a candidate's figures are the means of one run per seed.
+    each = [judge(best.plan, best.floor, replace(objective, window=replace(SHORT, seed=seed)), cluster, model,
+                  catalog, lengths) for seed in (SHORT.seed, SHORT.seed + 1)]
+    both = judge(best.plan, best.floor, replace(objective, seeds=2), cluster, model, catalog, lengths)
+    assert each[0].decode_throughput != each[1].decode_throughput
+    assert both.decode_throughput == pytest.approx((each[0].decode_throughput + each[1].decode_throughput) / 2)
+    assert both.ttft_p95 == pytest.approx((each[0].ttft_p95 + each[1].ttft_p95) / 2)
+
+
+def test_a_placement_missing_the_ttft_target_is_judged_again_with_fewer_requests_at_once(reference,
+                                                                                        catalog) -> None:
+    cluster, model, _, _ = reference_case(reference, catalog, "small10")
+    lengths = load_lengths("azure-conv", reference / "traces")
+    saturated = plan_for_serving(cluster, model, PlannerOptions(time_limit=4, throughput_model="helix"), lengths,
+                                 ServingObjective(floors=(0.0,), window=SHORT), catalog=catalog)[1][0]
+    target = 0.9 * saturated.ttft_p95
+    plan, candidates = plan_for_serving(cluster, model, PlannerOptions(time_limit=4, throughput_model="helix"),
+                                        lengths, ServingObjective(floors=(0.0,), window=SHORT, ttft_slo=target),
+                                        catalog=catalog)
+    caps = [c.plan.max_in_flight for c in candidates[1:]]
+    assert candidates[0].plan.max_in_flight is None and caps and all(cap < saturated.in_flight for cap in caps)
+    assert caps == sorted(set(caps), reverse=True)  # fewer each time, until one meets the target
+    meeting = [c for c in candidates if c.ttft_p95 <= target]
+    assert meeting == [candidates[-1]]  # the search stops at the first cap that meets it
+    assert plan.max_in_flight == caps[-1] and f"max {caps[-1]} in flight" in plan.solver.method
+
 
 def _candidate(floor: float, decode: float, ttft: float) -> Candidate:
-    result = SimpleNamespace(decode_throughput=decode, ttft=SimpleNamespace(p95=ttft))
-    return Candidate(floor, plan=None, result=result)  # type: ignore[arg-type]
+    return Candidate(floor, plan=None, decode_throughput=decode, ttft_p95=ttft, in_flight=10)  # type: ignore[arg-type]
 
 
 def test_choice_is_the_best_throughput_meeting_the_ttft_target() -> None:
@@ -81,6 +106,8 @@ def test_plan_command_serving_objective(reference) -> None:
     assert "chose floor" in done.stderr
     bad = helix("plan", "--objective", "serving", "--scheduler", "fastest", "--time-limit", "2")
     assert bad.returncode != 0 and "unknown scheduler 'fastest'" in bad.stderr and "Traceback" not in bad.stderr
+    none = helix("plan", "--objective", "serving", "--judge-seeds", "0", "--time-limit", "2")
+    assert none.returncode != 0 and "--judge-seeds 0: give at least 1" in none.stderr
 
 
 def test_cancelled_before_any_candidate_says_so(reference, catalog) -> None:

@@ -1,5 +1,7 @@
 """The simulator's building blocks on toy clusters whose answers can be worked out by hand."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -105,6 +107,17 @@ def test_requests_that_would_overflow_a_kv_cache_wait_and_are_all_served() -> No
     assert result.ttft_values == pytest.approx([LAYERS * PROMPT(100) + i * per_request for i in range(3)])
     assert result.nodes[0].kv_max <= 1.0
     assert sim.nodes["a"].kv.reserved == pytest.approx(0.0) and sim.nodes["a"].kv.used == pytest.approx(0.0)
+
+
+def test_the_plans_admission_cap_holds_requests_at_the_front_end() -> None:
+    plenty = toy_scenario({"a": (0, LAYERS)}, [(["a"], 1.0)])
+    config = SimConfig(mode="online", warmup=0.0, duration=5.0, arrivals=np.zeros(3))
+    together = Simulation(plenty, "iwrr", config, fixed(100, 11)).run()
+    capped = Simulation(replace(plenty, max_in_flight=1), "iwrr", config, fixed(100, 11)).run()
+    per_request = LAYERS * PROMPT(100) + 10 * LAYERS * DECODE(1)
+    assert capped.completed == together.completed == 3
+    assert capped.ttft_values == pytest.approx([LAYERS * PROMPT(100) + i * per_request for i in range(3)])
+    assert max(together.ttft_values) < capped.ttft_values[1]  # uncapped, none waits for another to finish
 
 
 def test_a_request_longer_than_every_kv_cache_is_rejected_and_reported() -> None:

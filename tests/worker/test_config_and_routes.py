@@ -21,6 +21,9 @@ def test_settings_come_from_helix_variables_with_overrides() -> None:
     assert Settings.from_env({"HELIX_DATA_CHANNEL": "grpc"}).data_channel == "grpc"
     with pytest.raises(ServingError, match="HELIX_DATA_CHANNEL='TCP': use one of tcp, grpc"):
         Settings.from_env({"HELIX_DATA_CHANNEL": "TCP"})
+    assert Settings.from_env({"HELIX_MAX_IN_FLIGHT": "8"}).max_in_flight == 8
+    with pytest.raises(ServingError, match="HELIX_MAX_IN_FLIGHT=-1: give a positive number"):
+        Settings.from_env({"HELIX_MAX_IN_FLIGHT": "-1"})
 
 
 def test_manual_plans_must_cover_all_layers() -> None:

@@ -39,6 +39,8 @@ class Settings:
     route_wait_seconds: float = _setting(60.0, "how long a request waits for a usable pipeline before failing")
     step_timeout_seconds: float = _setting(120.0, "a step with no answer by then is re-routed (a lost message)")
     max_queue: int = _setting(1024, "requests the front end holds waiting for KV cache before refusing more")
+    max_in_flight: int = _setting(0, "requests the front end runs at once (more wait in its queue); 0: the plan's "
+                                     "maxInFlight, or KV room alone when the plan sets none")
     drain_seconds: float = _setting(30.0, "after SIGTERM, how long the front end lets requests in flight finish")
 
     @classmethod
@@ -56,6 +58,9 @@ class Settings:
         if settings.data_channel not in DATA_CHANNELS:
             raise ServingError(f"{env_name('data_channel')}={settings.data_channel!r}: "
                                f"use one of {', '.join(DATA_CHANNELS)}")
+        if settings.max_in_flight < 0:
+            raise ServingError(f"{env_name('max_in_flight')}={settings.max_in_flight}: give a positive number of "
+                               "requests, or 0 for the plan's limit")
         return settings
 
 

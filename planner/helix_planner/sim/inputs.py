@@ -70,4 +70,5 @@ def scenario_from_plan(plan: Plan, cluster: Cluster, model: ModelSpec, catalog: 
             raise PlanningError(f"plan/cluster mismatch: plan node {node.name} is a {node.gpu_type}, "
                                 f"the cluster says {gpu}")
     return Scenario(label, cluster, model, catalog, plan.layout, plan.pipelines,
-                    any(s.start != plan.layout[s.node][0] for p in plan.pipelines for s in p.stages))
+                    any(s.start != plan.layout[s.node][0] for p in plan.pipelines for s in p.stages),
+                    plan.max_in_flight)

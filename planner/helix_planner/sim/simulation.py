@@ -44,6 +44,7 @@ class Scenario:
     layout: dict[str, tuple[int, int]]
     pipelines: list[Pipeline]
     partial_inference: bool = False
+    max_in_flight: int | None = None  # the plan's front-end admission cap
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ class Simulation:
         A KV-unaware scheduler's choice is kept while the request waits for room on it.
         """
         now, admitted = self.queue.now, []
-        cap = self.config.max_in_flight or float("inf")
+        caps = [c for c in (self.config.max_in_flight, self.scenario.max_in_flight) if c]
+        cap = min(caps) if caps else float("inf")
         while self.waiting and self.in_flight < cap and len(admitted) < limit:
             request = self.waiting[0]
             if not request.route:

@@ -74,6 +74,7 @@ class Coordinator:
         self._probes: dict[str, asyncio.Task] = {}
         self._changed = asyncio.Event()  # replaced on every change; waiters hold the old one
         self._queued = 0
+        self.max_in_flight = settings.max_in_flight or plan.max_in_flight  # None: KV room alone decides
         self.draining = False
 
     # Lifecycle -----------------------------------------------------------------------------
@@ -191,19 +192,22 @@ class Coordinator:
             self.metrics.in_flight.dec()
 
     async def _admit(self, need: int) -> Route:
-        """Reserve `need` KV tokens on a route, waiting (FIFO-ish) while every route is full or down."""
+        """Reserve `need` KV tokens on a route, waiting (FIFO-ish) while every route is full or down
+        or `max_in_flight` requests hold one."""
         if self._queued >= self.settings.max_queue:
             raise Unavailable(f"{self._queued} requests are already waiting; retry later")
         deadline = time.monotonic() + self.settings.route_wait_seconds
         self._queued += 1
         self.metrics.queued.set(self._queued)
         try:
-            while (route := self.routes.choose(need)) is None:
+            while (route := self._next_route(need)) is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     down = [n for n, up in self.routes.up.items() if not up]
-                    raise Unavailable(f"no pipeline could take the request within {self.settings.route_wait_seconds:.0f}s"
-                                      + (f" (down: {', '.join(down)})" if down else " (KV caches full)"))
+                    why = (f"down: {', '.join(down)}" if down else
+                           f"{self.admitted} requests in flight, the limit" if self._at_limit() else "KV caches full")
+                    raise Unavailable(f"no pipeline could take the request within "
+                                      f"{self.settings.route_wait_seconds:.0f}s ({why})")
                 try:
                     await asyncio.wait_for(self._changed.wait(), remaining)
                 except TimeoutError:
@@ -214,6 +218,17 @@ class Coordinator:
         finally:
             self._queued -= 1
             self.metrics.queued.set(self._queued)
+
+    @property
+    def admitted(self) -> int:
+        """Requests holding a route (and its KV reservation) now; queued ones are not counted."""
+        return len(self._active)
+
+    def _at_limit(self) -> bool:
+        return self.max_in_flight is not None and self.admitted >= self.max_in_flight
+
+    def _next_route(self, need: int) -> Route | None:
+        return None if self._at_limit() else self.routes.choose(need)
 
     async def _step(self, route: Route, chunk: Chunk, ids: list[int]) -> Sampled:
         if not self.routes.usable(route):
