@@ -177,7 +177,8 @@ def _planned(case: str, catalog: Catalog, lengths: LengthTrace, time_limit: floa
     model = get_model("llama2-70b")
     options = PlannerOptions(time_limit=time_limit, throughput_model="helix")
     helix = load_scenario(str(REFERENCE / "clusters" / f"{case}.ini"),
-                          str(REFERENCE / "layouts" / f"{case}-llama70b" / "helix.ini"), catalog, throughput_model="helix")
+                          str(REFERENCE / "layouts" / f"{case}-llama70b" / "helix.ini"), catalog,
+                          throughput_model="helix")
     slo = statistics.mean(Simulation(helix, "iwrr", replace(objective.window, seed=objective.window.seed + i),
                                      lengths).run().ttft.p95 for i in range(objective.seeds))
     plan, candidates = plan_for_serving(cluster, model, options, lengths, replace(objective, ttft_slo=slo),

@@ -37,7 +37,8 @@ from helix_planner.sim.simulation import SimConfig, Simulation
 from helix_planner.sim.workload import LengthTrace
 
 FLOORS = (0.0, 0.3, 0.5, 0.7, 0.85)
-CAP_FRACTIONS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)  # admission caps tried, as shares of the requests a placement held saturated
+# Admission caps tried on a placement that misses the TTFT target, as shares of the requests it held saturated.
+CAP_FRACTIONS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
 DEFAULT_LENGTHS = "fixed:750,240"  # Helix's average request (prompt, output tokens)
 
 

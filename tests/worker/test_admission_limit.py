@@ -43,7 +43,8 @@ async def test_plan_cap_holds_requests_back_without_losing_any(tmp_path: Path, c
     endpoints = await asyncio.to_thread(start_workers, fleet, plan, plan_path, checkpoint)
     expected = [ReferenceModel(checkpoint).greedy(p, MAX_TOKENS).tokens for p in PROMPTS]
     limits = ModelLimits(vocab_size=380, max_positions=2048)
-    for cap, settings, most_allowed in ((1, Settings(), 1), (1, Settings(max_in_flight=2), 2), (None, Settings(), None)):
+    cases = ((1, Settings(), 1), (1, Settings(max_in_flight=2), 2), (None, Settings(), None))
+    for cap, settings, most_allowed in cases:
         coordinator = Coordinator(replace(plan, max_in_flight=cap), endpoints, limits, settings)
         await coordinator.start()
         try:
