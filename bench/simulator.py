@@ -46,11 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
-from helix_planner.io.cluster_files import load_cluster
 from helix_planner.models import get_model
 from helix_planner.planner import PlannerOptions
 from helix_planner.profiles import Catalog, load_catalog
-from helix_planner.serving_plan import ServingObjective, plan_for_serving
+from helix_planner.serving_plan import ServingObjective, judging_runs, plan_for_serving
 from helix_planner.sim.inputs import load_scenario, scenario_from_plan
 from helix_planner.sim.metrics import SimResult
 from helix_planner.sim.simulation import Scenario, SimConfig, Simulation
@@ -173,14 +172,12 @@ def _planned(case: str, catalog: Catalog, lengths: LengthTrace, time_limit: floa
              objective: ServingObjective) -> dict[tuple[str, str], Scenario]:
     """The serving objective's plan ("ours") at no more p95 TTFT than the Helix layout's, and its
     floor-0 candidate, the max-flow plan ("maxflow")."""
-    cluster, _ = load_cluster(str(REFERENCE / "clusters" / f"{case}.ini"))
-    model = get_model("llama2-70b")
-    options = PlannerOptions(time_limit=time_limit, throughput_model="helix")
     helix = load_scenario(str(REFERENCE / "clusters" / f"{case}.ini"),
                           str(REFERENCE / "layouts" / f"{case}-llama70b" / "helix.ini"), catalog,
                           throughput_model="helix")
-    slo = statistics.mean(Simulation(helix, "iwrr", replace(objective.window, seed=objective.window.seed + i),
-                                     lengths).run().ttft.p95 for i in range(objective.seeds))
+    cluster, model = helix.cluster, get_model("llama2-70b")
+    options = PlannerOptions(time_limit=time_limit, throughput_model="helix")
+    slo = statistics.mean(r.ttft.p95 for r in judging_runs(helix, replace(objective, scheduler="iwrr"), lengths))
     plan, candidates = plan_for_serving(cluster, model, options, lengths, replace(objective, ttft_slo=slo),
                                         catalog=catalog)
     chosen = next(c for c in candidates if c.plan.layout == plan.layout and c.plan.max_in_flight == plan.max_in_flight)

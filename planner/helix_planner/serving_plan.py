@@ -33,7 +33,8 @@ from helix_planner.planner import PlannerOptions, plan_cluster
 from helix_planner.profiles import Catalog
 from helix_planner.sim.inputs import scenario_from_plan
 from helix_planner.sim.schedulers import scheduler_class
-from helix_planner.sim.simulation import SimConfig, Simulation
+from helix_planner.sim.metrics import SimResult
+from helix_planner.sim.simulation import Scenario, SimConfig, Simulation
 from helix_planner.sim.workload import LengthTrace
 
 FLOORS = (0.0, 0.3, 0.5, 0.7, 0.85)
@@ -124,10 +125,15 @@ def judge(plan: Plan, floor: float, objective: ServingObjective, cluster: Cluste
           catalog: Catalog, lengths: LengthTrace) -> Candidate:
     """`plan` simulated saturated with the objective's scheduler, window and seeds."""
     scenario = scenario_from_plan(plan, cluster, model, catalog, f"{cluster.name}: floor {floor:.2f}")
-    runs = [Simulation(scenario, objective.scheduler, replace(objective.window, seed=objective.window.seed + i),
-                       lengths).run() for i in range(objective.seeds)]
+    runs = judging_runs(scenario, objective, lengths)
     return Candidate(floor, plan, statistics.mean(r.decode_throughput for r in runs),
                      statistics.mean(r.ttft.p95 for r in runs), statistics.mean(r.in_flight_at_end for r in runs))
+
+
+def judging_runs(scenario: Scenario, objective: ServingObjective, lengths: LengthTrace) -> list[SimResult]:
+    """`scenario` run with the objective's scheduler and window, once per judging seed."""
+    return [Simulation(scenario, objective.scheduler, replace(objective.window, seed=objective.window.seed + i),
+                       lengths).run() for i in range(objective.seeds)]
 
 
 def choose(candidates: list[Candidate], ttft_slo: float | None) -> Candidate:
