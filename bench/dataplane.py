@@ -39,13 +39,13 @@ import torch
 
 from helix_worker.envs import Settings
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
-from helix_worker.kv_cache import KVCache
 from helix_worker.launcher import LocalFleet
 from helix_worker.links import StreamLink
 from helix_worker.local_plan import manual_plan, proportional_split
 from helix_worker.model_init import DemoModel, write_demo_checkpoint
 from helix_worker.protocol import Chunk, Hop, Phase
-from helix_worker.slice_model import LayerSlice, Rows
+from helix_worker.engine.model import LayerSlice
+from helix_worker.engine.static_batch import StaticBatch
 from helix_worker.stage.endpoint import StageEndpoint
 from helix_worker.stage.server import StageIdentity
 
@@ -83,14 +83,13 @@ class SingleProcess:
 
     def _generate(self, batch: list[list[int]], steps: int) -> float:
         model, prompt = self.model, self.sizes.prompt
-        pool = KVCache(len(batch) * (prompt + steps + 1), *model.new_cache_shape(), model.dtype, model.device)
-        caches = [pool.allocate(str(i), prompt + steps + 1) for i in range(len(batch))]
+        static = StaticBatch(model, len(batch), prompt + steps + 1)
         started = time.perf_counter()
-        hidden = model.forward(torch.tensor(sum(batch, [])), [Rows(len(p), 0, c) for p, c in zip(batch, caches)])
+        hidden = static.forward(torch.tensor(sum(batch, [])), [len(p) for p in batch])
         ends = torch.tensor([len(p) for p in batch]).cumsum(0) - 1
         tokens = model.logits(hidden[ends]).argmax(-1)
-        for step in range(steps - 1):
-            hidden = model.forward(tokens, [Rows(1, prompt + step, c) for c in caches])
+        for _ in range(steps - 1):
+            hidden = static.forward(tokens, [1] * len(batch))
             tokens = model.logits(hidden).argmax(-1)
         return time.perf_counter() - started
 

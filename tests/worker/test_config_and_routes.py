@@ -22,6 +22,10 @@ def test_settings_come_from_helix_variables_with_overrides() -> None:
     with pytest.raises(ServingError, match="HELIX_DATA_CHANNEL='TCP': use one of tcp, grpc"):
         Settings.from_env({"HELIX_DATA_CHANNEL": "TCP"})
     assert Settings.from_env({"HELIX_MAX_IN_FLIGHT": "8"}).max_in_flight == 8
+    with pytest.raises(ServingError, match="HELIX_KV_BLOCK_TOKENS=0: give a positive number of tokens"):
+        Settings.from_env({"HELIX_KV_BLOCK_TOKENS": "0"})
+    with pytest.raises(ServingError, match=r"HELIX_KV_WATERMARK=1.5: give a share in \[0, 1\)"):
+        Settings.from_env({"HELIX_KV_WATERMARK": "1.5"})
     with pytest.raises(ServingError, match="HELIX_MAX_IN_FLIGHT=-1: give a positive number"):
         Settings.from_env({"HELIX_MAX_IN_FLIGHT": "-1"})
 
@@ -42,9 +46,10 @@ def test_proportional_split_follows_speed() -> None:
 
 def _table(weights=(3.0, 1.0)) -> RouteTable:
     plan = manual_plan("m", 4, [[("a", 0, 2), ("b", 2, 4)], [("c", 0, 4)]], list(weights))
-    table = RouteTable(plan, {"a": "h:1", "b": "h:2", "c": "h:3"})
+    table = RouteTable(plan, {"a": "h:1", "b": "h:2", "c": "h:3"}, watermark=0.1)
     for node in table.nodes:
-        table.up[node], table.capacity[node] = True, 1000
+        table.up[node] = True
+        table.set_capacity(node, 1000, 10)  # 100 blocks of 10 tokens, 10 kept free
     return table
 
 
@@ -59,12 +64,13 @@ def test_routes_skip_down_and_full_pipelines() -> None:
     table.up["b"] = False
     assert {table.choose(10).index for _ in range(10)} == {1}
     table.up["b"] = True
-    table.reserve(table.routes[1], 995)
+    table.hold(table.routes[1], 0, 891)  # 90 blocks on c: one more would cut into the watermark
+    assert table.held["c"] == 90
     assert {table.choose(10).index for _ in range(10)} == {0}
-    table.reserve(table.routes[0], 995)
-    assert table.choose(10) is None
-    table.unreserve(table.routes[0], 995)
-    assert table.choose(10).index == 0
+    table.hold(table.routes[0], 0, 800)  # 80 blocks on a and b: room for 10 more, not 11
+    assert table.choose(100).index == 0 and table.choose(101) is None
+    table.hold(table.routes[0], 800, 0)
+    assert table.held["a"] == 0 and table.choose(10).index == 0
     assert table.largest_fit() == 1000
 
 

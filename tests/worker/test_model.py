@@ -7,12 +7,12 @@ import torch
 
 from helix_worker.checkpoint import CheckpointReader, tensor_names
 from helix_worker.errors import ServingError
-from helix_worker.kv_cache import KVCache
 from helix_worker.model_config import load_model_config
 from helix_worker.model_init import DemoModel, write_demo_checkpoint
 from helix_worker.reference import ReferenceModel
-from helix_worker.rotary import inverse_frequencies
-from helix_worker.slice_model import LayerSlice, Rows
+from helix_worker.engine.model import LayerSlice
+from helix_worker.engine.rotary import inverse_frequencies
+from helix_worker.engine.static_batch import StaticBatch
 
 
 @pytest.fixture
@@ -49,14 +49,12 @@ def _pipeline_tokens(directory: Path, cut: int, prompt: list[int], steps: int, d
     config = load_model_config(directory)
     first = LayerSlice.load(directory, 0, cut, dtype=dtype)
     second = LayerSlice.load(directory, cut, config.num_layers, dtype=dtype)
-    caches = [KVCache(64, *m.new_cache_shape(), m.dtype, m.device).allocate("r", 64) for m in (first, second)]
-    ids, position, tokens, logits = torch.tensor(prompt), 0, [], []
+    batches = [StaticBatch(m, 1, 64, block_tokens=4) for m in (first, second)]
+    ids, tokens, logits = torch.tensor(prompt), [], []
     for _ in range(steps):
-        hidden = first.forward(ids, [Rows(len(ids), position, caches[0])])
-        hidden = second.forward(hidden, [Rows(len(ids), position, caches[1])])
+        hidden = batches[1].forward(batches[0].forward(ids, [len(ids)]), [len(ids)])
         logits.append(second.logits(hidden[-1:])[0])
         tokens.append(int(logits[-1].argmax()))
-        position += len(ids)
         ids = torch.tensor(tokens[-1:])
     return tokens, logits
 

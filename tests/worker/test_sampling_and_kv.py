@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from helix_worker.kv_cache import KVCache, KVCacheFull
 from helix_worker.protocol import SamplingParams
 from helix_worker.sampling import filter_logits, sample_row
 
@@ -43,16 +42,3 @@ def test_seeded_sampling_depends_only_on_seed_and_position() -> None:
     assert len(set(draws)) > 2  # hot temperature: not always the argmax
     other = [sample_row(LOGITS, SamplingParams(temperature=5.0, seed=1235), p, torch.Generator())[0] for p in range(40)]
     assert other != draws
-
-
-def test_kv_cache_budget_allocate_and_free() -> None:
-    kv = KVCache(100, layers=2, kv_heads=2, head_dim=4, dtype=torch.float32, device=torch.device("cpu"))
-    first = kv.allocate("a", 60)
-    assert first.keys.shape == (2, 2, 60, 4)
-    with pytest.raises(KVCacheFull, match="40 of 100 free"):
-        kv.allocate("b", 41)
-    kv.allocate("b", 40)
-    first.length = 10
-    assert kv.usage().reserved_tokens == 100 and kv.usage().used_tokens == 10 and kv.usage().requests == 2
-    assert kv.free("a") and not kv.free("a")
-    assert kv.usage().reserved_tokens == 40 and kv.get("a") is None

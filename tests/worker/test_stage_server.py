@@ -1,5 +1,5 @@
 """One stage over real gRPC in-process, messages on the data channel or on the gRPC stream:
-results, failures (KV full, unknown request, bad payload), releases, and the HTTP
+results, failures (too long for the pool, unknown request, bad payload), releases, and the HTTP
 health/readiness/metrics endpoints of a worker process."""
 
 import asyncio
@@ -13,23 +13,21 @@ from dataplane_helpers import write_plan
 from helix_proto import helix_stage_pb2 as pb
 from helix_worker import wire
 from helix_worker.envs import Settings
-from helix_worker.kv_cache import KVCache
 from helix_worker.links import StreamLink
 from helix_worker.protocol import Chunk, FailureKind, Hop, Phase
 from helix_worker.reference import ReferenceModel
-from helix_worker.slice_model import LayerSlice
+from helix_worker.engine.model import LayerSlice
+from helix_worker.engine.stage_engine import StageEngine
 from helix_worker.stage.endpoint import StageEndpoint
-from helix_worker.stage.engine import StageEngine
 from helix_worker.stage.server import StageIdentity
 
 
 @pytest.fixture(params=["tcp", "grpc"])
 async def stage(checkpoint: Path, request: pytest.FixtureRequest):
-    """The whole model as one stage with a 64-token KV cache, and a front-end link to it that
-    sends on the data channel (tcp) or on the gRPC stream."""
+    """The whole model as one stage with a 64-token KV cache (16 blocks of 4), and a front-end
+    link to it that sends on the data channel (tcp) or on the gRPC stream."""
     model = LayerSlice.load(checkpoint, 0, 6)
-    engine = StageEngine("solo", model, KVCache(64, *model.new_cache_shape(), model.dtype, model.device),
-                         max_batch_tokens=256)
+    engine = StageEngine("solo", model, model.new_pool(17, 4), max_batch_tokens=256)
     settings = Settings(max_message_bytes=1 << 20, data_channel=request.param)
     endpoint = await StageEndpoint.start(engine, StageIdentity("solo", "tiny", "hash"), "127.0.0.1", 0, settings)
     runner = asyncio.create_task(engine.run())
@@ -45,32 +43,32 @@ async def stage(checkpoint: Path, request: pytest.FixtureRequest):
         await endpoint.stop(None)
 
 
-def _prefill(link: StreamLink, hop: Hop, rid: str, ids: list[int], reserve: int) -> None:
-    link.send_batch([Chunk(rid, Phase.PREFILL, 0, len(ids), (hop,), "fe", reserve)], torch.tensor(ids))
+def _prefill(link: StreamLink, hop: Hop, rid: str, ids: list[int]) -> None:
+    link.send_batch([Chunk(rid, Phase.PREFILL, 0, len(ids), (hop,), "fe")], torch.tensor(ids))
 
 
 async def test_prefill_returns_the_reference_token(stage, checkpoint: Path) -> None:
     engine, link, events, hop = stage
-    _prefill(link, hop, "r1", [5, 6, 7], 10)
+    _prefill(link, hop, "r1", [5, 6, 7, 8, 9])
     event = await asyncio.wait_for(events.get(), 10)
     assert [r.request_id for r in event.results] == ["r1"]
-    assert event.results[0].token_id == ReferenceModel(checkpoint).greedy([5, 6, 7], 1).tokens[0]
-    assert event.results[0].position == 3
-    assert engine.kv.usage().reserved_tokens == 10
+    assert event.results[0].token_id == ReferenceModel(checkpoint).greedy([5, 6, 7, 8, 9], 1).tokens[0]
+    assert event.results[0].position == 5
+    assert engine.usage().used_tokens == 8 and engine.usage().requests == 1  # two blocks of 4
     link.send(wire.release_to_proto(["r1"]))
     await asyncio.sleep(0.2)
-    assert engine.kv.usage().reserved_tokens == 0
+    assert engine.usage().used_tokens == 0 and engine.usage().requests == 0
 
 
 async def test_failures_come_back_per_request(stage) -> None:
     engine, link, events, hop = stage
-    _prefill(link, hop, "big", [1, 2], 100)  # the stage holds only 64 tokens
+    _prefill(link, hop, "big", list(range(70)))  # the stage holds only 64 tokens
     link.send_batch([Chunk("ghost", Phase.DECODE, 4, 1, (hop,), "fe")], torch.tensor([3]))
-    link.send_batch([Chunk("lost", Phase.PREFILL, 0, 1, (Hop("other", "x:1", 0, 6),), "fe", 4)], torch.tensor([3]))
-    bad_dtype = pb.StageRequest(batch=pb.ForwardBatch(chunks=[wire.chunk_to_proto(Chunk("odd", Phase.PREFILL, 0, 1, (hop,), "fe", 4))],
+    link.send_batch([Chunk("lost", Phase.PREFILL, 0, 1, (Hop("other", "x:1", 0, 6),), "fe")], torch.tensor([3]))
+    bad_dtype = pb.StageRequest(batch=pb.ForwardBatch(chunks=[wire.chunk_to_proto(Chunk("odd", Phase.PREFILL, 0, 1, (hop,), "fe"))],
                                                       payload=pb.Tensor(dtype="complex32", shape=[1], data=b"\0" * 4)))
     link.send(bad_dtype)
-    short_chunk = wire.chunk_to_proto(Chunk("short", Phase.PREFILL, 0, 2, (hop,), "fe", 4))
+    short_chunk = wire.chunk_to_proto(Chunk("short", Phase.PREFILL, 0, 2, (hop,), "fe"))
     short = pb.StageRequest(batch=pb.ForwardBatch(chunks=[short_chunk],
                                                   payload=pb.Tensor(dtype="int64", shape=[2], data=b"\0" * 8)))
     link.send(short)  # two int64 announced, eight bytes sent
@@ -78,28 +76,29 @@ async def test_failures_come_back_per_request(stage) -> None:
     while len(kinds) < 5:
         event = await asyncio.wait_for(events.get(), 10)
         kinds |= {e.request_id: (e.kind, e.message) for e in event.errors}
-    assert kinds["big"][0] == FailureKind.KV_FULL and "100 tokens asked" in kinds["big"][1]
+    assert kinds["big"][0] == FailureKind.INVALID and "70 tokens need 18 KV blocks" in kinds["big"][1]
     assert kinds["ghost"][0] == FailureKind.ROUTE_BROKEN and "no KV cache" in kinds["ghost"][1]
     assert kinds["lost"][0] == FailureKind.INVALID and "not solo" in kinds["lost"][1]
     assert kinds["odd"][0] == FailureKind.INVALID and "complex32" in kinds["odd"][1]
     assert kinds["short"][0] == FailureKind.INVALID and "8 bytes do not hold" in kinds["short"][1]
-    assert engine.kv.usage().requests == 0
+    assert engine.usage().requests == 0
 
 
 async def test_late_chunks_of_released_requests_are_dropped(stage) -> None:
     engine, link, events, hop = stage
     link.send(wire.release_to_proto(["gone"]))
-    _prefill(link, hop, "gone", [1, 2, 3], 8)
-    _prefill(link, hop, "kept", [1, 2, 3], 8)
+    _prefill(link, hop, "gone", [1, 2, 3])
+    _prefill(link, hop, "kept", [1, 2, 3])
     event = await asyncio.wait_for(events.get(), 10)
     assert [r.request_id for r in event.results] == ["kept"]
-    assert engine.kv.get("gone") is None
+    assert not engine.holds("gone") and engine.holds("kept")
 
 
 async def test_describe_reports_layers_and_kv(stage) -> None:
     _, link, _, _ = stage
     info = await link.describe()
     assert (info.node, info.start, info.end, info.num_layers, info.kv_capacity_tokens) == ("solo", 0, 6, 6, 64)
+    assert (info.kv_block_tokens, info.kv_used_tokens) == (4, 0)
 
 
 @pytest.mark.timeout(120)

@@ -18,7 +18,7 @@ from helix_operator import weights_uri
 from helix_planner.cli import main
 from helix_worker.model_init import DemoModel, write_demo_checkpoint
 from helix_worker.sigv4 import Credentials, canonical_request, signed_headers, signing_key, string_to_sign
-from helix_worker.slice_model import LayerSlice
+from helix_worker.engine.model import LayerSlice
 from helix_worker.errors import ServingError
 from helix_worker.weights_fetch import S3, fetch, needed_shards, parse_source
 

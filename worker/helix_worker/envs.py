@@ -26,7 +26,11 @@ class Settings:
     dtype: str = _setting("", "weight/activation dtype (float32, bfloat16, float16); empty: the checkpoint's")
     kv_cache_tokens: int = _setting(0, "KV cache size in tokens; 0: derive from kv_cache_bytes")
     kv_cache_bytes: int = _setting(1 << 30, "KV cache memory budget in bytes when kv_cache_tokens is 0")
-    max_batch_tokens: int = _setting(4096, "most tokens one stage step runs (prefill rows count in full)")
+    kv_block_tokens: int = _setting(16, "tokens per KV cache block (requests take memory a block at a time)")
+    max_batch_tokens: int = _setting(512, "token budget of one stage step: every decode row counts 1, and longer "
+                                          "prompts are prefilled in chunks that fit beside them")
+    kv_watermark: float = _setting(0.02, "share of each stage's KV blocks the front end keeps free when admitting, "
+                                         "room for running requests to grow before a stage must preempt")
     torch_threads: int = _setting(0, "torch intra-op threads; 0: torch's default")
     slowdown: float = _setting(1.0, "emulate a slower GPU: each step takes this many times its compute time")
     max_message_bytes: int = _setting(256 << 20, "largest gRPC message (activations of a long prefill)")
@@ -58,6 +62,11 @@ class Settings:
         if settings.data_channel not in DATA_CHANNELS:
             raise ServingError(f"{env_name('data_channel')}={settings.data_channel!r}: "
                                f"use one of {', '.join(DATA_CHANNELS)}")
+        for name in ("kv_block_tokens", "max_batch_tokens"):
+            if getattr(settings, name) < 1:
+                raise ServingError(f"{env_name(name)}={getattr(settings, name)}: give a positive number of tokens")
+        if not 0.0 <= settings.kv_watermark < 1.0:
+            raise ServingError(f"{env_name('kv_watermark')}={settings.kv_watermark}: give a share in [0, 1)")
         if settings.max_in_flight < 0:
             raise ServingError(f"{env_name('max_in_flight')}={settings.max_in_flight}: give a positive number of "
                                "requests, or 0 for the plan's limit")

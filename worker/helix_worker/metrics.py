@@ -8,7 +8,7 @@ the first token at the front end.
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from helix_worker.kv_cache import KVUsage
+from helix_worker.engine.kv_pool import KVUsage
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -30,13 +30,16 @@ class StageMetrics:
                               ["node"], buckets=_LATENCY, registry=self.registry).labels(**labels)
         self._queue = Gauge("helix_stage_queue_length", "chunks waiting for a step", ["node"],
                             registry=self.registry).labels(**labels)
-        self._kv = Gauge("helix_stage_kv_tokens", "KV cache tokens by state", ["node", "state"], registry=self.registry)
+        self._kv = Gauge("helix_stage_kv_tokens", "KV cache tokens by state (used: whole blocks held)",
+                         ["node", "state"], registry=self.registry)
         self._active = Gauge("helix_stage_active_requests", "requests holding KV cache", ["node"],
                              registry=self.registry).labels(**labels)
+        self._preempted = Counter("helix_stage_preemptions", "requests preempted when KV blocks ran out "
+                                  "(their front end re-prefills them)", ["node"], registry=self.registry).labels(**labels)
         self.node = node
 
     def step(self, requests: int, tokens: int, seconds: float, queued: int, usage: KVUsage,
-             hop_seconds: list[float]) -> None:
+             hop_seconds: list[float], preempted: int) -> None:
         for value in hop_seconds:
             self._hop.observe(value)
         self._chunks.inc(requests)
@@ -44,12 +47,12 @@ class StageMetrics:
         self._batch.observe(requests)
         self._step.observe(seconds)
         self._queue.set(queued)
+        self._preempted.inc(preempted)
         self.kv(usage)
 
     def kv(self, usage: KVUsage) -> None:
         self._active.set(usage.requests)
-        for state, value in (("capacity", usage.capacity_tokens), ("reserved", usage.reserved_tokens),
-                             ("used", usage.used_tokens)):
+        for state, value in (("capacity", usage.capacity_tokens), ("used", usage.used_tokens)):
             self._kv.labels(node=self.node, state=state).set(value)
 
     def render(self) -> bytes:
@@ -71,8 +74,10 @@ class FrontendMetrics:
         self.failovers = Counter("helix_failovers", "requests re-prefilled on another pipeline", registry=self.registry)
         self.pipeline_up = Gauge("helix_pipeline_up", "1 when every stage of the pipeline is reachable", ["pipeline"],
                                  registry=self.registry)
-        self.kv_reserved = Gauge("helix_kv_reserved_tokens", "KV tokens the front end reserved per stage", ["node"],
-                                 registry=self.registry)
+        self.kv_held = Gauge("helix_kv_held_tokens", "KV tokens (whole blocks) this front end's requests hold per "
+                             "stage", ["node"], registry=self.registry)
+        self.preemptions = Counter("helix_preemptions", "requests a stage preempted for KV blocks, re-prefilled later",
+                                   registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,9 +2,10 @@
 
 Like the Helix authors' vLLM measurements, it times a few decoder layers (random weights of
 the model's real shape are enough: latency depends on shape, not values) at several prompt
-lengths and decode batch sizes, and writes `promptMs` / `decodeMs` lists of [x, ms per
-layer] that `--catalog` directories feed straight to the planner. `helix up` runs the same
-measurement at a few points to plan its local workers (see `fleet_plan`).
+lengths and decode batch sizes, through the serving engine's own step (paged KV pool,
+batched attention), and writes `promptMs` / `decodeMs` lists of [x, ms per layer] that
+`--catalog` directories feed straight to the planner. `helix up` runs the same measurement
+at a few points to plan its local workers (see `fleet_plan`).
 """
 
 import os
@@ -17,9 +18,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from helix_worker.kv_cache import KVCache
+from helix_worker.engine.model import LayerSlice
+from helix_worker.engine.static_batch import StaticBatch
 from helix_worker.model_config import load_model_config
-from helix_worker.slice_model import LayerSlice, Rows
+
+BLOCK_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -57,36 +60,31 @@ def measure(options: ProfileOptions, log=print) -> dict:
     model = LayerSlice.load(options.checkpoint, 0, layers, dtype=options.dtype, device=options.device)
     width = (config.hidden_size,)
 
-    def kv(tokens: int) -> KVCache:
-        return KVCache(tokens, *model.new_cache_shape(), model.dtype, model.device)
+    def step(batch: int, cached: int, new: int):
+        """One timed step of `batch` requests with `new` rows each after `cached` tokens."""
+        static = StaticBatch(model, batch, cached + new, cached=cached, block_tokens=BLOCK_TOKENS)
+        hidden = torch.randn(batch * new, *width, device=model.device).to(model.dtype)
+        return lambda: static.forward(hidden, [new] * batch, advance=False)
 
     prompt = [[0.0, 0.0]]
     for tokens in options.prompt_tokens:
-        cache = kv(tokens).allocate("p", tokens)
-        hidden = torch.randn(tokens, *width, device=model.device).to(model.dtype)
-        ms = _median_ms(options, lambda: model.forward(hidden, [Rows(tokens, 0, cache)]))
+        ms = _median_ms(options, step(1, 0, tokens))
         prompt.append([float(tokens), round(ms / layers, 4)])
         log(f"prompt {tokens:5d} tokens: {ms / layers:8.3f} ms/layer")
     decode = [[0.0, 0.0]]
     context = options.decode_context
     for batch in options.decode_batches:
-        pool = kv(batch * (context + 1))
-        caches = [pool.allocate(str(i), context + 1) for i in range(batch)]
-        for cache in caches:  # fill the context once, then time single-token steps over it
-            model.forward(torch.randn(context, *width, device=model.device).to(model.dtype), [Rows(context, 0, cache)])
-        hidden = torch.randn(batch, *width, device=model.device).to(model.dtype)
-        rows = [Rows(1, context, c) for c in caches]
-        ms = _median_ms(options, lambda: model.forward(hidden, rows))
+        ms = _median_ms(options, step(batch, context, 1))
         decode.append([float(batch), round(ms / layers, 4)])
         log(f"decode batch {batch:3d}: {ms / layers:8.3f} ms/layer")
-    layer_bytes = sum(t.numel() * t.element_size() for t in vars(model.layers[0]).values() if t is not None)
+    layer_bytes = model.layers[0].nbytes
     return {
         "model": options.checkpoint.name,
         "source": f"helix profile, {date.today().isoformat()}, torch {torch.__version__}, {str(model.dtype).removeprefix('torch.')}, "
                   f"{layers} layers timed, decode context {context}",
         "measured": {options.gpu_name: {
             "maxLayers": max_layers(options.device, layer_bytes, config.num_layers),
-            "blockSize": 16, "promptMs": prompt, "decodeMs": decode}},
+            "blockSize": BLOCK_TOKENS, "promptMs": prompt, "decodeMs": decode}},
     }
 
 

@@ -17,7 +17,7 @@ class Phase(enum.IntEnum):
 
 class FailureKind(enum.IntEnum):
     INTERNAL = 0
-    KV_FULL = 1
+    PREEMPTED = 1  # the stage ran out of KV blocks; re-prefill the request later
     ROUTE_BROKEN = 2
     INVALID = 3
 
@@ -56,8 +56,8 @@ class Chunk:
     length: int
     route: tuple[Hop, ...]
     reply_to: str
-    reserve: int = 0
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    partial: bool = False  # more of this request's input follows: the last stage does not sample yet
 
 
 @dataclass(frozen=True)

@@ -60,15 +60,15 @@ def sampling_to_proto(params: SamplingParams) -> pb.Sampling:
 
 def chunk_to_proto(chunk: Chunk) -> pb.Chunk:
     return pb.Chunk(request_id=chunk.request_id, phase=int(chunk.phase), start_position=chunk.position,
-                    num_tokens=chunk.length, kv_reserve=chunk.reserve, route=[hop_to_proto(h) for h in chunk.route],
-                    sampling=sampling_to_proto(chunk.sampling), reply_to=chunk.reply_to)
+                    num_tokens=chunk.length, route=[hop_to_proto(h) for h in chunk.route],
+                    sampling=sampling_to_proto(chunk.sampling), reply_to=chunk.reply_to, partial=chunk.partial)
 
 
 def chunk_from_proto(message: pb.Chunk) -> Chunk:
     s = message.sampling
     return Chunk(
         request_id=message.request_id, phase=Phase(message.phase), position=message.start_position,
-        length=message.num_tokens, reserve=message.kv_reserve, reply_to=message.reply_to,
+        length=message.num_tokens, reply_to=message.reply_to, partial=message.partial,
         route=tuple(Hop(h.node, h.address, h.start, h.end) for h in message.route),
         sampling=SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                 seed=s.seed if s.has_seed else None, logprobs=s.logprobs,

@@ -1,11 +1,13 @@
 """The coordinator: token ids in, token ids out, over the plan's pipelines.
 
 It holds a stream to every stage (first stages take token ids, last stages send back the
-sampled tokens, any stage reports failures), admits each request onto a route with room
-for `prompt + max_tokens` KV tokens, keeps it there for all its decode steps, and when a
-stage dies or a stream breaks re-prefills the request (prompt + tokens so far) on another
-route, so under greedy decoding it finishes with exactly the tokens of an uninterrupted
-run. Sends from requests that step together are coalesced into one batch per stage.
+sampled tokens, any stage reports failures), admits each request onto a route whose stages
+have KV room for its prompt (see `routes`), keeps it there for all its decode steps, and
+re-prefills it (prompt + tokens so far) when it cannot go on there: on another route when a
+stage dies or a stream breaks, and after waiting for room, ahead of new requests, when a
+stage preempted it for KV blocks. Under greedy decoding it so finishes with exactly the tokens
+of an uninterrupted run. Sends from requests that step together are coalesced into one batch
+per stage.
 """
 
 import asyncio
@@ -59,10 +61,14 @@ class _Reroute(Exception):
     """The request's route failed; re-prefill it elsewhere."""
 
 
+class _Preempted(Exception):
+    """A stage freed the request's KV blocks for older requests; re-prefill it when there is room."""
+
+
 class Coordinator:
     def __init__(self, plan: Plan, endpoints: dict[str, str], limits: ModelLimits, settings: Settings,
                  metrics: FrontendMetrics | None = None) -> None:
-        self.routes = RouteTable(plan, endpoints)
+        self.routes = RouteTable(plan, endpoints, settings.kv_watermark)
         self.limits, self.settings = limits, settings
         self.metrics = metrics or FrontendMetrics()
         self.peer_name = f"frontend-{uuid.uuid4().hex[:8]}"
@@ -74,6 +80,7 @@ class Coordinator:
         self._probes: dict[str, asyncio.Task] = {}
         self._changed = asyncio.Event()  # replaced on every change; waiters hold the old one
         self._queued = 0
+        self._resuming = 0  # preempted requests waiting for room: new ones wait behind them
         self.max_in_flight = settings.max_in_flight or plan.max_in_flight  # None: KV room alone decides
         self.draining = False
 
@@ -120,7 +127,7 @@ class Coordinator:
     # Generation ----------------------------------------------------------------------------
 
     def validate(self, request: GenerationRequest) -> int:
-        """Reject what can never run, with one clear message; returns the KV tokens it needs."""
+        """Reject what can never run, with one clear message."""
         if not request.prompt_ids:
             raise InvalidRequest("the prompt is empty")
         bad = [t for t in request.prompt_ids if not 0 <= t < self.limits.vocab_size]
@@ -139,27 +146,31 @@ class Coordinator:
         largest = self.routes.largest_fit()
         if largest and need > largest:
             raise InvalidRequest(f"prompt + max_tokens = {need} tokens can never fit: the largest pipeline's KV cache "
-                                 f"holds {largest} tokens per request; lower max_tokens or shorten the prompt")
-        return need
+                                 f"holds {largest} tokens in all; lower max_tokens or shorten the prompt")
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         """Tokens of one request as they are sampled; the last event has a finish_reason."""
-        need = self.validate(request)
-        base, generated, reroutes = uuid.uuid4().hex[:16], [], 0
+        self.validate(request)
+        base, generated, attempts, reroutes, resuming = uuid.uuid4().hex[:16], [], 0, 0, False
         admitted = time.perf_counter()
         self.metrics.in_flight.inc()
         try:
             while True:
-                route = await self._admit(need)
-                wire_id = f"{base}.{reroutes}"
+                ids = list(request.prompt_ids) + generated
+                route = await self._admit(len(ids) + 1, resuming)
+                wire_id = f"{base}.{attempts}"
+                attempts += 1
                 self._active[wire_id] = route
+                held = 0
                 try:
-                    ids, position, phase = list(request.prompt_ids) + generated, 0, Phase.PREFILL
+                    position, phase = 0, Phase.PREFILL
                     self.metrics.prompt_tokens.inc(len(ids))
                     while True:
+                        self.routes.hold(route, held, position + len(ids) + 1)
+                        held = position + len(ids) + 1  # KV of the input, and room for the token it samples
                         started = time.perf_counter()
                         sampled = await self._step(route, Chunk(wire_id, phase, position, len(ids), route.hops,
-                                                                self.peer_name, need, request.sampling), ids)
+                                                                self.peer_name, request.sampling), ids)
                         if phase == Phase.DECODE:
                             self.metrics.step.labels(pipeline=route.name).observe(time.perf_counter() - started)
                         elif not generated:
@@ -174,6 +185,11 @@ class Coordinator:
                             self.metrics.requests.labels(outcome=finish).inc()
                             return
                         ids, phase = [sampled.token_id], Phase.DECODE
+                except _Preempted as err:
+                    self.metrics.preemptions.inc()
+                    log.info("request %s: %s; it re-prefills %d tokens when there is room", base, err,
+                             len(request.prompt_ids) + len(generated))
+                    resuming = True
                 except _Reroute as err:
                     reroutes += 1
                     self.metrics.failovers.inc()
@@ -181,9 +197,10 @@ class Coordinator:
                                 len(request.prompt_ids) + len(generated), reroutes + 1)
                     if reroutes > MAX_REROUTES:
                         raise Unavailable(f"request failed on {reroutes} routes; last error: {err}") from None
+                    resuming = False
                     await asyncio.sleep(min(0.05 * reroutes, 1.0))  # let health and KV state settle
                 finally:
-                    self._retire(wire_id, route, need)
+                    self._retire(wire_id, route, held)
         except BaseException as err:
             if not isinstance(err, GeneratorExit):
                 self.metrics.requests.labels(outcome=type(err).__name__).inc()
@@ -191,16 +208,18 @@ class Coordinator:
         finally:
             self.metrics.in_flight.dec()
 
-    async def _admit(self, need: int) -> Route:
-        """Reserve `need` KV tokens on a route, waiting (FIFO-ish) while every route is full or down
-        or `max_in_flight` requests hold one."""
-        if self._queued >= self.settings.max_queue:
+    async def _admit(self, tokens: int, resuming: bool) -> Route:
+        """A route with KV room for `tokens` on every stage, waiting (FIFO-ish) while every route is
+        full or down or `max_in_flight` requests hold one. Preempted requests (`resuming`) go first:
+        new requests wait while any of them does."""
+        if not resuming and self._queued >= self.settings.max_queue:
             raise Unavailable(f"{self._queued} requests are already waiting; retry later")
         deadline = time.monotonic() + self.settings.route_wait_seconds
         self._queued += 1
+        self._resuming += resuming
         self.metrics.queued.set(self._queued)
         try:
-            while (route := self._next_route(need)) is None:
+            while (route := self._next_route(tokens, resuming)) is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     down = [n for n, up in self.routes.up.items() if not up]
@@ -212,11 +231,10 @@ class Coordinator:
                     await asyncio.wait_for(self._changed.wait(), remaining)
                 except TimeoutError:
                     pass
-            self.routes.reserve(route, need)
-            self._show_reserved()
             return route
         finally:
             self._queued -= 1
+            self._resuming -= resuming
             self.metrics.queued.set(self._queued)
 
     @property
@@ -227,8 +245,10 @@ class Coordinator:
     def _at_limit(self) -> bool:
         return self.max_in_flight is not None and self.admitted >= self.max_in_flight
 
-    def _next_route(self, need: int) -> Route | None:
-        return None if self._at_limit() else self.routes.choose(need)
+    def _next_route(self, tokens: int, resuming: bool) -> Route | None:
+        if self._at_limit() or (self._resuming and not resuming):
+            return None
+        return self.routes.choose(tokens)
 
     async def _step(self, route: Route, chunk: Chunk, ids: list[int]) -> Sampled:
         if not self.routes.usable(route):
@@ -243,14 +263,14 @@ class Coordinator:
         finally:
             self._waiting.pop(chunk.request_id, None)
 
-    def _retire(self, wire_id: str, route: Route, need: int) -> None:
+    def _retire(self, wire_id: str, route: Route, held: int) -> None:
         """Free the request's KV on its route (stages and ledger) and wake waiting requests."""
         self._active.pop(wire_id, None)
         message = wire.release_to_proto([wire_id])
         for node in route.nodes:
             self._links[node].send(message)
-        self.routes.unreserve(route, need)
-        self._show_reserved()
+        self.routes.hold(route, held, 0)
+        self._show_held()
         self._notify()
 
     # Sending -------------------------------------------------------------------------------
@@ -281,6 +301,9 @@ class Coordinator:
             failure = wire.failure_from_proto(error)
             if failure.kind == FailureKind.INVALID:
                 self._fail(failure.request_id, ServingError(f"stage {failure.node} rejected the request: {failure.message}"))
+                continue
+            if failure.kind == FailureKind.PREEMPTED:
+                self._fail(failure.request_id, _Preempted(f"{failure.node}: {failure.message}"))
                 continue
             self._fail(failure.request_id, _Reroute(f"{failure.node}: {failure.message}"))
             if failure.kind == FailureKind.ROUTE_BROKEN and failure.node in self.routes.up:
@@ -321,7 +344,7 @@ class Coordinator:
         except Exception as err:  # unreachable, still loading, or holding other layers
             log.debug("stage %s not usable yet: %s", node, err)
             return False
-        self.routes.capacity[node] = int(info.kv_capacity_tokens)
+        self.routes.set_capacity(node, int(info.kv_capacity_tokens), int(info.kv_block_tokens))
         self.routes.up[node] = True
         self._show_health()
         self._notify()
@@ -339,6 +362,6 @@ class Coordinator:
         for route in self.routes.routes:
             self.metrics.pipeline_up.labels(pipeline=route.name).set(1 if self.routes.usable(route) else 0)
 
-    def _show_reserved(self) -> None:
-        for node, tokens in self.routes.reserved.items():
-            self.metrics.kv_reserved.labels(node=node).set(tokens)
+    def _show_held(self) -> None:
+        for node, blocks in self.routes.held.items():
+            self.metrics.kv_held.labels(node=node).set(blocks * self.routes.block_tokens[node])

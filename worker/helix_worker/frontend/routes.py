@@ -1,9 +1,12 @@
 """The plan's pipelines as routes, their health, and KV-aware choice between them.
 
-A request needs `prompt + max_tokens` KV tokens on every stage of its route for its whole
-life, so that is what admission reserves (never an average output length). Routes are
-picked by the planner's interleaved weighted round robin over their planned flow, among
-those whose stages are all up and have room now.
+Stages take KV blocks as a request's tokens arrive, so the front end keeps a ledger of the
+blocks its requests hold on every stage (prompt plus tokens so far, in whole blocks) and
+admits a request onto a route only while its prompt fits every stage with a watermark of
+blocks to spare for the running requests to grow. `max_tokens` is never reserved up front:
+when running requests outgrow a stage anyway, the stage preempts the youngest and the front
+end re-prefills it later. Routes are picked by the planner's interleaved weighted round robin
+over their planned flow, among those whose stages are all up and have room now.
 """
 
 from dataclasses import dataclass
@@ -30,7 +33,7 @@ class Route:
 
 
 class RouteTable:
-    def __init__(self, plan: Plan, endpoints: dict[str, str]) -> None:
+    def __init__(self, plan: Plan, endpoints: dict[str, str], watermark: float = 0.0) -> None:
         if not plan.pipelines:
             raise ServingError("the plan has no pipelines: replan with at least one node chain covering all layers")
         missing = sorted({s.node for p in plan.pipelines for s in p.stages} - set(endpoints))
@@ -41,18 +44,32 @@ class RouteTable:
         weights = [r.weight if r.weight > 0 else 1.0 for r in self.routes]
         self._iwrr = InterleavedWeightedRoundRobin(weights)
         self.nodes = sorted({n for r in self.routes for n in r.nodes})
+        self.watermark = watermark
         self.up = {n: False for n in self.nodes}
-        self.capacity = {n: 0 for n in self.nodes}
-        self.reserved = {n: 0 for n in self.nodes}
+        self.capacity = {n: 0 for n in self.nodes}  # KV tokens of each stage's pool (from Describe)
+        self.block_tokens = {n: 1 for n in self.nodes}
+        self.held = {n: 0 for n in self.nodes}  # blocks this front end's requests hold there
 
     def usable(self, route: Route) -> bool:
         return all(self.up[n] for n in route.nodes)
 
+    def set_capacity(self, node: str, tokens: int, block_tokens: int) -> None:
+        self.capacity[node], self.block_tokens[node] = tokens, max(1, block_tokens)
+
+    def _blocks(self, node: str, tokens: int) -> int:
+        return -(-tokens // self.block_tokens[node])
+
     def fits(self, route: Route, tokens: int) -> bool:
-        return all(self.capacity[n] - self.reserved[n] >= tokens for n in route.nodes)
+        """Whether a request of `tokens` tokens fits every stage of `route`, watermark kept free."""
+        for node in route.nodes:
+            total = self._blocks(node, self.capacity[node]) if self.capacity[node] else 0
+            spare = total - self.held[node] - self._blocks(node, tokens)
+            if spare < self.watermark * total:
+                return False
+        return True
 
     def largest_fit(self) -> int:
-        """The most tokens one request can ever reserve on some route."""
+        """The most tokens one request can ever hold on some route (a stage's whole pool)."""
         return max(min(self.capacity[n] for n in r.nodes) for r in self.routes)
 
     def choose(self, tokens: int) -> Route | None:
@@ -63,10 +80,7 @@ class RouteTable:
         except LookupError:
             return None
 
-    def reserve(self, route: Route, tokens: int) -> None:
+    def hold(self, route: Route, before: int, after: int) -> None:
+        """A request on `route` went from holding `before` tokens to `after` (0: it left)."""
         for node in route.nodes:
-            self.reserved[node] += tokens
-
-    def unreserve(self, route: Route, tokens: int) -> None:
-        for node in route.nodes:
-            self.reserved[node] -= tokens
+            self.held[node] += self._blocks(node, after) - self._blocks(node, before)

@@ -9,7 +9,7 @@ from helix_proto import helix_stage_pb2_grpc as pb_grpc
 from helix_worker.datachannel import DataListener
 from helix_worker.envs import Settings
 from helix_worker.links import server_options
-from helix_worker.stage.engine import StageEngine
+from helix_worker.engine.stage_engine import StageEngine
 from helix_worker.stage.server import StageIdentity, StageServicer
 
 

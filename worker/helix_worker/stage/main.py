@@ -17,16 +17,15 @@ import torch
 from aiohttp import web
 
 from helix_planner.plan_format import Plan
-from helix_worker.envs import Settings
+from helix_worker.envs import Settings, env_name
 from helix_worker.errors import ServingError
 from helix_worker.http_base import health_routes, start_site
-from helix_worker.kv_cache import KVCache
 from helix_worker.metrics import StageMetrics
 from helix_worker.model_config import parse_dtype
 from helix_worker.readyfile import write_ready_file
-from helix_worker.slice_model import LayerSlice
+from helix_worker.engine.model import LayerSlice
 from helix_worker.stage.endpoint import StageEndpoint
-from helix_worker.stage.engine import StageEngine
+from helix_worker.engine.stage_engine import StageEngine
 from helix_worker.stage.server import StageIdentity
 
 log = logging.getLogger(__name__)
@@ -56,6 +55,19 @@ def layer_range(plan: Plan, node: str) -> tuple[int, int]:
     raise ServingError(f"node {node!r} is not in the plan; its nodes are {', '.join(n.name for n in plan.nodes)}")
 
 
+def kv_blocks(settings: Settings, model: LayerSlice) -> int:
+    """Blocks of the stage's KV pool, the padding block included: HELIX_KV_CACHE_TOKENS when set,
+    else as many as HELIX_KV_CACHE_BYTES holds."""
+    block = settings.kv_block_tokens
+    if settings.kv_cache_tokens:
+        return -(-settings.kv_cache_tokens // block) + 1
+    per_block = model.kv_bytes_per_block(block)
+    if settings.kv_cache_bytes < 2 * per_block:
+        raise ServingError(f"{env_name('kv_cache_bytes')}={settings.kv_cache_bytes} holds no KV block: one block of "
+                           f"{block} tokens over layers [{model.start}, {model.end}) takes {per_block} bytes; raise it")
+    return settings.kv_cache_bytes // per_block
+
+
 async def serve_stage(options: StageOptions, settings: Settings) -> None:
     start, end = layer_range(options.plan, options.node)
     if settings.torch_threads > 0:
@@ -76,12 +88,11 @@ async def serve_stage(options: StageOptions, settings: Settings) -> None:
         dtype = parse_dtype(settings.dtype)
         model = await asyncio.to_thread(LayerSlice.load, options.checkpoint, start, end,
                                         dtype=dtype, device=resolve_device(settings.device))
-        tokens = settings.kv_cache_tokens or settings.kv_cache_bytes // model.config.kv_bytes_per_token(
-            len(model.layers), model.dtype)
-        kv = KVCache(tokens, *model.new_cache_shape(), model.dtype, model.device)
-        metrics.kv(kv.usage())
-        engine = StageEngine(options.node, model, kv, max_batch_tokens=settings.max_batch_tokens,
+        pool = model.new_pool(kv_blocks(settings, model), settings.kv_block_tokens)
+        engine = StageEngine(options.node, model, pool, max_batch_tokens=settings.max_batch_tokens,
                              slowdown=settings.slowdown, observer=metrics)
+        tokens = engine.usage().capacity_tokens
+        metrics.kv(engine.usage())
         identity = StageIdentity(options.node, str(options.plan.model.get("name", "")), options.plan.plan_hash)
         endpoint = await StageEndpoint.start(engine, identity, options.host, options.port, settings)
         port = endpoint.port

@@ -21,7 +21,7 @@ from helix_proto import helix_stage_pb2_grpc as pb_grpc
 from helix_worker import datachannel, wire
 from helix_worker.links import PEER_HEADER, StreamLink
 from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
-from helix_worker.stage.engine import StageEngine
+from helix_worker.engine.stage_engine import StageEngine
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +103,12 @@ class StageServicer(pb_grpc.StageServiceServicer):
         self.engine.submit(chunks, payload)
 
     async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext) -> pb.StageInfo:  # noqa: N802
-        model, usage = self.engine.model, self.engine.kv.usage()
+        model, usage = self.engine.model, self.engine.usage()
         return pb.StageInfo(node=self.identity.node, model=self.identity.model, start=model.start, end=model.end,
                             num_layers=model.config.num_layers, hidden_size=model.config.hidden_size,
                             vocab_size=model.config.vocab_size, dtype=str(model.dtype).removeprefix("torch."),
-                            kv_capacity_tokens=usage.capacity_tokens, kv_reserved_tokens=usage.reserved_tokens,
-                            plan_hash=self.identity.plan_hash, ready=True)
+                            kv_capacity_tokens=usage.capacity_tokens, kv_used_tokens=usage.used_tokens,
+                            kv_block_tokens=usage.block_tokens, plan_hash=self.identity.plan_hash, ready=True)
 
     # Outputs of the engine -------------------------------------------------------------
 
@@ -153,7 +153,7 @@ class StageServicer(pb_grpc.StageServiceServicer):
         if self._links.get(link.address) is link:
             del self._links[link.address]
         carried = self._carried.pop(link.address, {})
-        alive = {rid: to for rid, to in carried.items() if self.engine.kv.get(rid) is not None}
+        alive = {rid: to for rid, to in carried.items() if self.engine.holds(rid)}
         self._broken(self._nodes.get(link.address, link.address), alive, f"stream to next stage {link.address} broke")
 
     def _broken(self, node: str, requests: dict[str, str], message: str) -> None:

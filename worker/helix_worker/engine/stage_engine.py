@@ -1,0 +1,212 @@
+"""The stage engine: continuous batching of request pieces through this stage's layers.
+
+Pieces from any upstream stream queue in the scheduler; each step runs what it picked (decode
+rows and prefill chunks of many requests together) in one forward pass on a compute thread,
+then hands hidden states to the next hop or, at the last stage, sampled tokens to the front
+end. The scheduler and block tables live on the event loop's thread and change only between
+steps; the compute thread touches tensors only. The engine never sees a transport: it talks
+to an `Outputs` object, which the gRPC server implements.
+"""
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import torch
+
+from helix_worker.engine.attention import StepLayout
+from helix_worker.engine.kv_pool import BlockAllocator, KVPool, KVUsage
+from helix_worker.engine.model import LayerSlice
+from helix_worker.engine.scheduler import Piece, Scheduler, Step
+from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
+from helix_worker.sampling import sample_row
+
+log = logging.getLogger(__name__)
+
+
+class Outputs(Protocol):
+    def forward(self, hop: Hop, chunks: list[Chunk], hidden: torch.Tensor) -> None: ...
+
+    def deliver(self, reply_to: str, results: list[Sampled], failures: list[Failure]) -> None: ...
+
+
+class StepObserver(Protocol):
+    def step(self, requests: int, tokens: int, seconds: float, queued: int, usage: KVUsage,
+             hop_seconds: list[float], preempted: int) -> None: ...
+
+
+@dataclass
+class _StepResult:
+    forwards: list[tuple[Hop, list[Chunk], torch.Tensor]]
+    sampled: list[tuple[str, Sampled]]
+
+
+class StageEngine:
+    def __init__(self, node: str, model: LayerSlice, pool: KVPool, *, max_batch_tokens: int,
+                 slowdown: float = 1.0, observer: StepObserver | None = None) -> None:
+        self.node, self.model, self.pool = node, model, pool
+        self.allocator = BlockAllocator(pool.blocks, pool.block_tokens)
+        self.scheduler = Scheduler(node, self.allocator, max_batch_tokens)
+        self.slowdown, self.observer = slowdown, observer
+        self.outputs: Outputs | None = None
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{node}")
+        self._rng = torch.Generator()
+        self._rng.seed()  # unseeded requests draw from a non-deterministic stream
+
+    def usage(self) -> KVUsage:
+        return self.allocator.usage()
+
+    def holds(self, request_id: str) -> bool:
+        """Whether `request_id` has KV blocks here (it is being served)."""
+        return self.scheduler.holds(request_id)
+
+    def submit(self, chunks: list[Chunk], payload: torch.Tensor) -> None:
+        """Queue a forward batch; its payload rows follow the chunks' order. Chunks this stage
+        cannot run are answered with a failure at once, each alone."""
+        offset, now = 0, time.perf_counter()
+        for chunk in chunks:
+            rows = payload[offset:offset + max(chunk.length, 0)]
+            offset += max(chunk.length, 0)
+            problem = self._check(chunk, rows)
+            if problem is not None:
+                self._send_failures(chunk.reply_to, [Failure(chunk.request_id, self.node, FailureKind.INVALID, problem)])
+                continue
+            self.scheduler.add(Piece(chunk, rows, now))
+        self._wakeup.set()
+
+    def _check(self, chunk: Chunk, rows: torch.Tensor) -> str | None:
+        if not chunk.route or chunk.route[0].node != self.node:
+            return f"chunk routed to {chunk.route[0].node if chunk.route else 'nowhere'}, not {self.node}"
+        hop = chunk.route[0]
+        if not self.model.start <= hop.start < hop.end <= self.model.end:
+            return f"layers [{hop.start}, {hop.end}) are not all in [{self.model.start}, {self.model.end})"
+        if chunk.length < 1 or chunk.position < 0 or rows.shape[0] != chunk.length:
+            return (f"chunk of {chunk.length} tokens at position {chunk.position} with {rows.shape[0]} payload rows: "
+                    "need at least one token, a position >= 0 and one row per token")
+        if hop.end < self.model.config.num_layers and len(chunk.route) < 2:
+            return f"the route ends at layer {hop.end} of {self.model.config.num_layers}: no next hop"
+        return None
+
+    def release(self, request_ids: list[str]) -> None:
+        """Free finished or abandoned requests; their pieces that arrive later are dropped, and so
+        are the outputs of a step running now."""
+        for request_id in request_ids:
+            self.scheduler.release(request_id)
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Step forever (until cancelled)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                self._wakeup.clear()
+                step = self.scheduler.next_step() if self.scheduler.has_work else None
+                if step is not None:
+                    for failure, reply_to in step.refused:
+                        self._send_failures(reply_to, [failure])
+                if step is None or not (step.pieces or step.refused):
+                    await self._wakeup.wait()  # idle, or new requests wait for blocks
+                    continue
+                if not step.pieces:
+                    continue  # preemptions freed blocks: schedule again
+                started = time.perf_counter()
+                try:
+                    result = await loop.run_in_executor(self._executor, self._compute, step)
+                except Exception as err:  # a bug or a device error: fail these requests, keep serving
+                    log.exception("stage step failed")
+                    for piece in step.pieces:
+                        chunk = piece.chunk
+                        self.scheduler.release(chunk.request_id)
+                        self._send_failures(chunk.reply_to, [Failure(chunk.request_id, self.node,
+                                                                     FailureKind.INTERNAL, repr(err))])
+                    result = _StepResult([], [])
+                self._finish_step(step, result, time.perf_counter() - started)
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _compute(self, step: Step) -> _StepResult:
+        started = time.perf_counter()
+        self.pool.clear(step.fresh_blocks)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, piece in enumerate(step.pieces):
+            hop = piece.chunk.route[0]
+            groups.setdefault((hop.start, hop.end), []).append(index)
+        group_size = self.model.config.num_heads // self.model.config.num_kv_heads
+        forwards, sampled = [], []
+        for (start, end), members in groups.items():
+            pieces = [step.pieces[i] for i in members]
+            layout = StepLayout.build([step.sequences[i] for i in members], self.pool.block_tokens, group_size,
+                                      self.model.dtype, self.model.device)
+            hidden = self.model.forward(torch.cat([p.rows for p in pieces]), layout, self.pool, start, end)
+            if end == self.model.config.num_layers:
+                sampled += self._sample(pieces, hidden)
+            else:
+                forwards += _split_by_next_hop(pieces, hidden)
+        if self.slowdown > 1.0:
+            time.sleep((time.perf_counter() - started) * (self.slowdown - 1.0))
+        return _StepResult(forwards, sampled)
+
+    def _sample(self, pieces: list[Piece], hidden: torch.Tensor) -> list[tuple[str, Sampled]]:
+        """Sample after each request's whole input; partial prompt chunks only fill the cache."""
+        ends = torch.tensor([p.chunk.length for p in pieces]).cumsum(0) - 1
+        done = [i for i, p in enumerate(pieces) if not p.chunk.partial]
+        if not done:
+            return []
+        logits = self.model.logits(hidden[ends[done].to(hidden.device)]).cpu()  # sampling lives on the CPU
+        out = []
+        for i, row in zip(done, logits):
+            chunk = pieces[i].chunk
+            position = chunk.position + chunk.length
+            token, logprob, top = sample_row(row, chunk.sampling, position, self._rng)
+            out.append((chunk.reply_to, Sampled(chunk.request_id, token, position, logprob, top,
+                                                row.clone() if chunk.sampling.return_logits else None)))
+        return out
+
+    def _finish_step(self, step: Step, result: _StepResult, seconds: float) -> None:
+        gone = self.scheduler.is_gone
+        for hop, chunks, hidden in result.forwards:
+            keep = [i for i, c in enumerate(chunks) if not gone(c.request_id)]
+            if len(keep) < len(chunks):
+                hidden = torch.cat([_rows_of(chunks, hidden, i) for i in keep]) if keep else hidden[:0]
+                chunks = [chunks[i] for i in keep]
+            if chunks and self.outputs is not None:
+                self.outputs.forward(hop, chunks, hidden)
+        by_peer: dict[str, list[Sampled]] = {}
+        for reply_to, item in result.sampled:
+            if not gone(item.request_id):
+                by_peer.setdefault(reply_to, []).append(item)
+        for reply_to, results in by_peer.items():
+            if self.outputs is not None:
+                self.outputs.deliver(reply_to, results, [])
+        if self.observer is not None:
+            now = time.perf_counter()
+            preempted = sum(f.kind == FailureKind.PREEMPTED for f, _ in step.refused)
+            self.observer.step(len(step.pieces), step.tokens, seconds, self.scheduler.queued, self.usage(),
+                               [now - p.received for p in step.pieces], preempted)
+
+    def _send_failures(self, reply_to: str, failures: list[Failure]) -> None:
+        if self.outputs is not None:
+            self.outputs.deliver(reply_to, [], failures)
+
+
+def _split_by_next_hop(pieces: list[Piece], hidden: torch.Tensor) -> list[tuple[Hop, list[Chunk], torch.Tensor]]:
+    """Group rows by the next hop's address, keeping each request's rows together."""
+    by_hop: dict[Hop, tuple[list[Chunk], list[torch.Tensor]]] = {}
+    offset = 0
+    for piece in pieces:
+        chunk = piece.chunk
+        rows = hidden[offset:offset + chunk.length]
+        offset += chunk.length
+        chunks, tensors = by_hop.setdefault(chunk.route[1], ([], []))
+        chunks.append(replace(chunk, route=chunk.route[1:]))
+        tensors.append(rows)
+    return [(hop, chunks, torch.cat(tensors)) for hop, (chunks, tensors) in by_hop.items()]
+
+
+def _rows_of(chunks: list[Chunk], hidden: torch.Tensor, index: int) -> torch.Tensor:
+    start = sum(c.length for c in chunks[:index])
+    return hidden[start:start + chunks[index].length]
