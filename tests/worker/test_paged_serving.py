@@ -1,0 +1,122 @@
+"""Paged KV serving end to end with worker processes: prompts chunked across stages, KV running
+out mid-decode (preemption, then re-prefill), no block left held afterwards, and how many
+requests a stage holds at once compared with reserving prompt + max_tokens for each."""
+
+import asyncio
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+from dataplane_helpers import start_workers, write_plan
+
+from helix_worker.envs import Settings
+from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
+from helix_worker.links import StreamLink
+from helix_worker.protocol import SamplingParams
+from helix_worker.reference import ReferenceModel
+
+LIMITS = ModelLimits(vocab_size=380, max_positions=2048)
+TWO_STAGES = [[("left", 0, 3), ("right", 3, 6)]]
+
+
+def _metric(url: str, name: str) -> float:
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
+
+
+async def _kv_left(address: str, seconds: float = 5.0) -> int:
+    """KV tokens the stage still holds once the releases sent so far had time to arrive."""
+    link = StreamLink(address, "probe", max_message_bytes=1 << 20)
+    for _ in range(int(seconds / 0.05)):
+        if (used := int((await link.describe()).kv_used_tokens)) == 0:
+            break
+        await asyncio.sleep(0.05)
+    return used
+
+
+async def _serve(coordinator: Coordinator, prompts: list[list[int]], max_tokens: int) -> list[tuple[list, list]]:
+    async def one(prompt: list[int]) -> tuple[list, list]:
+        request = GenerationRequest(tuple(prompt), max_tokens, SamplingParams(return_logits=True))
+        events = [e async for e in coordinator.generate(request)]
+        return [e.token_id for e in events], [e.logits for e in events]
+
+    return await asyncio.wait_for(asyncio.gather(*(one(p) for p in prompts)), 150)
+
+
+@pytest.mark.timeout(240)
+async def test_chunked_prompts_and_preemption_keep_reference_tokens_and_leak_no_block(
+        tmp_path: Path, checkpoint: Path, fleet) -> None:
+    # Steps of at most 8 tokens cut every longer prompt into chunks on both stages; 6 blocks of
+    # 8 tokens per stage hold 6 prompts at admission, but not their growth to 34 tokens each.
+    fleet.env |= {"HELIX_MAX_BATCH_TOKENS": "8", "HELIX_KV_BLOCK_TOKENS": "8", "HELIX_KV_CACHE_TOKENS": "48"}
+    plan, plan_path = write_plan(tmp_path, TWO_STAGES)
+    endpoints = await asyncio.to_thread(start_workers, fleet, plan, plan_path, checkpoint)
+    prompts = [list(range(30, 50)), [5, 17, 42], [7], list(range(100, 113)), [9, 8, 7, 6, 5], list(range(200, 206))]
+    max_tokens = 14
+    coordinator = Coordinator(plan, endpoints, LIMITS, Settings())
+    await coordinator.start()
+    try:
+        await coordinator.wait_ready(30)
+        runs = await _serve(coordinator, prompts, max_tokens)
+        left = {name: await _kv_left(address) for name, address in endpoints.items()}
+    finally:
+        await coordinator.close()
+    reference = ReferenceModel(checkpoint)
+    for prompt, (tokens, logits) in zip(prompts, runs):
+        expected = reference.greedy(prompt, max_tokens)
+        assert tokens == expected.tokens, f"prompt of {len(prompt)} tokens diverged"
+        assert all((got - want).abs().max() <= 1e-4 for got, want in zip(logits, expected.logits))
+    urls = {child.name: child.http_url for child in fleet.children}
+    assert sum(_metric(url, "helix_stage_preemptions_total") for url in urls.values()) > 0
+    assert coordinator.metrics.registry.get_sample_value("helix_preemptions_total") > 0
+    assert left == {name: 0 for name in endpoints}, "blocks still held after every request finished"
+    for name in endpoints:
+        # More pieces than requests x tokens: prompts really arrived in chunks.
+        assert _metric(urls[name], "helix_stage_chunks_total") > len(prompts) * max_tokens
+
+
+@pytest.mark.timeout(240)
+async def test_paging_holds_three_times_the_requests_of_reserving_max_tokens(
+        tmp_path: Path, checkpoint: Path, fleet) -> None:
+    """Prompts of 8 tokens whose clients stop after 24 of max_tokens 96 (4x): reserving prompt +
+    max_tokens would hold 2048 // 104 = 19 at a time."""
+    fleet.env |= {"HELIX_KV_BLOCK_TOKENS": "8", "HELIX_KV_CACHE_TOKENS": "2048"}
+    plan, plan_path = write_plan(tmp_path, [[("solo", 0, 6)]])
+    endpoints = await asyncio.to_thread(start_workers, fleet, plan, plan_path, checkpoint)
+    prompt, output, max_tokens = list(range(60, 68)), 24, 96
+    reserving = 2048 // (len(prompt) + max_tokens)
+    coordinator = Coordinator(plan, endpoints, LIMITS, Settings())
+    samples: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            samples.append(coordinator.admitted)
+            await asyncio.sleep(0.005)
+
+    async def client(index: int) -> list[int]:
+        tokens = []
+        stream = coordinator.generate(GenerationRequest(tuple(prompt[index % 4:]), max_tokens))
+        async for event in stream:
+            tokens.append(event.token_id)
+            if len(tokens) == output:
+                break
+        await stream.aclose()
+        return tokens
+
+    await coordinator.start()
+    watcher = asyncio.create_task(watch())
+    try:
+        await coordinator.wait_ready(30)
+        runs = await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(128))), 150)
+        left = await _kv_left(endpoints["solo"])
+    finally:
+        watcher.cancel()
+        await coordinator.close()
+    busy = [n for n in samples if n > 0]
+    print(f"reserving prompt + max_tokens: {reserving}; paged: peak {max(busy)}, mean {sum(busy) / len(busy):.1f}")
+    assert max(busy) >= 3 * reserving and sum(busy) / len(busy) >= 3 * reserving, (reserving, max(busy))
+    reference = ReferenceModel(checkpoint)
+    for i in range(4):
+        assert runs[i] == reference.greedy(prompt[i:], output).tokens
+    assert left == 0
