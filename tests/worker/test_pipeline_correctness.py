@@ -1,5 +1,6 @@
-"""Three stages in three processes generate exactly what a single process computes, with
-messages on the TCP data channel (the default) and on the gRPC streams alone."""
+"""One, two and three stages in as many processes generate exactly what a single process
+computes, with prompts longer than a step's budget chunked across the stages, and messages on
+the TCP data channel (the default) and on the gRPC streams alone."""
 
 import asyncio
 import re
@@ -39,12 +40,17 @@ def _counter(metrics: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{name}_total\{{[^}}]*\}} (\S+)$", metrics, re.MULTILINE))
 
 
+CHAINS = {1: [("stage-a", 0, 6)], 2: [("stage-a", 0, 3), ("stage-b", 3, 6)],
+          3: [("stage-a", 0, 2), ("stage-b", 2, 4), ("stage-c", 4, 6)]}
+
+
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("data_channel", ["tcp", "grpc"])
-async def test_three_stage_pipeline_matches_single_process(tmp_path: Path, checkpoint: Path, fleet,
-                                                           data_channel: str) -> None:
-    plan, plan_path = write_plan(tmp_path, [[("stage-a", 0, 2), ("stage-b", 2, 4), ("stage-c", 4, 6)]])
+@pytest.mark.parametrize("stages, data_channel", [(1, "tcp"), (2, "tcp"), (3, "tcp"), (3, "grpc")])
+async def test_pipelines_match_single_process(tmp_path: Path, checkpoint: Path, fleet, stages: int,
+                                              data_channel: str) -> None:
+    plan, plan_path = write_plan(tmp_path, [CHAINS[stages]])
     fleet.env["HELIX_DATA_CHANNEL"] = data_channel
+    fleet.env["HELIX_MAX_BATCH_TOKENS"] = "12"  # the 13- and 20-token prompts run in chunks
     endpoints = await asyncio.to_thread(start_workers, fleet, plan, plan_path, checkpoint)
     coordinator = Coordinator(plan, endpoints, ModelLimits(vocab_size=380, max_positions=2048),
                               Settings(data_channel=data_channel))
@@ -67,6 +73,6 @@ async def test_three_stage_pipeline_matches_single_process(tmp_path: Path, check
         text = urllib.request.urlopen(child.http_url + "/metrics", timeout=5).read().decode()
         steps = _histogram_count(text, "helix_stage_batch_requests")
         chunks = _counter(text, "helix_stage_chunks")
-        assert chunks == len(PROMPTS) * MAX_TOKENS, child.name
+        assert chunks > len(PROMPTS) * MAX_TOKENS, child.name  # one piece per token, and prompt chunks
         assert 0 < steps < chunks, f"{child.name}: {steps} steps for {chunks} chunks"
         assert "sending on the gRPC stream" not in child.log_path.read_text(), f"{child.name} fell back"

@@ -9,6 +9,7 @@ always stopping every child.
 """
 
 import json
+import os
 import signal
 import tempfile
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helix_planner.report import plan_table
-from helix_worker.envs import Settings
+from helix_worker.envs import Settings, env_name
 from helix_worker.errors import ServingError
 from helix_worker.fleet_plan import (CLUSTER_PLAN_SECONDS, LOCAL_PLAN_SECONDS, FleetPlan, check_local_fleet,
                                      cluster_file_plan, local_fleet_plan)
@@ -69,10 +70,21 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def worker_env(workers: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Variables every local worker gets on top of this environment: unless HELIX_TORCH_THREADS is
+    set, the machine's cores shared out among the workers, since they all run on it and torch's
+    default (every core per process) makes them fight for each core."""
+    environ = dict(os.environ) if environ is None else environ
+    if environ.get(env_name("torch_threads")):
+        return {}
+    return {env_name("torch_threads"): str(max(1, (os.cpu_count() or 1) // max(1, workers)))}
+
+
 def make_plan(options: UpOptions, checkpoint: Path, config: ModelConfig, name: str, workdir: Path,
-              out=print) -> FleetPlan:
-    """The planner's placement of the cluster file, or of the local workers as measured here."""
-    settings = Settings.from_env()  # the workers inherit this environment (device, dtype, threads)
+              shared: dict[str, str], out=print) -> FleetPlan:
+    """The planner's placement of the cluster file, or of the local workers as measured here (with
+    the `shared` variables every worker gets)."""
+    settings = Settings.from_env(os.environ | shared)  # what the workers will run with (device, dtype, threads)
     if options.cluster_file is not None:
         return cluster_file_plan(options.cluster_file, config, name, settings,
                                  options.plan_seconds or CLUSTER_PLAN_SECONDS, out)
@@ -91,6 +103,7 @@ def up(options: UpOptions, out=print) -> int:
     if options.cluster_file is None:
         check_local_fleet(options.workers, options.slowdowns)
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="helix-up-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     checkpoint = options.checkpoint
     if checkpoint is None:
         checkpoint = workdir / "model"
@@ -98,7 +111,10 @@ def up(options: UpOptions, out=print) -> int:
         out(f"no --model given: wrote a random-weight demo checkpoint to {checkpoint}")
     config = load_model_config(checkpoint)
     name = checkpoint.name if options.checkpoint else "helix-demo"
-    fleet_plan = make_plan(options, checkpoint, config, name, workdir, out)
+    shared = worker_env(options.workers)  # a local fleet is measured with the threads its workers get
+    fleet_plan = make_plan(options, checkpoint, config, name, workdir, shared, out)
+    if options.cluster_file is not None:
+        shared = worker_env(len(fleet_plan.plan.nodes))
     report_plan(fleet_plan, out)
     plan, slowdowns = fleet_plan.plan, fleet_plan.slowdowns
     plan_path = workdir / "plan.json"
@@ -107,7 +123,7 @@ def up(options: UpOptions, out=print) -> int:
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             children = [fleet.start_worker(plan_path, n.name, checkpoint,
-                                           env={"HELIX_SLOWDOWN": str(slowdowns[n.name])}) for n in plan.nodes]
+                                           env=shared | {"HELIX_SLOWDOWN": str(slowdowns[n.name])}) for n in plan.nodes]
             endpoints = {c.name: fleet.wait(c, options.ready_timeout).grpc_address for c in children}
             endpoints_path = workdir / "endpoints.json"
             endpoints_path.write_text(json.dumps(endpoints, indent=2))

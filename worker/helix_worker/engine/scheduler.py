@@ -106,7 +106,9 @@ class Scheduler:
     def next_step(self) -> Step:
         ready = [s for s in self._sequences.values() if s.pending]
         ready.sort(key=lambda s: (s.pending[0].chunk.length > 1, s.order))
-        budget, chosen, fresh, refused = self.token_budget, [], [], []
+        budget, fresh = self.token_budget, []
+        chosen: list[tuple[_Sequence, Piece]] = []
+        refused: list[tuple[Failure, str]] = []
         waiting = False  # a new request found no room: newer ones wait behind it
         for sequence in ready:
             if budget <= 0:

@@ -126,7 +126,7 @@ class Coordinator:
 
     # Generation ----------------------------------------------------------------------------
 
-    def validate(self, request: GenerationRequest) -> int:
+    def validate(self, request: GenerationRequest) -> None:
         """Reject what can never run, with one clear message."""
         if not request.prompt_ids:
             raise InvalidRequest("the prompt is empty")
@@ -151,7 +151,8 @@ class Coordinator:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         """Tokens of one request as they are sampled; the last event has a finish_reason."""
         self.validate(request)
-        base, generated, attempts, reroutes, resuming = uuid.uuid4().hex[:16], [], 0, 0, False
+        base, attempts, reroutes, resuming = uuid.uuid4().hex[:16], 0, 0, False
+        generated: list[int] = []
         admitted = time.perf_counter()
         self.metrics.in_flight.inc()
         try:

