@@ -60,6 +60,11 @@ async def test_completion_matches_reference_and_stream_matches_completion(served
     events = await _stream(served, "/v1/completions", body)
     assert "".join(e["choices"][0]["text"] for _, e in events) == done["choices"][0]["text"]
     assert len(events) == 12 and events[-1][1]["choices"][0]["finish_reason"] == "length"
+    counted = await _stream(served, "/v1/completions", body | {"stream_options": {"include_usage": True}})
+    assert all(e["usage"] is None for _, e in counted[:-1])
+    assert counted[-1][1]["choices"] == [] and counted[-1][1]["usage"] == done["usage"]
+    status, error = await _post(served, "/v1/completions", body | {"stream": True, "stream_options": {"include_usage": 1}})
+    assert status == 400 and "include_usage is true or false" in error["error"]["message"]
 
 
 async def test_token_id_prompt_and_stop_string(served, reference, checkpoint) -> None:

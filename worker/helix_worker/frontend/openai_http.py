@@ -102,7 +102,7 @@ class _OpenAI:
             text_request = parse_body(body, chat=chat)
             generation = self.service.prepare(text_request)
             if body.get("stream"):
-                return await self._stream(request, text_request, generation, ident, chat)
+                return await self._stream(request, text_request, generation, ident, chat, _include_usage(body))
             done = await self.service.complete(text_request)
         except ServingError as err:
             return error_response(err)
@@ -128,11 +128,14 @@ class _OpenAI:
                 "top_logprobs": [{text(i): v for i, v in top} for top in tops]}
 
     async def _stream(self, request: web.Request, text_request: TextRequest, generation: GenerationRequest,
-                      ident: str, chat: bool) -> web.StreamResponse:
+                      ident: str, chat: bool, include_usage: bool) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         frame = _chat_chunk if chat else _completion_chunk
-        base = {"id": ident, "created": int(time.time()), "model": self.service.model_name}
+        base: dict[str, Any] = {"id": ident, "created": int(time.time()), "model": self.service.model_name}
+        if include_usage:
+            base["usage"] = None  # OpenAI: null on every chunk but the last
+        completion_tokens = 0
         try:
             if chat:
                 await _send(response, base | {"object": "chat.completion.chunk", "choices": [
@@ -140,16 +143,30 @@ class _OpenAI:
             wants_logprobs = text_request.sampling.logprobs > 0
             async with aclosing(self.service.stream(text_request, generation)) as pieces:
                 async for piece in pieces:
+                    completion_tokens += len(piece.token_ids)
                     data = base | frame(piece)
                     if wants_logprobs:
                         data["choices"][0]["logprobs"] = self._logprobs(piece.token_ids, piece.logprobs,
                                                                         piece.top_logprobs, chat)
                     await _send(response, data)
+            if include_usage:
+                prompt_tokens = len(generation.prompt_ids)
+                await _send(response, base | {"object": frame(TextPiece("", ()))["object"], "choices": [], "usage": {
+                    "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens}})
         except ServingError as err:
             await _send(response, {"error": {"message": str(err), "type": type(err).__name__}})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    """`stream_options.include_usage`: a last chunk with the token counts, as OpenAI sends it."""
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise InvalidRequest("stream_options must be an object whose include_usage is true or false")
+    return options.get("include_usage", False)
 
 
 def _completion_chunk(piece: TextPiece) -> dict[str, Any]:
