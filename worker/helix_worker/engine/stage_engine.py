@@ -25,6 +25,8 @@ from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
 from helix_worker.sampling import sample_row
 
 log = logging.getLogger(__name__)
+_WAIT_SHARE = 0.25  # wait for stragglers only while their round trip is under this share of a step
+_EMA = 0.2  # weight of the newest sample in the round-trip and step-time averages
 
 
 class Outputs(Protocol):
@@ -56,6 +58,9 @@ class StageEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{node}")
         self._rng = torch.Generator()
         self._rng.seed()  # unseeded requests draw from a non-deterministic stream
+        self._awaited: dict[str, float] = {}  # requests whose next input is due: when their step ended
+        self._round_trip = 0.0  # average time from a step's end to a request's next input
+        self._step_seconds = 0.0  # average step time
 
     def usage(self) -> KVUsage:
         return self.allocator.usage()
@@ -69,6 +74,8 @@ class StageEngine:
         cannot run are answered with a failure at once, each alone."""
         offset, now = 0, time.perf_counter()
         for chunk in chunks:
+            if (ended := self._awaited.pop(chunk.request_id, None)) is not None:
+                self._round_trip += _EMA * (now - ended - self._round_trip)
             rows = payload[offset:offset + max(chunk.length, 0)]
             offset += max(chunk.length, 0)
             problem = self._check(chunk, rows)
@@ -96,6 +103,7 @@ class StageEngine:
         are the outputs of a step running now."""
         for request_id in request_ids:
             self.scheduler.release(request_id)
+            self._awaited.pop(request_id, None)
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -104,6 +112,8 @@ class StageEngine:
         try:
             while True:
                 self._wakeup.clear()
+                if self.scheduler.has_work and self._awaited:
+                    await self._gather_stragglers(loop)
                 step = self.scheduler.next_step() if self.scheduler.has_work else None
                 if step is not None:
                     for failure, reply_to in step.refused:
@@ -127,6 +137,21 @@ class StageEngine:
                 self._finish_step(step, result, time.perf_counter() - started)
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _gather_stragglers(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait (briefly) for the inputs of requests that stepped last time, so they step together."""
+        if self._round_trip >= _WAIT_SHARE * self._step_seconds:
+            return
+        now = time.perf_counter()
+        stale = now - max(1.0, 10 * self._step_seconds)
+        self._awaited = {r: t for r, t in self._awaited.items() if t > stale and not self.scheduler.is_gone(r)}
+        deadline = loop.time() + min(2 * self._round_trip, _WAIT_SHARE * self._step_seconds)
+        while self._awaited and (remaining := deadline - loop.time()) > 0:
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
 
     def _compute(self, step: Step) -> _StepResult:
         started = time.perf_counter()
@@ -168,6 +193,11 @@ class StageEngine:
 
     def _finish_step(self, step: Step, result: _StepResult, seconds: float) -> None:
         gone = self.scheduler.is_gone
+        self._step_seconds += _EMA * (seconds - self._step_seconds)
+        ended = time.perf_counter()
+        for piece in step.pieces:
+            if not piece.chunk.partial and not gone(piece.chunk.request_id):
+                self._awaited[piece.chunk.request_id] = ended
         for hop, chunks, hidden in result.forwards:
             keep = [i for i, c in enumerate(chunks) if not gone(c.request_id)]
             if len(keep) < len(chunks):
