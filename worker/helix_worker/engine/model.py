@@ -6,6 +6,12 @@ request in a step are packed into one [T, hidden] tensor, so each projection is 
 (q, k and v fused into one, gate and up into another); only attention needs to know which
 rows belong to which request, and it is handed in per layer (`Attend`), so the same weights
 run the paged engine and the single-process reference.
+
+On the CPU, bfloat16 projection weights are packed once, at load, into oneDNN's blocked
+layout (torch's `mkldnn._reorder_linear_weight`, what inductor's CPU freezing does): a plain
+`F.linear` in bfloat16 repacks the weight on every call, which made a 16-request decode step
+read and write every weight twice (one thread, 12 projections of 5632 x 1024: 24 ms plain,
+14 ms packed; results bit-identical).
 """
 
 import logging
@@ -27,6 +33,19 @@ log = logging.getLogger(__name__)
 
 # q [T, heads, dim], k and v [T, kv_heads, dim] -> [T, heads, dim]
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` in oneDNN's layout where that pays (bfloat16 on the CPU), else as it is."""
+    if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+        return torch.ops.mkldnn._reorder_linear_weight(weight, 16)  # the layout serves every row count
+    return weight
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -57,9 +76,10 @@ class DecoderLayer:
         bias = torch.cat([get(f"self_attn.{p}_proj.bias") for p in "qkv"]) if config.qkv_bias else None
         return cls(
             input_norm=get("input_layernorm.weight"), post_norm=get("post_attention_layernorm.weight"),
-            qkv=torch.cat([get(f"self_attn.{p}_proj.weight") for p in "qkv"]), o=get("self_attn.o_proj.weight"),
-            gate_up=torch.cat([get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")]),
-            down=get("mlp.down_proj.weight"), qkv_bias=bias,
+            qkv=pack_weight(torch.cat([get(f"self_attn.{p}_proj.weight") for p in "qkv"])),
+            o=pack_weight(get("self_attn.o_proj.weight")),
+            gate_up=pack_weight(torch.cat([get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")])),
+            down=pack_weight(get("mlp.down_proj.weight")), qkv_bias=bias,
         )
 
     @property
@@ -71,14 +91,14 @@ class DecoderLayer:
         """x [T, hidden] -> [T, hidden]."""
         rows, dim = x.shape[0], config.head_dim
         h = rms_norm(x, self.input_norm, config.rms_norm_eps)
-        q, k, v = F.linear(h, self.qkv, self.qkv_bias).split(
+        q, k, v = linear(h, self.qkv, self.qkv_bias).split(
             [config.num_heads * dim, config.num_kv_heads * dim, config.num_kv_heads * dim], dim=-1)
         q = rotary.apply(q.reshape(rows, config.num_heads, dim), cos, sin)
         k = rotary.apply(k.reshape(rows, config.num_kv_heads, dim), cos, sin)
         out = attend(q, k, v.reshape(rows, config.num_kv_heads, dim))
-        x = x + F.linear(out.reshape(rows, config.num_heads * dim), self.o)
-        gate, up = F.linear(rms_norm(x, self.post_norm, config.rms_norm_eps), self.gate_up).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, self.down)
+        x = x + linear(out.reshape(rows, config.num_heads * dim), self.o)
+        gate, up = linear(rms_norm(x, self.post_norm, config.rms_norm_eps), self.gate_up).chunk(2, dim=-1)
+        return x + linear(F.silu(gate) * up, self.down)
 
 
 class LayerSlice:
