@@ -8,8 +8,9 @@ is torch's `scaled_dot_product_attention`, which runs its fused flash kernel on 
 flash / memory-efficient kernels on CUDA). Its inputs are built without per-request Python:
 
 * a request's blocks are gathered with one `index_select` over the pool, seen as one row per
-  block (8x faster on the CPU than selecting 4-D slices), into a padded [requests, kv_heads,
-  tokens, head_dim] view (block 0, always zero, pads shorter tables);
+  block (8x faster on the CPU than selecting 4-D slices), into buffers kept across steps and
+  viewed as padded [requests, kv_heads, tokens, head_dim] (block 0, always zero, pads shorter
+  tables);
 * grouped-query attention never repeats keys: the query heads that share a KV head become
   extra query rows of that head ([requests, kv_heads, rows x group, head_dim]), so each key is
   read once per KV head;
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from helix_worker.engine.kv_pool import PAD_BLOCK
+from helix_worker.engine.kv_pool import PAD_BLOCK, KVPool
 
 
 @dataclass(frozen=True)
@@ -97,33 +98,35 @@ def _group(members: list[int], sequences: list[SequenceRows], offsets: torch.Ten
                   tables[index, :width].reshape(-1).to(device), mask.to(device), queries, width * block_tokens)
 
 
-def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pool: KVPool, layer: int,
                     layout: StepLayout) -> torch.Tensor:
     """Write this step's keys and values into the pool, then attend every row to its request's cache.
 
-    q [T, heads, dim], k and v [T, kv_heads, dim]; `keys` and `values` are one layer's pool
-    [blocks, block_tokens, kv_heads, dim]. Returns [T, heads, dim].
+    q [T, heads, dim], k and v [T, kv_heads, dim]; `layer` indexes the pool's layers. Returns
+    [T, heads, dim].
     """
+    keys, values = pool.layer(layer)
     kv_heads, dim = keys.shape[2], keys.shape[3]
     keys.view(-1, kv_heads, dim).index_copy_(0, layout.slots, k)
     values.view(-1, kv_heads, dim).index_copy_(0, layout.slots, v)
     out = torch.empty_like(q)
     for part in (layout.single, layout.multi):
         if part is not None:
-            _attend(q, keys, values, part, out)
+            _attend(q, pool, layer, part, out)
     return out
 
 
-def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, part: _Group, out: torch.Tensor) -> None:
+def _attend(q: torch.Tensor, pool: KVPool, layer: int, part: _Group, out: torch.Tensor) -> None:
     heads, dim = q.shape[1], q.shape[2]
-    kv_heads = keys.shape[2]
+    kv_heads = pool.data.shape[4]
     group = heads // kv_heads
     requests = part.rows.shape[0]
     flat_rows = part.rows.reshape(-1)
     query = (q.index_select(0, flat_rows).view(requests, part.queries, kv_heads, group, dim)
              .transpose(1, 2).reshape(requests, kv_heads, part.queries * group, dim))
-    k = _gather(keys, part.blocks).view(requests, part.tokens, kv_heads, dim).transpose(1, 2)
-    v = _gather(values, part.blocks).view(requests, part.tokens, kv_heads, dim).transpose(1, 2)
+    keys, values = pool.gather(layer, part.blocks)
+    k = keys.view(requests, part.tokens, kv_heads, dim).transpose(1, 2)
+    v = values.view(requests, part.tokens, kv_heads, dim).transpose(1, 2)
     result = F.scaled_dot_product_attention(query, k, v, attn_mask=part.mask)
     result = (result.view(requests, kv_heads, part.queries, group, dim).transpose(1, 2)
               .reshape(requests * part.queries, heads, dim))
@@ -131,7 +134,3 @@ def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, part: _Gr
         out.index_copy_(0, flat_rows, result)
     else:
         out.index_copy_(0, flat_rows[part.real], result[part.real])
-
-
-def _gather(pool: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    return pool.view(pool.shape[0], -1).index_select(0, blocks)

@@ -37,6 +37,21 @@ class KVPool:
                  dtype: torch.dtype, device: torch.device) -> None:
         self.blocks, self.block_tokens = blocks, block_tokens
         self.data = torch.zeros(layers, 2, blocks, block_tokens, kv_heads, head_dim, dtype=dtype, device=device)
+        self._gathered = [self.data.new_empty(0), self.data.new_empty(0)]  # keys', values' gather buffers
+
+    def gather(self, layer: int, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of `blocks` of one layer, one row per block, in buffers kept across steps:
+        a fresh tensor of tens of MiB each time is mapped and page-faulted in anew (a 4 ms gather
+        took 22 ms so)."""
+        out = []
+        for side in (0, 1):
+            source = self.data[layer, side].view(self.blocks, -1)
+            needed = blocks.numel() * source.shape[1]
+            if self._gathered[side].numel() < needed:
+                self._gathered[side] = source.new_empty(needed)
+            rows = self._gathered[side][:needed].view(blocks.numel(), source.shape[1])
+            out.append(torch.index_select(source, 0, blocks, out=rows))
+        return out[0], out[1]
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.data[index, 0], self.data[index, 1]

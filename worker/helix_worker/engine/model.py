@@ -161,8 +161,7 @@ class LayerSlice:
         end = self.end if end is None else end
 
         def paged(index: int) -> Attend:
-            keys, values = pool.layer(index)
-            return lambda q, k, v: paged_attention(q, k, v, keys, values, layout)
+            return lambda q, k, v: paged_attention(q, k, v, pool, index, layout)
 
         return self.run(inputs, layout.positions, paged, start, end)
 
