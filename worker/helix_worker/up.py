@@ -72,15 +72,15 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def worker_env(workers: int, environ: dict[str, str] | None = None) -> dict[str, str]:
     """Variables every local worker gets on top of this environment: unless HELIX_TORCH_THREADS is
-    set, the machine's cores but one (the front end's, as vLLM leaves one to its API server)
-    shared out among the workers. torch's default, every core in every process, makes the
-    workers' thread teams wait on each other at every barrier (on two cores with a front end
-    and a load client: 64 ms for a 16-request decode step with one thread, 98 ms with two)."""
+    set, the machine's cores shared out among the workers. torch's default, every core in every
+    process, makes the workers' thread teams wait on each other at every barrier (on two cores
+    with a load running beside it: 64 ms for a 16-request decode step with one thread, 98 ms with
+    two). A lone worker keeps every core: leaving one to the front end, as vLLM leaves one to its
+    API server, cost it a quarter to two thirds of its tokens/s in `bench/engine.py`."""
     environ = dict(os.environ) if environ is None else environ
     if environ.get(env_name("torch_threads")):
         return {}
-    cores = os.cpu_count() or 1
-    return {env_name("torch_threads"): str(max(1, (cores - (cores > 1)) // max(1, workers)))}
+    return {env_name("torch_threads"): str(max(1, (os.cpu_count() or 1) // max(1, workers)))}
 
 
 def make_plan(options: UpOptions, checkpoint: Path, config: ModelConfig, name: str, workdir: Path,
