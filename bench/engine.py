@@ -15,10 +15,8 @@ so no two runs share the cores:
             for 1/N of the layers each: the same tokens fit); otherwise Helix's defaults (`helix up`
             shares the cores out among its workers' torch threads).
 The checkpoint is `helix model init --layers 12 --hidden 1024 --intermediate 2816 --heads 16
---kv-heads 4 --dtype bfloat16` (random weights, HF layout). Its tokenizer.json is patched in one
-place: the TemplateProcessing post-processor lists no `special_tokens`, and Hugging Face
-`tokenizers` (used by vLLM and aiperf) panics on every encode without the BOS entry there;
-Helix's own tokenizer ignores that map, and encodes exactly as `tokenizers` does after the patch.
+--kv-heads 4 --dtype bfloat16` (random weights, HF layout, its tokenizer.json readable by Hugging
+Face `tokenizers`, which vLLM and aiperf use).
 
 Load: aiperf 0.13.0 (its own venv, ~/.cache/helix-bench/aiperf), closed loop at 16 and 64
 concurrent streams, synthetic prompts of 128 and 512 tokens (the checkpoint's tokenizer), 64 and
@@ -201,19 +199,6 @@ def helix_tree() -> str:
 def make_checkpoint(directory: Path, shape: ModelShape) -> None:
     subprocess.run([helix_cli(), "model", "init", str(directory), *shape.init_args()], check=True,
                    stdout=subprocess.DEVNULL)
-    add_bos_to_post_processor(directory / "tokenizer.json")
-
-
-def add_bos_to_post_processor(path: Path) -> None:
-    """List the template's special tokens, which Hugging Face `tokenizers` needs to encode at all."""
-    data = json.loads(path.read_text())
-    ids = {token["content"]: token["id"] for token in data["added_tokens"]}
-    post = data["post_processor"]
-    for item in post["single"]:
-        if "SpecialToken" in item:
-            name = item["SpecialToken"]["id"]
-            post["special_tokens"][name] = {"id": name, "ids": [ids[name]], "tokens": [name]}
-    path.write_text(json.dumps(data))
 
 
 # Servers ----------------------------------------------------------------------------------------

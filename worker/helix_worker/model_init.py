@@ -157,7 +157,8 @@ def build_tokenizer(merges: int) -> tuple[dict, int]:
         "post_processor": {"type": "TemplateProcessing",
                            "single": [{"SpecialToken": {"id": SPECIAL_TOKENS[0], "type_id": 0}},
                                       {"Sequence": {"id": "A", "type_id": 0}}],
-                           "pair": [], "special_tokens": {}},
+                           "pair": [], "special_tokens": {SPECIAL_TOKENS[0]: {  # Hugging Face tokenizers needs it
+                               "id": SPECIAL_TOKENS[0], "ids": [len(vocab)], "tokens": [SPECIAL_TOKENS[0]]}}},
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "fuse_unk": False, "byte_fallback": False,
                   "vocab": vocab, "merges": learned},
