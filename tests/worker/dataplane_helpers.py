@@ -1,13 +1,19 @@
 """Helpers the data-plane tests share (plain functions; fixtures live in conftest.py)."""
 
+import asyncio
 import json
 import time
 import urllib.request
 from pathlib import Path
 
+import torch
+
 from helix_planner.plan_format import Plan
+from helix_worker.frontend.coordinator import Coordinator, GenerationRequest
 from helix_worker.launcher import LocalFleet
 from helix_worker.local_plan import Layout, manual_plan
+from helix_worker.protocol import SamplingParams
+from helix_worker.reference import ReferenceModel
 
 MODEL = "tiny-llama"
 NUM_LAYERS = 6
@@ -46,3 +52,23 @@ def wait_http_ready(url: str, timeout: float = 60.0) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+async def generate_with_logits(coordinator: Coordinator, prompt: list[int], max_tokens: int,
+                               delay: float = 0.0) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy tokens of one request and the logits each was sampled from."""
+    await asyncio.sleep(delay)
+    request = GenerationRequest(tuple(prompt), max_tokens, SamplingParams(return_logits=True))
+    events = [e async for e in coordinator.generate(request)]
+    return [e.token_id for e in events], [e.logits for e in events]
+
+
+def assert_reference_runs(checkpoint: Path, prompts: list[list[int]], runs: list[tuple[list[int], list[torch.Tensor]]],
+                          max_tokens: int) -> None:
+    """Every run has the single-process reference's greedy tokens, with logits within 1e-4."""
+    reference = ReferenceModel(checkpoint)
+    for prompt, (tokens, logits) in zip(prompts, runs, strict=True):
+        expected = reference.greedy(prompt, max_tokens)
+        assert tokens == expected.tokens, f"prompt of {len(prompt)} tokens diverged"
+        for got, want in zip(logits, expected.logits, strict=True):
+            assert torch.allclose(got, want, atol=1e-4, rtol=0), (got - want).abs().max()

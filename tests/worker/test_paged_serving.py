@@ -8,12 +8,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dataplane_helpers import start_workers, write_plan
+from dataplane_helpers import assert_reference_runs, generate_with_logits, start_workers, write_plan
 
 from helix_worker.envs import Settings
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
 from helix_worker.links import StreamLink
-from helix_worker.protocol import SamplingParams
 from helix_worker.reference import ReferenceModel
 
 LIMITS = ModelLimits(vocab_size=380, max_positions=2048)
@@ -35,15 +34,6 @@ async def _kv_left(address: str, seconds: float = 5.0) -> int:
     return used
 
 
-async def _serve(coordinator: Coordinator, prompts: list[list[int]], max_tokens: int) -> list[tuple[list, list]]:
-    async def one(prompt: list[int]) -> tuple[list, list]:
-        request = GenerationRequest(tuple(prompt), max_tokens, SamplingParams(return_logits=True))
-        events = [e async for e in coordinator.generate(request)]
-        return [e.token_id for e in events], [e.logits for e in events]
-
-    return await asyncio.wait_for(asyncio.gather(*(one(p) for p in prompts)), 150)
-
-
 @pytest.mark.timeout(240)
 async def test_chunked_prompts_and_preemption_keep_reference_tokens_and_leak_no_block(
         tmp_path: Path, checkpoint: Path, fleet) -> None:
@@ -58,15 +48,12 @@ async def test_chunked_prompts_and_preemption_keep_reference_tokens_and_leak_no_
     await coordinator.start()
     try:
         await coordinator.wait_ready(30)
-        runs = await _serve(coordinator, prompts, max_tokens)
+        runs = await asyncio.wait_for(
+            asyncio.gather(*(generate_with_logits(coordinator, p, max_tokens) for p in prompts)), 150)
         left = {name: await _kv_left(address) for name, address in endpoints.items()}
     finally:
         await coordinator.close()
-    reference = ReferenceModel(checkpoint)
-    for prompt, (tokens, logits) in zip(prompts, runs):
-        expected = reference.greedy(prompt, max_tokens)
-        assert tokens == expected.tokens, f"prompt of {len(prompt)} tokens diverged"
-        assert all((got - want).abs().max() <= 1e-4 for got, want in zip(logits, expected.logits))
+    assert_reference_runs(checkpoint, prompts, runs, max_tokens)
     urls = {child.name: child.http_url for child in fleet.children}
     assert sum(_metric(url, "helix_stage_preemptions_total") for url in urls.values()) > 0
     assert coordinator.metrics.registry.get_sample_value("helix_preemptions_total") > 0

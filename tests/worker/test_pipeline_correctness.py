@@ -8,28 +8,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
-from dataplane_helpers import start_workers, write_plan
+from dataplane_helpers import assert_reference_runs, generate_with_logits, start_workers, write_plan
 
 from helix_worker.envs import Settings
-from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
-from helix_worker.protocol import SamplingParams
-from helix_worker.reference import ReferenceModel
+from helix_worker.frontend.coordinator import Coordinator, ModelLimits
 
 PROMPTS = [[5, 17, 42], list(range(30, 50)), [7], [100, 3, 250, 9, 11, 12, 13], list(range(200, 212))]
 # The first two start together (one batch of unequal prefills); the rest arrive while they decode.
 DELAYS = [0.0, 0.0, 0.004, 0.008, 0.016]
 MAX_TOKENS = 8
-
-
-async def _generate(coordinator: Coordinator, prompt: list[int], delay: float) -> tuple[list[int], list[torch.Tensor]]:
-    await asyncio.sleep(delay)
-    request = GenerationRequest(tuple(prompt), MAX_TOKENS, SamplingParams(return_logits=True))
-    tokens, logits = [], []
-    async for event in coordinator.generate(request):
-        tokens.append(event.token_id)
-        logits.append(event.logits)
-    return tokens, logits
 
 
 def _histogram_count(metrics: str, name: str) -> float:
@@ -57,16 +44,12 @@ async def test_pipelines_match_single_process(tmp_path: Path, checkpoint: Path, 
     await coordinator.start()
     try:
         await coordinator.wait_ready(30)
-        runs = await asyncio.gather(*(_generate(coordinator, p, d) for p, d in zip(PROMPTS, DELAYS)))
+        runs = await asyncio.gather(*(generate_with_logits(coordinator, p, MAX_TOKENS, d)
+                                      for p, d in zip(PROMPTS, DELAYS)))
     finally:
         await coordinator.close()
 
-    reference = ReferenceModel(checkpoint)
-    for prompt, (tokens, logits) in zip(PROMPTS, runs):
-        expected = reference.greedy(prompt, MAX_TOKENS)
-        assert tokens == expected.tokens, f"prompt of {len(prompt)} tokens diverged"
-        for got, want in zip(logits, expected.logits):
-            assert torch.allclose(got, want, atol=1e-4, rtol=0), (got - want).abs().max()
+    assert_reference_runs(checkpoint, PROMPTS, runs, MAX_TOKENS)
 
     # Continuous batching really mixed requests: fewer steps than chunks on every stage.
     for child in fleet.children:

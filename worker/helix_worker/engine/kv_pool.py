@@ -20,10 +20,6 @@ class KVUsage:
     requests: int
     block_tokens: int
 
-    @property
-    def used_fraction(self) -> float:
-        return self.used_tokens / self.capacity_tokens if self.capacity_tokens else 0.0
-
 
 class KVPool:
     """Keys and values of every layer on this stage: [layers, 2, blocks, block_tokens, kv_heads, head_dim].
@@ -61,10 +57,6 @@ class KVPool:
         and a masked NaN would still poison the weighted sum)."""
         if blocks:
             self.data[:, :, torch.tensor(blocks, device=self.data.device)] = 0
-
-    @staticmethod
-    def bytes_per_block(block_tokens: int, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
-        return 2 * layers * block_tokens * kv_heads * head_dim * dtype.itemsize
 
 
 class BlockAllocator:

@@ -149,8 +149,7 @@ class LayerSlice:
                       self.dtype, self.device)
 
     def kv_bytes_per_block(self, block_tokens: int) -> int:
-        return KVPool.bytes_per_block(block_tokens, len(self.layers), self.config.num_kv_heads,
-                                      self.config.head_dim, self.dtype)
+        return block_tokens * self.config.kv_bytes_per_token(len(self.layers), self.dtype)
 
     @torch.inference_mode()
     def forward(self, inputs: torch.Tensor, layout: StepLayout, pool: KVPool, start: int | None = None,

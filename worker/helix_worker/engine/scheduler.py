@@ -67,7 +67,6 @@ class Scheduler:
         self._sequences: dict[str, _Sequence] = {}
         self._tombstones: OrderedDict[str, None] = OrderedDict()
         self._arrivals = itertools.count()
-        self.preemptions = 0
 
     @property
     def queued(self) -> int:
@@ -158,7 +157,6 @@ class Scheduler:
                                     f"KV cache full on {self.node}: preempted to make room for older requests"),
                             victim.reply_to))
             chosen[:] = [(s, p) for s, p in chosen if s is not victim]
-            self.preemptions += 1
             self.release(victim.request_id)
             if victim is sequence:
                 return False

@@ -6,6 +6,14 @@ then hands hidden states to the next hop or, at the last stage, sampled tokens t
 end. The scheduler and block tables live on the event loop's thread and change only between
 steps; the compute thread touches tensors only. The engine never sees a transport: it talks
 to an `Outputs` object, which the gRPC server implements.
+
+Unlike an engine that samples in process, a stage gets each request's next token back over
+the network, and starting a step the moment the first one is back splits the running
+requests into groups that then alternate, each step half full. So when tokens have been
+coming back quickly (their round trip under a quarter of a step, as with one stage next to
+its front end), the engine waits that long for the rest of the requests it expects before
+stepping; in a deeper pipeline, where they come back a pipeline's round trip later, it does
+not wait, and the groups keep every stage busy.
 """
 
 import asyncio

@@ -62,7 +62,7 @@ class RouteTable:
     def fits(self, route: Route, tokens: int) -> bool:
         """Whether a request of `tokens` tokens fits every stage of `route`, watermark kept free."""
         for node in route.nodes:
-            total = self._blocks(node, self.capacity[node]) if self.capacity[node] else 0
+            total = self._blocks(node, self.capacity[node])
             spare = total - self.held[node] - self._blocks(node, tokens)
             if spare < self.watermark * total:
                 return False
