@@ -3,12 +3,10 @@
 import pytest
 
 from helix_worker.envs import Settings, describe, env_name
-from helix_worker.errors import InvalidRequest, ServingError
+from helix_worker.errors import ServingError
 from helix_worker.frontend.routes import RouteTable
-from helix_worker.frontend.text import StopMatcher, render_chat
+from helix_worker.frontend.text import StopMatcher
 from helix_worker.local_plan import manual_plan, proportional_split
-from helix_worker.model_init import build_tokenizer
-from helix_worker.tokenizer import tokenizer_from_dict
 
 
 def test_settings_come_from_helix_variables_with_overrides() -> None:
@@ -89,9 +87,3 @@ def test_stop_matcher_holds_back_possible_stop_prefixes() -> None:
     done = StopMatcher(("zz",))
     assert done.feed("az") == ("a", False) and done.flush() == "z"
 
-
-def test_chat_without_template_is_a_clear_error() -> None:
-    body, _ = build_tokenizer(10)
-    tokenizer = tokenizer_from_dict(body, {})
-    with pytest.raises(InvalidRequest, match="no chat template"):
-        render_chat(tokenizer, [{"role": "user", "content": "hi"}])

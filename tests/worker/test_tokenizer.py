@@ -1,85 +1,100 @@
-"""The byte-level BPE reader: round trips, merges, special tokens, streaming, real-style configs."""
+"""Tokenizer parity with Hugging Face: ids and text equal to `tokenizers` and transformers' on a varied
+corpus, for a byte-level BPE and a SentencePiece-style (Metaspace, byte fallback) tokenizer.json."""
 
-import re
+import json
 from pathlib import Path
 
 import pytest
+from hf_builders import CORPUS, llama3_style_tokenizer, sentencepiece_style_tokenizer
+from tokenizers import Tokenizer as RawTokenizer
+from transformers import AutoTokenizer
 
 from helix_worker.errors import ServingError
-from helix_worker.model_init import build_tokenizer
-from helix_worker.tokenizer import (GPT2_SPLIT, StreamDecoder, byte_alphabet, load_tokenizer, tokenizer_from_dict,
-                                    translate_regex)
+from helix_worker.model_config import load_model_config
+from helix_worker.tokenizer import StreamDecoder, Tokenizer, load_tokenizer
 
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+BUILDERS = {"byte-level-bpe": llama3_style_tokenizer, "sentencepiece-bpe": sentencepiece_style_tokenizer}
 
 
-@pytest.fixture(scope="module")
-def tokenizer(checkpoint: Path):
-    return load_tokenizer(checkpoint)
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def built(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Tokenizer]:
+    directory = BUILDERS[request.param](tmp_path_factory.mktemp(request.param))
+    return directory, load_tokenizer(directory)
 
 
-@pytest.mark.parametrize("text", ["Hello world", "  spaces\tand\nnewlines  ", "ünïcödé 漢字 🙂", "x" * 50, ""])
-def test_round_trip(tokenizer, text: str) -> None:
-    ids = tokenizer.encode(text)
-    assert ids[0] == tokenizer.special["<|begin_of_text|>"]
-    assert tokenizer.decode(ids) == text
+def test_ids_and_text_equal_tokenizers_and_transformers(built: tuple[Path, Tokenizer]) -> None:
+    directory, ours = built
+    raw = RawTokenizer.from_file(str(directory / "tokenizer.json"))
+    auto = AutoTokenizer.from_pretrained(str(directory))
+    mismatches = []
+    for text in CORPUS:
+        ids = ours.encode(text)
+        if ids != raw.encode(text).ids or ids != auto.encode(text):
+            mismatches.append(("encode", text))
+        plain = ours.encode(text, add_special=False)
+        if plain != auto.encode(text, add_special_tokens=False):
+            mismatches.append(("encode without specials", text))
+        for skip in (True, False):
+            if ours.decode(ids, skip_special=skip) != auto.decode(ids, skip_special_tokens=skip):
+                mismatches.append((f"decode skip={skip}", text))
+    assert mismatches == []
+    assert ours.encode("hi")[0] == ours.bos_token_id == auto.bos_token_id
+    assert ours.eos_token_id == auto.eos_token_id is not None
 
 
-def test_merges_shorten_common_words(tokenizer) -> None:
-    assert len(tokenizer.encode(" the pipeline", add_special=False)) < len(" the pipeline".encode())
-    assert tokenizer.decode(tokenizer.encode(" the pipeline", add_special=False)) == " the pipeline"
+def test_byte_level_round_trip_and_added_tokens(tmp_path: Path) -> None:
+    tokenizer = load_tokenizer(llama3_style_tokenizer(tmp_path))
+    for text in CORPUS:
+        assert tokenizer.decode(tokenizer.encode(text)) == text.replace("<|begin_of_text|>", "").replace(
+            "<|eot_id|>", "").replace("<|start_header_id|>", "").replace("<|end_header_id|>", "")
+    ids = tokenizer.encode("a <tool_call> b<|eot_id|>", add_special=False)
+    assert tokenizer.token_id("<tool_call>") in ids and tokenizer.token_id("<|eot_id|>") in ids
+    assert tokenizer.decode(ids) == "a <tool_call> b"  # non-special added tokens survive skip_special
+    assert tokenizer.decode(ids, skip_special=False) == "a <tool_call> b<|eot_id|>"
 
 
-def test_special_tokens_are_matched_in_text(tokenizer) -> None:
-    ids = tokenizer.encode("a<|end_of_text|>b", add_special=False)
-    assert ids == [ord("a"), tokenizer.special["<|end_of_text|>"], ord("b")]
-    assert tokenizer.decode(ids) == "ab"
-    assert tokenizer.decode(ids, skip_special=False) == "a<|end_of_text|>b"
+def test_sentencepiece_byte_fallback_spells_unseen_characters_in_bytes(tmp_path: Path) -> None:
+    tokenizer = load_tokenizer(sentencepiece_style_tokenizer(tmp_path))
+    ids = tokenizer.encode("漢", add_special=False)
+    assert [tokenizer.backend.id_to_token(i) for i in ids][-3:] == ["<0xE6>", "<0xBC>", "<0xA2>"]
+    assert tokenizer.decode(tokenizer.encode("two  spaces\n\tand 漢🙂")) == "two  spaces\n\tand 漢🙂"
 
 
-def test_stream_decoder_never_splits_a_character(tokenizer) -> None:
-    ids = tokenizer.encode("é🙂", add_special=False)  # every byte is its own token here
+def test_streaming_never_emits_half_a_character_and_adds_up(built: tuple[Path, Tokenizer]) -> None:
+    _, tokenizer = built
+    for text in CORPUS:
+        ids = tokenizer.encode(text)
+        for cut in range(1, len(ids)):
+            prompt, generated = ids[:cut], ids[cut:]
+            before = tokenizer.decode(prompt)
+            if "\ufffd" in before:
+                continue  # the prompt itself ends inside a character
+            decoder = StreamDecoder(tokenizer, tuple(prompt))
+            pieces = [decoder.feed(i) for i in generated]
+            assert not any("\ufffd" in piece for piece in pieces), text
+            assert "".join(pieces) + decoder.flush() == tokenizer.decode(ids)[len(before):], (text, cut)
+
+
+def test_stream_flush_gives_an_unfinished_character_as_replacement(built: tuple[Path, Tokenizer]) -> None:
+    _, tokenizer = built
+    ids = tokenizer.encode("🙂", add_special=False)
+    assert len(ids) > 1
     decoder = StreamDecoder(tokenizer)
-    pieces = [decoder.feed(i) for i in ids]
-    assert "".join(pieces) + decoder.flush() == "é🙂"
-    assert all("\ufffd" not in p for p in pieces) and "" in pieces
+    assert [decoder.feed(i) for i in ids[:-1]] == [""] * (len(ids) - 1)
+    assert "\ufffd" in decoder.flush()
 
 
-def test_translated_pretokenizer_regexes_split_like_the_originals() -> None:
-    gpt2 = re.compile(translate_regex(GPT2_SPLIT))
-    assert gpt2.findall("Hello, world's 123 fox!!") == ["Hello", ",", " world", "'s", " 123", " fox", "!!"]
-    llama3 = re.compile(translate_regex(LLAMA3_SPLIT))
-    assert llama3.findall("Hello, world's 12345 fox_bar\n\nok") == [
-        "Hello", ",", " world", "'s", " ", "123", "45", " fox", "_bar", "\n\n", "ok"]
+def test_eos_ids_come_from_generation_config(checkpoint: Path, tmp_path: Path) -> None:
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((checkpoint / name).read_bytes())
+    assert load_model_config(tmp_path).eos_token_ids == (load_tokenizer(tmp_path).eos_token_id,)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 7], "bos_token_id": 1}))
+    assert load_model_config(tmp_path).eos_token_ids == (5, 7)
 
 
-def test_llama3_style_tokenizer_json() -> None:
-    body, _ = build_tokenizer(40)
-    body["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
-    body["post_processor"] = {"type": "Sequence", "processors": [
-        {"type": "ByteLevel", "trim_offsets": False}, body["post_processor"]]}
-    body["model"]["ignore_merges"] = True
-    body["model"]["merges"] = [m.split(" ") for m in body["model"]["merges"]]  # newer list-of-pairs form
-    tokenizer = tokenizer_from_dict(body, {"eos_token": {"content": "<|end_of_text|>"}})
-    text = "Helix serves large models"
-    assert tokenizer.decode(tokenizer.encode(text)) == text
-    assert tokenizer.prefix_ids == (tokenizer.special["<|begin_of_text|>"],)
-    assert tokenizer.eos_token_id == tokenizer.special["<|end_of_text|>"]
-
-
-def test_byte_alphabet_is_a_bijection() -> None:
-    assert len(set(byte_alphabet())) == 256
-
-
-def test_sentencepiece_style_tokenizer_is_refused_clearly() -> None:
-    body = {"model": {"type": "Unigram", "vocab": []}, "pre_tokenizer": {"type": "Metaspace"}}
-    with pytest.raises(ServingError, match="only byte-level BPE"):
-        tokenizer_from_dict(body)
-
-
-def test_missing_tokenizer_file(tmp_path: Path) -> None:
+def test_missing_and_broken_tokenizer_files_are_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ServingError, match="no tokenizer.json"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text('{"model": {"type": "NoSuchModel"}}')
+    with pytest.raises(ServingError, match="cannot load the tokenizer"):
         load_tokenizer(tmp_path)

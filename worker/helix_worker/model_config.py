@@ -1,15 +1,26 @@
-"""The decoder shape read from a Hugging Face `config.json` (Llama, Mistral, Qwen2 families)."""
+"""The decoder shape of a Hugging Face checkpoint (Llama, Mistral, Qwen2 families), read by transformers.
 
-from dataclasses import dataclass, field
+transformers' own config classes parse `config.json`, so both layouts load alike: 4.x
+(`rope_theta`, `rope_scaling`, `torch_dtype`) and 5.x (`rope_parameters`, `dtype`), with each
+architecture's defaults (Mistral's 4096-token window, Qwen2's q/k/v biases). A feature the
+engine lacks is refused with one error naming the field, never run approximately.
+`generation_config.json`, when present, decides the EOS ids, as it does for `generate`.
+"""
+
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoConfig, PretrainedConfig
 
 from helix_worker.checkpoint import read_json
 from helix_worker.errors import ServingError
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
+REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+ROPE_TYPES = ("default", "linear", "llama3")
+GENERATION_CONFIG = "generation_config.json"
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -19,7 +30,7 @@ DTYPES = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """What the layer math needs; `qkv_bias` is on for Qwen2 and for Llama's `attention_bias`."""
+    """What the layer math needs. `qkv_bias`: Qwen2, and Llama's `attention_bias` (which adds `o_bias`)."""
 
     model_type: str
     hidden_size: int
@@ -35,6 +46,8 @@ class ModelConfig:
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
     qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
     dtype: str = "float32"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default=())
@@ -53,33 +66,40 @@ class ModelConfig:
         model_type = str(data.get("model_type", "llama"))
         if model_type not in SUPPORTED_TYPES:
             raise ServingError(f"model_type {model_type!r} is not supported: use a {'/'.join(SUPPORTED_TYPES)} checkpoint")
+        missing = [key for key in REQUIRED if key not in data]
+        if missing:
+            raise ServingError(f"config.json lacks {', '.join(missing)}: a Llama-family config needs "
+                               f"{', '.join(REQUIRED)}")
         try:
-            hidden, heads = int(data["hidden_size"]), int(data["num_attention_heads"])
-            eos = data.get("eos_token_id")
-            config = cls(
-                model_type=model_type,
-                hidden_size=hidden,
-                intermediate_size=int(data["intermediate_size"]),
-                num_layers=int(data["num_hidden_layers"]),
-                num_heads=heads,
-                num_kv_heads=int(data.get("num_key_value_heads") or heads),
-                head_dim=int(data.get("head_dim") or hidden // heads),
-                vocab_size=int(data["vocab_size"]),
-                rms_norm_eps=float(data.get("rms_norm_eps", 1e-5)),
-                rope_theta=float(data.get("rope_theta", 10000.0)),
-                rope_scaling=data.get("rope_scaling"),
-                max_position_embeddings=int(data.get("max_position_embeddings", 4096)),
-                tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
-                qkv_bias=model_type == "qwen2" or bool(data.get("attention_bias", False)),
-                dtype=str(data.get("torch_dtype") or "float32"),
-                bos_token_id=data.get("bos_token_id"),
-                eos_token_ids=tuple(eos if isinstance(eos, list) else [] if eos is None else [eos]),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ServingError(f"config.json lacks or garbles {err}: a Llama-family config needs hidden_size, "
-                               "intermediate_size, num_hidden_layers, num_attention_heads and vocab_size") from None
+            hf = AutoConfig.for_model(**data)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ServingError(f"config.json is not a valid {model_type} config: {err}") from None
+        refuse_unsupported(hf)
+        rope = dict(hf.rope_parameters)
+        eos = hf.eos_token_id
+        config = cls(
+            model_type=model_type,
+            hidden_size=hf.hidden_size,
+            intermediate_size=hf.intermediate_size,
+            num_layers=hf.num_hidden_layers,
+            num_heads=hf.num_attention_heads,
+            num_kv_heads=hf.num_key_value_heads or hf.num_attention_heads,
+            head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
+            vocab_size=hf.vocab_size,
+            rms_norm_eps=float(hf.rms_norm_eps),
+            rope_theta=float(rope["rope_theta"]),
+            rope_scaling=None if rope["rope_type"] == "default" else rope,
+            max_position_embeddings=hf.max_position_embeddings,
+            tie_word_embeddings=bool(hf.tie_word_embeddings),
+            qkv_bias=model_type == "qwen2" or bool(getattr(hf, "attention_bias", False)),
+            o_bias=model_type != "qwen2" and bool(getattr(hf, "attention_bias", False)),
+            mlp_bias=bool(getattr(hf, "mlp_bias", False)),
+            dtype=dtype_name(hf.dtype),
+            bos_token_id=hf.bos_token_id,
+            eos_token_ids=eos_ids(eos),
+        )
         if config.dtype not in DTYPES:
-            raise ServingError(f"torch_dtype {config.dtype!r} is not supported: use float32, bfloat16 or float16")
+            raise ServingError(f"dtype {config.dtype!r} is not supported: use float32, bfloat16 or float16")
         if config.num_heads % config.num_kv_heads:
             raise ServingError(f"num_attention_heads {config.num_heads} is not a multiple of "
                                f"num_key_value_heads {config.num_kv_heads}")
@@ -103,6 +123,7 @@ class ModelConfig:
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.qkv_bias,
+            "mlp_bias": self.mlp_bias,
             "hidden_act": "silu",
             "torch_dtype": self.dtype,
             "bos_token_id": self.bos_token_id,
@@ -120,7 +141,39 @@ def parse_dtype(name: str) -> torch.dtype | None:
     return DTYPES[name]
 
 
+def refuse_unsupported(hf: PretrainedConfig) -> None:
+    """One clear error for the first architecture feature the engine does not implement."""
+    if hf.hidden_act != "silu":
+        raise ServingError(f"hidden_act {hf.hidden_act!r} is not supported: the engine's MLP is SiLU-gated")
+    rope = hf.rope_parameters or {}
+    if rope.get("rope_type", "default") not in ROPE_TYPES:
+        raise ServingError(f"rope_parameters.rope_type {rope['rope_type']!r} is not supported "
+                           f"({', '.join(ROPE_TYPES)} are)")
+    if float(rope.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ServingError("partial_rotary_factor is not supported: the engine rotates the whole head")
+    window = getattr(hf, "sliding_window", None)
+    layer_types = getattr(hf, "layer_types", None)
+    windowed = window is not None and ("sliding_attention" in layer_types if layer_types else True)
+    if windowed and window < hf.max_position_embeddings:
+        raise ServingError(f"sliding_window {window} (shorter than max_position_embeddings "
+                           f"{hf.max_position_embeddings}) is not supported: the engine attends to the whole context")
+
+
+def dtype_name(dtype: torch.dtype | str | None) -> str:
+    """`torch.bfloat16` or "bfloat16" -> "bfloat16"; none given means float32, as transformers loads it."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def eos_ids(eos: int | list[int] | None) -> tuple[int, ...]:
+    return tuple(eos) if isinstance(eos, list) else () if eos is None else (int(eos),)
+
+
 def load_model_config(checkpoint: Path) -> ModelConfig:
-    data = read_json(Path(checkpoint) / "config.json", f"{checkpoint} is not a checkpoint directory: it has no "
+    """config.json, with the EOS ids of generation_config.json when that file names some."""
+    checkpoint = Path(checkpoint)
+    data = read_json(checkpoint / "config.json", f"{checkpoint} is not a checkpoint directory: it has no "
                      "config.json (create a demo one with `helix model init DIR`)")
-    return ModelConfig.from_dict(data)
+    config = ModelConfig.from_dict(data)
+    generation = checkpoint / GENERATION_CONFIG
+    eos = eos_ids(read_json(generation, "").get("eos_token_id")) if generation.exists() else ()
+    return replace(config, eos_token_ids=eos) if eos else config

@@ -1,22 +1,22 @@
 """`helix model init`: a small random-weight Llama checkpoint in the real Hugging Face layout.
 
 config.json, model.safetensors (or shards with model.safetensors.index.json), and a
-byte-level BPE tokenizer.json whose merges are learned from a short built-in text, so the
-same loader and tokenizer code serve this demo and real checkpoints.
+byte-level BPE tokenizer.json trained by Hugging Face `tokenizers` on a short built-in text,
+so the same loader and tokenizer code serve this demo and real checkpoints.
 """
 
 import json
-import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+from tokenizers.models import BPE
+from tokenizers.trainers import BpeTrainer
 
 from helix_worker.checkpoint import INDEX_FILE, SINGLE_FILE, tensor_names
 from helix_worker.model_config import ModelConfig
-from helix_worker.tokenizer import GPT2_SPLIT, byte_alphabet, merge_pair, translate_regex
 
 SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header|>", "<|end_header|>")
 CHAT_TEMPLATE = (
@@ -54,17 +54,17 @@ def write_demo_checkpoint(directory: Path, spec: DemoModel = DemoModel()) -> Mod
     """Write tokenizer, config and random weights into `directory`; returns the config."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer, vocab_size = build_tokenizer(spec.merges)
+    tokenizer = build_tokenizer(spec.merges)
     config = ModelConfig(
         model_type="qwen2" if spec.qkv_bias else "llama", hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size, num_layers=spec.num_layers, num_heads=spec.num_heads,
-        num_kv_heads=spec.num_kv_heads, head_dim=spec.hidden_size // spec.num_heads, vocab_size=vocab_size,
-        max_position_embeddings=spec.max_position_embeddings, tie_word_embeddings=spec.tie_word_embeddings,
-        qkv_bias=spec.qkv_bias, dtype=spec.dtype, bos_token_id=256 + spec.merges,
-        eos_token_ids=(256 + spec.merges + 1,),
+        num_kv_heads=spec.num_kv_heads, head_dim=spec.hidden_size // spec.num_heads,
+        vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=spec.tie_word_embeddings, qkv_bias=spec.qkv_bias, dtype=spec.dtype,
+        bos_token_id=tokenizer.token_to_id(SPECIAL_TOKENS[0]), eos_token_ids=(tokenizer.token_to_id(SPECIAL_TOKENS[1]),),
     )
     (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    (directory / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
+    tokenizer.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps({
         "bos_token": SPECIAL_TOKENS[0], "eos_token": SPECIAL_TOKENS[1], "chat_template": CHAT_TEMPLATE,
         "model_max_length": spec.max_position_embeddings,
@@ -128,39 +128,17 @@ def _hf_order(name: str) -> tuple[int, int]:
     return (0 if name.startswith("model.embed_tokens.") else 2), 0
 
 
-def build_tokenizer(merges: int) -> tuple[dict, int]:
-    """A tokenizer.json body: 256 byte symbols, `merges` learned merges, then special tokens."""
-    alphabet = byte_alphabet()
-    vocab = {alphabet[b]: b for b in range(256)}
-    split = re.compile(translate_regex(GPT2_SPLIT))
-    words = Counter("".join(alphabet[b] for b in w.encode()) for w in split.findall(_CORPUS))
-    seqs = {w: list(w) for w in words}
-    learned: list[str] = []
-    while len(learned) < merges:
-        pairs: Counter = Counter()
-        for word, count in words.items():
-            parts = seqs[word]
-            for pair in zip(parts, parts[1:]):
-                pairs[pair] += count
-        if not pairs:
-            break
-        (a, b), _ = pairs.most_common(1)[0]
-        learned.append(f"{a} {b}")
-        vocab[a + b] = len(vocab)
-        for word, parts in seqs.items():
-            seqs[word] = merge_pair(parts, a, b)
-    specials = [{"id": len(vocab) + i, "content": t, "special": True, "single_word": False, "lstrip": False,
-                 "rstrip": False, "normalized": False} for i, t in enumerate(SPECIAL_TOKENS)]
-    body = {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": specials, "normalizer": None,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
-        "post_processor": {"type": "TemplateProcessing",
-                           "single": [{"SpecialToken": {"id": SPECIAL_TOKENS[0], "type_id": 0}},
-                                      {"Sequence": {"id": "A", "type_id": 0}}],
-                           "pair": [], "special_tokens": {SPECIAL_TOKENS[0]: {  # Hugging Face tokenizers needs it
-                               "id": SPECIAL_TOKENS[0], "ids": [len(vocab)], "tokens": [SPECIAL_TOKENS[0]]}}},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "fuse_unk": False, "byte_fallback": False,
-                  "vocab": vocab, "merges": learned},
-    }
-    return body, len(vocab) + len(SPECIAL_TOKENS)
+def build_tokenizer(merges: int) -> Tokenizer:
+    """GPT-2 style byte-level BPE: the 256 byte symbols, `merges` merges learned from the built-in
+    text, then the special tokens; encoding puts the BOS first, as Llama 3's tokenizer does."""
+    tokenizer = Tokenizer(BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tokenizer.train_from_iterator([_CORPUS], BpeTrainer(vocab_size=len(alphabet) + merges, initial_alphabet=alphabet,
+                                                        show_progress=False))
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    bos = SPECIAL_TOKENS[0]
+    tokenizer.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                             special_tokens=[(bos, tokenizer.token_to_id(bos))])
+    return tokenizer

@@ -1,232 +1,115 @@
-"""A reader for Hugging Face `tokenizer.json` files with a byte-level BPE model.
+"""The model's tokenizer, as Hugging Face loads it: `tokenizers` for text and ids, transformers for chats.
 
-Covers GPT-2 / Llama 3 / Qwen2 style tokenizers: added (special) tokens matched first,
-the pre-tokenizer split (the regex is translated to Python's `re`, which lacks `\\p{..}`),
-the byte-to-unicode alphabet, merges by rank, and a BOS from a TemplateProcessing
-post-processor. Streaming decode holds back bytes of an unfinished UTF-8 character.
+Whatever `tokenizer.json` the `tokenizers` library reads (byte-level BPE, SentencePiece-style
+Metaspace / ByteFallback, WordPiece...) is served unchanged, so ids match what vLLM and
+transformers produce. transformers' own tokenizer class reads the side files
+(`tokenizer_config.json`, `special_tokens_map.json`, `chat_template.jinja`) and renders chat
+templates with its Jinja environment, so prompts equal `apply_chat_template`'s byte for byte.
 """
 
-import re
-from dataclasses import dataclass, field
-from functools import lru_cache
+import logging
 from pathlib import Path
 from typing import Any
 
-from helix_worker.checkpoint import read_json
-from helix_worker.errors import ServingError
+from tokenizers import Tokenizer as Backend
+from tokenizers.decoders import DecodeStream
+from transformers import PreTrainedTokenizerFast
 
-GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-_CLASS_WITH_PROPS = re.compile(r"\[\^((?:\\.|[^\]\\])*)\]")
+from helix_worker.errors import InvalidRequest, ServingError
 
-
-@lru_cache(maxsize=1)
-def byte_alphabet() -> tuple[str, ...]:
-    """GPT-2's reversible map from each byte to a printable unicode character."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return tuple(chars[b] for b in range(256))
+log = logging.getLogger(__name__)
+CONTEXT_TOKENS = 4  # prompt tokens a stream decoder starts from, so a first word keeps its leading space
 
 
-def translate_regex(pattern: str) -> str:
-    """Rewrite `\\p{L}` / `\\p{N}` (unsupported by `re`) into equivalent `re` classes."""
-    def negated(match: re.Match) -> str:
-        inner = match.group(1)
-        if "\\p{L}" not in inner and "\\p{N}" not in inner:
-            return match.group(0)
-        rest = inner.replace("\\p{L}", "").replace("\\p{N}", "")
-        return f"(?:[^{rest}\\w]|_)"
-
-    pattern = _CLASS_WITH_PROPS.sub(negated, pattern)
-    return pattern.replace("\\p{L}", "[^\\W\\d_]").replace("\\p{N}", "\\d")
-
-
-@dataclass
 class Tokenizer:
-    vocab: dict[str, int]
-    merges: dict[tuple[str, str], int]
-    split: re.Pattern | None
-    special: dict[str, int] = field(default_factory=dict)
-    prefix_ids: tuple[int, ...] = ()
-    ignore_merges: bool = False
-    chat_template: str | None = None
-    eos_token: str | None = None
+    """Encode, decode and chat rendering over one loaded `tokenizer.json` and its config."""
 
-    def __post_init__(self) -> None:
-        self.id_to_token = {i: t for t, i in self.vocab.items()} | {i: t for t, i in self.special.items()}
-        self._byte_of = {c: b for b, c in enumerate(byte_alphabet())}
-        self._special_re = (re.compile("|".join(re.escape(s) for s in sorted(self.special, key=len, reverse=True)))
-                            if self.special else None)
-        self._cache: dict[str, tuple[int, ...]] = {}
+    def __init__(self, hf: PreTrainedTokenizerFast) -> None:
+        self.hf = hf
+        self.backend: Backend = hf.backend_tokenizer
 
     @property
     def vocab_size(self) -> int:
-        return max(self.id_to_token) + 1
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def chat_template(self) -> str | dict[str, str] | None:
+        return self.hf.chat_template
 
     @property
     def eos_token_id(self) -> int | None:
-        return self.special.get(self.eos_token) if self.eos_token else None
+        return self.hf.eos_token_id
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.hf.bos_token_id
+
+    def token_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
 
     def encode(self, text: str, *, add_special: bool = True) -> list[int]:
-        ids = list(self.prefix_ids) if add_special else []
-        pos = 0
-        for match in self._special_re.finditer(text) if self._special_re else ():
-            ids += self._encode_plain(text[pos:match.start()])
-            ids.append(self.special[match.group(0)])
-            pos = match.end()
-        return ids + self._encode_plain(text[pos:])
+        """Ids of `text`; `add_special` adds what the post-processor adds (usually a BOS)."""
+        return self.backend.encode(text, add_special_tokens=add_special).ids
 
     def decode(self, ids: list[int], *, skip_special: bool = True) -> str:
-        return self.decode_bytes(ids, skip_special=skip_special).decode("utf-8", errors="replace")
+        """Text of `ids`; added tokens that are not special are kept even when `skip_special`."""
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special)
 
-    def decode_bytes(self, ids: list[int], *, skip_special: bool = True) -> bytes:
-        out = bytearray()
-        for i in ids:
-            token = self.id_to_token.get(int(i))
-            if token is None:
-                continue
-            if token in self.special:
-                if not skip_special:
-                    out += token.encode()
-                continue
-            out += bytes(self._byte_of[c] for c in token if c in self._byte_of)
-        return bytes(out)
+    def token_text(self, token_id: int) -> str:
+        """One token on its own, special or not; a part of a UTF-8 character, which decodes to U+FFFD
+        whatever its bytes, is given as its vocabulary entry instead, so distinct ids stay distinct."""
+        text = self.backend.decode([token_id], skip_special_tokens=False)
+        return (self.backend.id_to_token(token_id) or text) if "\ufffd" in text else text
 
-    def _encode_plain(self, text: str) -> list[int]:
-        if not text:
-            return []
-        words = self.split.findall(text) if self.split else [text]
-        ids: list[int] = []
-        for word in words:
-            if word not in self._cache:
-                mapped = "".join(byte_alphabet()[b] for b in word.encode("utf-8"))
-                self._cache[word] = tuple(self.vocab[t] for t in self._bpe(mapped))
-            ids += self._cache[word]
-        return ids
-
-    def _bpe(self, word: str) -> list[str]:
-        if self.ignore_merges and word in self.vocab:
-            return [word]
-        parts = list(word)
-        while len(parts) > 1:
-            ranked = [(self.merges[pair], pair) for pair in zip(parts, parts[1:]) if pair in self.merges]
-            if not ranked:
-                break
-            parts = merge_pair(parts, *min(ranked)[1])
-        return parts
-
-
-def merge_pair(parts: list[str], a: str, b: str) -> list[str]:
-    """Replace every adjacent (a, b) in `parts` by their concatenation, left to right."""
-    out, i = [], 0
-    while i < len(parts):
-        if i + 1 < len(parts) and parts[i] == a and parts[i + 1] == b:
-            out.append(a + b)
-            i += 2
-        else:
-            out.append(parts[i])
-            i += 1
-    return out
+    def render_chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+                    add_generation_prompt: bool = True) -> str:
+        """The prompt text transformers' `apply_chat_template` renders for these messages."""
+        if not self.chat_template:
+            raise InvalidRequest("this model has no chat template: use /v1/completions with a plain prompt")
+        try:
+            return self.hf.apply_chat_template(messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                               tokenize=False)
+        except Exception as err:  # jinja2 errors and the template's own raise_exception(...)
+            raise InvalidRequest(f"the chat template failed on these messages: {err}") from None
 
 
 class StreamDecoder:
-    """Turns generated ids into text pieces, never splitting a UTF-8 character."""
+    """Generated ids to text pieces (`tokenizers`' DecodeStream): never half a UTF-8 character."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: tuple[int, ...] = ()) -> None:
         self.tokenizer = tokenizer
-        self._pending = b""
+        context = list(prompt_ids[-CONTEXT_TOKENS:])
+        while context and tokenizer.decode(context).startswith("\ufffd"):
+            context.pop(0)  # starts inside a character: its stray bytes would garble every later piece
+        self._stream = DecodeStream(ids=context, skip_special_tokens=True) if context else \
+            DecodeStream(skip_special_tokens=True)
+        self._held: list[int] = []
 
     def feed(self, token_id: int) -> str:
-        self._pending += self.tokenizer.decode_bytes([token_id])
-        for cut in range(len(self._pending), max(len(self._pending) - 4, -1), -1):
-            try:
-                text = self._pending[:cut].decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-            self._pending = self._pending[cut:]
-            return text
-        return ""
+        """The text `token_id` completes; "" while a character is still incomplete."""
+        piece = self._stream.step(self.tokenizer.backend, token_id)
+        if piece is None:
+            self._held.append(token_id)
+            return ""
+        self._held.clear()
+        return piece
 
     def flush(self) -> str:
-        text, self._pending = self._pending.decode("utf-8", errors="replace"), b""
+        """What is still held back when generation ends (an unfinished character as U+FFFD)."""
+        text = self.tokenizer.decode(self._held) if self._held else ""
+        self._held.clear()
         return text
 
 
 def load_tokenizer(directory: Path) -> Tokenizer:
-    """Read `tokenizer.json` (and `tokenizer_config.json` for the chat template and EOS)."""
-    data = read_json(Path(directory) / "tokenizer.json", f"{directory} has no tokenizer.json: give token ids "
-                     "instead of text, or add the model's tokenizer.json")
-    config_path = Path(directory) / "tokenizer_config.json"
-    config = read_json(config_path, "") if config_path.exists() else {}
-    return tokenizer_from_dict(data, config)
-
-
-def tokenizer_from_dict(data: dict[str, Any], config: dict[str, Any] | None = None) -> Tokenizer:
-    config = config or {}
-    model = data.get("model") or {}
-    if model.get("type") != "BPE" or not _uses_byte_level(data.get("pre_tokenizer")):
-        raise ServingError("only byte-level BPE tokenizer.json files are supported (GPT-2, Llama 3, Qwen2 style); "
-                           "this one is " + str(model.get("type")) + " with pre-tokenizer "
-                           + str((data.get("pre_tokenizer") or {}).get("type")))
-    merges = {}
-    for rank, merge in enumerate(model.get("merges") or []):
-        pair = tuple(merge.split(" ", 1)) if isinstance(merge, str) else tuple(merge)
-        merges[pair] = rank
-    special = {t["content"]: int(t["id"]) for t in data.get("added_tokens") or []}
-    eos = config.get("eos_token")
-    return Tokenizer(
-        vocab=dict(model["vocab"]),
-        merges=merges,
-        split=_split_pattern(data.get("pre_tokenizer")),
-        special=special,
-        prefix_ids=_prefix_ids(data.get("post_processor"), special),
-        ignore_merges=bool(model.get("ignore_merges", False)),
-        chat_template=config.get("chat_template") if isinstance(config.get("chat_template"), str) else None,
-        eos_token=eos.get("content") if isinstance(eos, dict) else eos,
-    )
-
-
-def _flatten(node: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
-    if not node:
-        return []
-    if node.get("type") == "Sequence":
-        return [item for child in node.get(key, []) for item in _flatten(child, key)]
-    return [node]
-
-
-def _uses_byte_level(pre: dict[str, Any] | None) -> bool:
-    return any(p.get("type") == "ByteLevel" for p in _flatten(pre, "pretokenizers"))
-
-
-def _split_pattern(pre: dict[str, Any] | None) -> re.Pattern | None:
-    for step in _flatten(pre, "pretokenizers"):
-        if step.get("type") == "Split":
-            pattern = step.get("pattern", {})
-            raw = pattern.get("Regex") or re.escape(pattern.get("String", " "))
-            try:
-                return re.compile(translate_regex(raw))
-            except re.error as err:
-                raise ServingError(f"tokenizer.json split pattern is not usable here: {err}") from None
-        if step.get("type") == "ByteLevel" and step.get("use_regex", True):
-            return re.compile(translate_regex(GPT2_SPLIT))
-    return None
-
-
-def _prefix_ids(post: dict[str, Any] | None, special: dict[str, int]) -> tuple[int, ...]:
-    for step in _flatten(post, "processors"):
-        if step.get("type") != "TemplateProcessing":
-            continue
-        ids = []
-        for item in step.get("single", []):
-            if "Sequence" in item:
-                break
-            token = item.get("SpecialToken", {}).get("id")
-            if token in special:
-                ids.append(special[token])
-        return tuple(ids)
-    return ()
+    """The tokenizer of a checkpoint directory; anything unreadable is one ServingError."""
+    directory = Path(directory)
+    if not (directory / "tokenizer.json").exists():
+        raise ServingError(f"{directory} has no tokenizer.json: give token ids instead of text, "
+                           "or add the model's tokenizer.json")
+    try:
+        hf = PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
+    except Exception as err:  # tokenizers raises plain Exceptions for malformed files
+        raise ServingError(f"cannot load the tokenizer in {directory}: {err}") from None
+    log.info("tokenizer from %s: %d tokens", directory, hf.backend_tokenizer.get_vocab_size(with_added_tokens=True))
+    return Tokenizer(hf)

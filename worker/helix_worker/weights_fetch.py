@@ -33,7 +33,8 @@ from helix_worker.errors import ServingError
 from helix_worker.sigv4 import Credentials, signed_headers
 
 CONFIG_FILE = "config.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                   "chat_template.jinja")
 HF_ENDPOINT = "https://huggingface.co"
 HF_URI = re.compile(r"hf://(?P<repo>[A-Za-z0-9][-\w.]*(?:/[A-Za-z0-9][-\w.]*)?)(?:@(?P<revision>[-\w./]+))?",
                     re.ASCII)

@@ -63,7 +63,10 @@ class DecoderLayer:
     o: torch.Tensor
     gate_up: torch.Tensor  # gate and up projections stacked: [2 x intermediate, hidden]
     down: torch.Tensor
-    qkv_bias: torch.Tensor | None = None
+    qkv_bias: torch.Tensor | None = None  # Qwen2, and Llama's attention_bias
+    o_bias: torch.Tensor | None = None  # Llama's attention_bias
+    gate_up_bias: torch.Tensor | None = None  # mlp_bias
+    down_bias: torch.Tensor | None = None  # mlp_bias
 
     @classmethod
     def load(cls, reader: CheckpointReader, index: int, config: ModelConfig, dtype: torch.dtype,
@@ -73,13 +76,17 @@ class DecoderLayer:
         def get(name: str) -> torch.Tensor:
             return reader.get(prefix + name, dtype, device)
 
-        bias = torch.cat([get(f"self_attn.{p}_proj.bias") for p in "qkv"]) if config.qkv_bias else None
+        mlp_bias = config.mlp_bias
         return cls(
             input_norm=get("input_layernorm.weight"), post_norm=get("post_attention_layernorm.weight"),
             qkv=pack_weight(torch.cat([get(f"self_attn.{p}_proj.weight") for p in "qkv"])),
             o=pack_weight(get("self_attn.o_proj.weight")),
             gate_up=pack_weight(torch.cat([get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")])),
-            down=pack_weight(get("mlp.down_proj.weight")), qkv_bias=bias,
+            down=pack_weight(get("mlp.down_proj.weight")),
+            qkv_bias=torch.cat([get(f"self_attn.{p}_proj.bias") for p in "qkv"]) if config.qkv_bias else None,
+            o_bias=get("self_attn.o_proj.bias") if config.o_bias else None,
+            gate_up_bias=torch.cat([get("mlp.gate_proj.bias"), get("mlp.up_proj.bias")]) if mlp_bias else None,
+            down_bias=get("mlp.down_proj.bias") if mlp_bias else None,
         )
 
     @property
@@ -96,9 +103,10 @@ class DecoderLayer:
         q = rotary.apply(q.reshape(rows, config.num_heads, dim), cos, sin)
         k = rotary.apply(k.reshape(rows, config.num_kv_heads, dim), cos, sin)
         out = attend(q, k, v.reshape(rows, config.num_kv_heads, dim))
-        x = x + linear(out.reshape(rows, config.num_heads * dim), self.o)
-        gate, up = linear(rms_norm(x, self.post_norm, config.rms_norm_eps), self.gate_up).chunk(2, dim=-1)
-        return x + linear(F.silu(gate) * up, self.down)
+        x = x + linear(out.reshape(rows, config.num_heads * dim), self.o, self.o_bias)
+        gate, up = linear(rms_norm(x, self.post_norm, config.rms_norm_eps), self.gate_up,
+                          self.gate_up_bias).chunk(2, dim=-1)
+        return x + linear(F.silu(gate) * up, self.down, self.down_bias)
 
 
 class LayerSlice:

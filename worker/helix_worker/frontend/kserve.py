@@ -107,7 +107,7 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
                 raise InvalidRequest(f"unknown model {request.model_name!r}; this server serves {self.service.model_name!r}")
             text, empty_final = codec.text_request(request)
             names = codec.requested_outputs(request)
-            generation = self.service.prepare(text)
+            generation = await self.service.prepare(text)
             async with aclosing(self.service.stream(text, generation)) as pieces:
                 async for piece in pieces:
                     last = piece.finish_reason is not None

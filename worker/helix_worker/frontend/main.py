@@ -22,15 +22,16 @@ from helix_proto import grpc_service_pb2_grpc as kserve_grpc
 from helix_worker.envs import Settings
 from helix_worker.errors import ServingError
 from helix_worker.frontend.coordinator import Coordinator, ModelLimits
+from helix_worker.frontend.grpc_decode import RefuseUndecodable
 from helix_worker.frontend.kserve import KServeServicer
 from helix_worker.frontend.openai_http import add_openai_routes
 from helix_worker.frontend.service import GenerationService
 from helix_worker.http_base import health_routes, start_site
 from helix_worker.links import server_options
 from helix_worker.metrics import FrontendMetrics
-from helix_worker.model_config import load_model_config
+from helix_worker.model_config import ModelConfig, load_model_config
 from helix_worker.readyfile import write_ready_file
-from helix_worker.tokenizer import load_tokenizer
+from helix_worker.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,33 @@ def parse_endpoints(pairs: list[str], files: list[Path]) -> dict[str, str]:
     return endpoints
 
 
+def http_app(service: GenerationService, metrics: FrontendMetrics, settings: Settings) -> web.Application:
+    """Health, metrics and the OpenAI API; bodies above HELIX_MAX_REQUEST_BYTES get 413."""
+    app = web.Application(client_max_size=settings.max_request_bytes)
+    health_routes(app, lambda: service.coordinator.ready, metrics.render)
+    add_openai_routes(app, service, body_seconds=settings.http_body_seconds)
+    return app
+
+
 def build_service(options: FrontendOptions, settings: Settings, metrics: FrontendMetrics) -> GenerationService:
+    """The service over the plan; a tokenizer that fails to load leaves token-id requests working."""
     config = load_model_config(options.checkpoint)
-    tokenizer = load_tokenizer(options.checkpoint) if (options.checkpoint / "tokenizer.json").exists() else None
+    tokenizer, tokenizer_error = None, ""
+    try:
+        tokenizer = load_tokenizer(options.checkpoint)
+    except ServingError as err:
+        tokenizer_error = str(err)
+        log.error("serving token ids only: %s", err)
     name = options.model_name or str(options.plan.model.get("name") or options.checkpoint.name)
     coordinator = Coordinator(options.plan, options.endpoints,
                               ModelLimits(config.vocab_size, config.max_position_embeddings), settings, metrics)
-    eos = config.eos_token_ids or ((tokenizer.eos_token_id,) if tokenizer and tokenizer.eos_token_id is not None else ())
-    return GenerationService(coordinator, tokenizer, name, tuple(eos))
+    return GenerationService(coordinator, tokenizer, name, stop_ids(config, tokenizer), tokenizer_error)
+
+
+def stop_ids(config: ModelConfig, tokenizer: Tokenizer | None) -> tuple[int, ...]:
+    """The checkpoint's EOS ids (generation_config.json's, else config.json's) and the tokenizer's EOS, as vLLM stops."""
+    extra = () if tokenizer is None or tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)
+    return tuple(dict.fromkeys(config.eos_token_ids + extra))
 
 
 async def serve_frontend(options: FrontendOptions, settings: Settings) -> None:
@@ -81,14 +101,15 @@ async def serve_frontend(options: FrontendOptions, settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.coordinator.start()
-    server = grpc.aio.server(options=server_options(settings.max_message_bytes))
+    server = grpc.aio.server(interceptors=[RefuseUndecodable()],
+                             options=server_options(settings.max_message_bytes,
+                                                    max_receive_bytes=settings.max_request_bytes))
     kserve_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(service), server)
     grpc_port = server.add_insecure_port(f"{options.host}:{options.grpc_port}")
     await server.start()
-    app = web.Application()
-    health_routes(app, lambda: service.coordinator.ready, metrics.render)
-    add_openai_routes(app, service)
-    runner, http_port = await start_site(app, options.host, options.http_port, shutdown_seconds=settings.drain_seconds)
+    runner, http_port = await start_site(http_app(service, metrics, settings), options.host, options.http_port,
+                                         shutdown_seconds=settings.drain_seconds,
+                                         idle_seconds=settings.http_idle_seconds)
     log.info("front end for %s: KServe gRPC %s:%d, OpenAI HTTP http://%s:%d/v1", service.model_name,
              options.host, grpc_port, options.host, http_port)
     if options.ready_file is not None:
@@ -100,3 +121,4 @@ async def serve_frontend(options: FrontendOptions, settings: Settings) -> None:
         service.coordinator.drain()
         await asyncio.gather(server.stop(grace=settings.drain_seconds), runner.cleanup())
         await service.coordinator.close()
+        service.close()

@@ -2,25 +2,32 @@
 
 Streaming answers are server-sent events ending in `data: [DONE]`. Only n=1 is served;
 `top_k` and `ignore_eos` are accepted as extensions, as vLLM does. Errors use OpenAI's
-`{"error": {...}}` body with 400 (bad request), 404 (unknown model) or 503 (no capacity).
+`{"error": {...}}` body with 400 (bad request), 404 (unknown model), 408 (body too slow),
+413 (body too large) or 503 (no capacity); every field is checked by `validation` first.
 """
 
+import asyncio
 import json
+import logging
 import time
 import uuid
 from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from helix_worker.errors import InvalidRequest, ServingError, Unavailable
 from helix_worker.frontend.coordinator import GenerationRequest
+from helix_worker.frontend import validation as check
 from helix_worker.frontend.service import GenerationService, TextPiece, TextRequest
-from helix_worker.protocol import SamplingParams
 
+log = logging.getLogger(__name__)
 
-def add_openai_routes(app: web.Application, service: GenerationService) -> None:
-    api = _OpenAI(service)
+def add_openai_routes(app: web.Application, service: GenerationService, *, body_seconds: float) -> None:
+    """The routes, and JSON error bodies for every error of `app` (see `json_errors`)."""
+    api = _OpenAI(service, body_seconds)
+    app.middlewares.append(json_errors)
     app.router.add_get("/v1/models", api.models)
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_post("/v1/chat/completions", api.chat)
@@ -42,28 +49,31 @@ def parse_body(body: Any, *, chat: bool) -> TextRequest:
     """OpenAI request fields -> TextRequest; anything malformed is an InvalidRequest."""
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
-    if int(body.get("n", 1)) != 1:
+    if check.integer("n", check.given(body, "n", 1), 1, check.MAX_TOKENS_MAX) != 1:
         raise InvalidRequest("only n=1 is supported")
-    if body.get("echo"):
+    if check.flag("echo", check.given(body, "echo", False)):
         raise InvalidRequest("echo is not supported")
-    stop = body.get("stop") or ()
-    stop = (stop,) if isinstance(stop, str) else tuple(stop)
-    if not all(isinstance(s, str) for s in stop):
-        raise InvalidRequest("stop must be a string or a list of strings")
-    try:
-        logprobs = body.get("top_logprobs", 1 if body.get("logprobs") is True else 0) if chat else body.get("logprobs") or 0
-        sampling = SamplingParams(temperature=float(body.get("temperature", 1.0)), top_p=float(body.get("top_p", 1.0)),
-                                  top_k=max(0, int(body.get("top_k", 0))),
-                                  seed=None if body.get("seed") is None else int(body["seed"]), logprobs=int(logprobs))
-        max_tokens = int(body.get("max_completion_tokens", body.get("max_tokens", 16)) if chat else body.get("max_tokens", 16))
-    except (TypeError, ValueError) as err:
-        raise InvalidRequest(f"bad sampling parameter: {err}") from None
-    common = {"max_tokens": max_tokens, "sampling": sampling, "stop": stop, "ignore_eos": bool(body.get("ignore_eos", False))}
+    check.flag("stream", check.given(body, "stream", False))
+    if chat:
+        wanted = 1 if check.flag("logprobs", check.given(body, "logprobs", False)) else 0
+        logprobs = check.integer("top_logprobs", check.given(body, "top_logprobs", wanted), 0, check.MAX_LOGPROBS)
+        max_tokens = check.given(body, "max_completion_tokens", check.given(body, "max_tokens", 16))
+    else:
+        logprobs = check.integer("logprobs", check.given(body, "logprobs", 0), 0, check.MAX_LOGPROBS)
+        max_tokens = check.given(body, "max_tokens", 16)
+    sampling = check.sampling(temperature=check.given(body, "temperature", 1.0), top_p=check.given(body, "top_p", 1.0),
+                              top_k=check.given(body, "top_k", 0), seed=body.get("seed"), logprobs=logprobs)
+    common = {"max_tokens": check.integer("max_tokens", max_tokens, 1, check.MAX_TOKENS_MAX), "sampling": sampling,
+              "stop": check.stop_strings(body.get("stop")),
+              "ignore_eos": check.flag("ignore_eos", check.given(body, "ignore_eos", False))}
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise InvalidRequest("messages must be a non-empty list")
-        return TextRequest(messages=tuple(messages), **common)
+        tools = body.get("tools")
+        if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+            raise InvalidRequest("tools must be a list of objects")
+        return TextRequest(messages=tuple(messages), tools=tuple(tools) if tools else None, **common)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]
@@ -74,9 +84,39 @@ def parse_body(body: Any, *, chat: bool) -> TextRequest:
     raise InvalidRequest("prompt must be a string or a list of token ids (one prompt per request)")
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """OpenAI's JSON error body for what aiohttp answers in plain text (unknown path, wrong
+    method, 408 slow body, 413 body too large) and for a failure no handler caught."""
+    try:
+        return await handler(request)
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        response = _error(err.status, err.text or err.reason,
+                          "not_found_error" if err.status == 404 else "invalid_request_error")
+        if err.status in (408, 413):
+            response.force_close()  # the rest of the body is not worth reading
+        return response
+    except ConnectionError:
+        raise  # the client went away: there is no one to answer
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal error (logged by the server)", "server_error")
+
+
+async def _read_body(request: web.Request, seconds: float) -> bytes:
+    """The whole body (aiohttp refuses one over client_max_size with 413), or 408 if the client
+    takes longer than `seconds` to send it."""
+    try:
+        return await asyncio.wait_for(request.read(), seconds)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"the request body did not arrive within {seconds:g}s") from None
+
+
 class _OpenAI:
-    def __init__(self, service: GenerationService) -> None:
-        self.service = service
+    def __init__(self, service: GenerationService, body_seconds: float) -> None:
+        self.service, self.body_seconds = service, body_seconds
 
     async def models(self, _: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [
@@ -90,17 +130,19 @@ class _OpenAI:
 
     async def _handle(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         try:
-            body = await request.json()
-        except ValueError as err:
-            return _error(400, f"the body is not JSON: {err}", "invalid_request_error")
+            body = check.loads(await _read_body(request, self.body_seconds), "the body")
+        except InvalidRequest as err:
+            return error_response(err)
         model = body.get("model") if isinstance(body, dict) else None
+        if model is not None and not isinstance(model, str):
+            return _error(400, f"`model` must be a string, not {type(model).__name__}", "invalid_request_error")
         if model not in (None, self.service.model_name):
             return _error(404, f"model {model!r} does not exist; this server serves {self.service.model_name!r}",
                           "not_found_error")
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         try:
             text_request = parse_body(body, chat=chat)
-            generation = self.service.prepare(text_request)
+            generation = await self.service.prepare(text_request)
             if body.get("stream"):
                 return await self._stream(request, text_request, generation, ident, chat, _include_usage(body))
             done = await self.service.complete(text_request)

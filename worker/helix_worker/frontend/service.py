@@ -3,17 +3,26 @@
 It tokenizes, renders chat templates, applies stop strings and EOS, and detokenizes the
 coordinator's token stream incrementally. KServe and OpenAI adapters only translate
 their wire formats to `TextRequest` and `TextPiece`.
+
+Tokenizing a prompt and rendering a chat take time that grows with the prompt, so they run
+in a small thread pool, never on the event loop that streams every other request's tokens;
+the per-token incremental decode is a few tokens' work and stays on the loop.
 """
 
+import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Any
 
 from helix_worker.errors import InvalidRequest
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest
-from helix_worker.frontend.text import StopMatcher, render_chat
+from helix_worker.frontend.text import StopMatcher, chat_messages
 from helix_worker.protocol import SamplingParams
 from helix_worker.tokenizer import StreamDecoder, Tokenizer
+
+TOKENIZE_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -21,6 +30,7 @@ class TextRequest:
     prompt: str | None = None
     prompt_ids: tuple[int, ...] | None = None
     messages: tuple[dict, ...] | None = None
+    tools: tuple[dict[str, Any], ...] | None = None
     max_tokens: int = 16
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()
@@ -47,35 +57,51 @@ class Completion:
 
 
 class GenerationService:
+    """`tokenizer_error` says why text cannot be served when `tokenizer` is None; token ids still can."""
+
     def __init__(self, coordinator: Coordinator, tokenizer: Tokenizer | None, model_name: str,
-                 eos_token_ids: tuple[int, ...]) -> None:
+                 eos_token_ids: tuple[int, ...], tokenizer_error: str = "this model has no tokenizer.json") -> None:
         self.coordinator, self.tokenizer, self.model_name = coordinator, tokenizer, model_name
         self.eos_token_ids = eos_token_ids
+        self.tokenizer_error = tokenizer_error
+        self._pool = ThreadPoolExecutor(TOKENIZE_THREADS, thread_name_prefix="helix-tokenize")
 
-    def prompt_ids(self, request: TextRequest) -> tuple[int, ...]:
-        if request.prompt_ids is not None:
-            return tuple(request.prompt_ids)
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _text_tokenizer(self, what: str) -> Tokenizer:
         if self.tokenizer is None:
-            raise InvalidRequest("this model has no tokenizer.json: send token ids instead of text")
+            raise InvalidRequest(f"{self.tokenizer_error}: {what}")
+        return self.tokenizer
+
+    def tokenize(self, request: TextRequest) -> tuple[int, ...]:
+        """The prompt's ids: a chat rendered by its template, or a text prompt with the tokenizer's BOS."""
         if request.messages is not None:
-            return tuple(self.tokenizer.encode(render_chat(self.tokenizer, list(request.messages)), add_special=False))
+            tokenizer = self._text_tokenizer("chat needs the tokenizer; send token ids to /v1/completions instead")
+            text = tokenizer.render_chat(chat_messages(list(request.messages)),
+                                         tools=list(request.tools) if request.tools else None)
+            return tuple(tokenizer.encode(text, add_special=False))  # the template wrote the special tokens
         if request.prompt is None:
             raise InvalidRequest("give a prompt (text or token ids)")
-        return tuple(self.tokenizer.encode(request.prompt))
+        return tuple(self._text_tokenizer("send token ids instead of text").encode(request.prompt))
 
-    def prepare(self, request: TextRequest) -> GenerationRequest:
+    async def prepare(self, request: TextRequest) -> GenerationRequest:
         """Validate fully before anything is streamed, so errors come back as one clear status."""
-        generation = GenerationRequest(self.prompt_ids(request), request.max_tokens, request.sampling,
+        if request.prompt_ids is not None:
+            ids = tuple(request.prompt_ids)
+        else:
+            ids = await asyncio.get_running_loop().run_in_executor(self._pool, self.tokenize, request)
+        generation = GenerationRequest(ids, request.max_tokens, request.sampling,
                                        () if request.ignore_eos else self.eos_token_ids)
         self.coordinator.validate(generation)
-        if request.stop and self.tokenizer is None:
-            raise InvalidRequest("stop strings need the model's tokenizer.json; use stop token ids instead")
+        if request.stop:
+            self._text_tokenizer("stop strings need the tokenizer; use stop token ids instead")
         return generation
 
     async def stream(self, request: TextRequest, generation: GenerationRequest | None = None) -> AsyncIterator[TextPiece]:
         """Text pieces as tokens arrive; the last piece carries the finish reason."""
-        generation = generation or self.prepare(request)
-        decoder = StreamDecoder(self.tokenizer) if self.tokenizer else None
+        generation = generation or await self.prepare(request)
+        decoder = StreamDecoder(self.tokenizer, generation.prompt_ids) if self.tokenizer else None
         stops = StopMatcher(request.stop)
         async with aclosing(self.coordinator.generate(generation)) as events:
             async for event in events:
@@ -92,7 +118,7 @@ class GenerationService:
                     return
 
     async def complete(self, request: TextRequest) -> Completion:
-        generation = self.prepare(request)
+        generation = await self.prepare(request)
         texts, ids, logprobs, tops, finish = [], [], [], [], "length"
         async for piece in self.stream(request, generation):
             texts.append(piece.text)
@@ -103,8 +129,5 @@ class GenerationService:
         return Completion("".join(texts), tuple(ids), len(generation.prompt_ids), finish, tuple(logprobs), tuple(tops))
 
     def token_text(self, token_id: int) -> str:
-        """One token as text, for logprob listings (bytes of a partial character come out as escapes)."""
-        if self.tokenizer is None:
-            return str(token_id)
-        raw = self.tokenizer.decode_bytes([token_id], skip_special=False)
-        return raw.decode("utf-8", errors="backslashreplace")
+        """One token as text, for logprob listings."""
+        return str(token_id) if self.tokenizer is None else self.tokenizer.token_text(token_id)

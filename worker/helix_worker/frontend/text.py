@@ -1,16 +1,16 @@
-"""Text around the token stream: stop strings and chat templates.
+"""Text around the token stream: stop strings and the checks on chat messages.
 
 Stop strings are matched on decoded text; text that might be the start of a stop string
-is held back until it is clear, so a client never sees part of a stop sequence.
+is held back until it is clear, so a client never sees part of a stop sequence. Chat
+messages are checked and their OpenAI content-part lists flattened to the plain strings that
+chat templates expect (text parts joined by newlines, as vLLM does) before transformers
+renders them.
 """
 
 from dataclasses import dataclass
-
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import Any
 
 from helix_worker.errors import InvalidRequest
-from helix_worker.tokenizer import Tokenizer
 
 
 @dataclass
@@ -34,20 +34,25 @@ class StopMatcher:
         return text
 
 
-def render_chat(tokenizer: Tokenizer, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
-    """Apply the model's chat template (Jinja, sandboxed) to OpenAI-style messages."""
-    if not tokenizer.chat_template:
-        raise InvalidRequest("this model has no chat template: use /v1/completions with a plain prompt")
+def chat_messages(messages: list[Any]) -> list[dict[str, Any]]:
+    """OpenAI chat messages as a template takes them: string role, content a string (null for an assistant)."""
+    checked = []
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or \
-                not isinstance(message.get("content"), str):
-            raise InvalidRequest(f"messages[{i}] needs string `role` and `content`")
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    try:
-        template = env.from_string(tokenizer.chat_template)
-        specials = {v: k for k, v in tokenizer.special.items()}
-        return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                               bos_token=specials.get(tokenizer.prefix_ids[0], "") if tokenizer.prefix_ids else "",
-                               eos_token=tokenizer.eos_token or "")
-    except jinja2.TemplateError as err:
-        raise InvalidRequest(f"the chat template failed on these messages: {err}") from None
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest(f"messages[{i}] needs a string `role`")
+        content = message.get("content")
+        if content is None and message["role"] != "assistant":
+            raise InvalidRequest(f"messages[{i}] needs `content` (only an assistant's may be null)")
+        if isinstance(content, list):
+            content = "\n".join(_text_part(part, i) for part in content)
+        elif content is not None and not isinstance(content, str):
+            raise InvalidRequest(f"messages[{i}].content must be a string, a list of text parts or null")
+        checked.append(message | {"content": content})
+    return checked
+
+
+def _text_part(part: Any, index: int) -> str:
+    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+        return part["text"]
+    raise InvalidRequest(f"messages[{index}].content has a part that is not text ({part!r:.80}): "
+                         "this model takes text only")
