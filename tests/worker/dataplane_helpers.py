@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import struct
 import time
 import urllib.request
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 
 from helix_planner.plan_format import Plan
+from helix_proto import grpc_service_pb2 as kserve
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest
 from helix_worker.launcher import LocalFleet
 from helix_worker.local_plan import Layout, manual_plan
@@ -72,3 +74,21 @@ def assert_reference_runs(checkpoint: Path, prompts: list[list[int]], runs: list
         assert tokens == expected.tokens, f"prompt of {len(prompt)} tokens diverged"
         for got, want in zip(logits, expected.logits, strict=True):
             assert torch.allclose(got, want, atol=1e-4, rtol=0), (got - want).abs().max()
+
+
+def kserve_request(inputs: dict[str, tuple[str, list[int], bytes]], model: str = MODEL,
+                   **parameters: object) -> kserve.ModelInferRequest:
+    """A KServe request whose inputs travel as raw contents: name -> (datatype, shape, raw bytes)."""
+    request = kserve.ModelInferRequest(model_name=model)
+    for name, (datatype, shape, raw) in inputs.items():
+        request.inputs.add(name=name, datatype=datatype, shape=shape)
+        request.raw_input_contents.append(raw)
+    for key, value in parameters.items():
+        slot = {bool: "bool_param", int: "int64_param", str: "string_param", float: "double_param"}[type(value)]
+        setattr(request.parameters[key], slot, value)
+    return request
+
+
+def bytes_tensor(*items: bytes) -> bytes:
+    """Raw contents of a KServe BYTES tensor: each element prefixed by its 4-byte length."""
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)

@@ -42,3 +42,18 @@ def test_seeded_sampling_depends_only_on_seed_and_position() -> None:
     assert len(set(draws)) > 2  # hot temperature: not always the argmax
     other = [sample_row(LOGITS, SamplingParams(temperature=5.0, seed=1235), p, torch.Generator())[0] for p in range(40)]
     assert other != draws
+
+
+@pytest.mark.parametrize("params, logits", [
+    (SamplingParams(temperature=float("nan")), LOGITS),
+    (SamplingParams(temperature=1e-40), LOGITS),  # float32 on the wire: the logits would overflow to inf
+    (SamplingParams(temperature=1.0, top_p=float("nan"), top_k=2**31 - 1, seed=2**64 - 1), LOGITS.clone().fill_(5.0)),
+    (SamplingParams(temperature=1.0, seed=-1), torch.tensor([float("inf"), 1.0, 0.0])),
+    (SamplingParams(temperature=0.7), torch.tensor([0.0, float("nan"), 1.0])),
+])
+def test_a_row_that_makes_no_distribution_falls_back_to_greedy(params: SamplingParams, logits: torch.Tensor) -> None:
+    """Sampling never raises for one row: an exception would fail every request of the step."""
+    token, _, _ = sample_row(logits, params, 3, torch.Generator())
+    expected = int(torch.argmax(logits))
+    assert token == expected or bool((logits == logits[0]).all())  # a flat row may draw any token
+    assert 0 <= token < logits.numel()

@@ -34,6 +34,15 @@ class Settings:
     torch_threads: int = _setting(0, "torch intra-op threads; 0: torch's default")
     slowdown: float = _setting(1.0, "emulate a slower GPU: each step takes this many times its compute time")
     max_message_bytes: int = _setting(256 << 20, "largest gRPC message (activations of a long prefill)")
+    max_request_bytes: int = _setting(4 << 20, "largest request the front end takes, an HTTP body or a KServe gRPC "
+                                               "message (128k tokens of text are well under 1 MiB); larger ones get "
+                                               "413 or RESOURCE_EXHAUSTED")
+    http_idle_seconds: float = _setting(15.0, "the front end closes an HTTP connection that sends no whole request "
+                                              "head this long after it opened or got its last response (idle "
+                                              "keep-alives, slow-header clients), or that still sends a body "
+                                              "this long after its answer")
+    http_body_seconds: float = _setting(30.0, "how long the front end waits for a request's whole HTTP body before "
+                                              "answering 408")
     data_channel: str = _setting("tcp", "how messages to stages travel: tcp (a raw TCP side channel each stream "
                                         "negotiates, falling back to the gRPC stream when it cannot connect; a stage "
                                         "accepts it, links offer it) or grpc (the gRPC stream only)")
@@ -65,6 +74,9 @@ class Settings:
         for name in ("kv_block_tokens", "max_batch_tokens"):
             if getattr(settings, name) < 1:
                 raise ServingError(f"{env_name(name)}={getattr(settings, name)}: give a positive number of tokens")
+        for name in ("max_request_bytes", "http_idle_seconds", "http_body_seconds"):
+            if getattr(settings, name) <= 0:
+                raise ServingError(f"{env_name(name)}={getattr(settings, name)}: give a positive number")
         if not 0.0 <= settings.kv_watermark < 1.0:
             raise ServingError(f"{env_name('kv_watermark')}={settings.kv_watermark}: give a share in [0, 1)")
         if settings.max_in_flight < 0:

@@ -35,11 +35,16 @@ def channel_options(max_message_bytes: int, keepalive_ms: int = KEEPALIVE_MS) ->
             ("grpc.http2.max_pings_without_data", 0), ("grpc.keepalive_permit_without_calls", 1)]
 
 
-def server_options(max_message_bytes: int, keepalive_ms: int = KEEPALIVE_MS) -> list[tuple[str, int]]:
+def server_options(max_message_bytes: int, keepalive_ms: int = KEEPALIVE_MS, *,
+                   max_receive_bytes: int | None = None) -> list[tuple[str, int]]:
     """Server side: accept the clients' keepalive pings. gRPC servers by default allow one ping
     without data per 5 minutes and answer the third early one with GOAWAY too_many_pings, which
-    broke every idle front-end and stage-to-stage stream after about 30 seconds."""
-    return channel_options(max_message_bytes, keepalive_ms) + [
+    broke every idle front-end and stage-to-stage stream after about 30 seconds.
+    `max_receive_bytes` caps what clients send when that is less than what the server sends."""
+    receive = max_message_bytes if max_receive_bytes is None else max_receive_bytes
+    options = [(k, receive if k == "grpc.max_receive_message_length" else v)
+               for k, v in channel_options(max_message_bytes, keepalive_ms)]
+    return options + [
         ("grpc.http2.min_ping_interval_without_data_ms", keepalive_ms // 2),
         ("grpc.http2.min_time_between_pings_ms", keepalive_ms // 2)]
 

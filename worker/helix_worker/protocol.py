@@ -32,6 +32,11 @@ class Hop:
     end: int
 
 
+# Temperatures below this sample greedily, as vLLM's _SAMPLING_EPS does: logits divided by
+# 1e-40 overflow float32 to inf, and their softmax is NaN.
+GREEDY_BELOW = 1e-5
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.0
@@ -43,7 +48,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return not self.temperature >= GREEDY_BELOW  # NaN too
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 A seeded request draws step n from a generator seeded by (seed, position), not from a
 stream of draws, so it samples the same tokens when a fault moves it to another pipeline.
+Rows of a step are sampled one by one, and a row whose parameters or logits make no
+distribution (NaN temperature, overflowing logits) is sampled greedily instead of raising:
+an exception here would fail every request of the step.
 """
 
 import torch
@@ -35,14 +38,18 @@ def sample_row(logits: torch.Tensor, params: SamplingParams, position: int,
                rng: torch.Generator) -> tuple[int, float, tuple[tuple[int, float], ...]]:
     """(token id, its logprob, top logprobs) for one row; logprobs are of the raw distribution."""
     logprobs = torch.log_softmax(logits, dim=-1)
-    if params.greedy:
-        token = int(torch.argmax(logits))
-    else:
-        probs = torch.softmax(filter_logits(logits, params), dim=-1)
-        generator = step_generator(params.seed, position) if params.seed is not None else rng
-        token = int(torch.multinomial(probs, 1, generator=generator))
+    token = _draw(logits, params, position, rng)
     top: tuple[tuple[int, float], ...] = ()
     if params.logprobs > 0:
         values, ids = torch.topk(logprobs, min(params.logprobs, logprobs.numel()))
         top = tuple(zip(ids.tolist(), values.tolist()))
     return token, float(logprobs[token]), top
+
+
+def _draw(logits: torch.Tensor, params: SamplingParams, position: int, rng: torch.Generator) -> int:
+    if not params.greedy:
+        probs = torch.softmax(filter_logits(logits, params), dim=-1)
+        if bool(torch.isfinite(probs).all()) and float(probs.sum()) > 0.0:
+            generator = step_generator(params.seed, position) if params.seed is not None else rng
+            return int(torch.multinomial(probs, 1, generator=generator))
+    return int(torch.argmax(logits))

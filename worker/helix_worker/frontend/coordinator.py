@@ -25,13 +25,13 @@ from helix_worker import wire
 from helix_worker.envs import Settings
 from helix_worker.errors import InvalidRequest, ServingError, Unavailable
 from helix_worker.frontend.routes import Route, RouteTable
+from helix_worker.frontend.validation import check_sampling
 from helix_worker.links import StreamLink
 from helix_worker.metrics import FrontendMetrics
 from helix_worker.protocol import Chunk, FailureKind, Phase, Sampled, SamplingParams
 
 log = logging.getLogger(__name__)
 MAX_REROUTES = 8
-MAX_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -135,10 +135,7 @@ class Coordinator:
             raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary [0, {self.limits.vocab_size})")
         if request.max_tokens < 1:
             raise InvalidRequest(f"max_tokens must be at least 1, not {request.max_tokens}")
-        s = request.sampling
-        if s.temperature < 0 or not 0.0 < s.top_p <= 1.0 or s.top_k < 0 or not 0 <= s.logprobs <= MAX_LOGPROBS:
-            raise InvalidRequest(f"bad sampling parameters: need temperature >= 0, 0 < top_p <= 1, top_k >= 0, "
-                                 f"0 <= logprobs <= {MAX_LOGPROBS}; got {s}")
+        check_sampling(request.sampling)
         need = len(request.prompt_ids) + request.max_tokens
         if need > self.limits.max_positions:
             raise InvalidRequest(f"prompt ({len(request.prompt_ids)} tokens) + max_tokens ({request.max_tokens}) = "

@@ -7,7 +7,6 @@ The same sampling fields may come as request parameters. Outputs: text_output BY
 output_ids INT64, finish_reason BYTES, logprobs FP32.
 """
 
-import json
 import struct
 from typing import Any
 
@@ -15,8 +14,8 @@ import numpy as np
 
 from helix_proto import grpc_service_pb2 as kserve
 from helix_worker.errors import InvalidRequest
+from helix_worker.frontend import validation as check
 from helix_worker.frontend.service import TextRequest
-from helix_worker.protocol import SamplingParams
 
 INPUTS = {
     "text_input": ("BYTES", [1]), "input_ids": ("INT64", [-1]), "max_tokens": ("INT32", [1]),
@@ -82,39 +81,75 @@ def _parameter(value: kserve.InferParameter) -> Any:
 
 
 def text_request(request: kserve.ModelInferRequest) -> tuple[TextRequest, bool]:
-    """The request as a `TextRequest`, and whether an empty final response was asked for."""
+    """The request as a `TextRequest`, and whether an empty final response was asked for.
+    Fields come from sampling_parameters (JSON), then request parameters, then input tensors,
+    the later overriding the earlier; `validation` checks each as the OpenAI API does."""
     inputs = decode_inputs(request)
     options: dict[str, Any] = {}
     if "sampling_parameters" in inputs:
-        try:
-            options |= json.loads(inputs["sampling_parameters"][0])
-        except (ValueError, UnicodeDecodeError) as err:
-            raise InvalidRequest(f"sampling_parameters is not JSON: {err}") from None
+        parsed = check.loads(_one("sampling_parameters", inputs["sampling_parameters"]), "sampling_parameters")
+        if not isinstance(parsed, dict):
+            raise InvalidRequest("sampling_parameters must be a JSON object")
+        options |= parsed
     params = {k: _parameter(v) for k, v in request.parameters.items()}
     options |= {k: v for k, v in params.items() if k in _SAMPLING_KEYS}
-    options |= {k: (v if k == "stop" else v[0]) for k, v in inputs.items() if k in _SAMPLING_KEYS}
-    stop = options.get("stop", ())
-    stop = (stop,) if isinstance(stop, (str, bytes)) else tuple(stop)
-    try:
-        sampling = SamplingParams(temperature=float(options.get("temperature", 0.0)),
-                                  top_p=float(options.get("top_p", 1.0)), top_k=int(options.get("top_k", 0)),
-                                  seed=None if options.get("seed") is None else int(options["seed"]),
-                                  logprobs=int(options.get("logprobs", 0)))
-        text = TextRequest(
-            prompt=_text(inputs["text_input"][0]) if "text_input" in inputs else None,
-            prompt_ids=tuple(int(t) for t in inputs["input_ids"]) if "input_ids" in inputs else None,
-            max_tokens=int(options.get("max_tokens", 16)), sampling=sampling,
-            stop=tuple(_text(s) for s in stop), ignore_eos=bool(options.get("ignore_eos", False)))
-    except (TypeError, ValueError) as err:
-        raise InvalidRequest(f"bad sampling parameter: {err}") from None
+    options |= {k: (v if k == "stop" else _one(k, v)) for k, v in inputs.items() if k in _SAMPLING_KEYS}
+
+    def field(name: str, default: Any) -> Any:
+        return _scalar(check.given(options, name, default))
+
+    sampling = check.sampling(temperature=field("temperature", 0.0), top_p=field("top_p", 1.0),
+                              top_k=field("top_k", 0), seed=field("seed", None), logprobs=field("logprobs", 0))
+    stop = options.get("stop")
+    stop = [_text(s) if isinstance(s, bytes) else s for s in stop] if isinstance(stop, list) else \
+        _text(stop) if isinstance(stop, bytes) else stop
+    text = TextRequest(prompt=_text(_one("text_input", inputs["text_input"])) if "text_input" in inputs else None,
+                       prompt_ids=_token_ids(inputs["input_ids"]) if "input_ids" in inputs else None,
+                       max_tokens=check.integer("max_tokens", field("max_tokens", 16), 1, check.MAX_TOKENS_MAX),
+                       sampling=sampling, stop=check.stop_strings(stop),
+                       ignore_eos=check.flag("ignore_eos", field("ignore_eos", False)))
     if text.prompt is None and text.prompt_ids is None:
         raise InvalidRequest("give `text_input` (BYTES) or `input_ids` (INT64)")
     return text, bool(params.get("triton_enable_empty_final_response", False))
 
 
-def _text(value: bytes | str) -> str:
+def _one(name: str, items: list) -> Any:
+    if len(items) != 1:
+        raise InvalidRequest(f"input {name!r} must hold one element, not {len(items)}")
+    return items[0]
+
+
+def _scalar(value: Any) -> Any:
+    """Numbers and booleans may come as text, as Triton's vLLM backend takes them in
+    sampling_parameters ("0.7", "true"); other text is left for the checks to refuse."""
+    if isinstance(value, bytes):
+        value = _text(value)
+    if not isinstance(value, str):
+        return value
+    word = value.strip().lower()
+    if word in ("true", "false"):
+        return word == "true"
+    for parse in (int, float):
+        try:
+            return parse(word)
+        except ValueError:
+            pass
+    return value
+
+
+def _token_ids(items: list) -> tuple[int, ...]:
+    if not all(type(t) is int for t in items):
+        raise InvalidRequest("input_ids must be integers (INT32 or INT64)")
+    return tuple(items)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, bytes):
+        raise InvalidRequest(f"text inputs must be BYTES, not {type(value).__name__}")
     try:
-        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        return value.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequest("text inputs must be UTF-8") from None
 
