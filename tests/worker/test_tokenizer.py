@@ -38,7 +38,7 @@ def test_ids_and_text_equal_tokenizers_and_transformers(built: tuple[Path, Token
             if ours.decode(ids, skip_special=skip) != auto.decode(ids, skip_special_tokens=skip):
                 mismatches.append((f"decode skip={skip}", text))
     assert mismatches == []
-    assert ours.encode("hi")[0] == ours.bos_token_id == auto.bos_token_id
+    assert ours.encode("hi")[0] == ours.hf.bos_token_id == auto.bos_token_id
     assert ours.eos_token_id == auto.eos_token_id is not None
 
 
@@ -48,7 +48,7 @@ def test_byte_level_round_trip_and_added_tokens(tmp_path: Path) -> None:
         assert tokenizer.decode(tokenizer.encode(text)) == text.replace("<|begin_of_text|>", "").replace(
             "<|eot_id|>", "").replace("<|start_header_id|>", "").replace("<|end_header_id|>", "")
     ids = tokenizer.encode("a <tool_call> b<|eot_id|>", add_special=False)
-    assert tokenizer.token_id("<tool_call>") in ids and tokenizer.token_id("<|eot_id|>") in ids
+    assert tokenizer.backend.token_to_id("<tool_call>") in ids and tokenizer.backend.token_to_id("<|eot_id|>") in ids
     assert tokenizer.decode(ids) == "a <tool_call> b"  # non-special added tokens survive skip_special
     assert tokenizer.decode(ids, skip_special=False) == "a <tool_call> b<|eot_id|>"
 

@@ -29,23 +29,8 @@ class Tokenizer:
         self.backend: Backend = hf.backend_tokenizer
 
     @property
-    def vocab_size(self) -> int:
-        return self.backend.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def chat_template(self) -> str | dict[str, str] | None:
-        return self.hf.chat_template
-
-    @property
     def eos_token_id(self) -> int | None:
         return self.hf.eos_token_id
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self.hf.bos_token_id
-
-    def token_id(self, token: str) -> int | None:
-        return self.backend.token_to_id(token)
 
     def encode(self, text: str, *, add_special: bool = True) -> list[int]:
         """Ids of `text`; `add_special` adds what the post-processor adds (usually a BOS)."""
@@ -64,7 +49,7 @@ class Tokenizer:
     def render_chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
                     add_generation_prompt: bool = True) -> str:
         """The prompt text transformers' `apply_chat_template` renders for these messages."""
-        if not self.chat_template:
+        if not self.hf.chat_template:
             raise InvalidRequest("this model has no chat template: use /v1/completions with a plain prompt")
         try:
             return self.hf.apply_chat_template(messages, tools=tools, add_generation_prompt=add_generation_prompt,
