@@ -80,6 +80,14 @@ def test_tools_tojson_break_and_null_content_match_transformers(tools_model: Pat
     assert '"name": "get_weather"' in ours and "never rendered" not in ours and ours.endswith("[assistant] ")
 
 
+def test_a_chat_template_jinja_file_is_used(tmp_path: Path) -> None:
+    directory = llama3_style_tokenizer(tmp_path)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    (directory / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "chat_template"}))
+    (directory / "chat_template.jinja").write_text("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}")
+    assert render(directory, [{"role": "user", "content": "hi"}]) == ("<user>hi", "<user>hi")
+
+
 def test_template_errors_and_bad_messages_are_invalid_requests(tools_model: Path, tmp_path: Path) -> None:
     tokenizer = load_tokenizer(tools_model)
     with pytest.raises(InvalidRequest, match="the first message must be the system prompt"):

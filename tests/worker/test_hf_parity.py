@@ -18,6 +18,7 @@ from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralF
                           Qwen2Config, Qwen2ForCausalLM)
 
 from helix_worker.errors import ServingError
+from helix_worker.frontend.main import stop_ids
 from helix_worker.model_config import ModelConfig, load_model_config
 from helix_worker.reference import ReferenceModel, causal_attention
 
@@ -47,6 +48,9 @@ def build(kind: str) -> PreTrainedModel:
     if kind == "llama":
         config = LlamaConfig(**SHAPE, attention_bias=True, mlp_bias=True, rope_parameters=dict(LLAMA3_ROPE))
         return randomize(LlamaForCausalLM(config), 0)
+    if kind == "llama-linear-rope":
+        config = LlamaConfig(**SHAPE, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0})
+        return randomize(LlamaForCausalLM(config), 3)
     if kind == "qwen2":
         return randomize(Qwen2ForCausalLM(Qwen2Config(**SHAPE, tie_word_embeddings=True)), 1)
     return randomize(MistralForCausalLM(MistralConfig(**SHAPE, sliding_window=None)), 2)
@@ -74,14 +78,15 @@ def to_4x_layout(directory: Path) -> None:
     (directory / "config.json").write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("kind", ["llama", "llama-linear-rope", "qwen2", "mistral"])
 def test_float32_logits_equal_transformers(kind: str, tmp_path: Path) -> None:
     model = build(kind)
     model.save_pretrained(tmp_path, max_shard_size="40KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
     config = load_model_config(tmp_path)
     assert (config.qkv_bias, config.o_bias, config.mlp_bias, config.tie_word_embeddings) == {
-        "llama": (True, True, True, False), "qwen2": (True, False, False, True),
+        "llama": (True, True, True, False), "llama-linear-rope": (False, False, False, False),
+        "qwen2": (True, False, False, True),
         "mistral": (False, False, False, False)}[kind]
     torch.testing.assert_close(ours(tmp_path), theirs(model), atol=1e-4, rtol=0)
 
@@ -108,13 +113,12 @@ def test_bfloat16_checkpoint(tmp_path: Path) -> None:
     torch.testing.assert_close(ours(tmp_path), theirs(native), atol=0.125, rtol=0.02)
 
 
-def test_generation_config_eos_ids_stop_generation(tmp_path: Path) -> None:
+def test_generation_config_eos_ids_are_the_front_ends_stop_ids(tmp_path: Path) -> None:
     model = build("mistral")
     model.generation_config.eos_token_id = [5, 9]
     model.save_pretrained(tmp_path)
-    assert load_model_config(tmp_path).eos_token_ids == (5, 9)
-    run = ReferenceModel(tmp_path).greedy(IDS.tolist(), 30, stop_ids=(int(theirs(model)[-1].argmax()),))
-    assert len(run.tokens) == 1  # the first token was a stop id: generation ends there
+    assert json.loads((tmp_path / "config.json").read_text())["eos_token_id"] == 2
+    assert stop_ids(load_model_config(tmp_path), None) == (5, 9)
 
 
 @pytest.mark.parametrize("change, field", [

@@ -10,6 +10,7 @@ from tokenizers import Tokenizer as RawTokenizer
 from transformers import AutoTokenizer
 
 from helix_worker.errors import ServingError
+from helix_worker.frontend.main import stop_ids
 from helix_worker.model_config import load_model_config
 from helix_worker.tokenizer import StreamDecoder, Tokenizer, load_tokenizer
 
@@ -84,12 +85,14 @@ def test_stream_flush_gives_an_unfinished_character_as_replacement(built: tuple[
     assert "\ufffd" in decoder.flush()
 
 
-def test_eos_ids_come_from_generation_config(checkpoint: Path, tmp_path: Path) -> None:
+def test_stop_ids_are_generation_configs_eos_and_the_tokenizers(checkpoint: Path, tmp_path: Path) -> None:
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         (tmp_path / name).write_bytes((checkpoint / name).read_bytes())
-    assert load_model_config(tmp_path).eos_token_ids == (load_tokenizer(tmp_path).eos_token_id,)
+    eos = load_tokenizer(tmp_path).eos_token_id
+    assert load_model_config(tmp_path).eos_token_ids == (eos,)
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 7], "bos_token_id": 1}))
     assert load_model_config(tmp_path).eos_token_ids == (5, 7)
+    assert stop_ids(load_model_config(tmp_path), load_tokenizer(tmp_path)) == (5, 7, eos)
 
 
 def test_missing_and_broken_tokenizer_files_are_one_clear_error(tmp_path: Path) -> None:
