@@ -87,7 +87,7 @@ def text_request(request: kserve.ModelInferRequest) -> tuple[TextRequest, bool]:
     inputs = decode_inputs(request)
     options: dict[str, Any] = {}
     if "sampling_parameters" in inputs:
-        parsed = check.loads(_one("sampling_parameters", inputs["sampling_parameters"]), "sampling_parameters")
+        parsed = check.loads(_text(_one("sampling_parameters", inputs["sampling_parameters"])), "sampling_parameters")
         if not isinstance(parsed, dict):
             raise InvalidRequest("sampling_parameters must be a JSON object")
         options |= parsed
