@@ -100,13 +100,10 @@ def text_request(request: kserve.ModelInferRequest) -> tuple[TextRequest, bool]:
 
     sampling = check.sampling(temperature=field("temperature", 0.0), top_p=field("top_p", 1.0),
                               top_k=field("top_k", 0), seed=field("seed", None), logprobs=field("logprobs", 0))
-    stop = options.get("stop")
-    stop = [_text(s) if isinstance(s, bytes) else s for s in stop] if isinstance(stop, list) else \
-        _text(stop) if isinstance(stop, bytes) else stop
     text = TextRequest(prompt=_text(_one("text_input", inputs["text_input"])) if "text_input" in inputs else None,
                        prompt_ids=_token_ids(inputs["input_ids"]) if "input_ids" in inputs else None,
                        max_tokens=check.integer("max_tokens", field("max_tokens", 16), 1, check.MAX_TOKENS_MAX),
-                       sampling=sampling, stop=check.stop_strings(stop),
+                       sampling=sampling, stop=check.stop_strings(_stops(options.get("stop"))),
                        ignore_eos=check.flag("ignore_eos", field("ignore_eos", False)))
     if text.prompt is None and text.prompt_ids is None:
         raise InvalidRequest("give `text_input` (BYTES) or `input_ids` (INT64)")
@@ -134,6 +131,15 @@ def _scalar(value: Any) -> Any:
             return parse(word)
         except ValueError:
             pass
+    return value
+
+
+def _stops(value: Any) -> Any:
+    """`stop` with its BYTES elements decoded; its shape is for `check.stop_strings` to judge."""
+    if isinstance(value, bytes):
+        return _text(value)
+    if isinstance(value, list):
+        return [_text(s) if isinstance(s, bytes) else s for s in value]
     return value
 
 
