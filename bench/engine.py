@@ -482,6 +482,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--servers", help="comma-separated, from vllm, helix-1, helix-2, helix-3 "
                                           "(default: all; --quick: vllm, helix-1)")
     parser.add_argument("--concurrency", default="", help="comma-separated streams (default 16,64; --quick 8)")
+    parser.add_argument("--workloads", default="", help="comma-separated prompt/output token pairs "
+                                                     "(default 128/64,512/256; --quick 64/32)")
     parser.add_argument("--requests", type=int, default=0, help="requests per load point (default: 2 x concurrency)")
     parser.add_argument("--max-seconds", type=int, default=0,
                         help="per load point, stop sending after this long; requests still running "
@@ -515,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     shape, workloads = (QUICK_MODEL, QUICK_WORKLOADS) if args.quick else (FULL_MODEL, FULL_WORKLOADS)
+    if args.workloads:
+        workloads = tuple(tuple(int(n) for n in pair.split("/")) for pair in args.workloads.split(","))
     concurrencies = [int(c) for c in (args.concurrency or ("8" if args.quick else "16,64")).split(",")]
     wanted = (args.servers or ("vllm,helix-1" if args.quick else "vllm,helix-1,helix-2,helix-3")).split(",")
     servers, notes = runnable(wanted, args.quick)

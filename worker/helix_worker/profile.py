@@ -66,17 +66,18 @@ def measure(options: ProfileOptions, log=print) -> dict:
         hidden = torch.randn(batch * new, *width, device=model.device).to(model.dtype)
         return lambda: static.forward(hidden, [new] * batch, advance=False)
 
-    prompt = [[0.0, 0.0]]
+    prompt = []
     for tokens in options.prompt_tokens:
         ms = _median_ms(options, step(1, 0, tokens))
-        prompt.append([float(tokens), round(ms / layers, 4)])
+        prompt.append([float(tokens), ms / layers])
         log(f"prompt {tokens:5d} tokens: {ms / layers:8.3f} ms/layer")
-    decode = [[0.0, 0.0]]
+    decode = []
     context = options.decode_context
     for batch in options.decode_batches:
         ms = _median_ms(options, step(batch, context, 1))
-        decode.append([float(batch), round(ms / layers, 4)])
+        decode.append([float(batch), ms / layers])
         log(f"decode batch {batch:3d}: {ms / layers:8.3f} ms/layer")
+    prompt, decode = monotone(prompt), monotone(decode)
     layer_bytes = model.layers[0].nbytes
     return {
         "model": options.checkpoint.name,
@@ -86,6 +87,20 @@ def measure(options: ProfileOptions, log=print) -> dict:
             "maxLayers": max_layers(options.device, layer_bytes, config.num_layers),
             "blockSize": BLOCK_TOKENS, "promptMs": prompt, "decodeMs": decode}},
     }
+
+
+def monotone(points: list[list[float]]) -> list[list[float]]:
+    """[[0, 0], *points] with each latency lowered to the smallest at any larger size, rounded.
+
+    More rows never take less time, so a point above a later one was slowed by something else
+    (another process on the cores, a kernel built on first use). Left as measured, such a point
+    bends the curve's last segment downwards, and the planner, extrapolating along it, saw
+    negative latency and planned nothing."""
+    out, lowest = [], float("inf")
+    for x, ms in reversed(points):
+        lowest = min(lowest, ms)
+        out.append([x, round(lowest, 4)])
+    return [[0.0, 0.0], *reversed(out)]
 
 
 def max_layers(device: torch.device, layer_bytes: int, num_layers: int) -> int:

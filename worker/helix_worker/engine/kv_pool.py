@@ -22,31 +22,31 @@ class KVUsage:
 
 
 class KVPool:
-    """Keys and values of every layer on this stage: [layers, 2, blocks, block_tokens, kv_heads, head_dim].
+    """Keys and values of every layer on this stage: [layers, 2, blocks, kv_heads, block_tokens, head_dim].
 
-    Within a block, tokens are the outer axis (the "NHD" layout): a gather of block rows is a
-    copy of contiguous runs, and the gathered [requests, tokens, heads, dim] view transposes to
-    the attention kernel's layout without another copy.
+    Within a block, heads are the outer axis (the "HND" layout, as in FlashInfer's paged cache
+    option): each (block, head) is one contiguous row, so gathering rows in request, head,
+    block order lays keys out as the attention kernel reads them, with no transpose.
     """
 
     def __init__(self, blocks: int, block_tokens: int, layers: int, kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device) -> None:
-        self.blocks, self.block_tokens = blocks, block_tokens
-        self.data = torch.zeros(layers, 2, blocks, block_tokens, kv_heads, head_dim, dtype=dtype, device=device)
+        self.blocks, self.block_tokens, self.kv_heads = blocks, block_tokens, kv_heads
+        self.data = torch.zeros(layers, 2, blocks, kv_heads, block_tokens, head_dim, dtype=dtype, device=device)
         self._gathered = [self.data.new_empty(0), self.data.new_empty(0)]  # keys', values' gather buffers
 
-    def gather(self, layer: int, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of `blocks` of one layer, one row per block, in buffers kept across steps:
-        a fresh tensor of tens of MiB each time is mapped and page-faulted in anew (a 4 ms gather
-        took 22 ms so)."""
+    def gather(self, layer: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one layer's pool `rows` (block x kv_heads + head), one row each, in
+        buffers kept across steps: a fresh tensor of tens of MiB each time is mapped and
+        page-faulted in anew (a 4 ms gather took 22 ms so)."""
         out = []
         for side in (0, 1):
-            source = self.data[layer, side].view(self.blocks, -1)
-            needed = blocks.numel() * source.shape[1]
+            source = self.data[layer, side].view(self.blocks * self.kv_heads, -1)
+            needed = rows.numel() * source.shape[1]
             if self._gathered[side].numel() < needed:
                 self._gathered[side] = source.new_empty(needed)
-            rows = self._gathered[side][:needed].view(blocks.numel(), source.shape[1])
-            out.append(torch.index_select(source, 0, blocks, out=rows))
+            gathered = self._gathered[side][:needed].view(rows.numel(), source.shape[1])
+            out.append(torch.index_select(source, 0, rows, out=gathered))
         return out[0], out[1]
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -168,14 +168,14 @@ class StageEngine:
         for index, piece in enumerate(step.pieces):
             hop = piece.chunk.route[0]
             groups.setdefault((hop.start, hop.end), []).append(index)
-        group_size = self.model.config.num_heads // self.model.config.num_kv_heads
+        config = self.model.config
         forwards, sampled = [], []
         for (start, end), members in groups.items():
             pieces = [step.pieces[i] for i in members]
-            layout = StepLayout.build([step.sequences[i] for i in members], self.pool.block_tokens, group_size,
-                                      self.model.dtype, self.model.device)
+            layout = StepLayout.build([step.sequences[i] for i in members], self.pool.block_tokens, config.num_heads,
+                                      config.num_kv_heads, self.model.dtype, self.model.device)
             hidden = self.model.forward(torch.cat([p.rows for p in pieces]), layout, self.pool, start, end)
-            if end == self.model.config.num_layers:
+            if end == config.num_layers:
                 sampled += self._sample(pieces, hidden)
             else:
                 forwards += _split_by_next_hop(pieces, hidden)

@@ -21,7 +21,6 @@ class StaticBatch:
         blocks = 1 + requests * -(-max_tokens // block_tokens)  # and the padding block
         self.allocator, self.pool = BlockAllocator(blocks, block_tokens), model.new_pool(blocks, block_tokens)
         self.cached = [cached] * requests
-        self._group = model.config.num_heads // model.config.num_kv_heads
 
     def forward(self, inputs: torch.Tensor, lengths: list[int], *, advance: bool = True) -> torch.Tensor:
         """Run `lengths[i]` new rows of request i (packed in `inputs`); `advance` keeps them cached."""
@@ -29,7 +28,9 @@ class StaticBatch:
         for index, (cached, length) in enumerate(zip(self.cached, lengths)):
             self.allocator.grow(str(index), cached + length)
             rows.append(SequenceRows(cached, length, self.allocator.tables[str(index)]))
-        layout = StepLayout.build(rows, self.block_tokens, self._group, self.model.dtype, self.model.device)
+        config = self.model.config
+        layout = StepLayout.build(rows, self.block_tokens, config.num_heads, config.num_kv_heads, self.model.dtype,
+                                  self.model.device)
         hidden = self.model.forward(inputs, layout, self.pool)
         if advance:
             self.cached = [c + n for c, n in zip(self.cached, lengths)]

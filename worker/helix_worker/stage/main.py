@@ -23,6 +23,7 @@ from helix_worker.http_base import health_routes, start_site
 from helix_worker.metrics import StageMetrics
 from helix_worker.model_config import parse_dtype
 from helix_worker.readyfile import write_ready_file
+from helix_worker.engine import cpu_kernels
 from helix_worker.engine.model import LayerSlice
 from helix_worker.stage.endpoint import StageEndpoint
 from helix_worker.engine.stage_engine import StageEngine
@@ -89,6 +90,8 @@ async def serve_stage(options: StageOptions, settings: Settings) -> None:
         model = await asyncio.to_thread(LayerSlice.load, options.checkpoint, start, end,
                                         dtype=dtype, device=resolve_device(settings.device))
         pool = model.new_pool(kv_blocks(settings, model), settings.kv_block_tokens)
+        if model.device.type == "cpu":  # build (or load) the decode kernel now, not in the first step
+            await asyncio.to_thread(cpu_kernels.paged_decode)
         engine = StageEngine(options.node, model, pool, max_batch_tokens=settings.max_batch_tokens,
                              slowdown=settings.slowdown, observer=metrics)
         tokens = engine.usage().capacity_tokens
