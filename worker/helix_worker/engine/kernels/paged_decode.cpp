@@ -71,17 +71,23 @@ void decode(torch::Tensor& out, const torch::Tensor& q, const torch::Tensor& key
       for (int64_t i = 0; i < group * dim; ++i) query[i] = static_cast<float>(q_rows[i]) * static_cast<float>(scale);
       scores.resize(group * length);
 
-      for (int64_t b = 0; b < std::min(kAhead, blocks); ++b) prefetch(block_of(k_data, b), block_bytes);
-      for (int64_t b = 0; b < blocks; ++b) {
-        if (b + kAhead < blocks) prefetch(block_of(k_data, b + kAhead), block_bytes);
-        const T* k_block = block_of(k_data, b);
-        const int64_t n = std::min(block_tokens, length - b * block_tokens);
+      // Visits the request's blocks of one side of the pool in order, `n` tokens of block `b`
+      // at a time, with the blocks kAhead further on already being fetched.
+      auto stream = [&](const T* pool, auto&& visit) {
+        for (int64_t b = 0; b < std::min(kAhead, blocks); ++b) prefetch(block_of(pool, b), block_bytes);
+        for (int64_t b = 0; b < blocks; ++b) {
+          if (b + kAhead < blocks) prefetch(block_of(pool, b + kAhead), block_bytes);
+          visit(block_of(pool, b), b * block_tokens, std::min(block_tokens, length - b * block_tokens));
+        }
+      };
+
+      stream(k_data, [&](const T* k_block, int64_t first, int64_t n) {
         for (int64_t t = 0; t < n; ++t) {
           for (int64_t g = 0; g < group; ++g) {
-            scores[g * length + b * block_tokens + t] = dot(query.data() + g * dim, k_block + t * dim, dim);
+            scores[g * length + first + t] = dot(query.data() + g * dim, k_block + t * dim, dim);
           }
         }
-      }
+      });
 
       for (int64_t g = 0; g < group; ++g) {
         float* s = scores.data() + g * length;
@@ -96,20 +102,16 @@ void decode(torch::Tensor& out, const torch::Tensor& q, const torch::Tensor& key
       }
 
       std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t b = 0; b < std::min(kAhead, blocks); ++b) prefetch(block_of(v_data, b), block_bytes);
-      for (int64_t b = 0; b < blocks; ++b) {
-        if (b + kAhead < blocks) prefetch(block_of(v_data, b + kAhead), block_bytes);
-        const T* v_block = block_of(v_data, b);
-        const int64_t n = std::min(block_tokens, length - b * block_tokens);
+      stream(v_data, [&](const T* v_block, int64_t first, int64_t n) {
         for (int64_t t = 0; t < n; ++t) {
           const T* v = v_block + t * dim;
           for (int64_t g = 0; g < group; ++g) {
-            const float p = scores[g * length + b * block_tokens + t];
+            const float p = scores[g * length + first + t];
             float* a = acc.data() + g * dim;
             for (int64_t d = 0; d < dim; ++d) a[d] += p * static_cast<float>(v[d]);
           }
         }
-      }
+      });
       T* o = out_data + (request * heads + head * group) * dim;
       for (int64_t i = 0; i < group * dim; ++i) o[i] = static_cast<T>(acc[i]);
     }
