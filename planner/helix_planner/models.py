@@ -7,6 +7,7 @@ objectives compare with the published ones) and common current Llama-family mode
 from dataclasses import dataclass, field
 
 from helix_planner.errors import PlanningError
+from helix_planner.io.strict import check_keys
 
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "int8": 1, "fp8": 1}
 
@@ -120,11 +121,16 @@ def get_model(name: str) -> ModelSpec:
     )
 
 
+MODEL_KEYS = ("name", "numLayers", "hiddenSize", "intermediateSize", "numHeads", "numKvHeads", "vocabSize", "dtype",
+              "bytesPerLayer", "kvBytesPerTokenLayer")
+
+
 def model_from_mapping(data: dict) -> ModelSpec:
     """A model from a YAML mapping: `{name: llama3-8b}`, a Llama-style shape, or raw sizes.
 
     Raw sizes: numLayers, hiddenSize, bytesPerLayer, kvBytesPerTokenLayer (and dtype).
     """
+    check_keys(data, MODEL_KEYS, "the model description")
     if set(data) <= {"name"}:
         return get_model(str(data.get("name", "")))
     if "bytesPerLayer" in data:

@@ -21,29 +21,37 @@ Bandwidth accepts bits (`Gbps`) or bytes (`GB/s`); a bare number is bytes/s.
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from helix_planner.cluster import Cluster, Node
 from helix_planner.errors import PlanningError
+from helix_planner.io.strict import check_keys, load_yaml, mapping
 from helix_planner.models import ModelSpec, model_from_mapping
 from helix_planner.network import LinkSpec, NetworkModel, build_cluster
 from helix_planner.units import parse_quantity
 
 
+TOP_KEYS = ("name", "model", "nodes", "pools", "network")
+NODE_KEYS = ("name", "gpu", "region")
+POOL_KEYS = ("gpu", "region", "count", "namePrefix")
+NETWORK_KEYS = ("intraRegion", "interRegion", "frontend", "regionPairs", "links")
+SPEC_KEYS = ("bandwidth", "latency")
+
+
 def load_cluster_yaml(path: Path) -> tuple[Cluster, ModelSpec | None]:
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
+        text = path.read_text()
+    except OSError as err:
         raise PlanningError(f"cannot read cluster file {path}: {err}") from None
+    data = load_yaml(text, f"cluster file {path}")
     if not isinstance(data, dict):
         raise PlanningError(f"{path} must be a mapping with `nodes` or `pools` and `network`")
     return cluster_from_mapping(data, default_name=path.stem)
 
 
 def cluster_from_mapping(data: dict[str, Any], *, default_name: str = "cluster") -> tuple[Cluster, ModelSpec | None]:
+    check_keys(data, TOP_KEYS, "the cluster file")
     nodes = [_node(item, i) for i, item in enumerate(data.get("nodes") or [])]
-    for pool in data.get("pools") or []:
-        nodes += _pool(pool)
+    for i, pool in enumerate(data.get("pools") or []):
+        nodes += _pool(mapping(pool, f"pools[{i}]"), i)
     if not nodes:
         raise PlanningError("the cluster file has no nodes: add `nodes:` entries or `pools:` with a count")
     network = _network(data.get("network") or {})
@@ -57,10 +65,12 @@ def cluster_from_mapping(data: dict[str, Any], *, default_name: str = "cluster")
 def _node(item: dict[str, Any], index: int) -> Node:
     if not isinstance(item, dict) or "gpu" not in item:
         raise PlanningError(f"nodes[{index}] needs at least `gpu` (and usually `name` and `region`)")
+    check_keys(item, NODE_KEYS, f"nodes[{index}]")
     return Node(str(item.get("name", f"node-{index}")), str(item["gpu"]), str(item.get("region", "default")))
 
 
-def _pool(pool: dict[str, Any]) -> list[Node]:
+def _pool(pool: dict[str, Any], index: int) -> list[Node]:
+    check_keys(pool, POOL_KEYS, f"pools[{index}]")
     if "gpu" not in pool or "count" not in pool:
         raise PlanningError(f"pool {pool!r} needs `gpu` and `count`")
     region = str(pool.get("region", "default"))
@@ -71,7 +81,8 @@ def _pool(pool: dict[str, Any]) -> list[Node]:
     return [Node(f"{prefix}-{i}", str(pool["gpu"]), region) for i in range(count)]
 
 
-def _spec(item: dict[str, Any], default: LinkSpec, where: str) -> LinkSpec:
+def _spec(item: dict[str, Any], default: LinkSpec, where: str, extra: tuple[str, ...] = ()) -> LinkSpec:
+    check_keys(mapping(item, f"network {where}"), SPEC_KEYS + extra, f"network {where}")
     try:
         bandwidth = parse_quantity(item["bandwidth"]) if "bandwidth" in item else default.bandwidth
         latency = parse_quantity(item["latency"]) if "latency" in item else default.latency
@@ -83,19 +94,24 @@ def _spec(item: dict[str, Any], default: LinkSpec, where: str) -> LinkSpec:
 
 
 def _network(data: dict[str, Any]) -> NetworkModel:
+    check_keys(mapping(data, "network"), NETWORK_KEYS, "network")
     model = NetworkModel()
     model.intra = _spec(data.get("intraRegion") or {}, model.intra, "intraRegion")
     model.inter = _spec(data.get("interRegion") or {}, model.inter, "interRegion")
     frontend = data.get("frontend") or {}
+    check_keys(mapping(frontend, "network frontend"), SPEC_KEYS + ("region",), "network frontend")
     model.frontend_region = frontend.get("region")
     if "bandwidth" in frontend or "latency" in frontend:
-        model.frontend = _spec(frontend, model.intra, "frontend")
-    for pair in data.get("regionPairs") or []:
-        model.region_pairs[(str(pair["from"]), str(pair["to"]))] = _spec(pair, model.inter, "regionPairs")
-    for link in data.get("links") or []:
+        model.frontend = _spec(frontend, model.intra, "frontend", ("region",))
+    for i, pair in enumerate(data.get("regionPairs") or []):
+        spec = _spec(pair, model.inter, f"regionPairs[{i}]", ("from", "to"))
+        model.region_pairs[(str(pair["from"]), str(pair["to"]))] = spec
+    for i, link in enumerate(data.get("links") or []):
+        where = f"links[{i}]"
+        check_keys(mapping(link, f"network {where}"), SPEC_KEYS + ("from", "to", "disabled"), f"network {where}")
         pair = (str(link["from"]), str(link["to"]))
         if link.get("disabled"):
             model.removed.add(pair)
         else:
-            model.link_overrides[pair] = _spec(link, model.intra, "links")
+            model.link_overrides[pair] = _spec(link, model.intra, where, ("from", "to", "disabled"))
     return model
