@@ -43,7 +43,7 @@ def build_cluster(name: str, spec: ClusterSpec, discovery: Discovery) -> Cluster
     network = dict(spec.network)
     pairs = network.get("regionPairs") or []
     cut = {frozenset((p["from"], p["to"])) for p in pairs if p.get("disabled")}
-    network["regionPairs"] = [p for p in pairs if not p.get("disabled")]
+    network["regionPairs"] = [{k: v for k, v in p.items() if k != "disabled"} for p in pairs if not p.get("disabled")]
     nodes = discovery.nodes
     network["links"] = [{"from": a.name, "to": b.name, "disabled": True}
                         for i, a in enumerate(nodes) for b in nodes[i + 1:]
