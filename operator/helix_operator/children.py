@@ -16,6 +16,7 @@ from helix_operator.frontend import build_frontend_deployment, build_frontend_se
 from helix_operator.inputs import InputsKey
 from helix_operator.kube import Kube, Ref, each
 from helix_operator.meta import selector
+from helix_operator.networkpolicy import build_network_policies
 from helix_operator.planmap import ANNOTATION_INPUTS, build_plan_configmap
 from helix_operator.rollout import RolloutStep, next_step, pod_view
 from helix_operator.spec import ClusterSpec
@@ -116,6 +117,7 @@ async def sync_frontend(kube: Kube, owner: Owner, spec: ClusterSpec, active: Pla
     live = await kube.ensure(build_frontend_deployment(owner, spec, active.plan, active.configmap, replicas=replicas))
     await kube.ensure(build_frontend_service(owner, spec))
     await kube.ensure(build_workers_service(owner, spec))
+    await each(kube.ensure(policy) for policy in build_network_policies(owner, spec))
     ready, message = deployment_ready(live)
     return ("Ready" if ready else "Starting"), message
 

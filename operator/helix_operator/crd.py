@@ -119,8 +119,9 @@ def _model() -> Schema:
                              "unset means random weights of the model's shape (for tests).", maxLength=2048,
                              pattern=weights_uri.PATTERN),
         "credentialsSecret": obj({"name": string(pattern=DNS_SUBDOMAIN, maxLength=253)},
-                                 "Secret whose keys workers and the front end get as environment variables: "
-                                 "HF_TOKEN for hf://; AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, "
+                                 "Secret whose keys the init container that downloads the weights (and no "
+                                 "long-running container) gets as environment variables: HF_TOKEN for hf://; "
+                                 "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, "
                                  "AWS_SESSION_TOKEN (and AWS_ENDPOINT_URL for S3-compatible stores) for s3://.",
                                  required=["name"]),
     }, "A built-in model by name, or a Llama-family model described by its shape.", required=["name"], cel=[
@@ -171,6 +172,13 @@ def _planner() -> Schema:
     }, default={})
 
 
+def _template(into: str) -> Schema:
+    return free_form(f"Pod template overrides merged into {into}: metadata labels and annotations, spec "
+                     "fields; containers merge by name. Pods meet Pod Security \"restricted\" (uid 10001 unless "
+                     "given): privileged, host namespaces, hostPath volumes, added capabilities other than "
+                     "NET_BIND_SERVICE, privilege escalation and running as root are refused.")
+
+
 def _worker() -> Schema:
     return obj({
         "image": string(minLength=1, pattern=IMAGE),
@@ -179,8 +187,7 @@ def _worker() -> Schema:
         "gpuResourceName": string(default="nvidia.com/gpu", pattern=r"^([a-z0-9.-]+/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
         "resources": _resources(),
         "env": array(free_form() | {"required": ["name"], "properties": {"name": string(minLength=1)}}),
-        "template": free_form("Pod template overrides merged into every worker pod: metadata labels and "
-                              "annotations, spec fields; containers merge by name."),
+        "template": _template("every worker pod"),
     }, required=["image"])
 
 
@@ -196,6 +203,7 @@ def _frontend() -> Schema:
         "image": string("Defaults to the worker image.", pattern=IMAGE),
         "resources": _resources(),
         "service": service,
+        "template": _template("the front-end Deployment's pod template"),
     }, default={})
 
 

@@ -11,6 +11,8 @@ from helix_planner.plan_format import Plan
 
 from helix_operator import names
 from helix_operator.meta import child_metadata, dns_name, labels, selector
+from helix_operator.podsecurity import restrict
+from helix_operator.podtemplate import merge_template
 from helix_operator.spec import ClusterSpec
 from helix_operator.weights import weights_source
 from helix_operator.workers import worker_endpoint
@@ -52,8 +54,6 @@ def build_frontend_deployment(owner: Mapping[str, Any], spec: ClusterSpec, plan:
     }
     if frontend.resources:
         container["resources"] = dict(frontend.resources)
-    if spec.credentials_secret:
-        container["envFrom"] = [{"secretRef": {"name": spec.credentials_secret}}]
     pod_spec: dict[str, Any] = {
         "terminationGracePeriodSeconds": spec.rollout.drain_timeout,
         "containers": [container],
@@ -62,6 +62,8 @@ def build_frontend_deployment(owner: Mapping[str, Any], spec: ClusterSpec, plan:
     if weights.init_containers:
         pod_spec["initContainers"] = weights.init_containers
     pod_labels = {**labels(cluster, names.COMPONENT_FRONTEND), names.LABEL_PLAN_HASH: plan_hash}
+    template = merge_template({"metadata": {"labels": pod_labels}, "spec": pod_spec}, frontend.template)
+    template["spec"] = restrict(template["spec"])
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -71,7 +73,7 @@ def build_frontend_deployment(owner: Mapping[str, Any], spec: ClusterSpec, plan:
             "replicas": frontend.replicas if replicas is None else replicas,
             "selector": {"matchLabels": selector(cluster, names.COMPONENT_FRONTEND)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+            "template": template,
         },
     }
 

@@ -11,7 +11,7 @@ from helix_planner.errors import PlanningError
 from helix_planner.models import ModelSpec, get_model, model_from_mapping
 from helix_planner.units import parse_quantity
 
-from helix_operator import names, weights_uri
+from helix_operator import names, podsecurity, weights_uri
 from helix_operator.crd import helixcluster_spec_schema
 from helix_operator.defaults import apply_defaults
 
@@ -83,6 +83,7 @@ class FrontendSpec:
     http_port: int
     grpc_port: int
     service_annotations: Mapping[str, str]
+    template: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ def _worker(data: dict[str, Any]) -> WorkerSpec:
     return WorkerSpec(
         image=data["image"], image_pull_policy=data["imagePullPolicy"], port=int(data["port"]),
         gpu_resource_name=data["gpuResourceName"], resources=data.get("resources") or {},
-        env=tuple(data.get("env") or ()), template=data.get("template") or {},
+        env=tuple(data.get("env") or ()), template=_template(data.get("template") or {}, "spec.worker.template"),
     )
 
 
@@ -240,4 +241,12 @@ def _frontend(data: dict[str, Any], worker_image: str) -> FrontendSpec:
         replicas=int(data["replicas"]), image=data.get("image") or worker_image, resources=data.get("resources") or {},
         service_type=service["type"], http_port=int(service["httpPort"]), grpc_port=int(service["grpcPort"]),
         service_annotations=service.get("annotations") or {},
+        template=_template(data.get("template") or {}, "spec.frontend.template"),
     )
+
+
+def _template(template: dict[str, Any], where: str) -> dict[str, Any]:
+    """Pod template overrides, refused where they would break Pod Security "restricted"."""
+    if problem := podsecurity.template_problem(template, where):
+        raise SpecError(*problem)
+    return template

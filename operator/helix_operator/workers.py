@@ -15,6 +15,7 @@ from helix_planner.plan_format import Plan
 from helix_operator import names
 from helix_operator.discovery import Discovery
 from helix_operator.meta import child_metadata, dns_name, selector
+from helix_operator.podsecurity import restrict
 from helix_operator.podtemplate import merge_template
 from helix_operator.spec import ClusterSpec
 from helix_operator.weights import weights_source
@@ -118,8 +119,6 @@ def build_worker_pod(owner: Mapping[str, Any], spec: ClusterSpec, assignment: As
         "readinessProbe": {"tcpSocket": {"port": worker.port}, "periodSeconds": 5},
         "volumeMounts": [{"name": PLAN_VOLUME, "mountPath": names.PLAN_MOUNT_DIR, "readOnly": True}, *weights.mounts],
     }
-    if spec.credentials_secret:
-        container["envFrom"] = [{"secretRef": {"name": spec.credentials_secret}}]
     pod_spec: dict[str, Any] = {
         "hostname": worker_hostname(assignment.node),
         "subdomain": workers_service_name(cluster),
@@ -135,7 +134,9 @@ def build_worker_pod(owner: Mapping[str, Any], spec: ClusterSpec, assignment: As
     if assignment.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in assignment.tolerations]
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
-    return merge_template(pod, worker.template) if worker.template else pod
+    pod = merge_template(pod, worker.template)
+    pod["spec"] = restrict(pod["spec"])
+    return pod
 
 
 def _env(spec: ClusterSpec, assignment: Assignment, plan_hash: str, port: int) -> list[dict[str, Any]]:

@@ -88,9 +88,9 @@ def test_worker_template_overrides_and_credentials() -> None:
     worker, sidecar = pod["spec"]["containers"]
     assert pod["metadata"]["labels"]["team"] == "ml" and pod["metadata"]["labels"][names.LABEL_CLUSTER] == "llama"
     assert pod["spec"]["priorityClassName"] == "critical"
-    assert worker["securityContext"] == {"runAsNonRoot": True} and worker["image"] == "helix/worker:test"
-    assert sidecar == {"name": "sidecar", "image": "busybox"}
-    assert worker["envFrom"] == [{"secretRef": {"name": "hf"}}]
+    assert worker["securityContext"]["runAsNonRoot"] is True and worker["image"] == "helix/worker:test"
+    assert sidecar["image"] == "busybox" and sidecar["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "envFrom" not in worker, "a mounted claim needs no credentials"
     env = {e["name"]: e["value"] for e in worker["env"]}
     assert (env["HELIX_MODEL"], env["LOG"], env["HELIX_WEIGHTS_URI"]) == ("override", "debug",
                                                                          "pvc://weights/llama-2-70b")

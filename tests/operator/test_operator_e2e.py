@@ -78,6 +78,8 @@ async def test_fleet_plan_rollout_replan_and_deletion(operator) -> None:
     deployment = operator.get("apps/v1/deployments", NS, "llama-frontend")
     assert deployment["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"] == active["configMap"]
     assert operator.get("v1/services", NS, "llama")["spec"]["ports"][0]["port"] == 8000
+    policies = operator.live("networking.k8s.io/v1/networkpolicies", NS)
+    assert {p["metadata"]["name"] for p in policies} == {"llama-worker", "llama-frontend"}
     expected = {("Normal", "PlanApplied"), ("Normal", "Serving")}
     await operator.eventually(lambda: expected <= set(operator.events(NS, "llama")))
     metrics = {s.name: s.value for m in operator.context.metrics.registry.collect() for s in m.samples
@@ -138,7 +140,8 @@ async def test_fleet_plan_rollout_replan_and_deletion(operator) -> None:
     await operator.request("delete", f"{BASE}/llama")
 
     def gone():
-        kinds = ("v1/pods", "v1/configmaps", "v1/services", "apps/v1/deployments", HXC)
+        kinds = ("v1/pods", "v1/configmaps", "v1/services", "apps/v1/deployments",
+                 "networking.k8s.io/v1/networkpolicies", HXC)
         return not any(operator.live(kind, NS) for kind in kinds)
 
     await operator.eventually(gone)
@@ -167,6 +170,9 @@ async def test_dry_run_and_invalid_situations(operator) -> None:
     dry_run["nodePools"][1]["selector"] = {"matchLabels": {POOL_LABEL: "onprem"}}  # not the B200 node
     invalid = pool_spec("small")
     invalid["nodePools"][0].update(gpuType="T4", gpuTypeLabel=GFD_PRODUCT)
+    privileged = pool_spec("small")
+    privileged["worker"]["template"] = {"spec": {"containers": [{"name": "worker",
+                                                                 "securityContext": {"privileged": True}}]}}
     disconnected = pool_spec("split", network={"regionPairs": [
         {"from": "r0", "to": "r1", "disabled": True}, {"from": "r1", "to": "r2", "disabled": True},
         {"from": "r0", "to": "r2", "disabled": True}]})
@@ -177,6 +183,7 @@ async def test_dry_run_and_invalid_situations(operator) -> None:
         "unknown-gpu": (pool_spec("b200", model="llama3-8b"), "NodesDiscovered", "UnknownGPUType", "Failed"),
         "disconnected": (disconnected, "Planned", "Infeasible", "Failed"),
         "invalid": (invalid, "Validated", "InvalidSpec", "Failed"),
+        "privileged": (privileged, "Validated", "InvalidSpec", "Failed"),
         "manual": (pool_spec("manual", model="llama3-8b", planner={"mode": "Manual", "timeLimitSeconds": 2}),
                    "Planned", "AwaitingApproval", "AwaitingApproval"),
     }
@@ -194,6 +201,9 @@ async def test_dry_run_and_invalid_situations(operator) -> None:
         if name not in ("dry-run", "manual"):
             await operator.eventually(lambda name=name, reason=reason: ("Warning", reason) in operator.events(NS, name))
 
+    validated = next(c for c in status_of(operator, "privileged")["conditions"] if c["type"] == "Validated")
+    assert validated["message"].startswith("spec.worker.template.spec.containers[0].securityContext.privileged: "
+                                           "must not be true")
     proposed = status_of(operator, "dry-run")["proposedPlan"]
     assert proposed["tokensPerSecond"] > 0 and "activePlan" not in status_of(operator, "dry-run")
     assert operator.get("v1/configmaps", NS, proposed["configMap"])["metadata"]["annotations"]["helix.dev/proposed"]
