@@ -51,6 +51,14 @@ class Settings:
     reconnect_seconds: float = _setting(0.5, "how often the front end probes a stage that went down")
     route_wait_seconds: float = _setting(60.0, "how long a request waits for a usable pipeline before failing")
     step_timeout_seconds: float = _setting(120.0, "a step with no answer by then is re-routed (a lost message)")
+    heartbeat_seconds: float = _setting(1.0, "how often the front end asks every stage it uses for its health "
+                                             "(Describe: answers, readiness, engine progress, KV room)")
+    hung_seconds: float = _setting(10.0, "a stage that does not answer a heartbeat within this, or holds runnable work "
+                                         "without finishing a step for this long, is declared hung: its pipelines "
+                                         "leave rotation (within heartbeat + hung seconds) and its requests re-prefill "
+                                         "elsewhere; it rejoins when a probe finds it healthy")
+    lease_seconds: float = _setting(30.0, "a stage releases the KV of a front end's requests when that front end has "
+                                          "had no stream to it for this long (killed, or its connection gone)")
     max_queue: int = _setting(1024, "requests the front end holds waiting for KV cache before refusing more")
     max_in_flight: int = _setting(0, "requests the front end runs at once (more wait in its queue); 0: the plan's "
                                      "maxInFlight, or KV room alone when the plan sets none")
@@ -74,7 +82,8 @@ class Settings:
         for name in ("kv_block_tokens", "max_batch_tokens"):
             if getattr(settings, name) < 1:
                 raise ServingError(f"{env_name(name)}={getattr(settings, name)}: give a positive number of tokens")
-        for name in ("max_request_bytes", "http_idle_seconds", "http_body_seconds"):
+        for name in ("max_request_bytes", "http_idle_seconds", "http_body_seconds", "heartbeat_seconds",
+                     "hung_seconds", "lease_seconds"):
             if getattr(settings, name) <= 0:
                 raise ServingError(f"{env_name(name)}={getattr(settings, name)}: give a positive number")
         if not 0.0 <= settings.kv_watermark < 1.0:

@@ -7,11 +7,14 @@ from aiohttp import web
 from helix_worker.metrics import CONTENT_TYPE
 
 
-def health_routes(app: web.Application, ready: Callable[[], bool], render_metrics: Callable[[], bytes]) -> None:
-    """/healthz: the process answers; /readyz: it can serve (503 until then); /metrics."""
+def health_routes(app: web.Application, ready: Callable[[], bool], render_metrics: Callable[[], bytes],
+                  alive: Callable[[], bool] = lambda: True) -> None:
+    """/healthz: the process answers and `alive` (503 once it is broken for good, so that a
+    supervisor restarts it); /readyz: it can serve (503 until then); /metrics."""
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        ok = alive()
+        return web.json_response({"status": "ok" if ok else "broken"}, status=200 if ok else 503)
 
     async def readyz(_: web.Request) -> web.Response:
         ok = ready()

@@ -100,7 +100,8 @@ class StreamLink:
     async def describe(self, timeout: float = 5.0) -> pb.StageInfo:
         channel = self._channel or grpc.aio.insecure_channel(self.address, options=self._options)
         try:
-            return await pb_grpc.StageServiceStub(channel).Describe(pb.DescribeRequest(), timeout=timeout)
+            return await pb_grpc.StageServiceStub(channel).Describe(pb.DescribeRequest(peer=self.peer_name),
+                                                                  timeout=timeout)
         finally:
             if channel is not self._channel:
                 await channel.close()

@@ -80,6 +80,13 @@ class Scheduler:
     def holds(self, request_id: str) -> bool:
         return request_id in self.allocator.tables
 
+    def by_peer(self) -> dict[str, list[str]]:
+        """Request ids here (holding blocks or queued) by the peer their tokens go back to."""
+        owners: dict[str, list[str]] = {}
+        for sequence in self._sequences.values():
+            owners.setdefault(sequence.reply_to, []).append(sequence.request_id)
+        return owners
+
     def add(self, piece: Piece) -> None:
         """Queue input; pieces of released or preempted requests are dropped."""
         request_id = piece.chunk.request_id

@@ -69,6 +69,8 @@ class StageEngine:
         self._awaited: dict[str, float] = {}  # requests whose next input is due: when their step ended
         self._round_trip = 0.0  # average time from a step's end to a request's next input
         self._step_seconds = 0.0  # average step time
+        self._progress: float | None = None  # last step's end while busy; None while waiting for input or room
+        self.failure: str | None = None  # why run() stopped, if it did by an error
 
     def usage(self) -> KVUsage:
         return self.allocator.usage()
@@ -76,6 +78,20 @@ class StageEngine:
     def holds(self, request_id: str) -> bool:
         """Whether `request_id` has KV blocks here (it is being served)."""
         return self.scheduler.holds(request_id)
+
+    def requests_by_peer(self) -> dict[str, list[str]]:
+        """Requests here (holding blocks or queued) by the front end they answer to (their KV lease's owner)."""
+        return self.scheduler.by_peer()
+
+    def held_tokens(self, request_ids: list[str]) -> int:
+        """Tokens' worth of KV blocks these requests hold here."""
+        tables = self.allocator.tables
+        return sum(len(tables.get(r, ())) for r in request_ids) * self.allocator.block_tokens
+
+    def stalled_seconds(self) -> float:
+        """How long the engine has had work it could run without finishing a step (0 while it waits
+        for input or KV room): a hung device or compute thread shows here, not in the event loop."""
+        return 0.0 if self._progress is None else time.monotonic() - self._progress
 
     def submit(self, chunks: list[Chunk], payload: torch.Tensor) -> None:
         """Queue a forward batch; its payload rows follow the chunks' order. Chunks this stage
@@ -120,6 +136,7 @@ class StageEngine:
         try:
             while True:
                 self._wakeup.clear()
+                self._progress = self._progress or time.monotonic()
                 if self.scheduler.has_work and self._awaited:
                     await self._gather_stragglers(loop)
                 step = self.scheduler.next_step() if self.scheduler.has_work else None
@@ -127,6 +144,7 @@ class StageEngine:
                     for failure, reply_to in step.refused:
                         self._send_failures(reply_to, [failure])
                 if step is None or not (step.pieces or step.refused):
+                    self._progress = None
                     await self._wakeup.wait()  # idle, or new requests wait for blocks
                     continue
                 if not step.pieces:
@@ -143,6 +161,10 @@ class StageEngine:
                                                                      FailureKind.INTERNAL, repr(err))])
                     result = _StepResult([], [])
                 self._finish_step(step, result, time.perf_counter() - started)
+                self._progress = time.monotonic()
+        except Exception as err:
+            self.failure = f"the engine stopped: {err!r}"
+            raise
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -4,7 +4,7 @@ It holds a stream to every stage (first stages take token ids, last stages send 
 sampled tokens, any stage reports failures), admits each request onto a route whose stages
 have KV room for its prompt (see `routes`), keeps it there for all its decode steps, and
 re-prefills it (prompt + tokens so far) when it cannot go on there: on another route when a
-stage dies or a stream breaks, and after waiting for room, ahead of new requests, when a
+stage dies, hangs (see `health`) or a stream breaks, and after waiting for room, ahead of new requests, when a
 stage preempted it for KV blocks. Under greedy decoding it so finishes with exactly the tokens
 of an uninterrupted run. Sends from requests that step together are coalesced into one batch
 per stage.
@@ -24,6 +24,7 @@ from helix_proto import helix_stage_pb2 as pb
 from helix_worker import wire
 from helix_worker.envs import Settings
 from helix_worker.errors import InvalidRequest, ServingError, Unavailable
+from helix_worker.frontend.health import Heartbeat, verdict
 from helix_worker.frontend.routes import Route, RouteTable
 from helix_worker.frontend.validation import check_sampling
 from helix_worker.links import StreamLink
@@ -78,6 +79,9 @@ class Coordinator:
         self._outbox: dict[str, list[tuple[Chunk, torch.Tensor]]] = {}
         self._flush_scheduled = False
         self._probes: dict[str, asyncio.Task] = {}
+        self._heartbeat = Heartbeat(self.routes.nodes, self._describe, self.routes.up.__getitem__, self._healthy,
+                                    self._hung, interval=settings.heartbeat_seconds, hung_seconds=settings.hung_seconds)
+        self._unreleased: dict[str, set[str]] = {}  # node -> requests retired while it was down: released on return
         self._changed = asyncio.Event()  # replaced on every change; waiters hold the old one
         self._queued = 0
         self._resuming = 0  # preempted requests waiting for room: new ones wait behind them
@@ -97,8 +101,10 @@ class Coordinator:
         for node in self.routes.nodes:
             if not self.routes.up[node]:
                 self._probe(node)
+        self._heartbeat.start()
 
     async def close(self) -> None:
+        await self._heartbeat.close()
         for task in self._probes.values():
             task.cancel()
         await asyncio.gather(*self._probes.values(), return_exceptions=True)
@@ -266,7 +272,8 @@ class Coordinator:
         self._active.pop(wire_id, None)
         message = wire.release_to_proto([wire_id])
         for node in route.nodes:
-            self._links[node].send(message)
+            if not (self.routes.up[node] and self._links[node].send(message)):
+                self._unreleased.setdefault(node, set()).add(wire_id)  # a hung stage may keep it: tell it later
         self.routes.hold(route, held, 0)
         self._show_held()
         self._notify()
@@ -314,10 +321,20 @@ class Coordinator:
 
     # Stage health --------------------------------------------------------------------------
 
-    def _mark_down(self, node: str) -> None:
+    async def _describe(self, node: str, timeout: float) -> pb.StageInfo:
+        return await self._links[node].describe(timeout=timeout)
+
+    def _healthy(self, node: str, info: pb.StageInfo) -> None:
+        if self.routes.observe(node, int(info.kv_used_tokens), int(info.kv_peer_tokens)):
+            self._notify()  # other front ends freed (or took) KV there
+
+    def _hung(self, node: str, problem: str) -> None:
+        self._mark_down(node, f"hung ({problem})")
+
+    def _mark_down(self, node: str, why: str = "down") -> None:
         if not self.routes.up.get(node):
             return
-        log.warning("stage %s is down; its pipelines leave rotation until it is back", node)
+        log.warning("stage %s is %s; its pipelines leave rotation until it is back", node, why)
         self.routes.up[node] = False
         self._show_health()
         for wire_id, route in list(self._active.items()):
@@ -338,11 +355,16 @@ class Coordinator:
         try:
             info = await link.describe(timeout=2.0)
             self._check_holds(node, info)
+            if (problem := verdict(info, self.settings.hung_seconds)) is not None:
+                raise ServingError(problem)
             await link.connect(timeout=2.0)
-        except Exception as err:  # unreachable, still loading, or holding other layers
+        except Exception as err:  # unreachable, still loading, hung, or holding other layers
             log.debug("stage %s not usable yet: %s", node, err)
             return False
+        if stale := self._unreleased.pop(node, None):
+            link.send(wire.release_to_proto(sorted(stale)))
         self.routes.set_capacity(node, int(info.kv_capacity_tokens), int(info.kv_block_tokens))
+        self.routes.observe(node, int(info.kv_used_tokens), int(info.kv_peer_tokens))
         self.routes.up[node] = True
         self._show_health()
         self._notify()

@@ -3,7 +3,10 @@
 Stages take KV blocks as a request's tokens arrive, so the front end keeps a ledger of the
 blocks its requests hold on every stage (prompt plus tokens so far, in whole blocks) and
 admits a request onto a route only while its prompt fits every stage with a watermark of
-blocks to spare for the running requests to grow. `max_tokens` is never reserved up front:
+blocks to spare for the running requests to grow. Other front-end replicas share the stages:
+what they hold is the stage's own count of used blocks less this front end's requests there,
+as its latest heartbeat reported (the stage is the authority on its memory; when replicas
+admit into the same room between two heartbeats, it preempts and they re-prefill). `max_tokens` is never reserved up front:
 when running requests outgrow a stage anyway, the stage preempts the youngest and the front
 end re-prefills it later. Routes are picked by the planner's interleaved weighted round robin
 over their planned flow, among those whose stages are all up and have room now.
@@ -49,12 +52,20 @@ class RouteTable:
         self.capacity = {n: 0 for n in self.nodes}  # KV tokens of each stage's pool (from Describe)
         self.block_tokens = {n: 1 for n in self.nodes}
         self.held = {n: 0 for n in self.nodes}  # blocks this front end's requests hold there
+        self.others = {n: 0 for n in self.nodes}  # blocks other front ends' requests hold there (heartbeats)
 
     def usable(self, route: Route) -> bool:
         return all(self.up[n] for n in route.nodes)
 
     def set_capacity(self, node: str, tokens: int, block_tokens: int) -> None:
         self.capacity[node], self.block_tokens[node] = tokens, max(1, block_tokens)
+
+    def observe(self, node: str, used_tokens: int, mine_tokens: int) -> bool:
+        """A stage reported `used_tokens` of KV held, `mine_tokens` of them by this front end's
+        requests; True if what the others hold changed."""
+        others = max(0, used_tokens - mine_tokens) // self.block_tokens[node]
+        changed, self.others[node] = others != self.others[node], others
+        return changed
 
     def _blocks(self, node: str, tokens: int) -> int:
         return -(-tokens // self.block_tokens[node])
@@ -63,7 +74,7 @@ class RouteTable:
         """Whether a request of `tokens` tokens fits every stage of `route`, watermark kept free."""
         for node in route.nodes:
             total = self._blocks(node, self.capacity[node])
-            spare = total - self.held[node] - self._blocks(node, tokens)
+            spare = total - self.held[node] - self.others[node] - self._blocks(node, tokens)
             if spare < self.watermark * total:
                 return False
         return True

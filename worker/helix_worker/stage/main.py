@@ -27,6 +27,7 @@ from helix_worker.engine import cpu_kernels
 from helix_worker.engine.model import LayerSlice
 from helix_worker.stage.endpoint import StageEndpoint
 from helix_worker.engine.stage_engine import StageEngine
+from helix_worker.stage.lease import LeaseKeeper
 from helix_worker.stage.server import StageIdentity
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,9 @@ async def serve_stage(options: StageOptions, settings: Settings) -> None:
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     metrics = StageMetrics(options.node)
-    ready = asyncio.Event()
+    ready, broken = asyncio.Event(), asyncio.Event()
     app = web.Application()
-    health_routes(app, ready.is_set, metrics.render)
+    health_routes(app, ready.is_set, metrics.render, alive=lambda: not broken.is_set())
     runner, http_port = await start_site(app, options.host, options.http_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -100,6 +101,10 @@ async def serve_stage(options: StageOptions, settings: Settings) -> None:
         endpoint = await StageEndpoint.start(engine, identity, options.host, options.port, settings)
         port = endpoint.port
         engine_task = asyncio.create_task(engine.run())
+        engine_task.add_done_callback(lambda task: _engine_stopped(options.node, task, ready, broken))
+        leases = LeaseKeeper(settings.lease_seconds, engine.requests_by_peer, endpoint.servicer.connected,
+                             endpoint.servicer.release)
+        lease_task = asyncio.create_task(leases.run())
         ready.set()
         log.info("%s: serving layers [%d, %d) on %s:%d (http %d, data channel %s), KV %d tokens, loaded in %.1fs",
                  options.node, start, end, options.host, port, http_port, endpoint.data_port or "off", tokens,
@@ -108,7 +113,19 @@ async def serve_stage(options: StageOptions, settings: Settings) -> None:
             write_ready_file(options.ready_file, {"grpc": port, "http": http_port, "pid": os.getpid()})
         await stop.wait()
         engine_task.cancel()
+        lease_task.cancel()
     finally:
         if endpoint is not None:
             await endpoint.stop(grace=1.0)
         await runner.cleanup()
+
+
+def _engine_stopped(node: str, task: asyncio.Task, ready: asyncio.Event, broken: asyncio.Event) -> None:
+    """The engine task ended while serving: say so loudly and turn unready (readiness, liveness
+    and Describe fail), so front ends take this stage out of rotation and a supervisor restarts it."""
+    if task.cancelled():
+        return
+    ready.clear()
+    broken.set()
+    log.error("%s: the engine stopped; this stage is unready and serves nothing until restarted", node,
+              exc_info=task.exception())

@@ -88,9 +88,7 @@ class StageServicer(pb_grpc.StageServiceServicer):
     def _receive(self, message: pb.StageRequest, data: torch.Tensor | None = None) -> None:
         """One message from a peer; `data` holds its payload's bytes when they came apart."""
         if message.HasField("release"):
-            ids = list(message.release.request_ids)
-            self.engine.release(ids)
-            self.forget(ids)
+            self.release(list(message.release.request_ids))
             return
         batch = message.batch
         try:
@@ -103,12 +101,16 @@ class StageServicer(pb_grpc.StageServiceServicer):
         self.engine.submit(chunks, payload)
 
     async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext) -> pb.StageInfo:  # noqa: N802
+        """Also the front ends' heartbeat: readiness, progress, and the KV the asking peer holds here."""
         model, usage = self.engine.model, self.engine.usage()
+        mine = self.engine.held_tokens(self.engine.requests_by_peer().get(request.peer, [])) if request.peer else 0
         return pb.StageInfo(node=self.identity.node, model=self.identity.model, start=model.start, end=model.end,
                             num_layers=model.config.num_layers, hidden_size=model.config.hidden_size,
                             vocab_size=model.config.vocab_size, dtype=str(model.dtype).removeprefix("torch."),
                             kv_capacity_tokens=usage.capacity_tokens, kv_used_tokens=usage.used_tokens,
-                            kv_block_tokens=usage.block_tokens, plan_hash=self.identity.plan_hash, ready=True)
+                            kv_block_tokens=usage.block_tokens, plan_hash=self.identity.plan_hash,
+                            ready=self.engine.failure is None, problem=self.engine.failure or "",
+                            kv_peer_tokens=mine, stalled_seconds=self.engine.stalled_seconds())
 
     # Outputs of the engine -------------------------------------------------------------
 
@@ -162,6 +164,15 @@ class StageServicer(pb_grpc.StageServiceServicer):
             by_peer.setdefault(reply_to, []).append(Failure(request_id, node, FailureKind.ROUTE_BROKEN, message))
         for reply_to, failures in by_peer.items():
             self.deliver(reply_to, [], failures)
+
+    def connected(self, peer: str) -> bool:
+        """Whether `peer` holds a stream to this stage now."""
+        return peer in self._peers
+
+    def release(self, request_ids: list[str]) -> None:
+        """Free requests' KV (a peer's Release, or its lease running out)."""
+        self.engine.release(request_ids)
+        self.forget(request_ids)
 
     def forget(self, request_ids: list[str]) -> None:
         """Stop tracking released requests on outbound links."""
