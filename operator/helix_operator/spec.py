@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from helix_planner.errors import PlanningError
-from helix_planner.models import ModelSpec, get_model, model_from_mapping
+from helix_planner.models import MODEL_KEYS, ModelSpec, get_model, model_from_mapping
 from helix_planner.units import parse_quantity
 
 from helix_operator import names, podsecurity, weights_uri
@@ -143,7 +143,7 @@ def _model(data: dict[str, Any]) -> ModelSpec:
         raise SpecError("spec.model", f"a custom model needs all of {', '.join(MODEL_SHAPE)}; missing {missing}")
     try:
         if given:
-            shape = {k: v for k, v in data.items() if k not in ("weightsUri", "credentialsSecret")}
+            shape = {k: v for k, v in data.items() if k in MODEL_KEYS}  # the rest says where weights come from
             return model_from_mapping(shape)
         model = get_model(str(data["name"]))
     except PlanningError as err:
