@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
+from chartrender import Renderer, values_with
 from helix_operator.commands import register
 from opkit import REPO
 
@@ -58,6 +59,8 @@ BAD_VALUES = [
     ("replicas type", {"replicas": "two"}),
     ("pull policy", {"image": {**VALUES["image"], "pullPolicy": "Sometimes"}}),
     ("namespace name", {"watchNamespaces": ["Team_A"]}),
+    ("cluster-wide type", {"clusterWide": "yes"}),
+    ("cluster-wide and namespaces", {"clusterWide": True, "watchNamespaces": ["team-a"]}),
     ("port range", {"metrics": {**VALUES["metrics"], "port": 70000}}),
     ("planner threads", {"planner": {"threads": 0}}),
     ("observe interval", {"observe": {"intervalSeconds": 0}}),
@@ -120,3 +123,64 @@ def test_crds_command_writes_what_is_committed(tmp_path: Path) -> None:
     assert args.func(args) == 0
     for path in sorted((REPO / "crds").glob("*.yaml")):
         assert (tmp_path / path.name).read_text() == path.read_text()
+
+
+RELEASE_NAMESPACE = "helix-system"
+
+
+def _render(**overrides: Any) -> Renderer:
+    values = values_with(VALUES, overrides)
+    assert _errors(values) == []
+    return Renderer(CHART, values, RELEASE_NAMESPACE)
+
+
+def _rules(role: dict[str, Any]) -> dict[str, set[str]]:
+    return {resource: set(rule["verbs"]) for rule in role["rules"] for resource in rule["resources"]}
+
+
+def _scope(chart: Renderer) -> tuple[list[tuple[str, str | None]], list[str], list[tuple[str, str | None]]]:
+    """Where the operator may create pods (role kind, namespace), the namespaces its kopf
+    settings watch (none: all), and its peering objects."""
+    rbac = chart.documents("rbac.yaml")
+    writers = [(o["kind"], o["metadata"].get("namespace")) for o in rbac
+               if o["kind"] in ("Role", "ClusterRole") and "create" in _rules(o).get("pods", set())]
+    bound = {(o["roleRef"]["kind"], o["metadata"].get("namespace")) for o in rbac if o["kind"].endswith("Binding")}
+    assert set(writers) <= bound, "every role that writes is bound"
+    deployment, = chart.documents("deployment.yaml")
+    flags = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    namespaces = parser.parse_args(["operator", "run", *flags]).namespace
+    peering = [(o["kind"], o["metadata"].get("namespace")) for o in chart.documents("peering.yaml")]
+    return writers, namespaces, peering
+
+
+def test_rbac_and_watch_are_namespaced_by_default() -> None:
+    chart = _render()
+    assert _scope(chart) == ([("Role", RELEASE_NAMESPACE)], [RELEASE_NAMESPACE], [("KopfPeering", RELEASE_NAMESPACE)])
+    for role in (o for o in chart.documents("rbac.yaml") if o["kind"] == "ClusterRole"):
+        assert set().union(*_rules(role).values()) <= {"get", "list", "watch"}, "cluster-wide rights only read"
+    binding = next(o for o in chart.documents("rbac.yaml") if o["kind"] == "RoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "helix-operator", "namespace": RELEASE_NAMESPACE}]
+
+
+def test_watch_namespaces_get_a_role_each() -> None:
+    writers, namespaces, peering = _scope(_render(watchNamespaces=["team-a", "team-b"]))
+    assert writers == [("Role", "team-a"), ("Role", "team-b")] and namespaces == ["team-a", "team-b"]
+    assert peering == [("KopfPeering", "team-a"), ("KopfPeering", "team-b")]
+
+
+def test_cluster_wide_only_when_asked() -> None:
+    chart = _render(clusterWide=True)
+    assert _scope(chart) == ([("ClusterRole", None)], [], [("ClusterKopfPeering", None)])
+    cluster = next(o for o in chart.documents("rbac.yaml") if o["metadata"]["name"] == "helix-operator-cluster")
+    assert "clusterkopfpeerings" in _rules(cluster)
+    assert "clusterkopfpeerings" not in _rules(next(o for o in _render().documents("rbac.yaml")
+                                                    if o["metadata"]["name"] == "helix-operator-cluster"))
+
+
+def test_operator_may_ensure_every_child_it_builds() -> None:
+    """kube.ensure reads, creates and patches; NetworkPolicies are children too."""
+    role = next(o for o in _render().documents("rbac.yaml") if o["kind"] == "Role")
+    for plural in ("pods", "configmaps", "services", "deployments", "networkpolicies"):
+        assert {"get", "create", "patch"} <= _rules(role)[plural], plural

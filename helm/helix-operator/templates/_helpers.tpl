@@ -30,6 +30,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{- /* The namespaces a namespaced install watches and holds Roles in, comma-separated:
+       watchNamespaces, or else the release's own. clusterWide installs watch every namespace. */ -}}
+{{- define "helix-operator.namespaces" -}}
+{{- join "," (.Values.watchNamespaces | default (list .Release.Namespace)) -}}
+{{- end -}}
+
 {{- /* What the operator does inside a namespace that holds HelixClusters. */ -}}
 {{- define "helix-operator.namespacedRules" }}
 rules:
@@ -39,6 +45,7 @@ rules:
   - {apiGroups: [""], resources: [configmaps], verbs: [get, list, create, patch, delete]}
   - {apiGroups: [""], resources: [services], verbs: [get, create, patch]}
   - {apiGroups: [apps], resources: [deployments], verbs: [get, list, watch, create, patch]}
+  - {apiGroups: [networking.k8s.io], resources: [networkpolicies], verbs: [get, create, patch]}
   - {apiGroups: [""], resources: [events], verbs: [create]}
   - {apiGroups: [kopf.dev], resources: [kopfpeerings], verbs: [get, list, watch, patch]}
 {{- end }}
