@@ -266,7 +266,7 @@ def helixcluster_status_schema() -> Schema:
             "drainingWorkers": integer(),
         }),
         "observedTokensPerSecond": number("Generated tokens/s the front end served lately: the increase of "
-                                          "each ready front-end pod's helix_generated_tokens counter between "
+                                          "each ready front-end pod's vllm:generation_tokens counter between "
                                           "two reads by the operator, summed over the pods."),
         "observedAt": string("When observedTokensPerSecond was last measured.", format="date-time"),
     })

@@ -25,7 +25,7 @@ from helix_operator.kube import ApiError, Kube, Ref
 from helix_operator.meta import condition_true, selector
 from helix_operator.spec import SpecError, parse_spec
 
-COUNTER = "helix_generated_tokens"  # the front end's counter of sampled tokens (helix_worker.metrics)
+COUNTER = "vllm:generation_tokens"  # the front end's counter of sampled tokens (helix_worker.metrics)
 SCRAPE_TIMEOUT = 5.0
 STALE_INTERVALS = 3  # a pod's sample older than this many intervals only starts a new baseline
 

@@ -8,6 +8,7 @@ the profile forbids: setting it over the built pod would otherwise undo the defa
 """
 
 import copy
+import itertools
 from typing import Any, Iterator, Mapping
 
 # The `helix` user of docker/Dockerfile.worker-*: USER names it, so the kubelet cannot tell it is not root.
@@ -50,10 +51,18 @@ def restrict(pod_spec: Mapping[str, Any]) -> dict[str, Any]:
 def template_problem(template: Mapping[str, Any], where: str) -> Problem | None:
     """(field path, what to change) for the first thing in a pod template that breaks the
     restricted profile, or None; `where` is the template's own path (spec.worker.template)."""
-    for key, value in ((template.get("metadata") or {}).get("annotations") or {}).items():
+    try:
+        return next(itertools.chain(_annotation_problems(template.get("metadata") or {}, f"{where}.metadata"),
+                                    _problems(template.get("spec") or {}, f"{where}.spec")), None)
+    except (AttributeError, TypeError):  # the CRD leaves the template's shape free
+        return where, ("is not a pod template: give metadata and spec as in a Pod (spec.containers a list of "
+                       "containers, each a mapping)")
+
+
+def _annotation_problems(metadata: Mapping[str, Any], at: str) -> Iterator[Problem]:
+    for key, value in (metadata.get("annotations") or {}).items():
         if key.startswith(APPARMOR_ANNOTATION) and value != "runtime/default" and not value.startswith("localhost/"):
-            return f"{where}.metadata.annotations[{key}]", f"{value} is not allowed; use runtime/default"
-    return next(_problems(template.get("spec") or {}, f"{where}.spec"), None)
+            yield f"{at}.annotations[{key}]", f"{value} is not allowed; use runtime/default"
 
 
 def _problems(spec: Mapping[str, Any], at: str) -> Iterator[Problem]:

@@ -29,7 +29,7 @@ class FakeFrontend:
     """/metrics of a front end generating `rate` tokens/s (the real FrontendMetrics text); `fail` answers 503."""
 
     def __init__(self) -> None:
-        self.metrics = FrontendMetrics()
+        self.metrics = FrontendMetrics("llama")
         self.rate, self.fail, self.address = 40.0, False, ""
         self.tokens, self.counted, self.since = 0.0, 0, time.monotonic()
 
@@ -38,7 +38,7 @@ class FakeFrontend:
         now = time.monotonic()
         self.tokens += self.rate * (now - self.since)
         self.since = now
-        self.metrics.tokens.inc(int(self.tokens) - self.counted)
+        self.metrics.generation_tokens.inc(int(self.tokens) - self.counted)
         self.counted = int(self.tokens)
 
     async def handle(self, _: web.Request) -> web.Response:
@@ -115,8 +115,8 @@ async def test_observed_tokens_per_second_follows_the_front_end(operator: Harnes
 
 
 def test_rates_from_counter_samples() -> None:
-    metrics = FrontendMetrics()
-    metrics.tokens.inc(120)
+    metrics = FrontendMetrics("llama")
+    metrics.generation_tokens.inc(120)
     assert counter_value(metrics.render().decode()) == 120.0
     assert counter_value("# TYPE other counter\nother_total 3\n") is None
     assert rate(Sample(100, 10.0), Sample(160, 12.0), max_age=5) == 30.0

@@ -136,6 +136,13 @@ def test_what_is_refused_would_break_restricted(case) -> None:
     assert violations(_worker(unchecked))
 
 
+def test_a_template_of_the_wrong_shape_is_refused() -> None:
+    raw = fleet_spec()
+    raw["frontend"] = {"template": {"spec": {"containers": {"name": "frontend"}}}}
+    with pytest.raises(SpecError, match=r"^spec\.frontend\.template: is not a pod template"):
+        parse_spec(raw)
+
+
 def test_apparmor_annotation_is_refused() -> None:
     raw = fleet_spec()
     raw["worker"]["template"] = {"metadata": {"annotations": {

@@ -106,7 +106,7 @@ def test_template_errors_and_bad_messages_are_invalid_requests(tools_model: Path
 def _service(checkpoint: Path):
     plan = manual_plan("m", NUM_LAYERS, [[("a", 0, NUM_LAYERS)]])
     return build_service(FrontendOptions(plan, {"a": "127.0.0.1:1"}, checkpoint), Settings.from_env({}),
-                         FrontendMetrics())
+                         FrontendMetrics("m"))
 
 
 async def test_prompts_are_tokenized_off_the_event_loop(checkpoint: Path, monkeypatch) -> None:

@@ -20,13 +20,17 @@ from helix_worker.frontend.main import FrontendOptions, build_service, http_app
 from helix_worker.http_base import start_site
 from helix_worker.metrics import FrontendMetrics
 
+RUNNING, WAITING = "vllm:num_requests_running", "vllm:num_requests_waiting"
+GENERATED = "vllm:generation_tokens_total"
+
 
 def _metrics(text: str) -> dict[str, float]:
     values: dict[str, float] = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
-            values[name] = float(value)
+            family = name.partition("{")[0]  # summed over label sets
+            values[family] = values.get(family, 0.0) + float(value)
     return values
 
 
@@ -41,7 +45,7 @@ async def _wait_released(session: aiohttp.ClientSession, url: str, seconds: floa
     while True:
         metrics = await _frontend_metrics(session, url)
         held = sum(v for k, v in metrics.items() if k.startswith("helix_kv_held_tokens"))
-        if metrics["helix_requests_in_flight"] == 0 and held == 0:
+        if metrics[RUNNING] == 0 and metrics[WAITING] == 0 and held == 0:
             return metrics
         assert time.monotonic() < deadline, f"still in flight or holding KV {seconds}s after the client left"
         await asyncio.sleep(0.05)
@@ -50,7 +54,7 @@ async def _wait_released(session: aiohttp.ClientSession, url: str, seconds: floa
 async def _started(session: aiohttp.ClientSession, url: str, before: float) -> None:
     """Wait until the front end has generated a few tokens beyond `before`."""
     for _ in range(400):
-        if (await _frontend_metrics(session, url))["helix_generated_tokens_total"] > before + 5:
+        if (await _frontend_metrics(session, url))[GENERATED] > before + 5:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the long request never started generating")
@@ -66,14 +70,14 @@ async def _leaving_frees_kv(url: str, begin: Callable[[], Awaitable[Leave]]) -> 
     before its client could leave (a stalled test process) is tried again, twice at most."""
     async with aiohttp.ClientSession() as watcher:
         for _ in range(3):
-            before = (await _wait_released(watcher, url, 30))["helix_generated_tokens_total"]
+            before = (await _wait_released(watcher, url, 30))[GENERATED]
             leave = await begin()
             await _started(watcher, url, before)
             await leave()
-            released = (await _wait_released(watcher, url, 5))["helix_generated_tokens_total"]
+            released = (await _wait_released(watcher, url, 5))[GENERATED]
             if released - before < LONG:
                 await asyncio.sleep(0.3)
-                assert (await _frontend_metrics(watcher, url))["helix_generated_tokens_total"] == released
+                assert (await _frontend_metrics(watcher, url))[GENERATED] == released
                 return
     raise AssertionError("every generation ran to max_tokens although its client had left")
 
@@ -116,7 +120,7 @@ async def offline_frontend(tmp_path: Path, checkpoint: Path):
     its stages are never reached (these requests fail before they would be)."""
     plan, _ = write_plan(tmp_path, [[("left", 0, 3), ("right", 3, 6)]])
     settings = Settings(http_idle_seconds=0.5, http_body_seconds=0.5, max_request_bytes=64 << 10)
-    metrics = FrontendMetrics()
+    metrics = FrontendMetrics("m")
     service = build_service(FrontendOptions(plan, {"left": "127.0.0.1:9", "right": "127.0.0.1:9"}, checkpoint),
                             settings, metrics)
     runner, port = await start_site(http_app(service, metrics, settings), "127.0.0.1", 0,

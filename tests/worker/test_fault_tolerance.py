@@ -43,7 +43,8 @@ async def test_killed_stage_requests_finish_with_reference_tokens(tmp_path: Path
         victim = next(c for c in fleet.children if c.name == "tail-1")
         fleet.kill(victim)
         results = await asyncio.wait_for(asyncio.gather(*tasks), 120)
-        assert coordinator.metrics.registry.get_sample_value("helix_failovers_total") >= 1
+        assert coordinator.metrics.registry.get_sample_value(
+            "helix_failovers_total", {"model_name": coordinator.metrics.model_name}) >= 1
         assert not coordinator.routes.up["tail-1"]
         assert [len(tokens) for tokens in results] == [MAX_TOKENS] * len(PROMPTS)
 

@@ -56,7 +56,8 @@ async def test_chunked_prompts_and_preemption_keep_reference_tokens_and_leak_no_
     assert_reference_runs(checkpoint, prompts, runs, max_tokens)
     urls = {child.name: child.http_url for child in fleet.children}
     assert sum(_metric(url, "helix_stage_preemptions_total") for url in urls.values()) > 0
-    assert coordinator.metrics.registry.get_sample_value("helix_preemptions_total") > 0
+    assert coordinator.metrics.registry.get_sample_value(
+        "vllm:num_preemptions_total", {"model_name": coordinator.metrics.model_name}) > 0
     assert left == {name: 0 for name in endpoints}, "blocks still held after every request finished"
     for name in endpoints:
         # More pieces than requests x tokens: prompts really arrived in chunks.

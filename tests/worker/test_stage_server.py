@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dataplane_helpers import write_plan
+from dataplane_helpers import MODEL, write_plan
 
 from helix_proto import helix_stage_pb2 as pb
 from helix_worker import wire
@@ -112,7 +112,8 @@ def test_worker_process_health_readiness_and_metrics(tmp_path: Path, checkpoint:
     for name in ("helix_stage_tokens_total", "helix_stage_batch_requests", "helix_stage_kv_tokens",
                  "helix_stage_queue_length", "helix_stage_hop_seconds"):
         assert name in metrics
-    assert 'helix_stage_kv_tokens{node="only",state="capacity"} 4096.0' in metrics
+    assert f'helix_stage_kv_tokens{{model_name="{MODEL}",node="only",state="capacity"}} 4096.0' in metrics
+    assert f'vllm:kv_cache_usage_perc{{model_name="{MODEL}",node="only"}} 0.0' in metrics
 
 
 def test_unknown_node_is_one_clear_error(tmp_path: Path, checkpoint: Path, fleet) -> None:

@@ -1,8 +1,10 @@
 """Prometheus metrics of a stage and of the front end, each in its own registry (no globals).
 
-Token throughput is the rate of the token counters; latencies are histograms: per step on a
-stage, per hop (time a batch spends queued + computed on a stage), per decode step and to
-the first token at the front end.
+Where vLLM has a metric for the same thing, the front end exports it under vLLM's name, label
+(`model_name`) and meaning, so dashboards and autoscalers built for vLLM read Helix unchanged;
+what vLLM has no word for (pipelines, failover, stages) keeps a `helix_` name, with the
+`model_name` label too. Latency buckets reach minutes: a pipeline across regions queues and
+prefills for tens of seconds under load.
 """
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -11,32 +13,46 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from helix_worker.engine.kv_pool import KVUsage
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MODEL = "model_name"
+# vLLM's bucket families (vllm/v1/metrics/buckets.py), so quantiles compare across the two.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+INTER_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                       20.0, 40.0, 80.0)
+REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+                   480.0, 960.0, 1920.0, 7680.0)
+TOKEN_COUNT_BUCKETS = tuple(m * 10 ** e for e in range(7) for m in (1, 2, 5))  # vLLM's 1-2-5 series, to 5M
+# Helix's own: one step or hop, from sub-millisecond on a local CPU stage to a stalled WAN link.
+STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0,
+                80.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class StageMetrics:
-    def __init__(self, node: str) -> None:
-        self.registry = CollectorRegistry()
-        labels = {"node": node}
-        self._chunks = Counter("helix_stage_chunks", "request chunks processed", ["node"], registry=self.registry).labels(**labels)
-        self._tokens = Counter("helix_stage_tokens", "token rows processed (rate = tokens/s)", ["node"],
-                               registry=self.registry).labels(**labels)
-        self._batch = Histogram("helix_stage_batch_requests", "requests per step", ["node"], buckets=_BATCH,
-                                registry=self.registry).labels(**labels)
-        self._step = Histogram("helix_stage_step_seconds", "compute time of one step", ["node"], buckets=_LATENCY,
-                               registry=self.registry).labels(**labels)
+    """One stage: its steps, hops, queue and KV pool (vLLM's `kv_cache_usage_perc`, per node)."""
+
+    def __init__(self, node: str, model_name: str) -> None:
+        self.registry = r = CollectorRegistry()
+        names, values = [MODEL, "node"], (model_name, node)
+        self._chunks = Counter("helix_stage_chunks", "request chunks processed", names, registry=r).labels(*values)
+        self._tokens = Counter("helix_stage_tokens", "token rows processed (rate = tokens/s)", names,
+                               registry=r).labels(*values)
+        self._batch = Histogram("helix_stage_batch_requests", "requests per step", names, buckets=BATCH_BUCKETS,
+                                registry=r).labels(*values)
+        self._step = Histogram("helix_stage_step_seconds", "compute time of one step", names, buckets=STEP_BUCKETS,
+                               registry=r).labels(*values)
         self._hop = Histogram("helix_stage_hop_seconds", "time a chunk spends on this stage, queue included",
-                              ["node"], buckets=_LATENCY, registry=self.registry).labels(**labels)
-        self._queue = Gauge("helix_stage_queue_length", "chunks waiting for a step", ["node"],
-                            registry=self.registry).labels(**labels)
+                              names, buckets=STEP_BUCKETS, registry=r).labels(*values)
+        self._queue = Gauge("helix_stage_queue_length", "chunks waiting for a step", names, registry=r).labels(*values)
         self._kv = Gauge("helix_stage_kv_tokens", "KV cache tokens by state (used: whole blocks held)",
-                         ["node", "state"], registry=self.registry)
-        self._active = Gauge("helix_stage_active_requests", "requests holding KV cache", ["node"],
-                             registry=self.registry).labels(**labels)
+                         [*names, "state"], registry=r)
+        self._usage = Gauge("vllm:kv_cache_usage_perc", "KV-cache usage of this stage. 1 means 100 percent usage.",
+                            names, registry=r).labels(*values)
+        self._active = Gauge("helix_stage_active_requests", "requests holding KV cache", names,
+                             registry=r).labels(*values)
         self._preempted = Counter("helix_stage_preemptions", "requests preempted when KV blocks ran out "
-                                  "(their front end re-prefills them)", ["node"], registry=self.registry).labels(**labels)
-        self.node = node
+                                  "(their front end re-prefills them)", names, registry=r).labels(*values)
+        self._values = values
 
     def step(self, requests: int, tokens: int, seconds: float, queued: int, usage: KVUsage,
              hop_seconds: list[float], preempted: int) -> None:
@@ -52,32 +68,86 @@ class StageMetrics:
 
     def kv(self, usage: KVUsage) -> None:
         self._active.set(usage.requests)
+        self._usage.set(usage.used_tokens / usage.capacity_tokens if usage.capacity_tokens else 0.0)
         for state, value in (("capacity", usage.capacity_tokens), ("used", usage.used_tokens)):
-            self._kv.labels(node=self.node, state=state).set(value)
+            self._kv.labels(*self._values, state).set(value)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class FrontendMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("helix_requests", "finished requests by outcome", ["outcome"], registry=self.registry)
-        self.tokens = Counter("helix_generated_tokens", "tokens generated (rate = tokens/s)", registry=self.registry)
-        self.prompt_tokens = Counter("helix_prompt_tokens", "prompt tokens prefilled", registry=self.registry)
-        self.in_flight = Gauge("helix_requests_in_flight", "requests being generated", registry=self.registry)
-        self.queued = Gauge("helix_requests_queued", "requests waiting for KV cache or a pipeline", registry=self.registry)
-        self.first_token = Histogram("helix_time_to_first_token_seconds", "admission to first token",
-                                     buckets=_LATENCY, registry=self.registry)
-        self.step = Histogram("helix_pipeline_step_seconds", "round trip of one decode step through a pipeline",
-                              ["pipeline"], buckets=_LATENCY, registry=self.registry)
-        self.failovers = Counter("helix_failovers", "requests re-prefilled on another pipeline", registry=self.registry)
-        self.pipeline_up = Gauge("helix_pipeline_up", "1 when every stage of the pipeline is reachable", ["pipeline"],
-                                 registry=self.registry)
-        self.kv_held = Gauge("helix_kv_held_tokens", "KV tokens (whole blocks) this front end's requests hold per "
-                             "stage", ["node"], registry=self.registry)
-        self.preemptions = Counter("helix_preemptions", "requests a stage preempted for KV blocks, re-prefilled later",
-                                   registry=self.registry)
+    """The front end's requests (vLLM's names; `frontend.request_timeline` times each) and pipelines."""
+
+    def __init__(self, model_name: str) -> None:
+        self.registry = r = CollectorRegistry()
+        m = [MODEL]
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, m, buckets=buckets, registry=r).labels(model_name)
+
+        self.running = Gauge("vllm:num_requests_running", "requests holding a pipeline (and its KV room)", m,
+                             registry=r).labels(model_name)
+        self.waiting = Gauge("vllm:num_requests_waiting", "requests waiting for KV room or a pipeline", m,
+                             registry=r).labels(model_name)
+        self.prompt_tokens = Counter("vllm:prompt_tokens", "prompt tokens of requests that got their first token", m,
+                                     registry=r).labels(model_name)
+        self.generation_tokens = Counter("vllm:generation_tokens", "tokens generated (rate = tokens/s)", m,
+                                         registry=r).labels(model_name)
+        self.preemptions = Counter("vllm:num_preemptions", "times a stage preempted a request for KV blocks "
+                                   "(it is re-prefilled later)", m, registry=r).labels(model_name)
+        self._success = Counter("vllm:request_success", "requests that finished: stop (a stop token) or length",
+                                [*m, "finished_reason"], registry=r)
+        self.time_to_first_token = histogram("vllm:time_to_first_token_seconds", "arrival to first token",
+                                             TTFT_BUCKETS)
+        self.inter_token = histogram("vllm:inter_token_latency_seconds", "time between two tokens of a request",
+                                     INTER_TOKEN_BUCKETS)
+        self.time_per_output_token = histogram("vllm:request_time_per_output_token_seconds",
+                                               "a request's decode time over its tokens after the first",
+                                               INTER_TOKEN_BUCKETS)
+        self.e2e = histogram("vllm:e2e_request_latency_seconds", "arrival to last token", REQUEST_BUCKETS)
+        self.queue_time = histogram("vllm:request_queue_time_seconds", "arrival to first admission onto a pipeline",
+                                    REQUEST_BUCKETS)
+        self.prefill_time = histogram("vllm:request_prefill_time_seconds", "first admission to first token",
+                                      REQUEST_BUCKETS)
+        self.decode_time = histogram("vllm:request_decode_time_seconds", "first token to last token", REQUEST_BUCKETS)
+        self.inference_time = histogram("vllm:request_inference_time_seconds", "first admission to last token",
+                                        REQUEST_BUCKETS)
+        self.request_prompt_tokens = histogram("vllm:request_prompt_tokens", "prompt tokens per finished request",
+                                               TOKEN_COUNT_BUCKETS)
+        self.request_generation_tokens = histogram("vllm:request_generation_tokens",
+                                                   "generated tokens per finished request", TOKEN_COUNT_BUCKETS)
+        self.max_generation_tokens = histogram("vllm:request_max_num_generation_tokens",
+                                               "generated tokens per finished request (n is always 1)",
+                                               TOKEN_COUNT_BUCKETS)
+        self.max_tokens_param = histogram("vllm:request_params_max_tokens", "max_tokens of finished requests",
+                                          TOKEN_COUNT_BUCKETS)
+        self._failures = Counter("helix_request_failures", "requests that did not finish, by reason: abort (the "
+                                 "client left) or the error's type", [*m, "reason"], registry=r)
+        self.failovers = Counter("helix_failovers", "requests re-prefilled on another pipeline", m,
+                                 registry=r).labels(model_name)
+        self._step = Histogram("helix_pipeline_step_seconds", "round trip of one decode step through a pipeline",
+                               [*m, "pipeline"], buckets=STEP_BUCKETS, registry=r)
+        self._pipeline_up = Gauge("helix_pipeline_up", "1 when every stage of the pipeline is reachable",
+                                  [*m, "pipeline"], registry=r)
+        self._kv_held = Gauge("helix_kv_held_tokens", "KV tokens (whole blocks) this front end's requests hold per "
+                              "stage", [*m, "node"], registry=r)
+        self.model_name = model_name
+
+    def succeeded(self, reason: str) -> None:
+        self._success.labels(self.model_name, reason).inc()
+
+    def failed(self, reason: str) -> None:
+        self._failures.labels(self.model_name, reason).inc()
+
+    def pipeline_step(self, pipeline: str, seconds: float) -> None:
+        self._step.labels(self.model_name, pipeline).observe(seconds)
+
+    def pipeline_up(self, pipeline: str, up: bool) -> None:
+        self._pipeline_up.labels(self.model_name, pipeline).set(1 if up else 0)
+
+    def kv_held(self, node: str, tokens: int) -> None:
+        self._kv_held.labels(self.model_name, node).set(tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,6 +25,7 @@ from helix_worker import wire
 from helix_worker.envs import Settings
 from helix_worker.errors import InvalidRequest, ServingError, Unavailable
 from helix_worker.frontend.health import Heartbeat, verdict
+from helix_worker.frontend.request_timeline import RequestTimeline
 from helix_worker.frontend.routes import Route, RouteTable
 from helix_worker.frontend.validation import check_sampling
 from helix_worker.links import StreamLink
@@ -71,7 +72,7 @@ class Coordinator:
                  metrics: FrontendMetrics | None = None) -> None:
         self.routes = RouteTable(plan, endpoints, settings.kv_watermark)
         self.limits, self.settings = limits, settings
-        self.metrics = metrics or FrontendMetrics()
+        self.metrics = metrics or FrontendMetrics(str(plan.model.get("name", "")))
         self.peer_name = f"frontend-{uuid.uuid4().hex[:8]}"
         self._links: dict[str, StreamLink] = {}
         self._waiting: dict[str, asyncio.Future[Sampled]] = {}
@@ -87,6 +88,8 @@ class Coordinator:
         self._resuming = 0  # preempted requests waiting for room: new ones wait behind them
         self.max_in_flight = settings.max_in_flight or plan.max_in_flight  # None: KV room alone decides
         self.draining = False
+        self.metrics.running.set_function(lambda: self.admitted)
+        self.metrics.waiting.set_function(lambda: self._queued)
 
     # Lifecycle -----------------------------------------------------------------------------
 
@@ -151,24 +154,25 @@ class Coordinator:
             raise InvalidRequest(f"prompt + max_tokens = {need} tokens can never fit: the largest pipeline's KV cache "
                                  f"holds {largest} tokens in all; lower max_tokens or shorten the prompt")
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        """Tokens of one request as they are sampled; the last event has a finish_reason."""
+    async def generate(self, request: GenerationRequest,
+                       timeline: RequestTimeline | None = None) -> AsyncIterator[TokenEvent]:
+        """Tokens of one request as they are sampled; the last event has a finish_reason. A caller
+        that ends the request itself (a stop string) marks `timeline` finished before closing."""
         self.validate(request)
         base, attempts, reroutes, resuming = uuid.uuid4().hex[:16], 0, 0, False
         generated: list[int] = []
-        admitted = time.perf_counter()
-        self.metrics.in_flight.inc()
+        timeline = timeline or self.timeline(request)
         try:
             while True:
                 ids = list(request.prompt_ids) + generated
                 route = await self._admit(len(ids) + 1, resuming)
+                timeline.admitted()
                 wire_id = f"{base}.{attempts}"
                 attempts += 1
                 self._active[wire_id] = route
                 held = 0
                 try:
                     position, phase = 0, Phase.PREFILL
-                    self.metrics.prompt_tokens.inc(len(ids))
                     while True:
                         self.routes.hold(route, held, position + len(ids) + 1)
                         held = position + len(ids) + 1  # KV of the input, and room for the token it samples
@@ -176,17 +180,16 @@ class Coordinator:
                         sampled = await self._step(route, Chunk(wire_id, phase, position, len(ids), route.hops,
                                                                 self.peer_name, request.sampling), ids)
                         if phase == Phase.DECODE:
-                            self.metrics.step.labels(pipeline=route.name).observe(time.perf_counter() - started)
-                        elif not generated:
-                            self.metrics.first_token.observe(time.perf_counter() - admitted)
+                            self.metrics.pipeline_step(route.name, time.perf_counter() - started)
                         position += len(ids)
                         generated.append(sampled.token_id)
-                        self.metrics.tokens.inc()
+                        timeline.token()
                         finish = ("stop" if sampled.token_id in request.stop_token_ids
                                   else "length" if len(generated) >= request.max_tokens else None)
+                        if finish:
+                            timeline.finished(finish)
                         yield TokenEvent(sampled.token_id, sampled.logprob, sampled.top, sampled.logits, finish)
                         if finish:
-                            self.metrics.requests.labels(outcome=finish).inc()
                             return
                         ids, phase = [sampled.token_id], Phase.DECODE
                 except _Preempted as err:
@@ -206,11 +209,12 @@ class Coordinator:
                 finally:
                     self._retire(wire_id, route, held)
         except BaseException as err:
-            if not isinstance(err, GeneratorExit):
-                self.metrics.requests.labels(outcome=type(err).__name__).inc()
+            timeline.failed("abort" if isinstance(err, (GeneratorExit, asyncio.CancelledError)) else type(err).__name__)
             raise
-        finally:
-            self.metrics.in_flight.dec()
+
+    def timeline(self, request: GenerationRequest) -> RequestTimeline:
+        """What the metrics record of `request`, from now (its arrival) on."""
+        return RequestTimeline(self.metrics, len(request.prompt_ids), request.max_tokens)
 
     async def _admit(self, tokens: int, resuming: bool) -> Route:
         """A route with KV room for `tokens` on every stage, waiting (FIFO-ish) while every route is
@@ -221,7 +225,6 @@ class Coordinator:
         deadline = time.monotonic() + self.settings.route_wait_seconds
         self._queued += 1
         self._resuming += resuming
-        self.metrics.queued.set(self._queued)
         try:
             while (route := self._next_route(tokens, resuming)) is None:
                 remaining = deadline - time.monotonic()
@@ -239,7 +242,6 @@ class Coordinator:
         finally:
             self._queued -= 1
             self._resuming -= resuming
-            self.metrics.queued.set(self._queued)
 
     @property
     def admitted(self) -> int:
@@ -380,8 +382,8 @@ class Coordinator:
 
     def _show_health(self) -> None:
         for route in self.routes.routes:
-            self.metrics.pipeline_up.labels(pipeline=route.name).set(1 if self.routes.usable(route) else 0)
+            self.metrics.pipeline_up(route.name, self.routes.usable(route))
 
     def _show_held(self) -> None:
         for node, blocks in self.routes.held.items():
-            self.metrics.kv_held.labels(node=node).set(blocks * self.routes.block_tokens[node])
+            self.metrics.kv_held(node, blocks * self.routes.block_tokens[node])

@@ -81,10 +81,15 @@ def build_service(options: FrontendOptions, settings: Settings, metrics: Fronten
     except ServingError as err:
         tokenizer_error = str(err)
         log.error("serving token ids only: %s", err)
-    name = options.model_name or str(options.plan.model.get("name") or options.checkpoint.name)
+    name = served_name(options)
     coordinator = Coordinator(options.plan, options.endpoints,
                               ModelLimits(config.vocab_size, config.max_position_embeddings), settings, metrics)
     return GenerationService(coordinator, tokenizer, name, stop_ids(config, tokenizer), tokenizer_error)
+
+
+def served_name(options: FrontendOptions) -> str:
+    """The model's name in the APIs and in the metrics' model_name label."""
+    return options.model_name or str(options.plan.model.get("name") or options.checkpoint.name)
 
 
 def stop_ids(config: ModelConfig, tokenizer: Tokenizer | None) -> tuple[int, ...]:
@@ -94,7 +99,7 @@ def stop_ids(config: ModelConfig, tokenizer: Tokenizer | None) -> tuple[int, ...
 
 
 async def serve_frontend(options: FrontendOptions, settings: Settings) -> None:
-    metrics = FrontendMetrics()
+    metrics = FrontendMetrics(served_name(options))
     service = build_service(options, settings, metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -103,13 +103,15 @@ class GenerationService:
         generation = generation or await self.prepare(request)
         decoder = StreamDecoder(self.tokenizer, generation.prompt_ids) if self.tokenizer else None
         stops = StopMatcher(request.stop)
-        async with aclosing(self.coordinator.generate(generation)) as events:
+        timeline = self.coordinator.timeline(generation)
+        async with aclosing(self.coordinator.generate(generation, timeline)) as events:
             async for event in events:
                 finish, text, hit = event.finish_reason, "", False
                 if decoder is not None and event.token_id not in generation.stop_token_ids:
                     text, hit = stops.feed(decoder.feed(event.token_id))
                 if hit:
                     finish = "stop"
+                    timeline.finished(finish)  # the coordinator would count the close as an abort
                 elif finish and decoder is not None:
                     tail, hit = stops.feed(decoder.flush())
                     text += tail if hit else tail + stops.flush()

@@ -74,7 +74,7 @@ async def serve_stage(options: StageOptions, settings: Settings) -> None:
     start, end = layer_range(options.plan, options.node)
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
-    metrics = StageMetrics(options.node)
+    metrics = StageMetrics(options.node, str(options.plan.model.get("name", "")))
     ready, broken = asyncio.Event(), asyncio.Event()
     app = web.Application()
     health_routes(app, ready.is_set, metrics.render, alive=lambda: not broken.is_set())
