@@ -13,6 +13,8 @@
     the gRPC stream alone (their fallback).
 (c) latency a hop adds at batch 1: (pipeline decode step - in-process step) / hops, where
     a k-stage pipeline has k + 1 hops (front end -> stages -> front end).
+(d) what mutual TLS costs the stage streams: (b)'s two paths to a sink that requires the
+    cluster's TLS, against the same paths in plaintext. (a) and (c) run with TLS, as workers do.
 Each figure is the best of a few interleaved repeats (the CI machine's cores are shared with
 other jobs, so the best run is the one least disturbed); every number printed is measured in
 this run.
@@ -44,6 +46,8 @@ from helix_worker.links import StreamLink
 from helix_worker.local_plan import manual_plan, proportional_split
 from helix_worker.model_init import DemoModel, write_demo_checkpoint
 from helix_worker.protocol import Chunk, Hop, Phase
+from helix_worker.security.issuing import issue, new_ca, write_bundle
+from helix_worker.security.tls import ClusterTLS
 from helix_worker.engine.model import LayerSlice
 from helix_worker.engine.static_batch import StaticBatch
 from helix_worker.stage.endpoint import StageEndpoint
@@ -116,7 +120,8 @@ class Pipeline:
         plan_path.write_text(self.plan.to_json())
         children = [self.fleet.start_worker(plan_path, node, self.checkpoint) for node, _, _ in self.chain]
         endpoints = {c.name: (await asyncio.to_thread(self.fleet.wait, c)).grpc_address for c in children}
-        self.coordinator = Coordinator(self.plan, endpoints, ModelLimits(10_000, 100_000), Settings())
+        self.coordinator = Coordinator(self.plan, endpoints, ModelLimits(10_000, 100_000), Settings(),
+                                       tls=self.fleet.member_tls("bench-frontend"))
         await self.coordinator.start()
         await self.coordinator.wait_ready(120)
         await asyncio.gather(*(self._run(p, 2) for p in prompts(self.sizes, 380)[:2]))  # warm-up
@@ -160,11 +165,13 @@ class _CountingStage:
         pass
 
 
-def _stage_sink(port_queue, expected: int) -> None:
+def _stage_sink(port_queue, arg: tuple[int, ClusterTLS | None]) -> None:
+    expected, tls = arg
+
     async def serve() -> None:
         settings = Settings(max_message_bytes=256 * MIB)  # the data channel on, as in workers
         endpoint = await StageEndpoint.start(_CountingStage(expected), StageIdentity("sink", "bench", ""),
-                                             "127.0.0.1", 0, settings)
+                                             "127.0.0.1", 0, settings, tls=tls)
         port_queue.put(endpoint.port)
         await endpoint.server.wait_for_termination()
 
@@ -216,12 +223,12 @@ class TcpStream:
 class StageStream:
     """A stage's outbound path to the stage sink, on the data channel or the gRPC stream only."""
 
-    def __init__(self, port: int, messages: int, data_channel: bool) -> None:
+    def __init__(self, port: int, messages: int, data_channel: bool, tls: ClusterTLS | None = None) -> None:
         self.messages, self.data_channel = messages, data_channel
         self.done = asyncio.Event()
-        name = "bench-tcp" if data_channel else "bench-grpc"
+        name = ("bench-tcp" if data_channel else "bench-grpc") + ("-tls" if tls else "")
         self.link = StreamLink(f"127.0.0.1:{port}", name, max_message_bytes=256 * MIB, data_channel=data_channel,
-                               on_event=lambda _: self.done.set())
+                               on_event=lambda _: self.done.set(), tls=tls)
         self.hidden = torch.randn(MIB // (4 * 1024), 1024)  # 1 MiB of float32 activations
         self.chunk = Chunk("r", Phase.DECODE, 0, self.hidden.shape[0], (Hop("sink", f"127.0.0.1:{port}", 0, 1),), name)
 
@@ -278,9 +285,15 @@ async def main(argv: list[str] | None = None) -> int:
         write_demo_checkpoint(checkpoint, BENCH_MODEL)
         subjects = {"single": SingleProcess(checkpoint, sizes)}
         subjects |= {str(k): Pipeline(checkpoint, k, sizes, fleet) for k in (2, 3)}
-        sink, sink_port = _start(_stage_sink, sizes.messages)
+        sink, sink_port = _start(_stage_sink, (sizes.messages, None))
+        ca = new_ca("bench")
+        sink_tls, peer_tls = (ClusterTLS.from_dir(write_bundle(workdir / name, ca, issue(ca, name)))
+                              for name in ("sink", "peer"))
+        tls_sink, tls_port = _start(_stage_sink, (sizes.messages, sink_tls))
         streams = {"tcp": TcpStream(sizes.messages), "data": StageStream(sink_port, sizes.messages, True),
-                   "grpc": StageStream(sink_port, sizes.messages, False)}
+                   "grpc": StageStream(sink_port, sizes.messages, False),
+                   "data-tls": StageStream(tls_port, sizes.messages, True, peer_tls),
+                   "grpc-tls": StageStream(tls_port, sizes.messages, False, peer_tls)}
         try:
             for k in ("2", "3"):
                 await subjects[k].start(workdir)
@@ -292,12 +305,17 @@ async def main(argv: list[str] | None = None) -> int:
                 if hasattr(subject, "close"):
                     await subject.close()
             sink.terminate()
+            tls_sink.terminate()
     rows = [(f"(a) tokens/s, batch {sizes.batch}, {k} stages", f"1 process {tokens['single']:8.1f}",
              f"{k} processes {tokens[k]:8.1f}", f"{tokens[k] / tokens['single']:.2f}x", ">= 0.8x") for k in ("2", "3")]
     rows.append(("(b) 1 MiB messages, MB/s", f"raw TCP {rates['tcp']:8.1f}", f"data channel {rates['data']:8.1f}",
                  f"{rates['data'] / rates['tcp']:.2f}x", ">= 0.5x"))
     rows.append(("(b) same, gRPC fallback", f"raw TCP {rates['tcp']:8.1f}", f"gRPC stream {rates['grpc']:8.1f}",
                  f"{rates['grpc'] / rates['tcp']:.2f}x", "(reference)"))
+    for path, name in (("data", "data channel"), ("grpc", "gRPC stream")):
+        rows.append((f"(d) {name}, TLS vs plaintext, MB/s", f"plaintext {rates[path]:8.1f}",
+                     f"mutual TLS {rates[path + '-tls']:8.1f}", f"{rates[path + '-tls'] / rates[path]:.2f}x",
+                     "(cost of TLS)"))
     for k in ("2", "3"):
         hops = int(k) + 1
         rows.append((f"(c) decode step, batch 1, {k} stages", f"1 process {steps['single']:6.2f} ms",

@@ -1,6 +1,6 @@
 """The node agent: what a kubelet does for the pods bound to one fake node, with local processes.
 
-For each pod: its volumes become directories (ConfigMaps written out, emptyDirs empty), its
+For each pod: its volumes become directories (ConfigMaps and Secrets written out, emptyDirs empty), its
 init containers run one after the other to completion, then its container runs as a process
 on 127.0.0.1 with the node's device variables under the pod's env (see `containers`). The
 readiness probe the pod declares decides Ready. A container that exits is restarted as
@@ -11,6 +11,7 @@ grace period, and is then deleted for good; eviction stops the pod and marks it 
 """
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import logging
@@ -193,25 +194,33 @@ class PodRun:
             await asyncio.sleep(PROBE_SECONDS if not self.ready else 1.0)
 
     async def _volumes(self) -> dict[str, Path]:
-        """Host directories of the pod's volumes; a missing ConfigMap is waited for, as kubelets do."""
+        """Host directories of the pod's volumes; a missing ConfigMap or Secret is waited for, as kubelets do."""
         directories = {}
-        namespace = self.pod["metadata"]["namespace"]
         for volume in self.spec.get("volumes") or []:
             directory = self.dir / "volumes" / volume["name"]
             directory.mkdir(parents=True, exist_ok=True)
             if "configMap" in volume:
-                name = volume["configMap"]["name"]
-                while (configmap := await self.agent.api.get(path_of("v1", "configmaps", namespace, name))) is None:
-                    self.state = {"waiting": {"reason": "ContainerCreating", "message": f"ConfigMap {name} not found"}}
-                    await self.report()
-                    await asyncio.sleep(PROBE_SECONDS)
+                configmap = await self._source("configmaps", "ConfigMap", volume["configMap"]["name"])
                 for key, text in (configmap.get("data") or {}).items():
                     (directory / key).write_text(text)
+            elif "secret" in volume:
+                secret = await self._source("secrets", "Secret", volume["secret"]["secretName"])
+                for key, encoded in (secret.get("data") or {}).items():
+                    (directory / key).write_bytes(base64.b64decode(encoded))
             elif "emptyDir" not in volume:
-                raise PodError("UnsupportedVolume", f"volume {volume['name']}: only configMap and emptyDir volumes "
-                                                    "run on the local stand-in cluster")
+                raise PodError("UnsupportedVolume", f"volume {volume['name']}: only configMap, secret and emptyDir "
+                                                    "volumes run on the local stand-in cluster")
             directories[volume["name"]] = directory
         return directories
+
+    async def _source(self, plural: str, kind: str, name: str) -> dict:
+        """The object a volume is made from, once it exists."""
+        namespace = self.pod["metadata"]["namespace"]
+        while (found := await self.agent.api.get(path_of("v1", plural, namespace, name))) is None:
+            self.state = {"waiting": {"reason": "ContainerCreating", "message": f"{kind} {name} not found"}}
+            await self.report()
+            await asyncio.sleep(PROBE_SECONDS)
+        return found
 
 
 def _signal(process: asyncio.subprocess.Process, sig: int) -> None:

@@ -94,7 +94,8 @@ async def sync_workers(kube: Kube, owner: Owner, spec: ClusterSpec, discovery: D
                      frontend_current, pipelines=pipelines, max_replace=spec.rollout.max_surge_nodes)
     namespace, grace = _ns(owner), spec.rollout.drain_timeout
     relabel = {"metadata": {"labels": {names.LABEL_PLAN_HASH: target.hash}}}
-    pods = [build_worker_pod(owner, spec, a, target.hash, target.configmap) for a in step.create]
+    peers = [node.name for node in target.plan.nodes]
+    pods = [build_worker_pod(owner, spec, a, target.hash, target.configmap, peers=peers) for a in step.create]
     await each([kube.create_missing(pod) for pod in pods]
                + [kube.delete(Ref("v1", "pods", namespace, name), grace_seconds=grace) for name in step.delete]
                + [kube.patch(Ref("v1", "pods", namespace, name), relabel) for name in step.relabel])

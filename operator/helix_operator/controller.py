@@ -19,6 +19,7 @@ from helix_planner.plan_format import Plan
 
 from helix_operator import events, names
 from helix_operator.catalog import with_profiles
+from helix_operator.certificates import ensure_tls_secret
 from helix_operator.children import (PlanRef, collect_plans, load_plan_ref, save_plan, stop_workers, sync_frontend,
                                      sync_workers)
 from helix_operator.conditions import transitions
@@ -306,6 +307,7 @@ class Controller:
     async def _converge(self, spec: ClusterSpec, discovery: Discovery, obs: Observation) -> None:
         """Workers and front end towards the target plan; stop them while suspended."""
         state, kube, owner = self.state, self.ctx.kube, self.owner
+        await ensure_tls_secret(kube, owner, spec)  # before any pod that mounts it
         if spec.suspend:
             await stop_workers(kube, owner, spec)
             state.rollout = None

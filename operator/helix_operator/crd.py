@@ -218,6 +218,24 @@ def _rollout() -> Schema:
     }, default={})
 
 
+def _security() -> Schema:
+    def secret(description: str, **extra: Schema) -> Schema:
+        return obj({"name": string(pattern=DNS_SUBDOMAIN, maxLength=253), **extra}, description, required=["name"])
+
+    return obj({
+        "tlsSecret": secret("Secret of the cluster's mutual TLS between the front end and the workers, in "
+                            "cert-manager's layout (tls.crt, tls.key, ca.crt): a certificate for server and client "
+                            "auth with helix-member among its dnsNames. Unset: the operator issues a self-signed CA "
+                            "and certificate into <cluster>-tls."),
+        "apiKeysSecret": secret("Secret holding client API keys, one a line: the front end then requires "
+                                "`Authorization: Bearer <key>` (OpenAI API) or the same `authorization` metadata "
+                                "(KServe gRPC); health, readiness and metrics stay open.",
+                                key=string("Key of the file in the Secret.", default="api-keys", minLength=1)),
+        "clientTlsSecret": secret("kubernetes.io/tls Secret (tls.crt, tls.key) the front end serves its client "
+                                  "endpoints (HTTP and KServe gRPC) with. Unset: they serve plaintext."),
+    }, "Who may talk to the cluster. The stage network always uses mutual TLS.", default={})
+
+
 def helixcluster_spec_schema() -> Schema:
     return obj({
         "suspend": boolean("Delete worker pods and scale the front end to zero; keep the plan.", default=False),
@@ -229,6 +247,7 @@ def helixcluster_spec_schema() -> Schema:
         "worker": _worker(),
         "frontend": _frontend(),
         "rollout": _rollout(),
+        "security": _security(),
     }, required=["model", "nodePools", "worker"])
 
 

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 from helix_planner.plan_format import Plan
 
 from helix_operator import names
+from helix_operator.certificates import client_side, cluster_tls_env, cluster_tls_mount, cluster_tls_volume
 from helix_operator.meta import child_metadata, dns_name, labels, selector
 from helix_operator.podsecurity import restrict
 from helix_operator.podtemplate import merge_template
@@ -34,6 +35,7 @@ def build_frontend_deployment(owner: Mapping[str, Any], spec: ClusterSpec, plan:
     weights = weights_source(spec, frontend.image, None)
     endpoints = [f"--endpoint={n.name}={worker_endpoint(namespace, cluster, n.name, spec.worker.port)}"
                  for n in plan.nodes]
+    client_volumes, client_mounts, client_env = client_side(spec)
     container: dict[str, Any] = {
         "name": "frontend",
         "image": frontend.image,
@@ -46,18 +48,21 @@ def build_frontend_deployment(owner: Mapping[str, Any], spec: ClusterSpec, plan:
             {"name": "HELIX_HTTP_PORT", "value": str(frontend.http_port)},
             {"name": "HELIX_GRPC_PORT", "value": str(frontend.grpc_port)},
             {"name": "HELIX_DRAIN_SECONDS", "value": str(spec.rollout.drain_timeout)},
+            *cluster_tls_env(), *client_env,
         ],
         "ports": [{"name": "http", "containerPort": frontend.http_port},
                   {"name": "grpc", "containerPort": frontend.grpc_port}],
         "readinessProbe": {"tcpSocket": {"port": frontend.http_port}, "periodSeconds": 5},
-        "volumeMounts": [{"name": "plan", "mountPath": names.PLAN_MOUNT_DIR, "readOnly": True}, *weights.mounts],
+        "volumeMounts": [{"name": "plan", "mountPath": names.PLAN_MOUNT_DIR, "readOnly": True}, *weights.mounts,
+                         cluster_tls_mount(), *client_mounts],
     }
     if frontend.resources:
         container["resources"] = dict(frontend.resources)
     pod_spec: dict[str, Any] = {
         "terminationGracePeriodSeconds": spec.rollout.drain_timeout,
         "containers": [container],
-        "volumes": [{"name": "plan", "configMap": {"name": configmap}}, *weights.volumes],
+        "volumes": [{"name": "plan", "configMap": {"name": configmap}}, *weights.volumes,
+                    cluster_tls_volume(cluster, spec), *client_volumes],
     }
     if weights.init_containers:
         pod_spec["initContainers"] = weights.init_containers

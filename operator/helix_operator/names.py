@@ -24,6 +24,7 @@ LABEL_TEMPLATE_HASH = "helix.dev/template-hash"
 COMPONENT_WORKER = "worker"
 COMPONENT_FRONTEND = "frontend"
 COMPONENT_PLAN = "plan"
+COMPONENT_TLS = "tls"  # the cluster's certificate Secret
 
 ANNOTATION_NODE = "helix.dev/node"
 ANNOTATION_LAYERS = "helix.dev/layers"

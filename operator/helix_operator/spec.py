@@ -93,6 +93,17 @@ class RolloutSpec:
 
 
 @dataclass(frozen=True)
+class SecuritySpec:
+    """Secrets by name: the cluster's TLS (None: the operator issues one), the front end's API
+    keys (the file `api_keys_key` in that Secret) and its TLS for clients."""
+
+    tls_secret: str | None = None
+    api_keys_secret: str | None = None
+    api_keys_key: str = "api-keys"
+    client_tls_secret: str | None = None
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     model: ModelSpec
     weights_uri: str | None
@@ -104,6 +115,7 @@ class ClusterSpec:
     frontend: FrontendSpec
     rollout: RolloutSpec
     suspend: bool = False
+    security: SecuritySpec = SecuritySpec()
 
 
 def parse_spec(spec: Mapping[str, Any]) -> ClusterSpec:
@@ -124,7 +136,15 @@ def parse_spec(spec: Mapping[str, Any]) -> ClusterSpec:
         frontend=_frontend(data["frontend"], worker.image),
         rollout=RolloutSpec(int(data["rollout"]["maxSurgeNodes"]), int(data["rollout"]["drainTimeoutSeconds"])),
         suspend=bool(data["suspend"]),
+        security=_security(data["security"]),
     )
+
+
+def _security(data: dict[str, Any]) -> SecuritySpec:
+    keys = data.get("apiKeysSecret") or {}
+    return SecuritySpec(tls_secret=(data.get("tlsSecret") or {}).get("name"), api_keys_secret=keys.get("name"),
+                        api_keys_key=keys.get("key", "api-keys"),
+                        client_tls_secret=(data.get("clientTlsSecret") or {}).get("name"))
 
 
 def _plain(value: Any) -> Any:

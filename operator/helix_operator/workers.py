@@ -8,11 +8,12 @@ the kubelet would reject it outright).
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from helix_planner.plan_format import Plan
 
 from helix_operator import names
+from helix_operator.certificates import cluster_tls_env, cluster_tls_mount, cluster_tls_volume
 from helix_operator.discovery import Discovery
 from helix_operator.meta import child_metadata, dns_name, selector
 from helix_operator.podsecurity import restrict
@@ -60,7 +61,7 @@ def template_hash(spec: ClusterSpec) -> str:
     worker = spec.worker
     body = [worker.image, worker.image_pull_policy, worker.port, worker.gpu_resource_name, worker.resources,
             worker.env, worker.template, spec.model.name, spec.weights_uri, spec.credentials_secret,
-            spec.rollout.drain_timeout]
+            spec.rollout.drain_timeout, spec.security.tls_secret]
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -95,8 +96,10 @@ def build_workers_service(owner: Mapping[str, Any], spec: ClusterSpec) -> dict[s
 
 
 def build_worker_pod(owner: Mapping[str, Any], spec: ClusterSpec, assignment: Assignment, plan_hash: str,
-                     configmap: str) -> dict[str, Any]:
-    cluster = owner["metadata"]["name"]
+                     configmap: str, *, peers: Sequence[str] = ()) -> dict[str, Any]:
+    """`peers`: the plan's nodes, whose workers are this one's only possible next hops (an
+    --endpoint each); the cluster's TLS Secret is mounted for mutual TLS on every hop."""
+    cluster, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
     worker, template = spec.worker, template_hash(spec)
     weights = weights_source(spec, worker.image, (assignment.start, assignment.end))
     metadata = child_metadata(
@@ -111,13 +114,15 @@ def build_worker_pod(owner: Mapping[str, Any], spec: ClusterSpec, assignment: As
         "imagePullPolicy": worker.image_pull_policy,
         "command": ["helix", "worker", "--plan", names.PLAN_PATH, "--node", assignment.node,
                     "--model", weights.path, "--host", "0.0.0.0", "--port", str(worker.port),
-                    "--http-port", str(names.WORKER_HTTP_PORT)],
-        "env": _env(spec, assignment, plan_hash, worker.port),
+                    "--http-port", str(names.WORKER_HTTP_PORT),
+                    *[f"--endpoint={n}={worker_endpoint(namespace, cluster, n, worker.port)}" for n in peers]],
+        "env": [*_env(spec, assignment, plan_hash, worker.port), *cluster_tls_env()],
         "ports": [{"name": "grpc", "containerPort": worker.port}, {"name": "http", "containerPort": names.WORKER_HTTP_PORT},
                   {"name": "data", "containerPort": names.WORKER_DATA_PORT}],
         "resources": _resources(worker.resources, worker.gpu_resource_name, assignment.gpus),
         "readinessProbe": {"tcpSocket": {"port": worker.port}, "periodSeconds": 5},
-        "volumeMounts": [{"name": PLAN_VOLUME, "mountPath": names.PLAN_MOUNT_DIR, "readOnly": True}, *weights.mounts],
+        "volumeMounts": [{"name": PLAN_VOLUME, "mountPath": names.PLAN_MOUNT_DIR, "readOnly": True}, *weights.mounts,
+                         cluster_tls_mount()],
     }
     pod_spec: dict[str, Any] = {
         "hostname": worker_hostname(assignment.node),
@@ -127,7 +132,8 @@ def build_worker_pod(owner: Mapping[str, Any], spec: ClusterSpec, assignment: As
         "restartPolicy": "Always",
         "terminationGracePeriodSeconds": spec.rollout.drain_timeout,
         "containers": [container],
-        "volumes": [{"name": PLAN_VOLUME, "configMap": {"name": configmap}}, *weights.volumes],
+        "volumes": [{"name": PLAN_VOLUME, "configMap": {"name": configmap}}, *weights.volumes,
+                    cluster_tls_volume(cluster, spec)],
     }
     if weights.init_containers:
         pod_spec["initContainers"] = weights.init_containers

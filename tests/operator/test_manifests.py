@@ -58,7 +58,8 @@ def test_worker_pod_is_pinned_and_told_its_layers() -> None:
     assert (env["HELIX_LAYER_START"], env["HELIX_LAYER_END"], env["HELIX_PLAN_HASH"]) == ("10", "14", "abc123")
     assert container["resources"]["limits"] == {"nvidia.com/gpu": 2}
     assert pod["spec"]["volumes"] == [{"name": "plan", "configMap": {"name": "llama-plan-abc"}},
-                                      {"name": "weights", "emptyDir": {}}]
+                                      {"name": "weights", "emptyDir": {}},
+                                      {"name": "cluster-tls", "secret": {"secretName": "llama-tls"}}]
     init = pod["spec"]["initContainers"][0]["command"]
     assert init[:4] == ["helix", "model", "init", "/models/random"] and init[init.index("--layers") + 1] == "80"
     assert pod["spec"]["tolerations"] == [toleration]

@@ -45,7 +45,8 @@ async def test_plan_cap_holds_requests_back_without_losing_any(tmp_path: Path, c
     limits = ModelLimits(vocab_size=380, max_positions=2048)
     cases = ((1, Settings(), 1), (1, Settings(max_in_flight=2), 2), (None, Settings(), None))
     for cap, settings, most_allowed in cases:
-        coordinator = Coordinator(replace(plan, max_in_flight=cap), endpoints, limits, settings)
+        coordinator = Coordinator(replace(plan, max_in_flight=cap), endpoints, limits, settings,
+                                  tls=fleet.member_tls("frontend"))
         await coordinator.start()
         try:
             await coordinator.wait_ready(30)

@@ -14,6 +14,7 @@ from helix_worker.envs import Settings
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
 from helix_worker.links import StreamLink
 from helix_worker.reference import ReferenceModel
+from helix_worker.security.tls import ClusterTLS
 
 LIMITS = ModelLimits(vocab_size=380, max_positions=2048)
 TWO_STAGES = [[("left", 0, 3), ("right", 3, 6)]]
@@ -24,9 +25,9 @@ def _metric(url: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
 
 
-async def _kv_left(address: str, seconds: float = 5.0) -> int:
+async def _kv_left(address: str, tls: ClusterTLS, seconds: float = 5.0) -> int:
     """KV tokens the stage still holds once the releases sent so far had time to arrive."""
-    link = StreamLink(address, "probe", max_message_bytes=1 << 20)
+    link = StreamLink(address, "probe", max_message_bytes=1 << 20, tls=tls)
     for _ in range(int(seconds / 0.05)):
         if (used := int((await link.describe()).kv_used_tokens)) == 0:
             break
@@ -44,13 +45,14 @@ async def test_chunked_prompts_and_preemption_keep_reference_tokens_and_leak_no_
     endpoints = await asyncio.to_thread(start_workers, fleet, plan, plan_path, checkpoint)
     prompts = [list(range(30, 50)), [5, 17, 42], [7], list(range(100, 113)), [9, 8, 7, 6, 5], list(range(200, 206))]
     max_tokens = 14
-    coordinator = Coordinator(plan, endpoints, LIMITS, Settings())
+    tls = fleet.member_tls("frontend")
+    coordinator = Coordinator(plan, endpoints, LIMITS, Settings(), tls=tls)
     await coordinator.start()
     try:
         await coordinator.wait_ready(30)
         runs = await asyncio.wait_for(
             asyncio.gather(*(generate_with_logits(coordinator, p, max_tokens) for p in prompts)), 150)
-        left = {name: await _kv_left(address) for name, address in endpoints.items()}
+        left = {name: await _kv_left(address, tls) for name, address in endpoints.items()}
     finally:
         await coordinator.close()
     assert_reference_runs(checkpoint, prompts, runs, max_tokens)
@@ -74,7 +76,8 @@ async def test_paging_holds_three_times_the_requests_of_reserving_max_tokens(
     endpoints = await asyncio.to_thread(start_workers, fleet, plan, plan_path, checkpoint)
     prompt, output, max_tokens = list(range(60, 68)), 24, 96
     reserving = 2048 // (len(prompt) + max_tokens)
-    coordinator = Coordinator(plan, endpoints, LIMITS, Settings())
+    tls = fleet.member_tls("frontend")
+    coordinator = Coordinator(plan, endpoints, LIMITS, Settings(), tls=tls)
     samples: list[int] = []
 
     async def watch() -> None:
@@ -97,7 +100,7 @@ async def test_paging_holds_three_times_the_requests_of_reserving_max_tokens(
     try:
         await coordinator.wait_ready(30)
         runs = await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(128))), 150)
-        left = await _kv_left(endpoints["solo"])
+        left = await _kv_left(endpoints["solo"], tls)
     finally:
         watcher.cancel()
         await coordinator.close()

@@ -40,7 +40,7 @@ async def test_pipelines_match_single_process(tmp_path: Path, checkpoint: Path, 
     fleet.env["HELIX_MAX_BATCH_TOKENS"] = "12"  # the 13- and 20-token prompts run in chunks
     endpoints = await asyncio.to_thread(start_workers, fleet, plan, plan_path, checkpoint)
     coordinator = Coordinator(plan, endpoints, ModelLimits(vocab_size=380, max_positions=2048),
-                              Settings(data_channel=data_channel))
+                              Settings(data_channel=data_channel), tls=fleet.member_tls("frontend"))
     await coordinator.start()
     try:
         await coordinator.wait_ready(30)

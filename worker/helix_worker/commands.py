@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port)")
     worker.add_argument("--http-port", type=int, default=8081, help="health and metrics port (0: any)")
     worker.add_argument("--slowdown", type=float, help="emulate a slower GPU (overrides HELIX_SLOWDOWN)")
+    worker.add_argument("--endpoint", action="append", default=[], metavar="NODE=HOST:PORT",
+                        help="address of a plan node's worker (repeat): the only next hops this stage dials")
+    worker.add_argument("--endpoints", action="append", type=Path, default=[], metavar="FILE",
+                        help="JSON file mapping node names to HOST:PORT, read again when a next hop is not in it")
     worker.set_defaults(func=run_worker)
 
     frontend = subparsers.add_parser("frontend", help="serve KServe v2 gRPC and OpenAI HTTP over a plan's workers",
@@ -137,10 +141,11 @@ def read_plan(path: Path) -> Plan:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    from helix_worker.security.peers import parse_pairs
     from helix_worker.stage.main import StageOptions, serve_stage
 
     options = StageOptions(read_plan(args.plan), args.node, args.model, args.host, args.port, args.http_port,
-                           args.ready_file)
+                           args.ready_file, parse_pairs(args.endpoint), tuple(args.endpoints))
     asyncio.run(serve_stage(options, Settings.from_env(slowdown=args.slowdown)))
     return 0
 

@@ -7,7 +7,9 @@ one-time token; the peer connects there, presents the token, and from then on se
 stream's messages on the socket: a prefix (header and payload lengths), the `StageRequest`
 without its tensor bytes, then the bytes, which the stage receives straight into the
 tensor's memory. The gRPC stream stays open for everything else (events back, liveness),
-and a peer that cannot connect keeps sending on the gRPC stream itself.
+and a peer that cannot connect keeps sending on the gRPC stream itself. With the cluster's
+TLS the channel is mutually authenticated like the stream (a client without a certificate
+from the cluster CA never gets as far as presenting a token) and encrypted.
 """
 
 import asyncio
@@ -19,6 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from helix_worker.security.issuing import MEMBER_NAME
+from helix_worker.security.tls import HANDSHAKE_SECONDS, ClusterTLS
 
 log = logging.getLogger(__name__)
 HEADER = "helix-data-channel"  # metadata: "tcp" offered by the peer, "<port> <token>" answered
@@ -41,15 +46,18 @@ class _Expected:
 class DataListener:
     """The stage's end: accepts data channels and hands each the stream its token belongs to."""
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, max_message_bytes: int, tls: ClusterTLS | None = None) -> None:
         self.max_message_bytes = max_message_bytes
+        self._ssl = tls.server_context() if tls is not None else None
         self._expected: dict[bytes, _Expected] = {}
         self._server: asyncio.Server | None = None
         self.port = 0
 
     async def start(self, host: str, port: int = 0) -> int:
         """Listen on `host:port` (port 0: any free one); returns the port."""
-        self._server = await asyncio.get_running_loop().create_server(lambda: _Receiver(self), host, port)
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Receiver(self), host, port, ssl=self._ssl,
+            ssl_handshake_timeout=HANDSHAKE_SECONDS if self._ssl is not None else None)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -170,13 +178,15 @@ class DataSender(asyncio.Protocol):
         self._paused = False
 
     @classmethod
-    async def open(cls, address: str, answer: str, timeout: float, on_lost: Callable[[], None]) -> "DataSender":
+    async def open(cls, address: str, answer: str, timeout: float, on_lost: Callable[[], None],
+                   tls: ClusterTLS | None = None) -> "DataSender":
         """Connect to the port a stage at `address` (host:port of its gRPC server) answered;
         raises OSError, TimeoutError or ValueError when that cannot work."""
         port, token = answer.split()
         host = address.rsplit(":", 1)[0].strip("[]")
+        secure = {} if tls is None else {"ssl": tls.client_context(), "server_hostname": MEMBER_NAME}
         _, sender = await asyncio.wait_for(
-            asyncio.get_running_loop().create_connection(lambda: cls(on_lost), host, int(port)), timeout)
+            asyncio.get_running_loop().create_connection(lambda: cls(on_lost), host, int(port), **secure), timeout)
         try:
             sender._transport.write(bytes.fromhex(token))
             await asyncio.wait_for(sender._accepted, timeout)
@@ -187,7 +197,10 @@ class DataSender(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._transport.set_write_buffer_limits(high=0)  # pause whenever the transport holds bytes
+        # Pause whenever the transport holds bytes. A TLS transport pauses at size >= high (a plain
+        # one at size > high), so 0 would pause it for good after every write: it takes 1.
+        tls = transport.get_extra_info("sslcontext") is not None
+        self._transport.set_write_buffer_limits(high=1 if tls else 0)
 
     def pause_writing(self) -> None:
         self._paused = True

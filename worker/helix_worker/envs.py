@@ -63,6 +63,20 @@ class Settings:
     max_in_flight: int = _setting(0, "requests the front end runs at once (more wait in its queue); 0: the plan's "
                                      "maxInFlight, or KV room alone when the plan sets none")
     drain_seconds: float = _setting(30.0, "after SIGTERM, how long the front end lets requests in flight finish")
+    tls_cert: str = _setting("", "path of this member's certificate (PEM) for mutual TLS between the front end and "
+                                 "the stages; signed by HELIX_TLS_CA")
+    tls_key: str = _setting("", "path of the private key (PEM) of HELIX_TLS_CERT")
+    tls_ca: str = _setting("", "path of the cluster CA certificate (PEM): only peers presenting a certificate it "
+                               "signed are accepted, and only servers presenting one are dialled")
+    plaintext: bool = _setting(False, "run the stage network without TLS when HELIX_TLS_* are unset (only on a "
+                                      "network you trust: anyone who reaches a stage can run the model); without "
+                                      "it a worker or front end refuses to start plaintext")
+    client_tls_cert: str = _setting("", "certificate (PEM) the front end's client endpoints (OpenAI HTTP, KServe "
+                                        "gRPC) serve TLS with; unset: they serve plaintext")
+    client_tls_key: str = _setting("", "private key (PEM) of HELIX_CLIENT_TLS_CERT")
+    api_keys_file: str = _setting("", "file of client API keys, one a line: the OpenAI API then requires "
+                                      "`Authorization: Bearer <key>` and KServe gRPC the same `authorization` "
+                                      "metadata (health, readiness and metrics stay open); re-read when it changes")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -72,7 +86,7 @@ class Settings:
             name = env_name(spec.name)
             if name in environ and environ[name] != "":
                 try:
-                    values[spec.name] = type(spec.default)(environ[name])
+                    values[spec.name] = _parse(type(spec.default), environ[name])
                 except ValueError:
                     raise ServingError(f"{name}={environ[name]!r} is not a valid {type(spec.default).__name__}") from None
         settings = replace(cls(**values), **{k: v for k, v in overrides.items() if v is not None})
@@ -92,6 +106,17 @@ class Settings:
             raise ServingError(f"{env_name('max_in_flight')}={settings.max_in_flight}: give a positive number of "
                                "requests, or 0 for the plan's limit")
         return settings
+
+
+def _parse(kind: type, text: str) -> Any:
+    """bool("0") is True, so booleans are spelled out."""
+    if kind is not bool:
+        return kind(text)
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise ValueError(text)
 
 
 REMOTE_STORAGE = {

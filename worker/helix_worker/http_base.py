@@ -1,5 +1,6 @@
 """The HTTP side every process shares: liveness, readiness and Prometheus metrics (aiohttp)."""
 
+import ssl
 from collections.abc import Callable
 
 from aiohttp import web
@@ -29,19 +30,20 @@ def health_routes(app: web.Application, ready: Callable[[], bool], render_metric
 
 
 async def start_site(app: web.Application, host: str, port: int, shutdown_seconds: float = 60.0,
-                     idle_seconds: float | None = None) -> tuple[web.AppRunner, int]:
+                     idle_seconds: float | None = None,
+                     ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
     """Serve `app`; returns the runner (its cleanup lets requests in flight finish for at most
     `shutdown_seconds`) and the bound port (port 0 picks one). A connection that sends no whole
     request head within `idle_seconds` of opening or of its last response is closed (aiohttp's
     default waits an hour), and so is one still sending a body its answer left unread after
     that long (aiohttp's default: 10 s). A handler whose client disconnects is cancelled:
     aiohttp would otherwise run it to the end, which for a generation means holding KV cache
-    for nobody."""
+    for nobody. With `ssl_context` it serves HTTPS."""
     timeouts = {} if idle_seconds is None else {"keepalive_timeout": idle_seconds, "lingering_time": idle_seconds}
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_seconds, handler_cancellation=True,
                            **timeouts)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # aiohttp exposes no public accessor
     return runner, bound

@@ -5,7 +5,8 @@ Sends never block the caller; events and the link going down reach callbacks, an
 owner decides when to reconnect. With `data_channel`, the link offers the stage a raw TCP
 side channel (`datachannel`) and, once it is open, sends every message there instead of
 on the gRPC stream, which then carries only events back; when the stage does not answer
-the offer or the channel cannot connect, messages go on the gRPC stream as before.
+the offer or the channel cannot connect, messages go on the gRPC stream as before. With
+`tls` (the cluster's, see `security.tls`) the stream and the data channel use mutual TLS.
 """
 
 import asyncio
@@ -19,6 +20,7 @@ from helix_proto import helix_stage_pb2 as pb
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
 from helix_worker import datachannel, wire
 from helix_worker.protocol import Chunk
+from helix_worker.security.tls import ClusterTLS
 
 log = logging.getLogger(__name__)
 PEER_HEADER = "helix-peer"
@@ -52,9 +54,10 @@ def server_options(max_message_bytes: int, keepalive_ms: int = KEEPALIVE_MS, *,
 class StreamLink:
     def __init__(self, address: str, peer_name: str, *, max_message_bytes: int, data_channel: bool = True,
                  on_event: Callable[[pb.StageEvent], None] | None = None,
-                 on_down: Callable[["StreamLink"], None] | None = None) -> None:
+                 on_down: Callable[["StreamLink"], None] | None = None, tls: ClusterTLS | None = None) -> None:
         self.address, self.peer_name = address, peer_name
         self._options = channel_options(max_message_bytes)
+        self._tls = tls
         self._offer_data = data_channel
         self._on_event, self._on_down = on_event, on_down
         self._channel: grpc.aio.Channel | None = None
@@ -72,7 +75,7 @@ class StreamLink:
     async def connect(self, timeout: float = 5.0) -> None:
         """Open the stream; raises grpc.aio.AioRpcError or TimeoutError if the stage is unreachable."""
         await self.close()
-        self._channel = grpc.aio.insecure_channel(self.address, options=self._options)
+        self._channel = self._new_channel()
         self._queue = asyncio.Queue()
         metadata = ((PEER_HEADER, self.peer_name),)
         if self._offer_data:
@@ -92,19 +95,25 @@ class StreamLink:
 
     async def _open_data(self, answer: str, timeout: float) -> None:
         try:
-            self._data = await datachannel.DataSender.open(self.address, answer, timeout, self._data_lost)
+            self._data = await datachannel.DataSender.open(self.address, answer, timeout, self._data_lost, self._tls)
         except (OSError, TimeoutError, ValueError) as err:
             log.warning("data channel to %s unavailable (%s); sending on the gRPC stream", self.address,
                         err or type(err).__name__)
 
     async def describe(self, timeout: float = 5.0) -> pb.StageInfo:
-        channel = self._channel or grpc.aio.insecure_channel(self.address, options=self._options)
+        channel = self._channel or self._new_channel()
         try:
             return await pb_grpc.StageServiceStub(channel).Describe(pb.DescribeRequest(peer=self.peer_name),
                                                                   timeout=timeout)
         finally:
             if channel is not self._channel:
                 await channel.close()
+
+    def _new_channel(self) -> grpc.aio.Channel:
+        if self._tls is None:
+            return grpc.aio.insecure_channel(self.address, options=self._options)
+        return grpc.aio.secure_channel(self.address, self._tls.channel_credentials(),
+                                       options=self._options + self._tls.channel_options())
 
     def send(self, message: pb.StageRequest) -> bool:
         """Queue a message; False if the link is down (nothing is queued then)."""

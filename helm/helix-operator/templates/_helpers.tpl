@@ -44,6 +44,7 @@ rules:
   - {apiGroups: [""], resources: [pods], verbs: [get, list, watch, create, patch, delete]}
   - {apiGroups: [""], resources: [configmaps], verbs: [get, list, create, patch, delete]}
   - {apiGroups: [""], resources: [services], verbs: [get, create, patch]}
+  - {apiGroups: [""], resources: [secrets], verbs: [get, create]}
   - {apiGroups: [apps], resources: [deployments], verbs: [get, list, watch, create, patch]}
   - {apiGroups: [networking.k8s.io], resources: [networkpolicies], verbs: [get, create, patch]}
   - {apiGroups: [""], resources: [events], verbs: [create]}

@@ -31,6 +31,7 @@ from helix_worker.frontend.validation import check_sampling
 from helix_worker.links import StreamLink
 from helix_worker.metrics import FrontendMetrics
 from helix_worker.protocol import Chunk, FailureKind, Phase, Sampled, SamplingParams
+from helix_worker.security.tls import ClusterTLS
 
 log = logging.getLogger(__name__)
 MAX_REROUTES = 8
@@ -69,9 +70,11 @@ class _Preempted(Exception):
 
 class Coordinator:
     def __init__(self, plan: Plan, endpoints: dict[str, str], limits: ModelLimits, settings: Settings,
-                 metrics: FrontendMetrics | None = None) -> None:
+                 metrics: FrontendMetrics | None = None, tls: ClusterTLS | None = None) -> None:
+        """`tls`: the cluster's mutual TLS for the streams to stages (None: plaintext)."""
         self.routes = RouteTable(plan, endpoints, settings.kv_watermark)
         self.limits, self.settings = limits, settings
+        self.tls = tls
         self.metrics = metrics or FrontendMetrics(str(plan.model.get("name", "")))
         self.peer_name = f"frontend-{uuid.uuid4().hex[:8]}"
         self._links: dict[str, StreamLink] = {}
@@ -99,6 +102,7 @@ class Coordinator:
             address = next(h.address for r in self.routes.routes for h in r.hops if h.node == node)
             self._links[node] = StreamLink(address, self.peer_name, max_message_bytes=self.settings.max_message_bytes,
                                            data_channel=self.settings.data_channel == "tcp", on_event=self._on_event,
+                                           tls=self.tls,
                                            on_down=lambda link, n=node: self._mark_down(n))
         await asyncio.gather(*(self._try_up(node) for node in self.routes.nodes))
         for node in self.routes.nodes:

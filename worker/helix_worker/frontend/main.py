@@ -3,7 +3,9 @@
 Serves until SIGTERM / SIGINT, then drains: readiness turns red, the servers stop taking new
 requests (gRPC clients get GOAWAY and reconnect elsewhere) and requests in flight finish, for
 at most HELIX_DRAIN_SECONDS. With `ready_file`, writes the bound ports as JSON once the
-servers listen (readiness itself turns green when some pipeline is fully up).
+servers listen (readiness itself turns green when some pipeline is fully up). Streams to
+the stages use the cluster's mutual TLS; the client endpoints serve TLS with HELIX_CLIENT_TLS_*
+and require an API key with HELIX_API_KEYS_FILE.
 """
 
 import asyncio
@@ -21,6 +23,7 @@ from helix_planner.plan_format import Plan
 from helix_proto import grpc_service_pb2_grpc as kserve_grpc
 from helix_worker.envs import Settings
 from helix_worker.errors import ServingError
+from helix_worker.frontend.auth import RequireKey, require_key_middleware
 from helix_worker.frontend.coordinator import Coordinator, ModelLimits
 from helix_worker.frontend.grpc_decode import RefuseUndecodable
 from helix_worker.frontend.kserve import KServeServicer
@@ -31,6 +34,8 @@ from helix_worker.links import server_options
 from helix_worker.metrics import FrontendMetrics
 from helix_worker.model_config import ModelConfig, load_model_config
 from helix_worker.readyfile import write_ready_file
+from helix_worker.security.apikeys import ApiKeys, load_api_keys
+from helix_worker.security.tls import ClusterTLS, client_tls, cluster_tls
 from helix_worker.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -64,15 +69,20 @@ def parse_endpoints(pairs: list[str], files: list[Path]) -> dict[str, str]:
     return endpoints
 
 
-def http_app(service: GenerationService, metrics: FrontendMetrics, settings: Settings) -> web.Application:
-    """Health, metrics and the OpenAI API; bodies above HELIX_MAX_REQUEST_BYTES get 413."""
+def http_app(service: GenerationService, metrics: FrontendMetrics, settings: Settings,
+             keys: ApiKeys | None = None) -> web.Application:
+    """Health, metrics and the OpenAI API; bodies above HELIX_MAX_REQUEST_BYTES get 413, and
+    with `keys` API calls without one of them 401."""
     app = web.Application(client_max_size=settings.max_request_bytes)
+    if keys is not None:
+        app.middlewares.append(require_key_middleware(keys))
     health_routes(app, lambda: service.coordinator.ready, metrics.render)
     add_openai_routes(app, service, body_seconds=settings.http_body_seconds)
     return app
 
 
-def build_service(options: FrontendOptions, settings: Settings, metrics: FrontendMetrics) -> GenerationService:
+def build_service(options: FrontendOptions, settings: Settings, metrics: FrontendMetrics,
+                  tls: ClusterTLS | None = None) -> GenerationService:
     """The service over the plan; a tokenizer that fails to load leaves token-id requests working."""
     config = load_model_config(options.checkpoint)
     tokenizer, tokenizer_error = None, ""
@@ -83,7 +93,8 @@ def build_service(options: FrontendOptions, settings: Settings, metrics: Fronten
         log.error("serving token ids only: %s", err)
     name = served_name(options)
     coordinator = Coordinator(options.plan, options.endpoints,
-                              ModelLimits(config.vocab_size, config.max_position_embeddings), settings, metrics)
+                              ModelLimits(config.vocab_size, config.max_position_embeddings), settings, metrics,
+                              tls=tls)
     return GenerationService(coordinator, tokenizer, name, stop_ids(config, tokenizer), tokenizer_error)
 
 
@@ -99,24 +110,29 @@ def stop_ids(config: ModelConfig, tokenizer: Tokenizer | None) -> tuple[int, ...
 
 
 async def serve_frontend(options: FrontendOptions, settings: Settings) -> None:
+    tls, clients, keys = cluster_tls(settings), client_tls(settings), load_api_keys(settings.api_keys_file)
     metrics = FrontendMetrics(served_name(options))
-    service = build_service(options, settings, metrics)
+    service = build_service(options, settings, metrics, tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.coordinator.start()
-    server = grpc.aio.server(interceptors=[RefuseUndecodable()],
+    server = grpc.aio.server(interceptors=([RequireKey(keys)] if keys else []) + [RefuseUndecodable()],
                              options=server_options(settings.max_message_bytes,
                                                     max_receive_bytes=settings.max_request_bytes))
     kserve_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(service), server)
-    grpc_port = server.add_insecure_port(f"{options.host}:{options.grpc_port}")
+    address = f"{options.host}:{options.grpc_port}"
+    grpc_port = (server.add_insecure_port(address) if clients is None
+                 else server.add_secure_port(address, clients.server_credentials()))
     await server.start()
-    runner, http_port = await start_site(http_app(service, metrics, settings), options.host, options.http_port,
+    runner, http_port = await start_site(http_app(service, metrics, settings, keys), options.host, options.http_port,
                                          shutdown_seconds=settings.drain_seconds,
-                                         idle_seconds=settings.http_idle_seconds)
-    log.info("front end for %s: KServe gRPC %s:%d, OpenAI HTTP http://%s:%d/v1", service.model_name,
-             options.host, grpc_port, options.host, http_port)
+                                         idle_seconds=settings.http_idle_seconds,
+                                         ssl_context=clients.server_context() if clients else None)
+    log.info("front end for %s: KServe gRPC %s:%d, OpenAI HTTP %s://%s:%d/v1%s", service.model_name,
+             options.host, grpc_port, "https" if clients else "http", options.host, http_port,
+             ", API keys required" if keys else "")
     if options.ready_file is not None:
         write_ready_file(options.ready_file, {"grpc": grpc_port, "http": http_port, "pid": os.getpid()})
     try:

@@ -1,5 +1,6 @@
 """A stage's network endpoint: its gRPC server and, unless disabled, the data-channel
-listener beside it, started and stopped together (the worker and the benchmark use this)."""
+listener beside it, started and stopped together (the worker and the benchmark use this).
+With the cluster's `tls` both accept only peers holding a certificate from the cluster CA."""
 
 from dataclasses import dataclass
 
@@ -10,6 +11,8 @@ from helix_worker.datachannel import DataListener
 from helix_worker.envs import Settings
 from helix_worker.links import server_options
 from helix_worker.engine.stage_engine import StageEngine
+from helix_worker.security.peers import PlanPeers
+from helix_worker.security.tls import ClusterTLS
 from helix_worker.stage.server import StageIdentity, StageServicer
 
 
@@ -21,16 +24,21 @@ class StageEndpoint:
 
     @classmethod
     async def start(cls, engine: StageEngine, identity: StageIdentity, host: str, port: int,
-                    settings: Settings) -> "StageEndpoint":
+                    settings: Settings, *, tls: ClusterTLS | None = None,
+                    peers: PlanPeers | None = None) -> "StageEndpoint":
+        """`peers`: the next hops this stage may dial (none: it forwards nowhere)."""
         listener = None
         if settings.data_channel == "tcp":
-            listener = DataListener(settings.max_message_bytes)
+            listener = DataListener(settings.max_message_bytes, tls)
             await listener.start(host, settings.data_port)
-        servicer = StageServicer(engine, identity, max_message_bytes=settings.max_message_bytes, data_listener=listener)
+        servicer = StageServicer(engine, identity, max_message_bytes=settings.max_message_bytes, data_listener=listener,
+                                 tls=tls, peers=peers)
         server = grpc.aio.server(options=server_options(settings.max_message_bytes))
         pb_grpc.add_StageServiceServicer_to_server(servicer, server)
         try:
-            bound = server.add_insecure_port(f"{host}:{port}")
+            address = f"{host}:{port}"
+            bound = (server.add_insecure_port(address) if tls is None
+                     else server.add_secure_port(address, tls.server_credentials()))
             await server.start()
         except BaseException:
             if listener is not None:

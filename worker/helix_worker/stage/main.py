@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +29,8 @@ from helix_worker.stage.endpoint import StageEndpoint
 from helix_worker.engine.stage_engine import StageEngine
 from helix_worker.stage.lease import LeaseKeeper
 from helix_worker.stage.server import StageIdentity
+from helix_worker.security.peers import PlanPeers
+from helix_worker.security.tls import cluster_tls
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ class StageOptions:
     port: int = 0
     http_port: int = 0
     ready_file: Path | None = None
+    endpoints: dict[str, str] = field(default_factory=dict)  # plan nodes' addresses: the next hops it may dial
+    endpoint_files: tuple[Path, ...] = ()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,6 +76,8 @@ def kv_blocks(settings: Settings, model: LayerSlice) -> int:
 
 async def serve_stage(options: StageOptions, settings: Settings) -> None:
     start, end = layer_range(options.plan, options.node)
+    tls = cluster_tls(settings)
+    peers = PlanPeers((n.name for n in options.plan.nodes), options.endpoints, options.endpoint_files)
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     metrics = StageMetrics(options.node, str(options.plan.model.get("name", "")))
@@ -98,7 +104,8 @@ async def serve_stage(options: StageOptions, settings: Settings) -> None:
         tokens = engine.usage().capacity_tokens
         metrics.kv(engine.usage())
         identity = StageIdentity(options.node, str(options.plan.model.get("name", "")), options.plan.plan_hash)
-        endpoint = await StageEndpoint.start(engine, identity, options.host, options.port, settings)
+        endpoint = await StageEndpoint.start(engine, identity, options.host, options.port, settings, tls=tls,
+                                             peers=peers)
         port = endpoint.port
         engine_task = asyncio.create_task(engine.run())
         engine_task.add_done_callback(lambda task: _engine_stopped(options.node, task, ready, broken))

@@ -6,7 +6,8 @@ tokens, request failures) onto its stream. A peer that offers a data channel and
 sends its messages there; they are handled exactly as those read from the stream, and the
 stream ends when the channel does. Hidden states for the next hop go out through one
 `StreamLink` per next-hop address. If such a link breaks, every request it carried gets a
-ROUTE_BROKEN failure at its front end, which re-routes it.
+ROUTE_BROKEN failure at its front end, which re-routes it. A next hop outside the stage's
+plan (`PlanPeers`) is never dialled: its requests fail as INVALID, saying so.
 """
 
 import asyncio
@@ -20,7 +21,10 @@ from helix_proto import helix_stage_pb2 as pb
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
 from helix_worker import datachannel, wire
 from helix_worker.links import PEER_HEADER, StreamLink
+from helix_worker.errors import ServingError
 from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
+from helix_worker.security.peers import PlanPeers
+from helix_worker.security.tls import ClusterTLS
 from helix_worker.engine.stage_engine import StageEngine
 
 log = logging.getLogger(__name__)
@@ -37,12 +41,15 @@ class StageServicer(pb_grpc.StageServiceServicer):
     """Also the engine's `Outputs`: routes hidden states onward and events back to peers."""
 
     def __init__(self, engine: StageEngine, identity: StageIdentity, *, max_message_bytes: int,
-                 data_listener: datachannel.DataListener | None = None) -> None:
-        """With `data_listener`, peers may open data channels to this stage, and its own links
+                 data_listener: datachannel.DataListener | None = None, tls: ClusterTLS | None = None,
+                 peers: PlanPeers | None = None) -> None:
+        """Links to next stages use `tls` and go only to `peers` (none: no next hop at all).
+        With `data_listener`, peers may open data channels to this stage, and its own links
         to next stages offer them too."""
         self.engine, self.identity = engine, identity
         self.max_message_bytes = max_message_bytes
         self.data_listener = data_listener
+        self.tls, self.peers = tls, peers or PlanPeers()
         self._peers: dict[str, asyncio.Queue[pb.StageEvent]] = {}
         self._links: dict[str, StreamLink] = {}
         self._carried: dict[str, dict[str, str]] = {}  # link address -> request id -> reply_to
@@ -130,11 +137,18 @@ class StageServicer(pb_grpc.StageServiceServicer):
                                         errors=[wire.failure_to_proto(f) for f in failures]))
 
     async def _connect_and_send(self, hop: Hop, chunks: list[Chunk], hidden: torch.Tensor) -> None:
+        try:
+            self.peers.check(hop.node, hop.address)
+        except ServingError as err:
+            log.warning("refused a route: %s", err)
+            for c in chunks:
+                self.deliver(c.reply_to, [], [Failure(c.request_id, self.identity.node, FailureKind.INVALID, str(err))])
+            return
         async with self._locks.setdefault(hop.address, asyncio.Lock()):
             link = self._links.get(hop.address)
             if link is None or not link.up:
                 link = StreamLink(hop.address, self.identity.node, max_message_bytes=self.max_message_bytes,
-                                  data_channel=self.data_listener is not None, on_down=self._link_down)
+                                  data_channel=self.data_listener is not None, on_down=self._link_down, tls=self.tls)
                 try:
                     await link.connect()
                 except (grpc.aio.AioRpcError, TimeoutError) as err:

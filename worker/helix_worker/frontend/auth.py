@@ -1,0 +1,50 @@
+"""API keys at the front end's client endpoints (see `security.apikeys`): an aiohttp
+middleware answering 401 with OpenAI's error body, and a gRPC interceptor answering
+UNAUTHENTICATED. Health, readiness and metrics stay open for probes and scrapers."""
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from helix_worker.security.apikeys import ApiKeys
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_METHODS = frozenset(f"/inference.GRPCInferenceService/{m}" for m in ("ServerLive", "ServerReady", "ModelReady"))
+MESSAGE = "a valid API key is required: send `Authorization: Bearer <key>`"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def require_key_middleware(keys: ApiKeys) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS or keys.allows(request.headers.get("Authorization")):
+            return await handler(request)
+        return web.json_response({"error": {"message": MESSAGE, "type": "invalid_request_error",
+                                            "code": "invalid_api_key"}},
+                                 status=401, headers={"WWW-Authenticate": "Bearer"})
+    return require_key
+
+
+class RequireKey(grpc.aio.ServerInterceptor):
+    """Calls other than the health methods need `authorization: Bearer <key>` metadata."""
+
+    def __init__(self, keys: ApiKeys) -> None:
+        self.keys = keys
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method in OPEN_METHODS:
+            return handler
+        if self.keys.allows(dict(details.invocation_metadata or ()).get("authorization")):
+            return handler
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, MESSAGE)
+
+        kind = ("unary_unary" if handler.unary_unary else "unary_stream" if handler.unary_stream else
+                "stream_unary" if handler.stream_unary else "stream_stream")
+        return handler._replace(**{kind: refuse})

@@ -1,0 +1,1 @@
+"""Who may talk to whom: the cluster's TLS material, the stage's allowed next hops, client API keys."""
