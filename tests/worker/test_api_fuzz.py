@@ -29,8 +29,9 @@ FIELDS = {  # each field: plausible values, edge values, and anything at all
     "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "x"]),
                                                 "content": st.text(max_size=16) | json_values}), max_size=3)
     | json_values,
-    "max_tokens": small_ints | st.sampled_from([2**31, 2**63, 1500]) | json_values,
-    "max_completion_tokens": small_ints | json_values,
+    # never null: an absent max_tokens fills the context, which would make the fuzz slow
+    "max_tokens": small_ints | st.sampled_from([2**31, 2**63, 1500]) | json_values.filter(lambda v: v is not None),
+    "max_completion_tokens": small_ints | json_values.filter(lambda v: v is not None),
     "temperature": st.floats() | st.sampled_from([1e-40, 1e39, 3e38]) | json_values,
     "top_p": st.floats() | st.sampled_from([1e-50, 1.0]) | json_values,
     "top_k": st.integers(-3, 2**32) | json_values,
@@ -43,6 +44,11 @@ FIELDS = {  # each field: plausible values, edge values, and anything at all
     "stream_options": st.fixed_dictionaries({"include_usage": st.booleans() | json_values}) | json_values,
     "ignore_eos": st.booleans() | json_values,
     "echo": st.booleans() | json_values,
+    "presence_penalty": st.floats() | json_values,
+    "frequency_penalty": st.floats() | json_values,
+    "repetition_penalty": st.floats() | json_values,
+    "logit_bias": st.dictionaries(st.text("0123456789", max_size=7), st.floats(-150, 150), max_size=3) | json_values,
+    "response_format": st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object"])}) | json_values,
 }
 short = st.integers(1, 6)  # valid max_tokens stay small, so the fuzz stays quick
 VALID = {
@@ -50,6 +56,9 @@ VALID = {
     "seed": st.integers(0, 2**63 - 1), "stop": st.text(max_size=3) | st.lists(st.text(max_size=3), max_size=3),
     "logprobs": st.integers(0, 5), "stream": st.booleans(), "ignore_eos": st.booleans(), "model": st.just(MODEL),
     "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
+    "presence_penalty": st.floats(-2, 2), "frequency_penalty": st.floats(-2, 2), "repetition_penalty": st.floats(0.5, 2),
+    "logit_bias": st.dictionaries(st.integers(0, 370).map(str), st.floats(-100, 100), max_size=3),
+    "n": st.integers(1, 2),
 }
 completions = st.fixed_dictionaries(
     {"prompt": st.text(min_size=1, max_size=24) | st.lists(st.integers(0, 370), min_size=1, max_size=10),
@@ -70,7 +79,8 @@ def requests(draw: st.DrawFn) -> tuple[str, bytes]:
         body |= field
     raw = json.dumps(body, allow_nan=True).encode()  # NaN and Infinity as Python writes them
     return path, draw(st.just(raw) | st.just(raw) | st.one_of(
-        st.fixed_dictionaries({}, optional=FIELDS).map(lambda other: json.dumps(other, allow_nan=True).encode()),
+        st.fixed_dictionaries({}, optional=FIELDS).map(
+            lambda other: json.dumps({"max_tokens": 2} | other, allow_nan=True).encode()),
         json_values.map(lambda value: json.dumps(value, allow_nan=True).encode()),
         st.binary(max_size=40),
         st.integers(60, 3000).map(lambda depth: b'{"prompt": ' + b"[" * depth + b"]" * depth + b"}"),

@@ -134,7 +134,8 @@ async def test_kv_admission_queues_requests_that_do_not_fit_together(served) -> 
 
 
 @pytest.mark.parametrize("path, body, status, words", [
-    ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n=1"),
+    ("/v1/completions", {"prompt": "x", "n": 17}, 400, "`n` must be"),
+    ("/v1/completions", {"prompt": "x", "frequency": 1}, 400, "unknown field `frequency`"),
     ("/v1/completions", {"prompt": "x", "max_tokens": 1500}, 400, "never fit"),
     ("/v1/completions", {"prompt": {"a": 1}}, 400, "prompt"),
     ("/v1/completions", {"prompt": [1, 2, 99999]}, 400, "vocabulary"),

@@ -138,3 +138,21 @@ async def test_rows_whose_sampling_parameters_reach_the_stage_poisoned_fail_no_o
     reference = ReferenceModel(checkpoint)
     assert [tokens[f"ok{i}"] for i in range(3)] == [reference.greedy(p, 1).tokens[0] for p in PROMPTS[:3]]
     assert tokens["bad0"] == tokens["bad1"] == reference.greedy(PROMPTS[3], 1).tokens[0]  # fell back to greedy
+
+
+async def test_rows_whose_penalties_name_tokens_outside_the_vocabulary_are_refused_alone(solo_stage,
+                                                                                          checkpoint) -> None:
+    link, events, hop = solo_stage
+    poison = [SamplingParams(logit_bias=((10**6, 1.0),)), SamplingParams(repetition_penalty=1.2,
+                                                                        seen_prompt_ids=(10**6,))]
+    rows = [("ok", SamplingParams(frequency_penalty=0.5, logit_bias=((3, 0.0),)), PROMPTS[0])]
+    rows += [(f"bad{i}", s, PROMPTS[1]) for i, s in enumerate(poison)]
+    chunks = [Chunk(rid, Phase.PREFILL, 0, len(p), (hop,), "fe", s) for rid, s, p in rows]
+    link.send_batch(chunks, torch.tensor([t for _, _, p in rows for t in p]))
+    tokens, errors = {}, {}
+    while len(tokens) + len(errors) < len(rows):
+        event = await asyncio.wait_for(events.get(), 20)
+        tokens |= {r.request_id: r.token_id for r in event.results}
+        errors |= {e.request_id: e.message for e in event.errors}
+    assert sorted(errors) == ["bad0", "bad1"] and all("outside the vocabulary" in m for m in errors.values())
+    assert tokens == {"ok": ReferenceModel(checkpoint).greedy(PROMPTS[0], 1).tokens[0]}

@@ -1,6 +1,8 @@
 """The edge checks both APIs share: JSON that later steps can take, sampling fields within what
 the stage protocol carries, and one clear message naming the bad field on either API."""
 
+import re
+
 import numpy as np
 import pytest
 from dataplane_helpers import bytes_tensor, kserve_request
@@ -9,7 +11,7 @@ from helix_proto import grpc_service_pb2 as kserve
 from helix_worker.errors import InvalidRequest
 from helix_worker.frontend import validation
 from helix_worker.frontend.kserve_codec import text_request
-from helix_worker.frontend.openai_http import parse_body
+from helix_worker.frontend.openai_request import parse_body
 
 
 @pytest.mark.parametrize("raw, words", [
@@ -70,16 +72,23 @@ def test_sampling_edges_that_fit() -> None:
     ({"prompt": "x", "stream": "yes"}, "stream"), ({"prompt": "x", "ignore_eos": 1}, "ignore_eos"),
     ({"prompt": "x", "echo": "no"}, "echo"), ({"prompt": "x", "logprobs": 21}, "logprobs"),
     ({"prompt": "x", "seed": -1}, "seed"), ({"prompt": "x", "top_k": 2**31}, "top_k"),
+    ({"prompt": "x", "presence_penalty": -2.5}, "presence_penalty"),
+    ({"prompt": "x", "frequency_penalty": "1"}, "frequency_penalty"),
+    ({"prompt": "x", "repetition_penalty": 0}, "repetition_penalty"),
+    ({"prompt": "x", "logit_bias": [1]}, "logit_bias"), ({"prompt": "x", "logit_bias": {"a": 1}}, "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"9" * 400: 1}}, "logit_bias"), ({"prompt": "x", "logit_bias": {"5": 101}},
+                                                                      "logit_bias[5]"),
+    ({"prompt": "x", "best_of": 0}, "best_of"), ({"prompt": "x", "user": 5}, "user"),
 ])
 def test_openai_fields_of_the_wrong_type_or_range_name_the_field(body: dict, field: str) -> None:
-    with pytest.raises(InvalidRequest, match=f"`{field}` must be"):
+    with pytest.raises(InvalidRequest, match=re.escape(f"`{field}` must be")):
         parse_body(body, chat=False)
 
 
 def test_openai_chat_logprob_fields() -> None:
     messages = [{"role": "user", "content": "hi"}]
-    assert parse_body({"messages": messages, "logprobs": True}, chat=True).sampling.logprobs == 1
-    assert parse_body({"messages": messages, "top_logprobs": 5, "seed": None}, chat=True).sampling.logprobs == 5
+    assert parse_body({"messages": messages, "logprobs": True}, chat=True).text.sampling.logprobs == 1
+    assert parse_body({"messages": messages, "top_logprobs": 5, "seed": None}, chat=True).text.sampling.logprobs == 5
     with pytest.raises(InvalidRequest, match="`top_logprobs` must be"):
         parse_body({"messages": messages, "top_logprobs": -1}, chat=True)
     with pytest.raises(InvalidRequest, match="`logprobs` must be"):

@@ -45,10 +45,25 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int = 0
     return_logits: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # vLLM's: 1 is off
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    # What the last stage's penalties count but did not sample itself (see `penalties`), sent on
+    # prefill chunks only: the prompt when repetition_penalty is on, the tokens generated before
+    # a re-prefill when any penalty is.
+    seen_prompt_ids: tuple[int, ...] = ()
+    seen_output_ids: tuple[int, ...] = ()
 
     @property
     def greedy(self) -> bool:
         return not self.temperature >= GREEDY_BELOW  # NaN too
+
+    @property
+    def penalized(self) -> bool:
+        """Whether the last stage changes this request's logits before drawing."""
+        return bool(self.logit_bias) or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 \
+            or self.repetition_penalty != 1.0
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,12 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return scaled
 
 
-def sample_row(logits: torch.Tensor, params: SamplingParams, position: int,
-               rng: torch.Generator) -> tuple[int, float, tuple[tuple[int, float], ...]]:
-    """(token id, its logprob, top logprobs) for one row; logprobs are of the raw distribution."""
+def sample_row(logits: torch.Tensor, params: SamplingParams, position: int, rng: torch.Generator,
+               adjusted: torch.Tensor | None = None) -> tuple[int, float, tuple[tuple[int, float], ...]]:
+    """(token id, its logprob, top logprobs) for one row, drawn from `adjusted` (the logits after
+    bias and penalties) when given; logprobs are of the raw distribution, as vLLM reports them."""
     logprobs = torch.log_softmax(logits, dim=-1)
-    token = _draw(logits, params, position, rng)
+    token = _draw(logits if adjusted is None else adjusted, params, position, rng)
     top: tuple[tuple[int, float], ...] = ()
     if params.logprobs > 0:
         values, ids = torch.topk(logprobs, min(params.logprobs, logprobs.numel()))

@@ -55,7 +55,10 @@ def hop_to_proto(hop: Hop) -> pb.Hop:
 def sampling_to_proto(params: SamplingParams) -> pb.Sampling:
     return pb.Sampling(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
                        seed=params.seed or 0, has_seed=params.seed is not None, logprobs=params.logprobs,
-                       return_logits=params.return_logits)
+                       return_logits=params.return_logits, presence_penalty=params.presence_penalty,
+                       frequency_penalty=params.frequency_penalty, repetition_penalty=params.repetition_penalty,
+                       logit_bias=dict(params.logit_bias), seen_prompt_ids=params.seen_prompt_ids,
+                       seen_output_ids=params.seen_output_ids)
 
 
 def chunk_to_proto(chunk: Chunk) -> pb.Chunk:
@@ -72,7 +75,10 @@ def chunk_from_proto(message: pb.Chunk) -> Chunk:
         route=tuple(Hop(h.node, h.address, h.start, h.end) for h in message.route),
         sampling=SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                 seed=s.seed if s.has_seed else None, logprobs=s.logprobs,
-                                return_logits=s.return_logits),
+                                return_logits=s.return_logits, presence_penalty=s.presence_penalty,
+                                frequency_penalty=s.frequency_penalty, repetition_penalty=s.repetition_penalty or 1.0,
+                                logit_bias=tuple(sorted(s.logit_bias.items())),
+                                seen_prompt_ids=tuple(s.seen_prompt_ids), seen_output_ids=tuple(s.seen_output_ids)),
     )
 
 

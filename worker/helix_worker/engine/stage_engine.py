@@ -29,6 +29,7 @@ from helix_worker.engine.attention import StepLayout
 from helix_worker.engine.kv_pool import BlockAllocator, KVPool, KVUsage
 from helix_worker.engine.model import LayerSlice
 from helix_worker.engine.scheduler import Piece, Scheduler, Step
+from helix_worker.penalties import TokenHistory, problem
 from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
 from helix_worker.sampling import sample_row
 
@@ -66,6 +67,7 @@ class StageEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{node}")
         self._rng = torch.Generator()
         self._rng.seed()  # unseeded requests draw from a non-deterministic stream
+        self._history = TokenHistory()  # what the penalties of requests sampled here count
         self._awaited: dict[str, float] = {}  # requests whose next input is due: when their step ended
         self._round_trip = 0.0  # average time from a step's end to a request's next input
         self._step_seconds = 0.0  # average step time
@@ -120,7 +122,7 @@ class StageEngine:
                     "need at least one token, a position >= 0 and one row per token")
         if hop.end < self.model.config.num_layers and len(chunk.route) < 2:
             return f"the route ends at layer {hop.end} of {self.model.config.num_layers}: no next hop"
-        return None
+        return problem(chunk.sampling, self.model.config.vocab_size)
 
     def release(self, request_ids: list[str]) -> None:
         """Free finished or abandoned requests; their pieces that arrive later are dropped, and so
@@ -128,6 +130,7 @@ class StageEngine:
         for request_id in request_ids:
             self.scheduler.release(request_id)
             self._awaited.pop(request_id, None)
+            self._history.forget(request_id)
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -216,7 +219,9 @@ class StageEngine:
         for i, row in zip(done, logits):
             chunk = pieces[i].chunk
             position = chunk.position + chunk.length
-            token, logprob, top = sample_row(row, chunk.sampling, position, self._rng)
+            adjusted = self._history.adjust(chunk.request_id, row, chunk.sampling)
+            token, logprob, top = sample_row(row, chunk.sampling, position, self._rng, adjusted)
+            self._history.record(chunk.request_id, token)
             out.append((chunk.reply_to, Sampled(chunk.request_id, token, position, logprob, top,
                                                 row.clone() if chunk.sampling.return_logits else None)))
         return out
@@ -239,6 +244,8 @@ class StageEngine:
         for reply_to, item in result.sampled:
             if not gone(item.request_id):
                 by_peer.setdefault(reply_to, []).append(item)
+            else:
+                self._history.forget(item.request_id)  # released while its step ran
         for reply_to, results in by_peer.items():
             if self.outputs is not None:
                 self.outputs.deliver(reply_to, results, [])

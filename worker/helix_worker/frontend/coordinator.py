@@ -30,6 +30,7 @@ from helix_worker.frontend.routes import Route, RouteTable
 from helix_worker.frontend.validation import check_sampling
 from helix_worker.links import StreamLink
 from helix_worker.metrics import FrontendMetrics
+from helix_worker.penalties import with_history
 from helix_worker.protocol import Chunk, FailureKind, Phase, Sampled, SamplingParams
 from helix_worker.security.tls import ClusterTLS
 
@@ -181,8 +182,10 @@ class Coordinator:
                         self.routes.hold(route, held, position + len(ids) + 1)
                         held = position + len(ids) + 1  # KV of the input, and room for the token it samples
                         started = time.perf_counter()
+                        sampling = (request.sampling if phase == Phase.DECODE
+                                    else with_history(request.sampling, request.prompt_ids, generated))
                         sampled = await self._step(route, Chunk(wire_id, phase, position, len(ids), route.hops,
-                                                                self.peer_name, request.sampling), ids)
+                                                                self.peer_name, sampling), ids)
                         if phase == Phase.DECODE:
                             self.metrics.pipeline_step(route.name, time.perf_counter() - started)
                         position += len(ids)

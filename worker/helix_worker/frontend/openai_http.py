@@ -1,9 +1,10 @@
-"""OpenAI-compatible HTTP adapter (aiohttp): /v1/models, /v1/completions, /v1/chat/completions.
+"""OpenAI-compatible HTTP adapter (aiohttp): /v1/models[/{id}], /v1/completions, /v1/chat/completions.
 
-Streaming answers are server-sent events ending in `data: [DONE]`. Only n=1 is served;
-`top_k` and `ignore_eos` are accepted as extensions, as vLLM does. Errors use OpenAI's
-`{"error": {...}}` body with 400 (bad request), 404 (unknown model), 408 (body too slow),
-413 (body too large) or 503 (no capacity); every field is checked by `validation` first.
+Streaming answers are server-sent events ending in `data: [DONE]`. n > 1 runs n requests
+through the pipelines at once (with a seed, choice i uses seed + i, so they differ). Errors use
+OpenAI's `{"error": {...}}` body with 400 (bad request, naming the field), 404 (unknown model),
+408 (body too slow), 413 (body too large) or 503 (no capacity); `openai_request` checks every
+field first.
 """
 
 import asyncio
@@ -11,16 +12,19 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from helix_worker.errors import InvalidRequest, ServingError, Unavailable
-from helix_worker.frontend.coordinator import GenerationRequest
 from helix_worker.frontend import validation as check
-from helix_worker.frontend.service import GenerationService, TextPiece, TextRequest
+from helix_worker.frontend.coordinator import GenerationRequest
+from helix_worker.frontend.openai_request import OpenAIRequest, parse_body
+from helix_worker.frontend.service import Completion, GenerationService, TextPiece
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ def add_openai_routes(app: web.Application, service: GenerationService, *, body_
     api = _OpenAI(service, body_seconds)
     app.middlewares.append(json_errors)
     app.router.add_get("/v1/models", api.models)
+    app.router.add_get("/v1/models/{id}", api.model)
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_post("/v1/chat/completions", api.chat)
 
@@ -43,45 +48,6 @@ def error_response(err: Exception) -> web.Response:
     if isinstance(err, Unavailable):
         return _error(503, str(err), "unavailable")
     return _error(500, str(err), "server_error")
-
-
-def parse_body(body: Any, *, chat: bool) -> TextRequest:
-    """OpenAI request fields -> TextRequest; anything malformed is an InvalidRequest."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    if check.integer("n", check.given(body, "n", 1), 1, check.MAX_TOKENS_MAX) != 1:
-        raise InvalidRequest("only n=1 is supported")
-    if check.flag("echo", check.given(body, "echo", False)):
-        raise InvalidRequest("echo is not supported")
-    check.flag("stream", check.given(body, "stream", False))
-    if chat:
-        wanted = 1 if check.flag("logprobs", check.given(body, "logprobs", False)) else 0
-        logprobs = check.integer("top_logprobs", check.given(body, "top_logprobs", wanted), 0, check.MAX_LOGPROBS)
-        max_tokens = check.given(body, "max_completion_tokens", check.given(body, "max_tokens", 16))
-    else:
-        logprobs = check.integer("logprobs", check.given(body, "logprobs", 0), 0, check.MAX_LOGPROBS)
-        max_tokens = check.given(body, "max_tokens", 16)
-    sampling = check.sampling(temperature=check.given(body, "temperature", 1.0), top_p=check.given(body, "top_p", 1.0),
-                              top_k=check.given(body, "top_k", 0), seed=body.get("seed"), logprobs=logprobs)
-    common = {"max_tokens": check.integer("max_tokens", max_tokens, 1, check.MAX_TOKENS_MAX), "sampling": sampling,
-              "stop": check.stop_strings(body.get("stop")),
-              "ignore_eos": check.flag("ignore_eos", check.given(body, "ignore_eos", False))}
-    if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise InvalidRequest("messages must be a non-empty list")
-        tools = body.get("tools")
-        if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
-            raise InvalidRequest("tools must be a list of objects")
-        return TextRequest(messages=tuple(messages), tools=tuple(tools) if tools else None, **common)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]
-    if isinstance(prompt, str):
-        return TextRequest(prompt=prompt, **common)
-    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-        return TextRequest(prompt_ids=tuple(prompt), **common)
-    raise InvalidRequest("prompt must be a string or a list of token ids (one prompt per request)")
 
 
 @web.middleware
@@ -118,9 +84,17 @@ class _OpenAI:
     def __init__(self, service: GenerationService, body_seconds: float) -> None:
         self.service, self.body_seconds = service, body_seconds
 
+    def _card(self) -> dict[str, Any]:
+        return {"id": self.service.model_name, "object": "model", "created": 0, "owned_by": "helix"}
+
     async def models(self, _: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": self.service.model_name, "object": "model", "created": 0, "owned_by": "helix"}]})
+        return web.json_response({"object": "list", "data": [self._card()]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        if request.match_info["id"] != self.service.model_name:
+            return _error(404, f"model {request.match_info['id']!r} does not exist; this server serves "
+                          f"{self.service.model_name!r}", "not_found_error")
+        return web.json_response(self._card())
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, chat=False)
@@ -142,22 +116,26 @@ class _OpenAI:
                           "not_found_error")
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         try:
-            text_request = parse_body(body, chat=chat)
-            generation = await self.service.prepare(text_request)
-            if body.get("stream"):
-                return await self._stream(request, text_request, generation, ident, chat, _include_usage(body))
-            done = await self.service.complete(text_request)
+            parsed = parse_body(body, chat=chat)
+            generations = _choices(await self.service.prepare(parsed.text), parsed.n)
+            if parsed.stream:
+                return await self._stream(request, parsed, generations, ident, chat)
+            done = await _all(self.service.complete(parsed.text, g) for g in generations)
         except ServingError as err:
             return error_response(err)
-        wants_logprobs = text_request.sampling.logprobs > 0
-        logprobs = self._logprobs(done.token_ids, done.logprobs, done.top_logprobs, chat) if wants_logprobs else None
-        choice: dict[str, Any] = {"index": 0, "finish_reason": done.finish_reason, "logprobs": logprobs}
-        choice |= {"message": {"role": "assistant", "content": done.text}} if chat else {"text": done.text}
-        usage = {"prompt_tokens": done.prompt_tokens, "completion_tokens": len(done.token_ids),
-                 "total_tokens": done.prompt_tokens + len(done.token_ids)}
+        wants_logprobs = parsed.text.sampling.logprobs > 0
+        choices = []
+        for index, one in enumerate(done):
+            logprobs = self._logprobs(one.token_ids, one.logprobs, one.top_logprobs, chat) if wants_logprobs else None
+            choice: dict[str, Any] = {"index": index, "finish_reason": one.finish_reason, "logprobs": logprobs}
+            choices.append(choice | ({"message": {"role": "assistant", "content": one.text}} if chat
+                                     else {"text": one.text}))
+        completion_tokens = sum(len(one.token_ids) for one in done)
+        usage = {"prompt_tokens": done[0].prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": done[0].prompt_tokens + completion_tokens}
         return web.json_response({"id": ident, "object": "chat.completion" if chat else "text_completion",
                                   "created": int(time.time()), "model": self.service.model_name,
-                                  "choices": [choice], "usage": usage})
+                                  "choices": choices, "usage": usage})
 
     def _logprobs(self, ids: tuple[int, ...], logprobs: tuple[float, ...],
                   tops: tuple[tuple[tuple[int, float], ...], ...], chat: bool) -> dict[str, Any]:
@@ -170,56 +148,104 @@ class _OpenAI:
         return {"tokens": [text(t) for t in ids], "token_logprobs": list(logprobs),
                 "top_logprobs": [{text(i): v for i, v in top} for top in tops]}
 
-    async def _stream(self, request: web.Request, text_request: TextRequest, generation: GenerationRequest,
-                      ident: str, chat: bool, include_usage: bool) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, parsed: OpenAIRequest, generations: list[GenerationRequest],
+                      ident: str, chat: bool) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         frame = _chat_chunk if chat else _completion_chunk
         base: dict[str, Any] = {"id": ident, "created": int(time.time()), "model": self.service.model_name}
-        if include_usage:
+        if parsed.include_usage:
             base["usage"] = None  # OpenAI: null on every chunk but the last
         completion_tokens = 0
         try:
             if chat:
-                await _send(response, base | {"object": "chat.completion.chunk", "choices": [
-                    {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-            wants_logprobs = text_request.sampling.logprobs > 0
-            async with aclosing(self.service.stream(text_request, generation)) as pieces:
-                async for piece in pieces:
+                for index in range(len(generations)):
+                    await _send(response, base | {"object": "chat.completion.chunk", "choices": [
+                        {"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+            wants_logprobs = parsed.text.sampling.logprobs > 0
+            async with aclosing(self._pieces(parsed, generations)) as pieces:
+                async for index, piece in pieces:
                     completion_tokens += len(piece.token_ids)
-                    data = base | frame(piece)
+                    data = base | frame(piece, index)
                     if wants_logprobs:
                         data["choices"][0]["logprobs"] = self._logprobs(piece.token_ids, piece.logprobs,
                                                                         piece.top_logprobs, chat)
                     await _send(response, data)
-            if include_usage:
-                prompt_tokens = len(generation.prompt_ids)
-                await _send(response, base | {"object": frame(TextPiece("", ()))["object"], "choices": [], "usage": {
-                    "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens}})
+            if parsed.include_usage:
+                prompt_tokens = len(generations[0].prompt_ids)
+                await _send(response, base | {"object": frame(TextPiece("", ()), 0)["object"], "choices": [],
+                                              "usage": {"prompt_tokens": prompt_tokens,
+                                                        "completion_tokens": completion_tokens,
+                                                        "total_tokens": prompt_tokens + completion_tokens}})
         except ServingError as err:
             await _send(response, {"error": {"message": str(err), "type": type(err).__name__}})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 
+    async def _pieces(self, parsed: OpenAIRequest,
+                      generations: list[GenerationRequest]) -> AsyncIterator[tuple[int, TextPiece]]:
+        """(choice index, piece) of every choice as they come; the first error ends them all."""
+        if len(generations) == 1:
+            async with aclosing(self.service.stream(parsed.text, generations[0])) as pieces:
+                async for piece in pieces:
+                    yield 0, piece
+            return
+        out: asyncio.Queue[tuple[int, TextPiece] | BaseException | None] = asyncio.Queue()
 
-def _include_usage(body: dict[str, Any]) -> bool:
-    """`stream_options.include_usage`: a last chunk with the token counts, as OpenAI sends it."""
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-        raise InvalidRequest("stream_options must be an object whose include_usage is true or false")
-    return options.get("include_usage", False)
+        async def run(index: int, generation: GenerationRequest) -> None:
+            try:
+                async with aclosing(self.service.stream(parsed.text, generation)) as pieces:
+                    async for piece in pieces:
+                        out.put_nowait((index, piece))
+                out.put_nowait(None)
+            except Exception as err:  # a ServingError becomes the stream's error event; a bug propagates
+                out.put_nowait(err)
+
+        tasks = [asyncio.create_task(run(i, g)) for i, g in enumerate(generations)]
+        try:
+            running = len(tasks)
+            while running:
+                item = await out.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _completion_chunk(piece: TextPiece) -> dict[str, Any]:
-    return {"object": "text_completion",
-            "choices": [{"index": 0, "text": piece.text, "finish_reason": piece.finish_reason, "logprobs": None}]}
+def _choices(generation: GenerationRequest, n: int) -> list[GenerationRequest]:
+    """n requests for n choices; with a seed, choice i draws with seed + i (wrapped) so they differ."""
+    seed = generation.sampling.seed
+    if n == 1 or seed is None:
+        return [generation] * n
+    return [replace(generation, sampling=replace(generation.sampling, seed=(seed + i) % (check.SEED_MAX + 1)))
+            for i in range(n)]
 
 
-def _chat_chunk(piece: TextPiece) -> dict[str, Any]:
-    return {"object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": {"content": piece.text}, "finish_reason": piece.finish_reason}]}
+async def _all(calls: Iterable[Awaitable[Completion]]) -> list[Completion]:
+    """Every completion, or the first error with the others cancelled (their KV freed at once)."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _completion_chunk(piece: TextPiece, index: int) -> dict[str, Any]:
+    return {"object": "text_completion", "choices": [
+        {"index": index, "text": piece.text, "finish_reason": piece.finish_reason, "logprobs": None}]}
+
+
+def _chat_chunk(piece: TextPiece, index: int) -> dict[str, Any]:
+    return {"object": "chat.completion.chunk", "choices": [
+        {"index": index, "delta": {"content": piece.text}, "finish_reason": piece.finish_reason}]}
 
 
 async def _send(response: web.StreamResponse, data: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ class TextRequest:
     prompt_ids: tuple[int, ...] | None = None
     messages: tuple[dict, ...] | None = None
     tools: tuple[dict[str, Any], ...] | None = None
-    max_tokens: int = 16
+    max_tokens: int | None = None  # None: as many as the context (and the largest KV cache) leaves, as vLLM does
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
@@ -91,9 +91,12 @@ class GenerationService:
             ids = tuple(request.prompt_ids)
         else:
             ids = await asyncio.get_running_loop().run_in_executor(self._pool, self.tokenize, request)
-        generation = GenerationRequest(ids, request.max_tokens, request.sampling,
+        generation = GenerationRequest(ids, request.max_tokens or self._room_after(len(ids)), request.sampling,
                                        () if request.ignore_eos else self.eos_token_ids)
         self.coordinator.validate(generation)
+        vocab = self.coordinator.limits.vocab_size
+        if bad := [t for t, _ in request.sampling.logit_bias if t >= vocab]:
+            raise InvalidRequest(f"`logit_bias` token id {bad[0]} is outside the vocabulary [0, {vocab})")
         if request.stop:
             self._text_tokenizer("stop strings need the tokenizer; use stop token ids instead")
         return generation
@@ -119,8 +122,16 @@ class GenerationService:
                 if finish:
                     return
 
-    async def complete(self, request: TextRequest) -> Completion:
-        generation = await self.prepare(request)
+    def _room_after(self, prompt_tokens: int) -> int:
+        """The default max_tokens: what the model's context and the largest pipeline's KV cache leave."""
+        room = min(filter(None, (self.coordinator.limits.max_positions, self.coordinator.routes.largest_fit())))
+        if prompt_tokens >= room:
+            raise InvalidRequest(f"the prompt ({prompt_tokens} tokens) leaves no room to generate: at most "
+                                 f"{room} tokens fit the model's context and KV cache")
+        return room - prompt_tokens
+
+    async def complete(self, request: TextRequest, generation: GenerationRequest | None = None) -> Completion:
+        generation = generation or await self.prepare(request)
         texts, ids, logprobs, tops, finish = [], [], [], [], "length"
         async for piece in self.stream(request, generation):
             texts.append(piece.text)

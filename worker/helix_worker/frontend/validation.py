@@ -22,6 +22,8 @@ MAX_TOKENS_MAX = 2**31 - 1
 MAX_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
 MAX_JSON_DEPTH = 64
+PENALTY_MAX = 2.0  # presence and frequency penalties, as OpenAI bounds them
+BIAS_MAX = 100.0  # logit_bias values, as OpenAI bounds them
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMBERS = {int, float, bool, type(None)}
 
@@ -72,7 +74,8 @@ def stop_strings(value: Any) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def sampling(*, temperature: Any, top_p: Any, top_k: Any, seed: Any, logprobs: Any) -> SamplingParams:
+def sampling(*, temperature: Any, top_p: Any, top_k: Any, seed: Any, logprobs: Any, presence_penalty: Any = 0.0,
+             frequency_penalty: Any = 0.0, repetition_penalty: Any = 1.0, logit_bias: Any = None) -> SamplingParams:
     """SamplingParams from raw field values: top_k -1 or 0 is off (vLLM's and our convention),
     temperatures below GREEDY_BELOW are greedy."""
     heat = real("temperature", temperature, 0.0, FLOAT32_MAX)
@@ -80,7 +83,31 @@ def sampling(*, temperature: Any, top_p: Any, top_k: Any, seed: Any, logprobs: A
                           top_p=real("top_p", top_p, 0.0, 1.0, open_low=True),
                           top_k=max(0, integer("top_k", top_k, -1, TOP_K_MAX)),
                           seed=None if seed is None else integer("seed", seed, 0, SEED_MAX),
-                          logprobs=integer("logprobs", logprobs, 0, MAX_LOGPROBS))
+                          logprobs=integer("logprobs", logprobs, 0, MAX_LOGPROBS),
+                          presence_penalty=real("presence_penalty", presence_penalty, -PENALTY_MAX, PENALTY_MAX),
+                          frequency_penalty=real("frequency_penalty", frequency_penalty, -PENALTY_MAX, PENALTY_MAX),
+                          repetition_penalty=real("repetition_penalty", repetition_penalty, 0.0, FLOAT32_MAX,
+                                                  open_low=True),
+                          logit_bias=bias(logit_bias))
+
+
+def bias(value: Any) -> tuple[tuple[int, float], ...]:
+    """`logit_bias`: null or an object of token ids (as OpenAI sends them, strings of digits)
+    to numbers in [-BIAS_MAX, BIAS_MAX]; whether the ids are in the vocabulary is the service's check."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"`logit_bias` must be an object of token ids to numbers, not {_show(value)}")
+    entries = {}
+    for key, number in value.items():
+        token = key if isinstance(key, int) else int(key) if isinstance(key, str) and key.isascii() \
+            and key.isdigit() and len(key) <= 10 else None
+        if token is None:
+            raise InvalidRequest(f"`logit_bias` must be an object of token ids to numbers; {_show(key)} is not "
+                                 "a token id")
+        entries[integer("logit_bias", token, 0, TOP_K_MAX)] = real(f"logit_bias[{token}]", number,
+                                                                             -BIAS_MAX, BIAS_MAX)
+    return tuple(sorted(entries.items()))
 
 
 def check_sampling(params: SamplingParams) -> None:
@@ -92,6 +119,10 @@ def check_sampling(params: SamplingParams) -> None:
     if params.seed is not None:
         integer("seed", params.seed, 0, SEED_MAX)
     integer("logprobs", params.logprobs, 0, MAX_LOGPROBS)
+    real("presence_penalty", params.presence_penalty, -PENALTY_MAX, PENALTY_MAX)
+    real("frequency_penalty", params.frequency_penalty, -PENALTY_MAX, PENALTY_MAX)
+    real("repetition_penalty", params.repetition_penalty, 0.0, FLOAT32_MAX, open_low=True)
+    bias(dict(params.logit_bias))
 
 
 def loads(raw: bytes | str, what: str) -> Any:
