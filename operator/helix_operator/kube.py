@@ -44,7 +44,7 @@ class Ref:
 
 
 PLURALS = {"Pod": "pods", "ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments",
-           "Event": "events", "Node": "nodes", "NetworkPolicy": "networkpolicies"}
+           "Event": "events", "Node": "nodes", "NetworkPolicy": "networkpolicies", "Secret": "secrets"}
 
 
 def ref_of(obj: Mapping[str, Any]) -> Ref:
