@@ -1,4 +1,5 @@
-"""The real tritonclient.grpc client against the front end: unary, streaming, bad requests."""
+"""The real tritonclient.grpc client against the front end: unary, streaming, batched prompts,
+ModelConfig and statistics, bad requests."""
 
 import queue
 from functools import partial
@@ -31,7 +32,8 @@ def _inputs(text: str, max_tokens: int, **extra) -> list[grpcclient.InferInput]:
     tensors.append(text_input)
     values = {"max_tokens": (np.int32, max_tokens), **{k: v for k, v in extra.items()}}
     for name, (dtype, value) in values.items():
-        tensor = grpcclient.InferInput(name, [1], {np.int32: "INT32", np.float32: "FP32", np.uint64: "UINT64"}[dtype])
+        tensor = grpcclient.InferInput(name, [1], {np.int32: "INT32", np.float32: "FP32", np.uint64: "UINT64",
+                                                   np.bool_: "BOOL"}[dtype])
         tensor.set_data_from_numpy(np.array([value], dtype=dtype))
         tensors.append(tensor)
     return tensors
@@ -115,3 +117,51 @@ def test_unknown_model_is_not_found(client) -> None:
     with pytest.raises(InferenceServerException) as raised:
         client.infer("no-such-model", _inputs("hi", 2))
     assert raised.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_model_config_and_statistics(client) -> None:
+    config = client.get_model_config(MODEL).config
+    assert config.name == MODEL and config.max_batch_size == 0 and config.model_transaction_policy.decoupled
+    assert {"text_input", "max_tokens", "exclude_input_in_output"} <= {i.name for i in config.input}
+    before = client.get_inference_statistics(MODEL).model_stats[0]
+    client.infer(MODEL, _inputs("statistics", 2))
+    after = client.get_inference_statistics(MODEL).model_stats[0]
+    assert (after.name, after.version) == (MODEL, "1")
+    assert after.inference_count == before.inference_count + 1
+    assert after.inference_stats.success.count == before.inference_stats.success.count + 1
+    assert after.inference_stats.success.ns > before.inference_stats.success.ns
+    with pytest.raises(InferenceServerException) as raised:
+        client.get_model_config("no-such-model")
+    assert raised.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_batched_prompts_get_one_answer_each(client, reference, checkpoint) -> None:
+    tokenizer = load_tokenizer(checkpoint)
+    prompts = ["The quick brown fox", "Helix"]
+    inputs = _inputs("", 5, ignore_eos=(np.bool_, True))
+    inputs[0] = grpcclient.InferInput("text_input", [2, 1], "BYTES")
+    inputs[0].set_data_from_numpy(np.array([[p.encode()] for p in prompts], dtype=np.object_))
+    result = client.infer(MODEL, inputs)
+    assert [t.decode() for t in result.as_numpy("text_output")] == \
+        [tokenizer.decode(reference.greedy(tokenizer.encode(p), 5).tokens) for p in prompts]
+    assert result.as_numpy("output_ids").tolist() == [reference.greedy(tokenizer.encode(p), 5).tokens for p in prompts]
+
+
+def test_exclude_input_in_output_false_leads_with_the_prompt(client) -> None:
+    alone = client.infer(MODEL, _inputs("Helix serves", 3)).as_numpy("text_output")[0].decode()
+    echoed = client.infer(MODEL, _inputs("Helix serves", 3, exclude_input_in_output=(np.bool_, False)))
+    assert echoed.as_numpy("text_output")[0].decode() == "Helix serves" + alone
+
+
+def test_stream_false_on_a_stream_answers_once(client, reference, checkpoint) -> None:
+    tokenizer = load_tokenizer(checkpoint)
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=partial(lambda q, result, error: q.put((result, error)), responses))
+    try:
+        client.async_stream_infer(MODEL, _inputs("Helix serves", 4, stream=(np.bool_, False)), request_id="whole")
+        result, error = responses.get(timeout=60)
+    finally:
+        client.stop_stream()
+    assert error is None and result.get_response().parameters["triton_final_response"].bool_param
+    assert result.as_numpy("output_ids").tolist() == reference.greedy(
+        tokenizer.encode("Helix serves"), 4, stop_ids=reference.model.config.eos_token_ids).tokens

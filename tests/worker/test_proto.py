@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from tritonclient.grpc import model_config_pb2 as triton_config
 from tritonclient.grpc import service_pb2 as triton
 
 from helix_proto import grpc_service_pb2 as kserve
@@ -35,18 +36,23 @@ def test_kserve_messages_match_triton_field_for_field() -> None:
     assert ours.package == theirs.package == "inference"
     checked = 0
     for name, message in ours.message_types_by_name.items():
-        reference = theirs.message_types_by_name[name]
+        # ModelConfig and its parts live in Triton's model_config.proto
+        reference = theirs.message_types_by_name.get(name) or triton_config.DESCRIPTOR.message_types_by_name[name]
         assert _fields(message) == {k: v for k, v in _fields(reference).items() if k in _fields(message)}, name
         for nested in message.nested_types:
             assert _fields(nested) == _fields(reference.nested_types_by_name[nested.name]), f"{name}.{nested.name}"
         checked += 1
     assert checked >= 15
+    data_types = triton_config.DESCRIPTOR.enum_types_by_name["DataType"]
+    assert {v.name: v.number for v in ours.enum_types_by_name["DataType"].values} == \
+        {v.name: v.number for v in data_types.values}
     ours_methods = {m.name: (m.input_type.full_name, m.output_type.full_name)
                     for m in ours.services_by_name["GRPCInferenceService"].methods}
     theirs_methods = {m.name: (m.input_type.full_name, m.output_type.full_name)
                       for m in theirs.services_by_name["GRPCInferenceService"].methods}
     assert ours_methods == {k: theirs_methods[k] for k in ours_methods}
-    assert {"ModelInfer", "ModelStreamInfer", "ServerLive", "ModelMetadata"} <= set(ours_methods)
+    assert {"ModelInfer", "ModelStreamInfer", "ServerLive", "ModelMetadata", "ModelConfig",
+            "ModelStatistics"} <= set(ours_methods)
 
 
 def test_request_bytes_cross_between_the_two_definitions() -> None:

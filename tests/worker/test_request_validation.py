@@ -10,7 +10,7 @@ from dataplane_helpers import bytes_tensor, kserve_request
 from helix_proto import grpc_service_pb2 as kserve
 from helix_worker.errors import InvalidRequest
 from helix_worker.frontend import validation
-from helix_worker.frontend.kserve_codec import text_request
+from helix_worker.frontend.kserve_codec import text_requests
 from helix_worker.frontend.openai_request import parse_body
 
 
@@ -99,7 +99,7 @@ TEXT = {"text_input": ("BYTES", [1], bytes_tensor(b"hello"))}
 
 
 @pytest.mark.parametrize("request_, words", [
-    (kserve_request({"text_input": ("BYTES", [0], b"")}), "must hold one element"),
+    (kserve_request({"text_input": ("BYTES", [0], b"")}), "at least one prompt"),
     (kserve_request({"text_input": ("INT32", [1], np.int32(5).tobytes())}), "must be BYTES"),
     (kserve_request({"text_input": ("BYTES", [1], bytes_tensor(b"\xed\xa0\x80"))}), "UTF-8"),
     (kserve_request({"input_ids": ("FP32", [2], np.float32([1.5, 2]).tobytes())}), "input_ids must be integers"),
@@ -113,14 +113,31 @@ TEXT = {"text_input": ("BYTES", [1], bytes_tensor(b"hello"))}
     (kserve_request(TEXT, temperature="nan"), "`temperature` must be"),
     (kserve_request(TEXT, seed=-1), "`seed` must be"),
     (kserve_request(TEXT, ignore_eos="maybe"), "`ignore_eos` must be"),
+    (kserve_request(TEXT, exclude_input_in_output=3), "`exclude_input_in_output` must be"),
+    (kserve_request(TEXT, stream=True), "needs a stream"),
+    (kserve_request(TEXT | {"input_ids": ("INT64", [1], np.int64(5).tobytes())}), "not both"),
+    (kserve_request(TEXT | {"sampling_parameters": ("BYTES", [1], bytes_tensor(b'{"best_of": 2}'))}),
+     "unknown sampling parameter 'best_of'"),
+    (kserve_request(TEXT | {"presence_penalty": ("FP32", [1], np.float32(3).tobytes())}), "`presence_penalty` must be"),
 ])
 def test_malformed_kserve_requests_are_invalid_arguments(request_: kserve.ModelInferRequest, words: str) -> None:
     with pytest.raises(InvalidRequest, match=words):
-        text_request(request_)
+        text_requests(request_, streaming=False)
 
 
 def test_kserve_takes_sampling_values_as_text_as_tritons_vllm_backend_does() -> None:
     options = bytes_tensor(b'{"temperature": "0.5", "top_k": "3", "seed": "11", "ignore_eos": "true", "stop": ["a"]}')
-    text, _ = text_request(kserve_request(TEXT | {"sampling_parameters": ("BYTES", [1], options)}))
+    (text,) = text_requests(kserve_request(TEXT | {"sampling_parameters": ("BYTES", [1], options)}),
+                            streaming=False).prompts
     assert (text.sampling.temperature, text.sampling.top_k, text.sampling.seed) == (0.5, 3, 11)
     assert text.ignore_eos and text.stop == ("a",)
+
+
+def test_kserve_batches_stream_and_exclude_input_in_output() -> None:
+    batch = text_requests(kserve_request({"text_input": ("BYTES", [2, 1], bytes_tensor(b"a", b"b"))},
+                                         exclude_input_in_output=False), streaming=False)
+    assert [p.prompt for p in batch.prompts] == ["a", "b"] and batch.echo and not batch.stream
+    assert text_requests(kserve_request(TEXT), streaming=True).stream
+    assert not text_requests(kserve_request(TEXT, stream=False), streaming=True).stream
+    with pytest.raises(InvalidRequest, match="takes one prompt, not 2"):
+        text_requests(kserve_request({"text_input": ("BYTES", [2], bytes_tensor(b"a", b"b"))}), streaming=True)

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from helix_worker.security.apikeys import ApiKeys
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 OPEN_METHODS = frozenset(f"/inference.GRPCInferenceService/{m}" for m in ("ServerLive", "ServerReady", "ModelReady"))
 MESSAGE = "a valid API key is required: send `Authorization: Bearer <key>`"
 

@@ -27,6 +27,8 @@ from helix_worker.frontend.auth import RequireKey, require_key_middleware
 from helix_worker.frontend.coordinator import Coordinator, ModelLimits
 from helix_worker.frontend.grpc_decode import RefuseUndecodable
 from helix_worker.frontend.kserve import KServeServicer
+from helix_worker.frontend.kserve_dataplane import KServeDataPlane
+from helix_worker.frontend.kserve_rest import add_kserve_routes
 from helix_worker.frontend.openai_http import add_openai_routes
 from helix_worker.frontend.service import GenerationService
 from helix_worker.http_base import health_routes, start_site
@@ -70,14 +72,16 @@ def parse_endpoints(pairs: list[str], files: list[Path]) -> dict[str, str]:
 
 
 def http_app(service: GenerationService, metrics: FrontendMetrics, settings: Settings,
-             keys: ApiKeys | None = None) -> web.Application:
-    """Health, metrics and the OpenAI API; bodies above HELIX_MAX_REQUEST_BYTES get 413, and
+             keys: ApiKeys | None = None, plane: KServeDataPlane | None = None) -> web.Application:
+    """Health, metrics, the OpenAI API and KServe v2 REST (over `plane`, which the gRPC server
+    shares, so its statistics count both); bodies above HELIX_MAX_REQUEST_BYTES get 413, and
     with `keys` API calls without one of them 401."""
     app = web.Application(client_max_size=settings.max_request_bytes)
     if keys is not None:
         app.middlewares.append(require_key_middleware(keys))
     health_routes(app, lambda: service.coordinator.ready, metrics.render)
     add_openai_routes(app, service, body_seconds=settings.http_body_seconds)
+    add_kserve_routes(app, plane or KServeDataPlane(service), body_seconds=settings.http_body_seconds)
     return app
 
 
@@ -121,16 +125,18 @@ async def serve_frontend(options: FrontendOptions, settings: Settings) -> None:
     server = grpc.aio.server(interceptors=([RequireKey(keys)] if keys else []) + [RefuseUndecodable()],
                              options=server_options(settings.max_message_bytes,
                                                     max_receive_bytes=settings.max_request_bytes))
-    kserve_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(service), server)
+    plane = KServeDataPlane(service)
+    kserve_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(plane), server)
     address = f"{options.host}:{options.grpc_port}"
     grpc_port = (server.add_insecure_port(address) if clients is None
                  else server.add_secure_port(address, clients.server_credentials()))
     await server.start()
-    runner, http_port = await start_site(http_app(service, metrics, settings, keys), options.host, options.http_port,
+    runner, http_port = await start_site(http_app(service, metrics, settings, keys, plane), options.host,
+                                         options.http_port,
                                          shutdown_seconds=settings.drain_seconds,
                                          idle_seconds=settings.http_idle_seconds,
                                          ssl_context=clients.server_context() if clients else None)
-    log.info("front end for %s: KServe gRPC %s:%d, OpenAI HTTP %s://%s:%d/v1%s", service.model_name,
+    log.info("front end for %s: KServe gRPC %s:%d, OpenAI and KServe REST %s://%s:%d/v1 /v2%s", service.model_name,
              options.host, grpc_port, "https" if clients else "http", options.host, http_port,
              ", API keys required" if keys else "")
     if options.ready_file is not None:

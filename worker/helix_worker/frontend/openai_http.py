@@ -71,7 +71,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return _error(500, "internal error (logged by the server)", "server_error")
 
 
-async def _read_body(request: web.Request, seconds: float) -> bytes:
+async def read_body(request: web.Request, seconds: float) -> bytes:
     """The whole body (aiohttp refuses one over client_max_size with 413), or 408 if the client
     takes longer than `seconds` to send it."""
     try:
@@ -104,7 +104,7 @@ class _OpenAI:
 
     async def _handle(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         try:
-            raw = await _read_body(request, self.body_seconds)
+            raw = await read_body(request, self.body_seconds)
             body = await asyncio.to_thread(check.loads, raw, "the body")  # megabytes take 0.1 s: off the loop
         except InvalidRequest as err:
             return error_response(err)
