@@ -1,32 +1,29 @@
-"""`helix weights fetch` against a real HTTP server on 127.0.0.1 that plays the Hugging Face
-resolve endpoint (with a CDN redirect to another host name) and a path-style S3 endpoint that
-checks AWS Signature V4, serving a sharded `helix model init` checkpoint."""
+"""`helix weights fetch` through huggingface_hub and botocore, against in-process stand-ins for
+the Hub and for S3/STS over real HTTP, serving a sharded `helix model init` checkpoint."""
 
 import dataclasses
-import hmac
-import re
-import threading
-from collections.abc import Iterator
-from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import hashlib
 from pathlib import Path
 
 import pytest
 import torch
+from weights_standins import HubServer, S3Server, checkpoint_files, serving
 
 from helix_operator import weights_uri
 from helix_planner.cli import main
-from helix_worker.model_init import DemoModel, write_demo_checkpoint
-from helix_worker.sigv4 import Credentials, canonical_request, signed_headers, signing_key, string_to_sign
 from helix_worker.engine.model import LayerSlice
 from helix_worker.errors import ServingError
-from helix_worker.weights_fetch import S3, fetch, needed_shards, parse_source
+from helix_worker.model_init import DemoModel, write_demo_checkpoint
+from helix_worker.weights_fetch import fetch, needed_shards, parse_source
+from helix_worker.weights_partial import resume_from
+from helix_worker.weights_s3 import S3
 
+REPO = "tiny/llama"
+OLD, NEW = "a" * 40, "b" * 40
 TOKEN = "hf_secret"
-KEYS = Credentials("AKIDTEST", "s3-secret-key", "session-token")
-REGION = "eu-west-1"
 SHARD = "model-{:05d}-of-00004.safetensors"
 TEXT_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json"]
+QUIET = {"log": lambda _: None}
 
 
 @pytest.fixture(scope="module")
@@ -37,105 +34,25 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-class Store(ThreadingHTTPServer):
-    """Hugging Face under /ORG/REPO/resolve/REV/FILE (shards redirect to /cdn/ on host `localhost`)
-    and S3 under /BUCKET/PREFIX/FILE; `log` records (path, Authorization header) of every request."""
-
-    def __init__(self, checkpoint: Path) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.checkpoint = checkpoint
-        self.log: list[tuple[str, str | None]] = []
-        self.fail_once: set[str] = set()
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: Store
-
-    def log_message(self, *_: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.server.log.append((self.path, self.headers.get("Authorization")))
-        if self.path in self.server.fail_once:
-            self.server.fail_once.discard(self.path)
-            return self._status(503)
-        if hf := re.fullmatch(r"/tiny/llama/resolve/(?P<rev>[^/]+)/(?P<file>[^/]+)", self.path):
-            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                return self._status(401)
-            if hf["rev"] != "v1":
-                return self._status(404)
-            if hf["file"].endswith(".safetensors"):  # large files live on the CDN, as on the Hub
-                self.send_response(302)
-                self.send_header("Location", f"http://localhost:{self.server.port}/cdn/{hf['file']}")
-                self.end_headers()
-                return None
-            return self._file(hf["file"])
-        if cdn := re.fullmatch(r"/cdn/(?P<file>[^/]+)", self.path):
-            return self._file(cdn["file"])
-        if s3 := re.fullmatch(r"/(?P<bucket>models|public)/ckpt/tiny/(?P<file>[^/]+)", self.path):
-            if s3["bucket"] == "models" and not self._signed():
-                return self._status(403)
-            return self._file(s3["file"], missing=403 if s3["bucket"] == "models" else 404)
-        return self._status(404)
-
-    def _signed(self) -> bool:
-        """Recompute the SigV4 signature from what arrived, with the secret only the server knows."""
-        match = re.fullmatch(r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<scope>[^,]+),"
-                             r"SignedHeaders=(?P<names>[^,]+),Signature=(?P<signature>[0-9a-f]{64})",
-                             self.headers.get("Authorization") or "")
-        if not match or match["key"] != KEYS.access_key or not match["scope"].endswith(f"/{REGION}/s3/aws4_request"):
-            return False
-        names = match["names"].split(";")
-        if not {"host", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token"} <= set(names):
-            return False
-        headers = {name: (self.headers.get(name) or "").strip() for name in names}
-        canonical = canonical_request("GET", self.path, headers)
-        key = signing_key(KEYS.secret_key, headers["x-amz-date"][:8], REGION, "s3")
-        expected = hmac.new(key, string_to_sign(headers["x-amz-date"], match["scope"], canonical).encode(),
-                            "sha256").hexdigest()
-        return hmac.compare_digest(expected, match["signature"])
-
-    def _file(self, name: str, missing: int = 404) -> None:
-        path = self.server.checkpoint / name
-        if not path.is_file():
-            return self._status(missing)
-        body = path.read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        return None
-
-    def _status(self, code: int) -> None:
-        self.send_response(code)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No real credentials, config or metadata service from this machine reach the code under test."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "HF_TOKEN", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-@pytest.fixture
-def store(checkpoint: Path) -> Iterator[Store]:
-    server = Store(checkpoint)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def _hf_env(store: Store) -> dict[str, str]:
-    return {"HF_ENDPOINT": f"http://127.0.0.1:{store.port}/", "HF_TOKEN": TOKEN}
-
-
-def _s3_env(store: Store, credentials: Credentials | None = KEYS) -> dict[str, str]:
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{store.port}", "AWS_REGION": REGION}
-    if credentials:
-        env |= {"AWS_ACCESS_KEY_ID": credentials.access_key, "AWS_SECRET_ACCESS_KEY": credentials.secret_key,
-                "AWS_SESSION_TOKEN": credentials.session_token or ""}
-    return env
+def _hub(checkpoint: Path, token: str | None = TOKEN) -> HubServer:
+    """`main` points at OLD; NEW has other shard contents (a push that lands mid-rollout)."""
+    files = checkpoint_files(checkpoint)
+    changed = {name: (body[::-1] if name.endswith(".safetensors") else body) for name, body in files.items()}
+    return HubServer(REPO, {OLD: files, NEW: changed}, {"main": OLD}, token)
 
 
 def _same_slice(fetched: Path, checkpoint: Path, start: int, end: int) -> None:
@@ -150,79 +67,123 @@ def _same_slice(fetched: Path, checkpoint: Path, start: int, end: int) -> None:
             assert torch.equal(getattr(mine, name), getattr(whole, name))
 
 
-def test_hf_fetches_only_the_shards_of_the_layer_range(store: Store, checkpoint: Path, tmp_path: Path) -> None:
-    source = parse_source("hf://tiny/llama@v1", _hf_env(store))
-    files = fetch(source, tmp_path / "ckpt", (1, 2), log=lambda _: None)
-    assert files == [*TEXT_FILES, "model.safetensors.index.json", SHARD.format(2)]
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == sorted(files), "no partial files left"
-    cdn = [(path, auth) for path, auth in store.log if path.startswith("/cdn/")]
-    assert cdn == [(f"/cdn/{SHARD.format(2)}", None)], "only the needed shard, and no token sent to the CDN host"
-    _same_slice(tmp_path / "ckpt", checkpoint, 1, 2)
+def test_hf_resolves_the_revision_once_and_fetches_only_the_layer_range(checkpoint: Path, tmp_path: Path) -> None:
+    with serving(_hub(checkpoint)) as hub:
+        source = parse_source(f"hf://{REPO}", {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN})
+        assert source.resolve() == OLD
+        hub.refs["main"] = NEW  # pushed after the plan resolved it: this fetch stays on OLD
+        files = fetch(source, tmp_path / "ckpt", (1, 2), **QUIET)
+        assert files == [*TEXT_FILES, "model.safetensors.index.json", SHARD.format(2)]
+        resolves = {path.split("/resolve/")[1].split("/")[0] for _, path, _, _ in hub.log if "/resolve/" in path}
+        assert resolves == {OLD}, "every file at the one resolved commit"
+        assert all(auth == f"Bearer {TOKEN}" for *_, auth in hub.log)
+        _same_slice(tmp_path / "ckpt", checkpoint, 1, 2)
+        assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.is_file()) == sorted(files)
 
-    # The last stage also needs the final norm and LM head; a second run keeps what is there.
-    files = fetch(source, tmp_path / "last", (3, 4), log=lambda _: None)
-    assert files[-2:] == [SHARD.format(3), SHARD.format(4)]
-    _same_slice(tmp_path / "last", checkpoint, 3, 4)
-    requests = len(store.log)
-    fetch(source, tmp_path / "last", (3, 4), log=lambda _: None)
-    assert len(store.log) - requests == 3, "only the three absent optional tokenizer files are asked again"
-
-
-def test_front_end_fetch_and_hf_errors(store: Store, tmp_path: Path) -> None:
-    env = _hf_env(store)
-    assert fetch(parse_source("hf://tiny/llama@v1", env), tmp_path / "fe", None, weights=False,
-                 log=lambda _: None) == TEXT_FILES
-    with pytest.raises(ServingError, match="HTTP 401: a gated or private repository needs HF_TOKEN"):
-        fetch(parse_source("hf://tiny/llama@v1", {**env, "HF_TOKEN": "wrong"}), tmp_path / "x", None)
-    with pytest.raises(ServingError, match="HTTP 404: check that tiny/llama exists .* has revision v2"):
-        fetch(parse_source("hf://tiny/llama@v2", env), tmp_path / "y", None)
+        # A pinned sha (what the operator hands every pod) needs no branch at all.
+        pinned = parse_source(f"hf://{REPO}@{OLD}", {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN})
+        fetch(pinned, tmp_path / "last", (3, 4), **QUIET)
+        _same_slice(tmp_path / "last", checkpoint, 3, 4)
 
 
-def test_s3_fetch_is_signed_and_retries_a_server_error(store: Store, checkpoint: Path, tmp_path: Path) -> None:
-    store.fail_once.add(f"/models/ckpt/tiny/{SHARD.format(1)}")
-    source = parse_source("s3://models/ckpt/tiny/", _s3_env(store))
-    files = fetch(source, tmp_path / "ckpt", (0, 1), log=lambda _: None, backoff=0)
-    assert files == [*TEXT_FILES, "model.safetensors.index.json", SHARD.format(1), SHARD.format(2)]
-    assert all(auth and auth.startswith("AWS4-HMAC-SHA256 ") for _, auth in store.log)
-    assert [p for p, _ in store.log].count(f"/models/ckpt/tiny/{SHARD.format(1)}") == 2, "retried after a 503"
+def test_hf_resumes_what_an_earlier_run_left(checkpoint: Path, tmp_path: Path) -> None:
+    """A restarted init container finds huggingface_hub's partial file and asks for the rest only."""
+    shard = checkpoint / SHARD.format(1)
+    body = shard.read_bytes()
+    (tmp_path / "ckpt").mkdir()
+    partial, _ = resume_from(tmp_path / "ckpt" / shard.name, hashlib.sha256(body).hexdigest(), len(body), print)
+    partial.write_bytes(body[:1000])
+    (tmp_path / "ckpt" / f".{shard.name}.0123456789abcdef.partial").write_bytes(b"another version")
+    with serving(_hub(checkpoint)) as hub:
+        fetch(parse_source(f"hf://{REPO}@{OLD}", {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN}), tmp_path / "ckpt",
+              (0, 1), **QUIET)
+        path = f"/{REPO}/resolve/{OLD}/{shard.name}"
+        assert [rng for method, p, rng, _ in hub.log if method == "GET" and p == path] == ["bytes=1000-"]
     _same_slice(tmp_path / "ckpt", checkpoint, 0, 1)
-
-    wrong = Credentials(KEYS.access_key, "not-the-secret", KEYS.session_token)
-    with pytest.raises(ServingError, match="HTTP 403: check AWS_ACCESS_KEY_ID"):
-        fetch(parse_source("s3://models/ckpt/tiny", _s3_env(store, wrong)), tmp_path / "x", None)
+    assert not list((tmp_path / "ckpt").glob(".*.partial")), "another version's partial file is gone too"
 
 
-def test_s3_anonymous_reads_a_public_bucket_whole(store: Store, checkpoint: Path, tmp_path: Path) -> None:
-    files = fetch(parse_source("s3://public/ckpt/tiny", _s3_env(store, None)), tmp_path / "all", None,
-                  log=lambda _: None)
-    assert files[-4:] == [SHARD.format(i) for i in range(1, 5)]
-    assert all(auth is None for _, auth in store.log)
-    _same_slice(tmp_path / "all", checkpoint, 0, 4)
+def test_hf_errors_say_what_to_change(checkpoint: Path, tmp_path: Path) -> None:
+    with serving(_hub(checkpoint)) as hub:
+        env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN}
+        with pytest.raises(ServingError, match="no repository other/model .*needs HF_TOKEN"):
+            fetch(parse_source("hf://other/model", env), tmp_path / "a", None, **QUIET)
+        with pytest.raises(ServingError, match="has no revision 'v9'"):
+            fetch(parse_source(f"hf://{REPO}@v9", env), tmp_path / "b", None, **QUIET)
+        with pytest.raises(ServingError, match="no repository tiny/llama .*needs HF_TOKEN"):
+            fetch(parse_source(f"hf://{REPO}", {"HF_ENDPOINT": hub.url}), tmp_path / "c", None, **QUIET)
+        del hub.commits[OLD][SHARD.format(2)]
+        with pytest.raises(ServingError, match=f"at commit {OLD[:12]} has no file {SHARD.format(2)}"):
+            fetch(parse_source(f"hf://{REPO}", env), tmp_path / "d", (1, 2), **QUIET)
 
 
-def test_sigv4_matches_the_aws_documented_example() -> None:
-    """The GET Object example of the S3 API reference ("Signature Calculations for the Authorization
-    Header"): the first 10 bytes of examplebucket/test.txt on 2013-05-24."""
-    credentials = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
-    headers = signed_headers("https://examplebucket.s3.amazonaws.com/test.txt", credentials, "us-east-1",
-                             datetime(2013, 5, 24, tzinfo=timezone.utc), {"Range": "bytes=0-9"})
-    canonical = canonical_request("GET", "/test.txt", {k: v for k, v in headers.items() if k != "authorization"})
-    to_sign = string_to_sign("20130524T000000Z", "20130524/us-east-1/s3/aws4_request", canonical)
-    assert to_sign.endswith("\n7344ae5b7ee6c3e7e6b0fe0640412a37625d1fbfff95c48bbb2dc43964946972")
-    assert headers["authorization"] == (
-        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,"
-        "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date,"
-        "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41")
+def _objects(checkpoint: Path, bucket: str) -> dict[str, bytes]:
+    return {f"/{bucket}/ckpt/tiny/{name}": body for name, body in checkpoint_files(checkpoint).items()}
 
 
-def test_uris_and_addresses() -> None:
+def test_s3_credentials_from_a_web_identity_and_resume(checkpoint: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """IRSA: botocore trades the pod's token file for keys at STS, then signs S3 reads with them;
+    a partial file left by an earlier run continues with a ranged GET."""
+    token = tmp_path / "token"
+    token.write_text("pod-identity-token")
+    store = S3Server(_objects(checkpoint, "models"), web_token="pod-identity-token", sts_key="ASIASTS",
+                     require_key="ASIASTS")
+    with serving(store):
+        monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+        monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/helix")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", store.url)
+        shard = checkpoint / SHARD.format(1)
+        (tmp_path / "ckpt").mkdir()
+        etag = f'"{hashlib.md5(shard.read_bytes()).hexdigest()}"'
+        partial, _ = resume_from(tmp_path / "ckpt" / shard.name, etag, shard.stat().st_size, print)
+        partial.write_bytes(shard.read_bytes()[:1000])
+        store.cut_once.add(f"/models/ckpt/tiny/{SHARD.format(2)}")
+        source = parse_source("s3://models/ckpt/tiny/", {"AWS_ENDPOINT_URL_S3": store.url, "AWS_REGION": "eu-west-1"})
+        files = fetch(source, tmp_path / "ckpt", (0, 1), **QUIET)
+        assert files == [*TEXT_FILES, "model.safetensors.index.json", SHARD.format(1), SHARD.format(2)]
+        assert store.sts_calls and store.sts_calls[0]["RoleArn"] == ["arn:aws:iam::123456789012:role/helix"]
+        ranges = {(p.rsplit("/", 1)[1], rng) for method, p, rng, _ in store.log if method == "GET" and rng}
+        assert (SHARD.format(1), "bytes=1000-") in ranges, "resumed from the partial file"
+        half = (checkpoint / SHARD.format(2)).stat().st_size // 2
+        assert (SHARD.format(2), f"bytes={half}-") in ranges, "resumed after the connection dropped"
+        _same_slice(tmp_path / "ckpt", checkpoint, 0, 1)
+
+
+def test_s3_anonymous_public_bucket_and_clear_errors(checkpoint: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    with serving(S3Server(_objects(checkpoint, "public"))) as store:
+        env = {"AWS_ENDPOINT_URL": store.url}
+        files = fetch(parse_source("s3://public/ckpt/tiny", env), tmp_path / "all", None, **QUIET)
+        assert files[-4:] == [SHARD.format(i) for i in range(1, 5)]
+        assert all(auth is None for *_, auth in store.log), "no credentials anywhere: unsigned reads"
+        _same_slice(tmp_path / "all", checkpoint, 0, 4)
+        with pytest.raises(ServingError, match="no object s3://public/elsewhere/config.json"):
+            fetch(parse_source("s3://public/elsewhere", env), tmp_path / "none", None, **QUIET)
+    with serving(S3Server(_objects(checkpoint, "models"), require_key="AKIARIGHT")) as store:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONG")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+        with pytest.raises(ServingError, match="no object .*config.json \\(or no read access to it: 403\\)"):
+            fetch(parse_source("s3://models/ckpt/tiny", {"AWS_ENDPOINT_URL": store.url}), tmp_path / "x", None,
+                  **QUIET)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIARIGHT")
+        fetch(parse_source("s3://models/ckpt/tiny", {"AWS_ENDPOINT_URL": store.url}), tmp_path / "y", (0, 1),
+              **QUIET)
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(tmp_path / "missing-token"))
+    monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/helix")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    with pytest.raises(ServingError, match="credentials come from"):
+        fetch(parse_source("s3://models/ckpt/tiny", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}), tmp_path / "z",
+              None, **QUIET)
+
+
+def test_uris() -> None:
     hf = parse_source("hf://org/repo@refs/pr/1", {})
-    assert hf.request("config.json").full_url == "https://huggingface.co/org/repo/resolve/refs%2Fpr%2F1/config.json"
-    assert parse_source("hf://gpt2", {}).request("config.json").full_url.endswith("/gpt2/resolve/main/config.json")
+    assert (hf.repo, hf.revision, hf.endpoint) == ("org/repo", "refs/pr/1", "https://huggingface.co")
+    assert parse_source("hf://gpt2", {}).revision == "main"
     s3 = parse_source("s3://models/llama+3/", {"AWS_DEFAULT_REGION": "us-west-2"})
-    assert isinstance(s3, S3) and s3.credentials is None
-    assert s3.url("config.json") == "https://models.s3.us-west-2.amazonaws.com/llama%2B3/config.json"
-    assert parse_source("s3://my.models", {}).url("a") == "https://s3.us-east-1.amazonaws.com/my.models/a"
+    assert isinstance(s3, S3) and (s3.bucket, s3.prefix, s3.region, s3.endpoint) == (
+        "models", "llama+3", "us-west-2", None)
     for bad in ("gs://bucket/x", "hf://org/repo/extra", "s3://Bad_Bucket", "hf://"):
         with pytest.raises(ServingError, match="neither hf://ORG/REPO"):
             parse_source(bad, {})
@@ -240,7 +201,7 @@ def test_the_operator_accepts_exactly_the_uris_the_fetcher_reads(uri: str) -> No
     assert (weights_uri.problem(uri) is None) == fetchable
 
 
-def test_needed_shards_and_the_command_line(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_needed_shards_and_the_command_line(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     weight_map = {"model.embed_tokens.weight": "a", "model.layers.0.mlp.up_proj.weight": "a",
                   "model.layers.1.mlp.up_proj.weight": "b", "model.norm.weight": "c"}
@@ -250,9 +211,11 @@ def test_needed_shards_and_the_command_line(store: Store, tmp_path: Path, monkey
     with pytest.raises(ServingError, match="outside the model's 2 layers"):
         needed_shards(weight_map, (1, 3), 2, tied=False)
 
-    for name, value in _hf_env(store).items():
-        monkeypatch.setenv(name, value)
-    assert main(["weights", "fetch", "hf://tiny/llama@v1", str(tmp_path / "cli"), "--layers", "2-3"]) == 0
+    with serving(_hub(checkpoint)) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        assert main(["weights", "fetch", f"hf://{REPO}", str(tmp_path / "cli"), "--layers", "2-3"]) == 0
     assert (tmp_path / "cli" / SHARD.format(3)).exists() and not (tmp_path / "cli" / SHARD.format(1)).exists()
+    assert f"resolved to commit {OLD}" in capsys.readouterr().err
     assert main(["weights", "fetch", "gs://bucket/x", str(tmp_path / "bad")]) == 2
     assert "error: 'gs://bucket/x' is neither hf://" in capsys.readouterr().err

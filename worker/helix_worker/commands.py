@@ -179,9 +179,11 @@ def run_weights_fetch(args: argparse.Namespace) -> int:
     from helix_worker.envs import remote_storage_env
     from helix_worker.weights_fetch import fetch, parse_source
 
-    source = parse_source(args.source, remote_storage_env())
-    fetch(source, args.directory, args.layers, weights=not args.no_weights,
-          log=lambda line: print(line, file=sys.stderr, flush=True))
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    fetch(parse_source(args.source, remote_storage_env(), log), args.directory, args.layers,
+          weights=not args.no_weights, log=log)
     return 0
 
 

@@ -122,10 +122,12 @@ def _parse(kind: type, text: str) -> Any:
 REMOTE_STORAGE = {
     "HF_TOKEN": "Hugging Face access token for hf:// weights (gated or private repositories)",
     "HF_ENDPOINT": "Hugging Face endpoint for hf:// weights (default https://huggingface.co), e.g. a mirror",
-    "AWS_ACCESS_KEY_ID": "access key for s3:// weights; without one requests are anonymous (public buckets)",
+    "AWS_ACCESS_KEY_ID": "access key for s3:// weights; without one, botocore's credential chain (AWS_PROFILE, "
+                         "IRSA's AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN, EKS Pod Identity, instance metadata), "
+                         "else anonymous reads (public buckets)",
     "AWS_SECRET_ACCESS_KEY": "secret key for s3:// weights",
     "AWS_SESSION_TOKEN": "session token of temporary AWS credentials",
-    "AWS_REGION": "region of the s3:// bucket (default: AWS_DEFAULT_REGION, else us-east-1)",
+    "AWS_REGION": "region of the s3:// bucket (default: AWS_DEFAULT_REGION, else the shared config's)",
     "AWS_DEFAULT_REGION": "region of the s3:// bucket when AWS_REGION is unset",
     "AWS_ENDPOINT_URL_S3": "S3-compatible endpoint (MinIO, Ceph, R2...), addressed path-style",
     "AWS_ENDPOINT_URL": "endpoint for every AWS service, used when AWS_ENDPOINT_URL_S3 is unset",
