@@ -1,11 +1,12 @@
 """The Grafana dashboard: valid JSON whose every query reads a metric the front end or a stage exports,
-covering what vLLM's own dashboard reads, and a chart template that ships it when enabled."""
+covering what vLLM's own dashboard reads, and the chart's ConfigMap that ships it when enabled."""
 
 import json
 import re
 
 import jsonschema
 import yaml
+from chartrender import Renderer, values_with
 from opkit import REPO
 from prometheus_client import CollectorRegistry
 
@@ -61,18 +62,17 @@ def test_the_metrics_vllm_dashboards_read_are_exported() -> None:
     assert VLLM_DASHBOARD - EXPORTED == set()
 
 
-def test_chart_ships_the_dashboard_as_a_sidecar_configmap_only_when_enabled() -> None:
-    values = yaml.safe_load((CHART / "values.yaml").read_text())["grafana"]["dashboards"]
-    assert values["enabled"] is False and values["labels"] == {"grafana_dashboard": "1"}
-    template = (CHART / "templates" / "dashboards.yaml").read_text().strip().splitlines()
-    assert template[0] == "{{- if .Values.grafana.dashboards.enabled }}" and template[-1] == "{{- end }}"
-    assert "kind: ConfigMap" in template
-    assert "toYaml .Values.grafana.dashboards.labels" in "\n".join(template), "the sidecar finds it by its labels"
-    files = re.findall(r'\.Files\.Get "([^"]+)"', "\n".join(template))
-    assert files == ["files/dashboards/helix.json"] and (CHART / files[0]).is_file()
+def test_chart_renders_the_dashboard_configmap_for_grafanas_sidecar_only_when_enabled() -> None:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert Renderer(CHART, defaults, "helix-system").documents("dashboards.yaml") == []
+    values = values_with(defaults, {"grafana": {"dashboards": {"enabled": True, "namespace": "monitoring",
+                                                               "annotations": {"grafana_folder": "Helix"}}}})
     schema = json.loads((CHART / "values.schema.json").read_text())
-    enabled = yaml.safe_load((CHART / "values.yaml").read_text())
-    enabled["grafana"]["dashboards"] |= {"enabled": True, "namespace": "monitoring"}
-    jsonschema.validate(enabled, schema)
-    enabled["grafana"]["dashboards"]["labels"] = {"grafana_dashboard": 1}
-    assert list(jsonschema.Draft7Validator(schema).iter_errors(enabled)), "label values are strings"
+    jsonschema.validate(values, schema)
+    [config_map] = Renderer(CHART, values, "helix-system").documents("dashboards.yaml")
+    assert config_map["kind"] == "ConfigMap" and config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Helix"}
+    assert json.loads(config_map["data"]["helix.json"]) == json.loads(DASHBOARD.read_text())
+    bad = values_with(values, {"grafana": {"dashboards": {"labels": {"grafana_dashboard": 1}}}})
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(bad)), "label values are strings"
