@@ -15,6 +15,12 @@
     a k-stage pipeline has k + 1 hops (front end -> stages -> front end).
 (d) what mutual TLS costs the stage streams: (b)'s two paths to a sink that requires the
     cluster's TLS, against the same paths in plaintext. (a) and (c) run with TLS, as workers do.
+(e) failover from a hung stage: two 2-stage pipelines share their first stage; mid-generation
+    the other stage of one is SIGSTOPped, and the figure is the time from the stop to the
+    last of the batch's requests getting its next token (from the other pipeline, after the
+    heartbeat declared the stage hung and the request re-prefilled); the stage is then
+    SIGCONTed and rejoins before the next repeat. Target: within heartbeat + hung seconds
+    plus one re-prefill.
 Each figure is the best of a few interleaved repeats (the CI machine's cores are shared with
 other jobs, so the best run is the one least disturbed); every number printed is measured in
 this run.
@@ -29,6 +35,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402 (the variable above must be set before torch loads OpenMP)
 import asyncio  # noqa: E402
 import multiprocessing  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -68,6 +75,7 @@ class Sizes:
 
 QUICK = Sizes(batch=8, prompt=16, new_tokens=16, latency_steps=12, messages=100, repeats=5)
 FULL = Sizes(batch=8, prompt=64, new_tokens=64, latency_steps=40, messages=500, repeats=7)
+HEARTBEAT_SECONDS, HUNG_SECONDS = 0.5, 2.0  # (e): shorter than the defaults (1 s, 10 s), to keep it quick
 BENCH_MODEL = DemoModel(hidden_size=1024, intermediate_size=2816, num_layers=6, num_heads=16, num_kv_heads=4)
 
 
@@ -140,6 +148,54 @@ class Pipeline:
     async def step_ms(self) -> float:
         stamps = await self._run(prompts(self.sizes, 380)[0], self.sizes.latency_steps + 1)
         return statistics.median(b - a for a, b in zip(stamps, stamps[1:])) * 1000
+
+    async def close(self) -> None:
+        if self.coordinator is not None:
+            await self.coordinator.close()
+
+
+class HungStage:
+    """(e): pipelines f0 -> f1 and f0 -> f2; f1 is stopped mid-generation and continued after."""
+
+    def __init__(self, checkpoint: Path, sizes: Sizes, fleet: LocalFleet) -> None:
+        layers, half = BENCH_MODEL.num_layers, BENCH_MODEL.num_layers // 2
+        self.plan = manual_plan("bench", layers, [[("f0", 0, half), ("f1", half, layers)],
+                                                  [("f0", 0, half), ("f2", half, layers)]])
+        self.checkpoint, self.sizes, self.fleet = checkpoint, sizes, fleet
+        self.coordinator: Coordinator | None = None
+        self.victim = None
+
+    async def start(self, workdir: Path) -> None:
+        plan_path = workdir / "plan-hung.json"
+        plan_path.write_text(self.plan.to_json())
+        children = [self.fleet.start_worker(plan_path, node.name, self.checkpoint) for node in self.plan.nodes]
+        endpoints = {c.name: (await asyncio.to_thread(self.fleet.wait, c)).grpc_address for c in children}
+        self.victim = next(c for c in children if c.name == "f1")
+        settings = Settings(heartbeat_seconds=HEARTBEAT_SECONDS, hung_seconds=HUNG_SECONDS, reconnect_seconds=0.2)
+        self.coordinator = Coordinator(self.plan, endpoints, ModelLimits(10_000, 100_000), settings,
+                                       tls=self.fleet.member_tls("bench-failover"))
+        await self.coordinator.start()
+        await self.coordinator.wait_ready(120)
+
+    async def resume_seconds(self) -> float:
+        stamps: list[list[float]] = [[] for _ in range(self.sizes.batch)]
+
+        async def run(index: int, prompt: list[int]) -> None:
+            async for _ in self.coordinator.generate(GenerationRequest(tuple(prompt), self.sizes.new_tokens)):
+                stamps[index].append(time.monotonic())
+
+        tasks = [asyncio.create_task(run(i, p)) for i, p in enumerate(prompts(self.sizes, 380))]
+        while not all(len(s) >= 2 for s in stamps):
+            await asyncio.sleep(0.005)
+        stopped = time.monotonic()
+        os.kill(self.victim.process.pid, signal.SIGSTOP)
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            os.kill(self.victim.process.pid, signal.SIGCONT)
+        while not self.coordinator.routes.up["f1"]:
+            await asyncio.sleep(0.05)
+        return max(min(t for t in s if t > stopped) - stopped for s in stamps if s[-1] > stopped)
 
     async def close(self) -> None:
         if self.coordinator is not None:
@@ -285,6 +341,7 @@ async def main(argv: list[str] | None = None) -> int:
         write_demo_checkpoint(checkpoint, BENCH_MODEL)
         subjects = {"single": SingleProcess(checkpoint, sizes)}
         subjects |= {str(k): Pipeline(checkpoint, k, sizes, fleet) for k in (2, 3)}
+        hung = HungStage(checkpoint, sizes, fleet)
         sink, sink_port = _start(_stage_sink, (sizes.messages, None))
         ca = new_ca("bench")
         sink_tls, peer_tls = (ClusterTLS.from_dir(write_bundle(workdir / name, ca, issue(ca, name)))
@@ -297,11 +354,13 @@ async def main(argv: list[str] | None = None) -> int:
         try:
             for k in ("2", "3"):
                 await subjects[k].start(workdir)
+            await hung.start(workdir)
             tokens = await best(subjects, "throughput", sizes.repeats)
             steps = await best(subjects, "step_ms", sizes.repeats, pick=min)
             rates = await best(streams, "throughput", sizes.repeats)
+            resumed = [await hung.resume_seconds() for _ in range(3)]
         finally:
-            for subject in [*subjects.values(), *streams.values()]:
+            for subject in [*subjects.values(), *streams.values(), hung]:
                 if hasattr(subject, "close"):
                     await subject.close()
             sink.terminate()
@@ -321,6 +380,11 @@ async def main(argv: list[str] | None = None) -> int:
         rows.append((f"(c) decode step, batch 1, {k} stages", f"1 process {steps['single']:6.2f} ms",
                      f"{k} stages {steps[k]:6.2f} ms", f"+{(steps[k] - steps['single']) / hops:.2f} ms/hop",
                      f"({hops} hops)"))
+    bound = HEARTBEAT_SECONDS + HUNG_SECONDS
+    rows.append(("(e) SIGSTOPped stage to its requests' next token elsewhere, median of 3",
+                 f"heartbeat + hung {bound:.1f} s", f"resumed after {statistics.median(resumed):.2f} s "
+                 f"(max {max(resumed):.2f})", f"{statistics.median(resumed) / bound:.2f}x",
+                 "<= bound + a re-prefill"))
     print(table(rows))
     return 0
 

@@ -13,9 +13,11 @@ from helix_planner.plan_format import Plan
 from helix_proto import grpc_service_pb2 as kserve
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest
 from helix_worker.launcher import LocalFleet
+from helix_worker.links import StreamLink
 from helix_worker.local_plan import Layout, manual_plan
 from helix_worker.protocol import SamplingParams
 from helix_worker.reference import ReferenceModel
+from helix_worker.security.tls import ClusterTLS
 
 MODEL = "tiny-llama"
 NUM_LAYERS = 6
@@ -74,6 +76,18 @@ def assert_reference_runs(checkpoint: Path, prompts: list[list[int]], runs: list
         assert tokens == expected.tokens, f"prompt of {len(prompt)} tokens diverged"
         for got, want in zip(logits, expected.logits, strict=True):
             assert torch.allclose(got, want, atol=1e-4, rtol=0), (got - want).abs().max()
+
+
+async def kv_used(address: str, tls: ClusterTLS) -> int:
+    """KV tokens (whole blocks) a stage's requests hold now, as its Describe says."""
+    link = StreamLink(address, "probe", max_message_bytes=1 << 20, tls=tls)
+    return int((await link.describe(timeout=5)).kv_used_tokens)
+
+
+def failovers(coordinator: Coordinator) -> float:
+    """Requests the coordinator re-prefilled on another route (whatever labels the counter has)."""
+    return sum(sample.value for family in coordinator.metrics.registry.collect() if family.name == "helix_failovers"
+               for sample in family.samples if sample.name.endswith("_total"))
 
 
 def kserve_request(inputs: dict[str, tuple[str, list[int], bytes]], model: str = MODEL,

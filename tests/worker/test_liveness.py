@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from dataplane_helpers import MODEL, NUM_LAYERS, assert_reference_runs, generate_with_logits, start_workers, write_plan
+from dataplane_helpers import (MODEL, NUM_LAYERS, WORKER_ENV, assert_reference_runs, failovers, generate_with_logits,
+                               kv_used, start_workers, write_plan)
 
+from helix_proto import helix_stage_pb2 as pb
 from helix_worker.envs import Settings
 from helix_worker.errors import Unavailable
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
+from helix_worker.frontend.health import verdict
 from helix_worker.links import StreamLink
 from helix_worker.local_plan import manual_plan
 from helix_worker.protocol import SamplingParams
@@ -27,6 +30,12 @@ from helix_worker.stage.main import StageOptions, serve_stage
 HEARTBEAT, HUNG = 0.2, 1.0
 PROMPTS = [[11, 12, 13], [40, 41, 42, 43, 44, 45], [9], [300, 301, 302, 303]]
 MAX_TOKENS = 48
+
+
+def test_verdict_names_what_is_wrong() -> None:
+    assert verdict(pb.StageInfo(ready=True, stalled_seconds=HUNG - 0.1), HUNG) is None
+    assert "no step finished in 1.0s" in verdict(pb.StageInfo(ready=True, stalled_seconds=HUNG), HUNG)
+    assert "not ready: the engine stopped" in verdict(pb.StageInfo(ready=False, problem="the engine stopped"), HUNG)
 
 
 async def _wait_for(condition, timeout: float) -> float:
@@ -39,19 +48,15 @@ async def _wait_for(condition, timeout: float) -> float:
     return loop.time() - began
 
 
-async def _kv_used(address: str) -> int:
-    link = StreamLink(address, "test", max_message_bytes=1 << 20)
-    return int((await link.describe(timeout=5)).kv_used_tokens)
-
-
 @pytest.mark.timeout(240)
 async def test_stopped_stage_leaves_rotation_and_rejoins(tmp_path: Path, checkpoint: Path, fleet) -> None:
     # Two pipelines that differ only in their middle stage.
     plan, plan_path = write_plan(tmp_path, [[("a", 0, 2), ("m1", 2, 4), ("z", 4, NUM_LAYERS)],
                                             [("a", 0, 2), ("m2", 2, 4), ("z", 4, NUM_LAYERS)]])
     endpoints = await asyncio.to_thread(start_workers, fleet, plan, plan_path, checkpoint)
+    tls = fleet.member_tls("frontend")
     coordinator = Coordinator(plan, endpoints, ModelLimits(380, 2048),
-                              Settings(reconnect_seconds=0.2, heartbeat_seconds=HEARTBEAT, hung_seconds=HUNG))
+                              Settings(reconnect_seconds=0.2, heartbeat_seconds=HEARTBEAT, hung_seconds=HUNG), tls=tls)
     victim = next(c for c in fleet.children if c.name == "m1")
     progress: dict[int, list[tuple[float, int]]] = {i: [] for i in range(len(PROMPTS))}
 
@@ -86,13 +91,13 @@ async def test_stopped_stage_leaves_rotation_and_rejoins(tmp_path: Path, checkpo
         after = await asyncio.gather(*(generate_with_logits(coordinator, p, MAX_TOKENS) for p in PROMPTS[:2]))
         # What the stopped stage held for the requests moved away is released once it is back.
         deadline = time.monotonic() + 10
-        while (held := await _kv_used(endpoints["m1"])) and time.monotonic() < deadline:
+        while (held := await kv_used(endpoints["m1"], tls)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
     finally:
         await coordinator.close()
 
     assert left <= HEARTBEAT + HUNG + 1.0, f"m1 left rotation {left:.2f}s after SIGSTOP"
-    assert coordinator.metrics.registry.get_sample_value("helix_failovers_total") >= 1
+    assert failovers(coordinator) >= 1
     assert held == 0
     # Requests that were stalled on m1 got their next token elsewhere within the bound (+ a re-prefill).
     resumed = [min(t for t, _ in progress[i] if t > stopped) - stopped for i in on_victim
@@ -102,19 +107,20 @@ async def test_stopped_stage_leaves_rotation_and_rejoins(tmp_path: Path, checkpo
 
 
 @pytest.mark.timeout(180)
-async def test_engine_crash_turns_stage_unready(tmp_path: Path, checkpoint: Path, monkeypatch,
+async def test_engine_crash_turns_stage_unready(tmp_path: Path, checkpoint: Path, fleet, monkeypatch,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     plan = manual_plan(MODEL, NUM_LAYERS, [[("solo", 0, NUM_LAYERS)]])
     ready_file = tmp_path / "solo.ready.json"
-    stage = asyncio.create_task(serve_stage(StageOptions(plan, "solo", checkpoint, ready_file=ready_file),
-                                            Settings(torch_threads=1, kv_cache_tokens=1024)))
+    own, tls = fleet.member_tls("solo"), fleet.member_tls("frontend")  # the stage runs in this process
+    settings = Settings.from_env(WORKER_ENV, tls_cert=str(own.cert), tls_key=str(own.key), tls_ca=str(own.ca))
+    stage = asyncio.create_task(serve_stage(StageOptions(plan, "solo", checkpoint, ready_file=ready_file), settings))
     coordinator = None
     try:
         await _wait_for(lambda: ready_file.exists() or stage.done(), 120)
         ports = json.loads(ready_file.read_text())
         address, http = f"127.0.0.1:{ports['grpc']}", f"http://127.0.0.1:{ports['http']}"
-        coordinator = Coordinator(plan, {"solo": address}, ModelLimits(380, 2048),
-                                  Settings(heartbeat_seconds=HEARTBEAT, hung_seconds=HUNG, route_wait_seconds=1))
+        settings = Settings(heartbeat_seconds=HEARTBEAT, hung_seconds=HUNG, route_wait_seconds=1)
+        coordinator = Coordinator(plan, {"solo": address}, ModelLimits(380, 2048), settings, tls=tls)
         await coordinator.start()
         await coordinator.wait_ready(30)
         assert await asyncio.to_thread(_status, http + "/readyz") == 200
@@ -127,7 +133,7 @@ async def test_engine_crash_turns_stage_unready(tmp_path: Path, checkpoint: Path
             async for _ in coordinator.generate(GenerationRequest((1, 2, 3), 4)):
                 pass
         assert not coordinator.ready and not coordinator.routes.up["solo"]
-        info = await StreamLink(address, "test", max_message_bytes=1 << 20).describe(timeout=5)
+        info = await StreamLink(address, "probe", max_message_bytes=1 << 20, tls=tls).describe(timeout=5)
         assert not info.ready and "injected scheduler bug" in info.problem
         assert await asyncio.to_thread(_status, http + "/readyz") == 503
         assert await asyncio.to_thread(_status, http + "/healthz") == 503

@@ -56,8 +56,9 @@ class Heartbeat:
                 info = await self._describe(node, self.hung_seconds)
                 problem = verdict(info, self.hung_seconds)
             except grpc.aio.AioRpcError as err:
-                problem = (f"no heartbeat answer within {self.hung_seconds:g}s"
-                           if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED else f"heartbeat failed: {err.code().name}")
+                late = err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                problem = f"no heartbeat answer within {self.hung_seconds:g}s" if late else \
+                    f"heartbeat failed: {err.code().name}"
             except Exception as err:  # any other failure to answer counts too; the watcher lives on
                 problem = f"heartbeat failed: {err!r}"
             if not self._is_up(node):
