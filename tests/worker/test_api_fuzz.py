@@ -257,3 +257,51 @@ def test_oversized_kserve_message_is_refused_before_it_is_read(served) -> None:
         with pytest.raises(grpc.RpcError) as refused:
             kserve_grpc.GRPCInferenceServiceStub(channel).ModelInfer(huge, timeout=60)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@st.composite
+def rest_requests(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
+    """A KServe request as a REST infer body with binary tensors (as tritonclient.http sends
+    them), a generate body with fields replaced by anything, or JSON of any shape."""
+    request = draw(kserve_requests())
+    model = f"/v2/models/{request.model_name}"
+    header = {"id": request.id, "inputs": [
+        {"name": t.name, "datatype": t.datatype, "shape": list(t.shape), "parameters": {"binary_data_size": len(raw)}}
+        for t, raw in zip(request.inputs, request.raw_input_contents)]}
+    header |= {"parameters": {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in request.parameters.items()}}
+    text = json.dumps(header, allow_nan=True).encode()
+    generate = draw(st.fixed_dictionaries({"text_input": st.text(min_size=1, max_size=12) | json_values}, optional={
+        "max_tokens": short | json_values.filter(lambda v: v is not None), "temperature": st.floats() | json_values,
+        "parameters": json_values, "stream": json_values, "bogus": json_values}))
+    generate.setdefault("max_tokens", 3)
+    return draw(st.sampled_from([
+        (model + "/infer", text + b"".join(request.raw_input_contents), {"Inference-Header-Content-Length": str(len(text))}),
+        (model + "/infer", json.dumps(draw(json_values)).encode(), {}),
+        (f"/v2/models/{MODEL}/generate", json.dumps(generate, allow_nan=True).encode(), {}),
+        (f"/v2/models/{MODEL}/generate_stream", json.dumps(generate, allow_nan=True).encode(), {}),
+    ]))
+
+
+def test_kserve_rest_answers_every_body_without_a_server_error(served, reference) -> None:
+    host, port = served.http_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+
+    @FUZZ
+    @given(request=rest_requests())
+    def answers(request: tuple[str, bytes, dict[str, str]]) -> None:
+        path, body, headers = request
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/json"} | headers)
+        response = connection.getresponse()
+        status, payload = response.status, response.read()
+        assert status < 500, (status, payload[:300])
+        kind = response.getheader("Content-Type", "")
+        if kind.startswith("text/event-stream"):
+            assert status == 200
+        elif kind.startswith("application/json"):
+            assert ("error" in json.loads(payload)) == (status >= 400), payload[:300]
+
+    try:
+        answers()
+    finally:
+        connection.close()
+    _still_exact(served, reference)

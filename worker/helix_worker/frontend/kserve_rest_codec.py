@@ -121,8 +121,8 @@ def _parameters(target: Any, value: Any) -> dict[str, Any]:
         raise InvalidRequest("`parameters` must be an object")
     for key, item in value.items():
         slot = _PARAMETER_SLOTS.get(type(item))
-        if slot is None:
-            raise InvalidRequest(f"parameter {key!r} must be a boolean, number or string")
+        if slot is None or (slot == "int64_param" and not -2**63 <= item < 2**63):
+            raise InvalidRequest(f"parameter {key!r} must be a boolean, a number (integers within int64) or a string")
         setattr(target[key], slot, item)
     return value
 
@@ -134,7 +134,7 @@ def _add_input(request: kserve.ModelInferRequest, tensor: Any, binary: bytes, of
     name, datatype, shape = tensor["name"], tensor.get("datatype"), tensor.get("shape")
     if datatype not in CONTENTS:
         raise InvalidRequest(f"input {name!r} has unsupported datatype {datatype!r}")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**31 for d in shape):
         raise InvalidRequest(f"input {name!r} needs a `shape`: a list of non-negative integers")
     added = request.inputs.add(name=name, datatype=datatype, shape=shape)
     size = _parameters(added.parameters, tensor.get("parameters")).get("binary_data_size")
