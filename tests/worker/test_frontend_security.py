@@ -69,7 +69,7 @@ def _post(url: str, context: ssl.SSLContext, headers: dict[str, str]) -> tuple[i
         return err.code, json.loads(err.read())
 
 
-def test_openai_api_needs_a_valid_key_and_health_stays_open(secured) -> None:
+def test_http_apis_need_a_valid_key_and_health_stays_open(secured) -> None:
     _, _, url, context, _ = secured
     for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": KEY},
                     {"Authorization": f"Basic {KEY}"}):
@@ -81,9 +81,14 @@ def test_openai_api_needs_a_valid_key_and_health_stays_open(secured) -> None:
     assert caught.value.code == 401
     status, body = _post(url, context, {"Authorization": f"Bearer {KEY}"})
     assert status == 200 and body["usage"]["completion_tokens"] == 3
-    for path in ("/healthz", "/readyz", "/metrics"):
+    for path in ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready",
+                 f"/v2/models/{MODEL}/ready"):
         with urllib.request.urlopen(url + path, timeout=10, context=context) as response:
             assert response.status == 200, path
+    for path in ("/v2", f"/v2/models/{MODEL}", f"/v2/models/{MODEL}/config"):
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(url + path, timeout=10, context=context)
+        assert caught.value.code == 401, path
 
 
 def test_plain_http_gets_nothing_from_the_tls_port(secured) -> None:

@@ -5,7 +5,8 @@ GPUs) or a cluster YAML file; either way the planner places the layers (see `fle
 It prints the plan (throughput estimate, layer ranges, pipelines, unused workers), starts
 exactly the plan's nodes with their slowdowns, prints the endpoints and a sample
 generation, then serves until Ctrl-C (or exits after the sample with `exit_after_sample`),
-always stopping every child.
+always stopping every child. The fleet is its own cluster: a throwaway CA in the work
+directory signs a certificate for each child, and every hop between them uses mutual TLS.
 """
 
 import json
@@ -142,6 +143,7 @@ def up(options: UpOptions, out=print) -> int:
             out(f"  KServe v2 gRPC  {frontend.grpc_address}")
             out(f"  OpenAI HTTP     {frontend.http_url}/v1")
             out(f"  metrics         {frontend.http_url}/metrics   (logs: {fleet.workdir})")
+            out(f"  stage network   mutual TLS, certificates of a throwaway CA in {fleet.workdir / 'tls'}")
             out(f"sample: {options.prompt!r} -> {sample(frontend.http_url, options.prompt, options.max_tokens)!r}")
             if options.exit_after_sample:
                 return 0

@@ -1,6 +1,7 @@
 """API keys at the front end's client endpoints (see `security.apikeys`): an aiohttp
-middleware answering 401 with OpenAI's error body, and a gRPC interceptor answering
-UNAUTHENTICATED. Health, readiness and metrics stay open for probes and scrapers."""
+middleware answering 401 with OpenAI's error body (OpenAI and KServe REST alike), and a gRPC
+interceptor answering UNAUTHENTICATED. Health, readiness (the front end's and KServe's live,
+ready and model-ready calls) and metrics stay open for probes and scrapers."""
 
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,12 +21,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def require_key_middleware(keys: ApiKeys) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS or keys.allows(request.headers.get("Authorization")):
+        if _open(request.path) or keys.allows(request.headers.get("Authorization")):
             return await handler(request)
         return web.json_response({"error": {"message": MESSAGE, "type": "invalid_request_error",
                                             "code": "invalid_api_key"}},
                                  status=401, headers={"WWW-Authenticate": "Bearer"})
     return require_key
+
+
+def _open(path: str) -> bool:
+    """Health and readiness: /v2/models/{name}[/versions/{v}]/ready is KServe's ModelReady."""
+    return path in OPEN_PATHS or (path.startswith("/v2/models/") and path.endswith("/ready"))
 
 
 class RequireKey(grpc.aio.ServerInterceptor):
