@@ -60,16 +60,17 @@ class TokenHistory:
             seen = self._requests[request_id] = _Seen(set(params.seen_prompt_ids), Counter(params.seen_output_ids))
         out = logits.clone()
         if params.logit_bias:
-            ids, values = zip(*params.logit_bias)
-            out[torch.tensor(ids)] += torch.tensor(values, dtype=out.dtype)
+            biased = torch.tensor([t for t, _ in params.logit_bias])
+            out[biased] += torch.tensor([v for _, v in params.logit_bias], dtype=out.dtype)
         if params.repetition_penalty != 1.0 and (appeared := seen.prompt | seen.output.keys()):
-            ids = torch.tensor(sorted(appeared))
-            chosen = out[ids]
-            out[ids] = torch.where(chosen > 0, chosen / params.repetition_penalty, chosen * params.repetition_penalty)
+            repeated = torch.tensor(sorted(appeared))
+            chosen = out[repeated]
+            out[repeated] = torch.where(chosen > 0, chosen / params.repetition_penalty,
+                                        chosen * params.repetition_penalty)
         if (params.frequency_penalty != 0.0 or params.presence_penalty != 0.0) and seen.output:
-            ids = torch.tensor(list(seen.output.keys()))
+            outputs = torch.tensor(list(seen.output.keys()))
             counts = torch.tensor(list(seen.output.values()), dtype=out.dtype)
-            out[ids] -= params.frequency_penalty * counts + params.presence_penalty
+            out[outputs] -= params.frequency_penalty * counts + params.presence_penalty
         return out
 
     def record(self, request_id: str, token: int) -> None:

@@ -135,9 +135,10 @@ def text_requests(request: kserve.ModelInferRequest, *, streaming: bool) -> KSer
                               presence_penalty=field("presence_penalty", 0.0),
                               frequency_penalty=field("frequency_penalty", 0.0),
                               repetition_penalty=field("repetition_penalty", 1.0), logit_bias=options.get("logit_bias"))
-    common = {"max_tokens": check.integer("max_tokens", field("max_tokens", 16), 1, check.MAX_TOKENS_MAX),
-              "sampling": sampling, "stop": check.stop_strings(_stops(options.get("stop"))),
-              "ignore_eos": check.flag("ignore_eos", field("ignore_eos", False))}
+    common: dict[str, Any] = {
+        "max_tokens": check.integer("max_tokens", field("max_tokens", 16), 1, check.MAX_TOKENS_MAX),
+        "sampling": sampling, "stop": check.stop_strings(_stops(options.get("stop"))),
+        "ignore_eos": check.flag("ignore_eos", field("ignore_eos", False))}
     if "text_input" in inputs and "input_ids" in inputs:
         raise InvalidRequest("give `text_input` or `input_ids`, not both")
     if "text_input" in inputs:

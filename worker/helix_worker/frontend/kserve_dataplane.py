@@ -9,7 +9,7 @@ call are kept here for ModelStatistics and `/stats`.
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -91,7 +91,7 @@ class KServeDataPlane:
         self.statistics.record(prompts, time.perf_counter_ns() - started, ok=True)
         return codec.response(request, self.model_name, names, answers)
 
-    async def stream(self, request: kserve.ModelInferRequest) -> AsyncIterator[kserve.ModelInferResponse]:
+    async def stream(self, request: kserve.ModelInferRequest) -> AsyncGenerator[kserve.ModelInferResponse, None]:
         """Responses to one streamed request: one per token (`stream` true, the default on a
         stream) or one with the whole answer; the last carries triton_final_response."""
         self.check_model(request.model_name, request.model_version)
@@ -116,7 +116,7 @@ class KServeDataPlane:
             yield final
 
     async def _pieces(self, request: kserve.ModelInferRequest, parsed: codec.KServeRequest,
-                      names: list[str]) -> AsyncIterator[kserve.ModelInferResponse]:
+                      names: list[str]) -> AsyncGenerator[kserve.ModelInferResponse, None]:
         text = parsed.prompts[0]
         generation = await self.service.prepare(text)
         echo = parsed.echo

@@ -77,7 +77,7 @@ def infer_response(response: kserve.ModelInferResponse, binary: set[str] | None)
             entry["data"] = _json_items(tensor.datatype, from_raw(tensor.name, tensor.datatype, raw))
         outputs.append(entry)
     header = json.dumps({"model_name": response.model_name, "model_version": response.model_version, "id": response.id,
-                    "parameters": parameters_json(response.parameters), "outputs": outputs}).encode()
+                    "parameters": _parameters_json(response.parameters), "outputs": outputs}).encode()
     if not tail:
         return header, {"Content-Type": "application/json"}
     return header + b"".join(tail), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
@@ -94,7 +94,7 @@ def generate_response(response: kserve.ModelInferResponse) -> dict[str, Any]:
     return answer
 
 
-def parameters_json(parameters: Any) -> dict[str, Any]:
+def _parameters_json(parameters: Any) -> dict[str, Any]:
     return {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in parameters.items()
             if value.WhichOneof("parameter_choice")}
 

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Iterable
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
@@ -184,7 +184,7 @@ class _OpenAI:
         return response
 
     async def _pieces(self, parsed: OpenAIRequest,
-                      generations: list[GenerationRequest]) -> AsyncIterator[tuple[int, TextPiece]]:
+                      generations: list[GenerationRequest]) -> AsyncGenerator[tuple[int, TextPiece], None]:
         """(choice index, piece) of every choice as they come; the first error ends them all."""
         if len(generations) == 1:
             async with aclosing(self.service.stream(parsed.text, generations[0])) as pieces:

@@ -56,10 +56,10 @@ def parse_body(body: Any, *, chat: bool) -> OpenAIRequest:
                               frequency_penalty=check.given(body, "frequency_penalty", 0.0),
                               repetition_penalty=check.given(body, "repetition_penalty", 1.0),
                               logit_bias=body.get("logit_bias"))
-    common = {"max_tokens": None if max_tokens is None else check.integer("max_tokens", max_tokens, 1,
-                                                                          check.MAX_TOKENS_MAX),
-              "sampling": sampling, "stop": check.stop_strings(body.get("stop")),
-              "ignore_eos": check.flag("ignore_eos", check.given(body, "ignore_eos", False))}
+    common: dict[str, Any] = {
+        "max_tokens": None if max_tokens is None else check.integer("max_tokens", max_tokens, 1, check.MAX_TOKENS_MAX),
+        "sampling": sampling, "stop": check.stop_strings(body.get("stop")),
+        "ignore_eos": check.flag("ignore_eos", check.given(body, "ignore_eos", False))}
     text = _chat(body, common) if chat else _completion(body, common)
     return OpenAIRequest(text, n, stream, _include_usage(body, stream))
 
