@@ -354,10 +354,10 @@ async def main(argv: list[str] | None = None) -> int:
         try:
             for k in ("2", "3"):
                 await subjects[k].start(workdir)
-            await hung.start(workdir)
             tokens = await best(subjects, "throughput", sizes.repeats)
             steps = await best(subjects, "step_ms", sizes.repeats, pick=min)
             rates = await best(streams, "throughput", sizes.repeats)
+            await hung.start(workdir)  # its workers start after (a)-(d), which they would share cores with
             resumed = [await hung.resume_seconds() for _ in range(3)]
         finally:
             for subject in [*subjects.values(), *streams.values(), hung]:
