@@ -106,3 +106,19 @@ def kserve_request(inputs: dict[str, tuple[str, list[int], bytes]], model: str =
 def bytes_tensor(*items: bytes) -> bytes:
     """Raw contents of a KServe BYTES tensor: each element prefixed by its 4-byte length."""
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def penalized_greedy(reference: ReferenceModel, prompt: list[int], max_tokens: int, *, presence: float = 0.0,
+                     frequency: float = 0.0, repetition: float = 1.0, bias: dict[int, float] | None = None) -> list[int]:
+    """Greedy tokens with vLLM's penalties, written out here independently of the server's code."""
+    out: list[int] = []
+    for _ in range(max_tokens):
+        logits = reference.next_logits(prompt + out).clone()
+        for token, value in (bias or {}).items():
+            logits[token] += value
+        for token in set(prompt + out):
+            logits[token] = logits[token] / repetition if logits[token] > 0 else logits[token] * repetition
+        for token in set(out):
+            logits[token] -= frequency * out.count(token) + presence
+        out.append(int(torch.argmax(logits)))
+    return out

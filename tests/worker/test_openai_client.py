@@ -3,8 +3,7 @@ n > 1, logit_bias and penalties applied on the last stage, fields refused by nam
 
 import openai
 import pytest
-import torch
-from dataplane_helpers import MODEL
+from dataplane_helpers import MODEL, penalized_greedy
 
 from helix_worker.reference import ReferenceModel
 from helix_worker.tokenizer import load_tokenizer
@@ -22,22 +21,6 @@ def client(served):
 @pytest.fixture(scope="module")
 def reference(checkpoint):
     return ReferenceModel(checkpoint)
-
-
-def penalized_greedy(reference: ReferenceModel, prompt: list[int], max_tokens: int, *, presence: float = 0.0,
-                     frequency: float = 0.0, repetition: float = 1.0, bias: dict[int, float] | None = None) -> list[int]:
-    """Greedy tokens with vLLM's penalties, written out here independently of the server's code."""
-    out: list[int] = []
-    for _ in range(max_tokens):
-        logits = reference.next_logits(prompt + out).clone()
-        for token, value in (bias or {}).items():
-            logits[token] += value
-        for token in set(prompt + out):
-            logits[token] = logits[token] / repetition if logits[token] > 0 else logits[token] * repetition
-        for token in set(out):
-            logits[token] -= frequency * out.count(token) + presence
-        out.append(int(torch.argmax(logits)))
-    return out
 
 
 def test_completion_and_its_stream_match_the_reference(client, reference, checkpoint) -> None:

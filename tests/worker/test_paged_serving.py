@@ -8,11 +8,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dataplane_helpers import assert_reference_runs, generate_with_logits, start_workers, write_plan
+from dataplane_helpers import assert_reference_runs, generate_with_logits, penalized_greedy, start_workers, write_plan
 
 from helix_worker.envs import Settings
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
 from helix_worker.links import StreamLink
+from helix_worker.protocol import SamplingParams
 from helix_worker.reference import ReferenceModel
 from helix_worker.security.tls import ClusterTLS
 
@@ -111,3 +112,32 @@ async def test_paging_holds_three_times_the_requests_of_reserving_max_tokens(
     for i in range(4):
         assert runs[i] == reference.greedy(prompt[i:], output).tokens
     assert left == 0
+
+
+@pytest.mark.timeout(240)
+async def test_penalties_count_the_tokens_before_a_preemption(tmp_path: Path, checkpoint: Path, fleet) -> None:
+    """Requests preempted mid-decode are re-prefilled as new requests at the last stage; their
+    prompt and the tokens generated so far ride on the prefill, so the penalties still count
+    them and every request ends with the tokens of a penalized decode without interruption."""
+    fleet.env |= {"HELIX_MAX_BATCH_TOKENS": "8", "HELIX_KV_BLOCK_TOKENS": "8", "HELIX_KV_CACHE_TOKENS": "48"}
+    plan, plan_path = write_plan(tmp_path, TWO_STAGES)
+    endpoints = await asyncio.to_thread(start_workers, fleet, plan, plan_path, checkpoint)
+    prompts = [[7, 8, 7, 8], [5, 17, 42], [9, 8, 7, 6, 5], list(range(200, 206)), [3, 3, 3], [100, 101, 100]]
+    max_tokens = 14
+    sampling = SamplingParams(frequency_penalty=1.0, presence_penalty=0.5, repetition_penalty=1.3)
+    coordinator = Coordinator(plan, endpoints, LIMITS, Settings(), tls=fleet.member_tls("frontend"))
+    await coordinator.start()
+
+    async def tokens(prompt: list[int]) -> list[int]:
+        return [e.token_id async for e in coordinator.generate(GenerationRequest(tuple(prompt), max_tokens, sampling))]
+
+    try:
+        await coordinator.wait_ready(30)
+        runs = await asyncio.wait_for(asyncio.gather(*(tokens(p) for p in prompts)), 150)
+    finally:
+        await coordinator.close()
+    assert coordinator.metrics.registry.get_sample_value(
+        "vllm:num_preemptions_total", {"model_name": coordinator.metrics.model_name}) > 0
+    reference = ReferenceModel(checkpoint)
+    assert runs == [penalized_greedy(reference, p, max_tokens, frequency=1.0, presence=0.5, repetition=1.3)
+                    for p in prompts]
