@@ -13,17 +13,21 @@ image build time). Without a compiler the engine falls back to the gather path a
 
 import functools
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("kernels") / "paged_decode.cpp"
+_STALE_LOCK_SECONDS = 600
 
 # out, q, keys, values, tables, lengths, scale
 PagedDecode = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
@@ -33,18 +37,68 @@ PagedDecode = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, 
 @functools.cache
 def paged_decode() -> PagedDecode | None:
     """The compiled kernel, or None (logged once) when it cannot be built here."""
+    name = f"helix_paged_decode_{_build_key()}"
+    directory = _build_root() / name
     try:
-        from torch.utils.cpp_extension import load
-
-        _put_ninja_on_path()
-        module = load(name=f"helix_paged_decode_{_build_key()}", sources=[str(_SOURCE)],
-                      extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                      verbose=False)
+        module = _import_built(name, directory) or _build(name, directory)
     except Exception as err:  # no compiler, no ninja, a read-only cache: serve on the slower path
         log.warning("CPU decode-attention kernel unavailable (%s); decode attention gathers pages instead",
                     str(err).splitlines()[0] if str(err) else type(err).__name__)
         return None
     return module.paged_decode_attention
+
+
+def _build_root() -> Path:
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+
+
+def _import_built(name: str, directory: Path) -> ModuleType | None:
+    """A library built before (its name pins source, torch and CPU), imported without the
+    loader: the loader reruns ninja, which rebuilds whenever the last build came from another
+    checkout's path, and waits on a lock other processes hold (10-47 s per worker start, seen
+    under tests running from several checkouts)."""
+    library = directory / f"{name}.so"
+    spec = importlib.util.spec_from_file_location(name, library) if library.exists() else None
+    if spec is None or spec.loader is None:
+        return None
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except ImportError:  # a link cut short, or still being written by another process: build
+        return None
+    return module
+
+
+def _build(name: str, directory: Path) -> ModuleType:
+    """Compile from a copy of the source inside the build directory, so the build command, and
+    with it ninja's view of what is up to date, is the same from every checkout."""
+    from torch.utils.cpp_extension import load
+
+    _put_ninja_on_path()
+    directory.mkdir(parents=True, exist_ok=True)
+    source = directory / _SOURCE.name
+    if not source.exists() or source.read_bytes() != _SOURCE.read_bytes():
+        staged = source.with_suffix(f".{os.getpid()}.tmp")
+        staged.write_bytes(_SOURCE.read_bytes())
+        staged.replace(source)
+    _clear_stale_lock(directory)
+    return load(name=name, sources=[str(source)], build_directory=str(directory),
+                extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                verbose=False)
+
+
+def _clear_stale_lock(directory: Path) -> None:
+    """The loader's lock file outlives a builder killed mid-build, and every later start would
+    wait on it forever; no build takes anywhere near this long."""
+    lock = directory / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > _STALE_LOCK_SECONDS:
+            log.warning("removing %s, left by a kernel build that did not finish", lock)
+            lock.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _put_ninja_on_path() -> None:
