@@ -3,9 +3,13 @@
 import json
 from pathlib import Path
 
+import torch
+
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedModel,
+                          Qwen2Config, Qwen2ForCausalLM)
 
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -83,3 +87,36 @@ def _save(directory: Path, tokenizer: Tokenizer, config: dict) -> Path:
     (directory / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False} | config))
     return directory
+
+
+SHAPE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             vocab_size=128, max_position_embeddings=256)
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+
+
+def randomize(model: PreTrainedModel, seed: int) -> PreTrainedModel:
+    """Norm weights near 1, biases 0.2, embeddings 1, projections 1/sqrt(fan-in)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            if name.endswith("norm.weight"):
+                param.copy_(1 + 0.1 * noise)
+            elif name.endswith(".bias"):
+                param.copy_(0.2 * noise)
+            else:
+                param.copy_(noise if "embed" in name else noise * param.shape[1] ** -0.5)
+    return model.eval()
+
+
+def build(kind: str) -> PreTrainedModel:
+    if kind == "llama":
+        config = LlamaConfig(**SHAPE, attention_bias=True, mlp_bias=True, rope_parameters=dict(LLAMA3_ROPE))
+        return randomize(LlamaForCausalLM(config), 0)
+    if kind == "llama-linear-rope":
+        config = LlamaConfig(**SHAPE, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0})
+        return randomize(LlamaForCausalLM(config), 3)
+    if kind == "qwen2":
+        return randomize(Qwen2ForCausalLM(Qwen2Config(**SHAPE, tie_word_embeddings=True)), 1)
+    return randomize(MistralForCausalLM(MistralConfig(**SHAPE, sliding_window=None)), 2)

@@ -14,46 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedModel,
-                          Qwen2Config, Qwen2ForCausalLM)
+from hf_builders import SHAPE, build
+from transformers import LlamaForCausalLM, PreTrainedModel
 
 from helix_worker.errors import ServingError
 from helix_worker.frontend.main import stop_ids
 from helix_worker.model_config import ModelConfig, load_model_config
 from helix_worker.reference import ReferenceModel, causal_attention
 
-SHAPE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             vocab_size=128, max_position_embeddings=256)
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
 IDS = torch.randint(0, SHAPE["vocab_size"], (40,), generator=torch.Generator().manual_seed(1))
-
-
-def randomize(model: PreTrainedModel, seed: int) -> PreTrainedModel:
-    """Norm weights near 1, biases 0.2, embeddings 1, projections 1/sqrt(fan-in)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=gen)
-            if name.endswith("norm.weight"):
-                param.copy_(1 + 0.1 * noise)
-            elif name.endswith(".bias"):
-                param.copy_(0.2 * noise)
-            else:
-                param.copy_(noise if "embed" in name else noise * param.shape[1] ** -0.5)
-    return model.eval()
-
-
-def build(kind: str) -> PreTrainedModel:
-    if kind == "llama":
-        config = LlamaConfig(**SHAPE, attention_bias=True, mlp_bias=True, rope_parameters=dict(LLAMA3_ROPE))
-        return randomize(LlamaForCausalLM(config), 0)
-    if kind == "llama-linear-rope":
-        config = LlamaConfig(**SHAPE, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0})
-        return randomize(LlamaForCausalLM(config), 3)
-    if kind == "qwen2":
-        return randomize(Qwen2ForCausalLM(Qwen2Config(**SHAPE, tie_word_embeddings=True)), 1)
-    return randomize(MistralForCausalLM(MistralConfig(**SHAPE, sliding_window=None)), 2)
 
 
 def ours(checkpoint: Path, dtype: torch.dtype | None = None) -> torch.Tensor:
