@@ -5,7 +5,6 @@ end, asked through tritonclient), generate exactly the greedy tokens transformer
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import tritonclient.http as httpclient
 from dataplane_helpers import WORKER_ENV, start_workers, wait_http_ready, write_endpoints
@@ -29,9 +28,10 @@ def _served_greedy(client: httpclient.InferenceServerClient, prompt: list[int]) 
     return client.infer(MODEL, inputs).as_numpy("output_ids").reshape(-1).tolist()
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_served_greedy_tokens_equal_transformers_generate(kind: str, tmp_path: Path) -> None:
-    model = build(kind)  # GQA; llama: llama3 RoPE, attention and MLP biases; qwen2: q/k/v biases, tied
+def test_served_greedy_tokens_equal_transformers_generate(tmp_path: Path) -> None:
+    """Llama with GQA, llama3 RoPE and attention and MLP biases (the other architectures' logits
+    are checked on the reference path in test_hf_parity.py; one fleet here keeps CI short)."""
+    model = build("llama")
     checkpoint = tmp_path / "model"
     model.save_pretrained(checkpoint, max_shard_size="40KB")
     layers = model.config.num_hidden_layers
@@ -47,4 +47,4 @@ def test_served_greedy_tokens_equal_transformers_generate(kind: str, tmp_path: P
             with torch.no_grad():
                 expected = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, do_sample=False,
                                           min_new_tokens=NEW_TOKENS)[0, len(prompt):].tolist()
-            assert _served_greedy(client, prompt) == expected, (kind, prompt)
+            assert _served_greedy(client, prompt) == expected, prompt
