@@ -37,6 +37,7 @@ from helix_worker.metrics import FrontendMetrics
 from helix_worker.model_config import ModelConfig, load_model_config
 from helix_worker.readyfile import write_ready_file
 from helix_worker.security.apikeys import ApiKeys, load_api_keys
+from helix_worker.security.peers import parse_pairs
 from helix_worker.security.tls import ClusterTLS, client_tls, cluster_tls
 from helix_worker.tokenizer import Tokenizer, load_tokenizer
 
@@ -63,12 +64,7 @@ def parse_endpoints(pairs: list[str], files: list[Path]) -> dict[str, str]:
             endpoints |= {str(k): str(v) for k, v in json.loads(Path(path).read_text()).items()}
         except (OSError, ValueError, AttributeError) as err:
             raise ServingError(f"cannot read endpoints file {path}: {err}") from None
-    for pair in pairs:
-        node, sep, address = pair.partition("=")
-        if not sep or not node or ":" not in address:
-            raise ServingError(f"endpoint {pair!r} should look like NODE=HOST:PORT")
-        endpoints[node] = address
-    return endpoints
+    return endpoints | parse_pairs(pairs)
 
 
 def http_app(service: GenerationService, metrics: FrontendMetrics, settings: Settings,
