@@ -14,6 +14,7 @@ import yaml
 from helix_planner.profiles import Catalog
 from helix_worker.commands import register, run_up
 from helix_worker.model_config import load_model_config
+from helix_worker.profile import monotone
 from helix_worker.reference import ReferenceModel
 
 FAST_ENV = {**os.environ, "HELIX_TORCH_THREADS": "1"}
@@ -135,6 +136,14 @@ def test_up_rejects_mismatched_slowdowns_with_one_line() -> None:
     result = helix("up", "--workers", "3", "--slowdown", "1,2", "--exit-after-sample")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: give one slowdown factor per worker: 3 workers, 2 factors"
+
+
+def test_profile_curves_never_fall_as_size_grows() -> None:
+    """A point slowed by another process (72 ms at 16 tokens, 22 at 512) is lowered to the
+    later one, so the planner never extrapolates to a negative latency."""
+    measured = [[16.0, 72.0], [128.0, 272.0], [512.0, 22.4]]
+    assert monotone(measured) == [[0.0, 0.0], [16.0, 22.4], [128.0, 22.4], [512.0, 22.4]]
+    assert monotone([[8.0, 1.0], [16.0, 2.5]]) == [[0.0, 0.0], [8.0, 1.0], [16.0, 2.5]]
 
 
 def test_profile_writes_a_catalog_file_the_planner_reads(tmp_path: Path) -> None:

@@ -37,6 +37,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *_: object) -> None:
         pass
 
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def _serve(self, head: bool) -> None:
+        raise NotImplementedError  # each stand-in answers its own paths
+
     def _record(self) -> None:
         self.server.log.append((self.command, self.path, self.headers.get("Range"), self.headers.get("Authorization")))
 
@@ -87,12 +96,6 @@ class HubServer(Server):
 
 class _HubHandler(_Handler):
     server: HubServer
-
-    def do_HEAD(self) -> None:
-        self._serve(head=True)
-
-    def do_GET(self) -> None:
-        self._serve(head=False)
 
     def _serve(self, head: bool) -> None:
         self._record()
@@ -145,12 +148,6 @@ class _S3Handler(_Handler):
             return self._send(403, b"<ErrorResponse><Error><Code>AccessDenied</Code></Error></ErrorResponse>")
         body = STS_RESPONSE.format(key=self.server.sts_key, role=form["RoleArn"][0]).encode()
         return self._send(200, body, {"Content-Type": "text/xml"})
-
-    def do_HEAD(self) -> None:
-        self._serve(head=True)
-
-    def do_GET(self) -> None:
-        self._serve(head=False)
 
     def _serve(self, head: bool) -> None:
         self._record()

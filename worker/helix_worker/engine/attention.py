@@ -60,6 +60,7 @@ class _Group:
 class _Decode:
     """Single-token rows for the CPU decode kernel, which reads the pool through block tables."""
 
+    kernel: cpu_kernels.PagedDecode
     rows: torch.Tensor  # [S] packed row of each request's token
     tables: torch.Tensor  # [S, width] int64 block ids
     lengths: torch.Tensor  # [S] int64 tokens each attends to: its position + 1
@@ -89,18 +90,18 @@ class StepLayout:
         single = [i for i, s in enumerate(sequences) if s.length == 1]
         multi = [i for i, s in enumerate(sequences) if s.length > 1]
         shape = (block_tokens, heads // kv_heads, kv_heads, dtype, device)
-        decode = (_decode(single, starts, offsets, tables, device)
-                  if single and device.type == "cpu" and cpu_kernels.paged_decode() is not None
+        kernel = cpu_kernels.paged_decode() if single and device.type == "cpu" else None
+        decode = (_decode(kernel, single, starts, offsets, tables, device) if kernel is not None
                   else _group(single, sequences, offsets, tables, *shape))
         return cls(positions.to(device), slots.to(device), decode,
                    _group(multi, sequences, offsets, tables, *shape))
 
 
-def _decode(members: list[int], starts: torch.Tensor, offsets: torch.Tensor, tables: torch.Tensor,
-            device: torch.device) -> _Decode:
+def _decode(kernel: cpu_kernels.PagedDecode, members: list[int], starts: torch.Tensor, offsets: torch.Tensor,
+            tables: torch.Tensor, device: torch.device) -> _Decode:
     index = torch.tensor(members)
     lengths = starts[index] + 1
-    return _Decode(offsets[index].to(device), tables[index].contiguous().to(device), lengths.to(device))
+    return _Decode(kernel, offsets[index].to(device), tables[index].contiguous().to(device), lengths.to(device))
 
 
 def _group(members: list[int], sequences: list[SequenceRows], offsets: torch.Tensor, tables: torch.Tensor,
@@ -147,12 +148,10 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pool: KVP
 
 
 def _attend_in_place(q: torch.Tensor, pool: KVPool, layer: int, part: _Decode, out: torch.Tensor) -> None:
-    kernel = cpu_kernels.paged_decode()
-    assert kernel is not None  # the layout chose this path because it was built
     query = q.index_select(0, part.rows)
     result = torch.empty_like(query)
     keys, values = pool.layer(layer)
-    kernel(result, query, keys, values, part.tables, part.lengths, query.shape[-1] ** -0.5)
+    part.kernel(result, query, keys, values, part.tables, part.lengths, query.shape[-1] ** -0.5)
     out.index_copy_(0, part.rows, result)
 
 
