@@ -48,10 +48,10 @@ import torch
 
 from helix_worker.envs import Settings
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
-from helix_worker.launcher import LocalFleet
-from helix_worker.links import StreamLink
-from helix_worker.local_plan import manual_plan, proportional_split
-from helix_worker.model_init import DemoModel, write_demo_checkpoint
+from helix_worker.fleet.launcher import LocalFleet
+from helix_worker.transport.links import StreamLink
+from helix_worker.fleet.layouts import manual_plan, proportional_split
+from helix_worker.model.random_checkpoint import DemoModel, write_demo_checkpoint
 from helix_worker.protocol import Chunk, Hop, Phase
 from helix_worker.security.issuing import issue, new_ca, write_bundle
 from helix_worker.security.tls import ClusterTLS

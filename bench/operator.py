@@ -30,7 +30,7 @@ from fakecluster import Harness, api_server  # noqa: E402 (path above)
 from kubernetes.client import Configuration  # noqa: E402
 from opkit import GFD_PRODUCT, GKE_ACCELERATOR, POOL_LABEL, REGION, node  # noqa: E402
 
-from helix_operator.runtime import RunOptions, start  # noqa: E402
+from helix_operator.control.runtime import RunOptions, start  # noqa: E402
 
 NS, NAME = "bench", "bench"
 HXC = "helix.dev/v1alpha1/helixclusters"

@@ -18,7 +18,7 @@ import kmock
 from aiohttp import web
 from kmock import action
 
-from helix_operator import crd
+from helix_operator.api import crd
 
 PODS = kmock.resource("v1/pods")
 DEFAULT_GRACE_SECONDS = 30

@@ -23,8 +23,8 @@ from helix_dev.inprocess import operator_in_process, server_url
 from helix_dev.kubelet import NodeAgent
 from helix_dev.network import LOOPBACK, PortBook, ServiceProxy
 from helix_dev.scheduler import schedule
-from helix_operator.context import OperatorContext
-from helix_operator.runtime import RunOptions
+from helix_operator.control.context import OperatorContext
+from helix_operator.control.runtime import RunOptions
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 0.2

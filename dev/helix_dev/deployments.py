@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from helix_dev.client import Api, path_of, pod_path
-from helix_operator.meta import condition_true
+from helix_operator.api.meta import condition_true
 
 TEMPLATE_HASH = "pod-template-hash"
 TERMINAL = ("Failed", "Succeeded")

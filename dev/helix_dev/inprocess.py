@@ -9,8 +9,8 @@ import kmock
 import kopf
 from kubernetes.client import Configuration
 
-from helix_operator.context import OperatorContext
-from helix_operator.runtime import RunOptions, start
+from helix_operator.control.context import OperatorContext
+from helix_operator.control.runtime import RunOptions, start
 
 
 def server_url(api: kmock.KubernetesEmulator) -> str:

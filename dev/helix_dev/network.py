@@ -19,7 +19,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from helix_operator.meta import condition_true
+from helix_operator.api.meta import condition_true
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from helix_dev.client import Api, pod_path
-from helix_operator.meta import condition_true
+from helix_operator.api.meta import condition_true
 
 TERMINAL = ("Failed", "Succeeded")
 STANDARD_RESOURCES = ("cpu", "memory", "ephemeral-storage", "pods")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from helix_dev.fleet import GPU_PRODUCT, REGION, SLOWDOWN
-from helix_operator.meta import condition_true
+from helix_operator.api.meta import condition_true
 
 
 @dataclass

@@ -5,7 +5,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from helix_operator import crd
+from helix_operator.api import crd
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from helix_operator.runtime import RunOptions, in_cluster_or_kubeconfig, run
+    from helix_operator.control.runtime import RunOptions, in_cluster_or_kubeconfig, run
 
     logging.getLogger("kopf").setLevel(logging.INFO)
     options = RunOptions(

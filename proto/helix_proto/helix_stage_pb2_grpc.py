@@ -52,7 +52,7 @@ class StageServiceServicer:
     def Connect(self, request_iterator, context):
         """Upstream peers name themselves in the `helix-peer` call metadata. A peer that offers
         `helix-data-channel: tcp` and is answered with a port and token in the initial metadata
-        sends its StageRequests on that raw TCP side channel instead (helix_worker.datachannel).
+        sends its StageRequests on that raw TCP side channel instead (helix_worker.transport.datachannel).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from helix_worker.reference import ReferenceModel
-from helix_worker.tokenizer import load_tokenizer
+from helix_worker.engine.reference import ReferenceModel
+from helix_worker.model.tokenizer import load_tokenizer
 
 PROMPTS = ("Helix serves large language models", "The quick brown fox", "Tokens stream back to the client",
            "The planner places layers so that", "one step at a time, through every stage",

@@ -13,8 +13,8 @@ import kmock
 
 from helix_dev.apiserver import ApiServer, api_server, resource_infos  # noqa: F401 (re-exported for tests, bench)
 from helix_dev.inprocess import operator_in_process
-from helix_operator.context import OperatorContext
-from helix_operator.runtime import RunOptions
+from helix_operator.control.context import OperatorContext
+from helix_operator.control.runtime import RunOptions
 
 T = TypeVar("T")
 

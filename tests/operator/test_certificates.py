@@ -11,12 +11,13 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from helix_operator import certificates
-from helix_operator.certificates import build_tls_secret, ensure_tls_secret
-from helix_operator.frontend import build_frontend_deployment
-from helix_operator.kube import Ref
-from helix_operator.spec import parse_spec
-from helix_operator.workers import Assignment, build_worker_pod, template_hash
+from helix_operator.children import certificates
+from helix_operator.children.certificates import build_tls_secret
+from helix_operator.control.reconcile import ensure_tls_secret
+from helix_operator.children.frontend import build_frontend_deployment
+from helix_operator.control.kube import Ref
+from helix_operator.api.spec import parse_spec
+from helix_operator.children.workers import Assignment, build_worker_pod, template_hash
 from helix_worker.envs import Settings
 from helix_worker.security import issuing
 from helix_worker.security.tls import cluster_tls

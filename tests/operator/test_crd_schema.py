@@ -8,8 +8,8 @@ import jsonschema
 import pytest
 import yaml
 
-from helix_operator import crd
-from helix_operator.spec import SpecError, parse_spec
+from helix_operator.api import crd
+from helix_operator.api.spec import SpecError, parse_spec
 from opkit import REPO, KubeYamlLoader, load_documents, pruned_fields
 
 EXAMPLES = sorted((REPO / "operator" / "examples").glob("*.yaml"))

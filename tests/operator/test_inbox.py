@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from helix_operator.context import Inboxes
-from helix_operator.inbox import NODES, PODS, SPEC, TIMER, Inbox
+from helix_operator.control.context import Inboxes
+from helix_operator.control.inbox import NODES, PODS, SPEC, TIMER, Inbox
 
 pytestmark = pytest.mark.timeout(10)
 

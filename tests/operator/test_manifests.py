@@ -4,12 +4,12 @@ import json
 
 from helix_planner.plan_format import load_plan, plan_from_dict
 
-from helix_operator import names
-from helix_operator.frontend import build_frontend_deployment, build_frontend_service, deployment_ready
-from helix_operator.meta import dns_name
-from helix_operator.planmap import build_plan_configmap
-from helix_operator.spec import parse_spec
-from helix_operator.workers import (Assignment, build_worker_pod, build_workers_service, pod_assignment,
+from helix_operator.api import names
+from helix_operator.children.frontend import build_frontend_deployment, build_frontend_service, deployment_ready
+from helix_operator.api.meta import dns_name
+from helix_operator.children.planmap import build_plan_configmap
+from helix_operator.api.spec import parse_spec
+from helix_operator.children.workers import (Assignment, build_worker_pod, build_workers_service, pod_assignment,
                                     template_hash)
 from opkit import fleet_spec, plan_document
 

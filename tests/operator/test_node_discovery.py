@@ -2,10 +2,10 @@
 
 from helix_planner.profiles import load_catalog
 
-from helix_operator.catalog import with_profiles
-from helix_operator.discovery import discover, node_facts
-from helix_operator.inputs import build_cluster, inputs_key, memory_shortfall
-from helix_operator.spec import parse_spec
+from helix_operator.fleet.catalog import with_profiles
+from helix_operator.fleet.discovery import discover, node_facts
+from helix_operator.planning.inputs import build_cluster, inputs_key, memory_shortfall
+from helix_operator.api.spec import parse_spec
 from opkit import GFD_PRODUCT, GKE_ACCELERATOR, REGION, fleet, fleet_spec, node
 
 CATALOG = load_catalog()

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 
 from fakecluster import ApiServer, Harness, running_operator
-from helix_operator.observe import Sample, counter_value, frontend_ready, pod_ip_address, rate
-from helix_operator.runtime import RunOptions
+from helix_operator.control.observe import Sample, counter_value, frontend_ready, pod_ip_address, rate
+from helix_operator.control.runtime import RunOptions
 from helix_worker.metrics import FrontendMetrics
 from opkit import GFD_PRODUCT, POOL_LABEL, REGION, fleet_spec, helixcluster, node
 

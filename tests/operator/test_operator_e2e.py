@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from helix_operator.crd import helixcluster_status_schema
+from helix_operator.api.crd import helixcluster_status_schema
 from opkit import GFD_PRODUCT, GKE_ACCELERATOR, POOL_LABEL, REGION, fleet, fleet_spec, node, pruned_fields
 
 NS = "inference"

@@ -5,10 +5,10 @@ import threading
 
 from helix_planner.profiles import load_catalog
 
-from helix_operator.discovery import discover, node_facts
-from helix_operator.inputs import inputs_key
-from helix_operator.planning import PlanRequest, solve
-from helix_operator.spec import parse_spec
+from helix_operator.fleet.discovery import discover, node_facts
+from helix_operator.planning.inputs import inputs_key
+from helix_operator.planning.runner import PlanRequest, solve
+from helix_operator.api.spec import parse_spec
 from opkit import fleet, fleet_spec
 
 CATALOG = load_catalog()

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from helix_operator.frontend import build_frontend_deployment
-from helix_operator.spec import ClusterSpec, SpecError, parse_spec
-from helix_operator.workers import Assignment, build_worker_pod
+from helix_operator.children.frontend import build_frontend_deployment
+from helix_operator.api.spec import ClusterSpec, SpecError, parse_spec
+from helix_operator.children.workers import Assignment, build_worker_pod
 from opkit import fleet_spec
 from pss import RESTRICTED, violations
 from test_manifests import OWNER, PLAN

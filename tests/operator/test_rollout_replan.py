@@ -2,13 +2,13 @@
 
 from helix_planner.profiles import load_catalog
 
-from helix_operator.discovery import discover, node_facts
-from helix_operator.inputs import InputsKey
-from helix_operator.replan import broken_nodes, decide, replan_due
-from helix_operator.replacement import replacement_batch, serving, weakest_first
-from helix_operator.rollout import COMPLETE, DRAINING, REPLACING, SURGING, SWITCHING, PodView, next_step
-from helix_operator.spec import parse_spec
-from helix_operator.workers import Assignment
+from helix_operator.fleet.discovery import discover, node_facts
+from helix_operator.planning.inputs import InputsKey
+from helix_operator.planning.replan import broken_nodes, decide, replan_due
+from helix_operator.children.replacement import replacement_batch, serving, weakest_first
+from helix_operator.children.rollout import COMPLETE, DRAINING, REPLACING, SURGING, SWITCHING, PodView, next_step
+from helix_operator.api.spec import parse_spec
+from helix_operator.children.workers import Assignment
 from opkit import fleet, fleet_spec
 
 

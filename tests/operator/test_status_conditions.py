@@ -3,11 +3,11 @@
 from helix_planner.plan_format import plan_from_dict
 from helix_planner.profiles import load_catalog
 
-from helix_operator.conditions import Condition, aggregate_ready, merge, transitions
-from helix_operator.discovery import discover, node_facts
-from helix_operator.mergepatch import diff
-from helix_operator.spec import parse_spec
-from helix_operator.status import OWNED, Observation, build_status, conditions, phase, plan_summary
+from helix_operator.status.conditions import Condition, aggregate_ready, merge, transitions
+from helix_operator.fleet.discovery import discover, node_facts
+from helix_operator.control.mergepatch import diff
+from helix_operator.api.spec import parse_spec
+from helix_operator.status.build import OWNED, Observation, build_status, conditions, phase, plan_summary
 from opkit import fleet, fleet_spec, plan_document
 
 DISCOVERY = discover([node_facts(n) for n in fleet(2)], parse_spec(fleet_spec()).pools, load_catalog())

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 from helix_planner.profiles import load_catalog
 
-from helix_operator.controller import Controller
-from helix_operator.discovery import node_facts
-from helix_operator.inbox import NODES, SPEC
+from helix_operator.control.controller import Controller
+from helix_operator.fleet.discovery import node_facts
+from helix_operator.control.inbox import NODES, SPEC
 from opkit import fleet, fleet_spec
 
 pytestmark = pytest.mark.timeout(10)

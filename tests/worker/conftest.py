@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from dataplane_helpers import NUM_LAYERS, WORKER_ENV, start_workers, wait_http_ready, write_endpoints, write_plan
 
-from helix_worker.launcher import LocalFleet
-from helix_worker.model_init import DemoModel, write_demo_checkpoint
+from helix_worker.fleet.launcher import LocalFleet
+from helix_worker.model.random_checkpoint import DemoModel, write_demo_checkpoint
 
 
 @pytest.fixture(scope="session")

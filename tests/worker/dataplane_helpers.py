@@ -12,11 +12,11 @@ import torch
 from helix_planner.plan_format import Plan
 from helix_proto import grpc_service_pb2 as kserve
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest
-from helix_worker.launcher import LocalFleet
-from helix_worker.links import StreamLink
-from helix_worker.local_plan import Layout, manual_plan
+from helix_worker.fleet.launcher import LocalFleet
+from helix_worker.transport.links import StreamLink
+from helix_worker.fleet.layouts import Layout, manual_plan
 from helix_worker.protocol import SamplingParams
-from helix_worker.reference import ReferenceModel
+from helix_worker.engine.reference import ReferenceModel
 from helix_worker.security.tls import ClusterTLS
 
 MODEL = "tiny-llama"

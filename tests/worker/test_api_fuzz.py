@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from helix_proto import grpc_service_pb2 as kserve
 from helix_proto import grpc_service_pb2_grpc as kserve_grpc
-from helix_worker.reference import ReferenceModel
+from helix_worker.engine.reference import ReferenceModel
 
 FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

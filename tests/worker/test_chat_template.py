@@ -15,9 +15,9 @@ from helix_worker.errors import InvalidRequest
 from helix_worker.frontend.main import FrontendOptions, build_service
 from helix_worker.frontend.service import TextRequest
 from helix_worker.frontend.text import chat_messages
-from helix_worker.local_plan import manual_plan
+from helix_worker.fleet.layouts import manual_plan
 from helix_worker.metrics import FrontendMetrics
-from helix_worker.tokenizer import Tokenizer, load_tokenizer
+from helix_worker.model.tokenizer import Tokenizer, load_tokenizer
 
 # raise_exception, tojson (no HTML escaping, indent), loop controls, tools, eos_token, and content null
 # (transformers drops null-valued keys, so the template sees no content)

@@ -13,9 +13,9 @@ import yaml
 
 from helix_planner.profiles import Catalog
 from helix_worker.commands import register, run_up
-from helix_worker.model_config import load_model_config
-from helix_worker.profile import monotone
-from helix_worker.reference import ReferenceModel
+from helix_worker.model.config import load_model_config
+from helix_worker.fleet.profile import monotone
+from helix_worker.engine.reference import ReferenceModel
 
 FAST_ENV = {**os.environ, "HELIX_TORCH_THREADS": "1"}
 

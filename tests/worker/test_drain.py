@@ -14,9 +14,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from dataplane_helpers import MODEL, NUM_LAYERS, WORKER_ENV, start_workers, wait_http_ready, write_endpoints, write_plan
 
-from helix_worker.launcher import LocalFleet
-from helix_worker.reference import ReferenceModel
-from helix_worker.tokenizer import load_tokenizer
+from helix_worker.fleet.launcher import LocalFleet
+from helix_worker.engine.reference import ReferenceModel
+from helix_worker.model.tokenizer import load_tokenizer
 
 PROMPT, MAX_TOKENS = "Helix serves", 40
 

@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from helix_proto import helix_stage_pb2 as pb
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
-from helix_worker.launcher import LocalFleet
+from helix_worker.fleet.launcher import LocalFleet
 from helix_worker.security.apikeys import ApiKeys
 from helix_worker.security.issuing import issue, new_ca, write_bundle
 from helix_worker.security.tls import ClusterTLS

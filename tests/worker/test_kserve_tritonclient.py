@@ -10,8 +10,8 @@ import tritonclient.grpc as grpcclient
 from dataplane_helpers import MODEL
 from tritonclient.utils import InferenceServerException
 
-from helix_worker.reference import ReferenceModel
-from helix_worker.tokenizer import load_tokenizer
+from helix_worker.engine.reference import ReferenceModel
+from helix_worker.model.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from dataplane_helpers import (MODEL, NUM_LAYERS, WORKER_ENV, assert_reference_r
 from helix_worker.envs import Settings
 from helix_worker.frontend.coordinator import Coordinator, ModelLimits
 from helix_worker.frontend.routes import RouteTable
-from helix_worker.launcher import LocalFleet
-from helix_worker.local_plan import manual_plan
+from helix_worker.fleet.launcher import LocalFleet
+from helix_worker.fleet.layouts import manual_plan
 from helix_worker.stage.lease import LeaseKeeper
 
 LEASE = 1.0

@@ -5,7 +5,7 @@ import asyncio
 import grpc
 import pytest
 
-from helix_worker.links import channel_options, server_options
+from helix_worker.transport.links import channel_options, server_options
 
 pytestmark = pytest.mark.timeout(30)
 KEEPALIVE_MS = 300  # the real interval is 10 s; the servers' tolerance scales with it

@@ -22,8 +22,8 @@ from helix_worker.envs import Settings
 from helix_worker.errors import Unavailable
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
 from helix_worker.frontend.health import verdict
-from helix_worker.links import StreamLink
-from helix_worker.local_plan import manual_plan
+from helix_worker.transport.links import StreamLink
+from helix_worker.fleet.layouts import manual_plan
 from helix_worker.protocol import SamplingParams
 from helix_worker.stage.main import StageOptions, serve_stage
 

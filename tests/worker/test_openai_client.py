@@ -5,8 +5,8 @@ import openai
 import pytest
 from dataplane_helpers import MODEL, penalized_greedy
 
-from helix_worker.reference import ReferenceModel
-from helix_worker.tokenizer import load_tokenizer
+from helix_worker.engine.reference import ReferenceModel
+from helix_worker.model.tokenizer import load_tokenizer
 
 PROMPT = [40, 41, 42, 43, 44]
 GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}

@@ -9,8 +9,8 @@ import pytest
 import torch
 from dataplane_helpers import MODEL
 
-from helix_worker.reference import ReferenceModel
-from helix_worker.tokenizer import load_tokenizer
+from helix_worker.engine.reference import ReferenceModel
+from helix_worker.model.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from dataplane_helpers import assert_reference_runs, generate_with_logits, penal
 
 from helix_worker.envs import Settings
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
-from helix_worker.links import StreamLink
+from helix_worker.transport.links import StreamLink
 from helix_worker.protocol import SamplingParams
-from helix_worker.reference import ReferenceModel
+from helix_worker.engine.reference import ReferenceModel
 from helix_worker.security.tls import ClusterTLS
 
 LIMITS = ModelLimits(vocab_size=380, max_positions=2048)

@@ -6,7 +6,7 @@ from tritonclient.grpc import model_config_pb2 as triton_config
 from tritonclient.grpc import service_pb2 as triton
 
 from helix_proto import grpc_service_pb2 as kserve
-from helix_worker.codegen import PROTO_DIR, generate
+from helix_worker.transport.codegen import PROTO_DIR, generate
 
 
 def test_committed_stubs_are_fresh(tmp_path: Path) -> None:
@@ -16,7 +16,7 @@ def test_committed_stubs_are_fresh(tmp_path: Path) -> None:
     for path in written:
         committed = PROTO_DIR / "helix_proto" / path.name
         assert committed.read_text() == path.read_text(), (
-            f"{committed} is stale: run `python -m helix_worker.codegen` and commit the result")
+            f"{committed} is stale: run `python -m helix_worker.transport.codegen` and commit the result")
 
 
 def test_generated_imports_are_package_imports() -> None:

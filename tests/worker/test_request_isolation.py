@@ -16,12 +16,12 @@ from helix_proto import grpc_service_pb2_grpc as kserve_grpc
 from helix_worker.engine.model import LayerSlice
 from helix_worker.engine.stage_engine import StageEngine
 from helix_worker.envs import Settings
-from helix_worker.links import StreamLink
+from helix_worker.transport.links import StreamLink
 from helix_worker.protocol import Chunk, Hop, Phase, SamplingParams
-from helix_worker.reference import ReferenceModel
+from helix_worker.engine.reference import ReferenceModel
 from helix_worker.stage.endpoint import StageEndpoint
 from helix_worker.stage.server import StageIdentity
-from helix_worker.tokenizer import load_tokenizer
+from helix_worker.model.tokenizer import load_tokenizer
 
 PROMPTS = [[11 + i, 57 + i, 101 + i, 7 + i] for i in range(6)]
 MAX_TOKENS = 10

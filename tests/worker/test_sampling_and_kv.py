@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helix_worker.protocol import SamplingParams
-from helix_worker.sampling import filter_logits, sample_row
+from helix_worker.engine.sampling import filter_logits, sample_row
 
 LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
 

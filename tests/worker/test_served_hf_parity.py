@@ -10,8 +10,8 @@ import tritonclient.http as httpclient
 from dataplane_helpers import WORKER_ENV, start_workers, wait_http_ready, write_endpoints
 from hf_builders import build
 
-from helix_worker.launcher import LocalFleet
-from helix_worker.local_plan import manual_plan
+from helix_worker.fleet.launcher import LocalFleet
+from helix_worker.fleet.layouts import manual_plan
 
 MODEL = "hf-model"
 PROMPTS = [[5, 17, 99, 3], [42] * 9, list(range(20, 52))]

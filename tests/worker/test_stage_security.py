@@ -12,11 +12,11 @@ import torch
 
 from helix_proto import helix_stage_pb2 as pb
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
-from helix_worker import datachannel
-from helix_worker.datachannel import DataSender
+from helix_worker.transport import datachannel
+from helix_worker.transport.datachannel import DataSender
 from helix_worker.envs import Settings
 from helix_worker.errors import ServingError
-from helix_worker.links import StreamLink
+from helix_worker.transport.links import StreamLink
 from helix_worker.protocol import Chunk, FailureKind, Hop, Phase
 from helix_worker.security.issuing import issue, new_ca, write_bundle
 from helix_worker.security.peers import PlanPeers

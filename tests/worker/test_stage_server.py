@@ -11,11 +11,11 @@ import torch
 from dataplane_helpers import MODEL, write_plan
 
 from helix_proto import helix_stage_pb2 as pb
-from helix_worker import wire
+from helix_worker.transport import wire
 from helix_worker.envs import Settings
-from helix_worker.links import StreamLink
+from helix_worker.transport.links import StreamLink
 from helix_worker.protocol import Chunk, FailureKind, Hop, Phase
-from helix_worker.reference import ReferenceModel
+from helix_worker.engine.reference import ReferenceModel
 from helix_worker.engine.model import LayerSlice
 from helix_worker.engine.stage_engine import StageEngine
 from helix_worker.stage.endpoint import StageEndpoint

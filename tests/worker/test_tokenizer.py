@@ -11,8 +11,8 @@ from transformers import AutoTokenizer
 
 from helix_worker.errors import ServingError
 from helix_worker.frontend.main import stop_ids
-from helix_worker.model_config import load_model_config
-from helix_worker.tokenizer import StreamDecoder, Tokenizer, load_tokenizer
+from helix_worker.model.config import load_model_config
+from helix_worker.model.tokenizer import StreamDecoder, Tokenizer, load_tokenizer
 
 BUILDERS = {"byte-level-bpe": llama3_style_tokenizer, "sentencepiece-bpe": sentencepiece_style_tokenizer}
 

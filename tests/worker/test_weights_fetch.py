@@ -9,14 +9,14 @@ import pytest
 import torch
 from weights_standins import HubServer, S3Server, checkpoint_files, serving
 
-from helix_operator import weights_uri
+from helix_operator.api import weights_uri
 from helix_planner.cli import main
 from helix_worker.engine.model import LayerSlice
 from helix_worker.errors import ServingError
-from helix_worker.model_init import DemoModel, write_demo_checkpoint
-from helix_worker.weights_fetch import fetch, needed_shards, parse_source
-from helix_worker.weights_partial import resume_from
-from helix_worker.weights_s3 import S3
+from helix_worker.model.random_checkpoint import DemoModel, write_demo_checkpoint
+from helix_worker.weights.fetch import fetch, needed_shards, parse_source
+from helix_worker.weights.partial import resume_from
+from helix_worker.weights.s3 import S3
 
 REPO = "tiny/llama"
 OLD, NEW = "a" * 40, "b" * 40

@@ -160,7 +160,7 @@ def run_frontend(args: argparse.Namespace) -> int:
 
 
 def run_model_init(args: argparse.Namespace) -> int:
-    from helix_worker.model_init import DemoModel, write_demo_checkpoint
+    from helix_worker.model.random_checkpoint import DemoModel, write_demo_checkpoint
 
     if args.hidden % args.heads or args.heads % args.kv_heads:
         raise ServingError("--hidden must be a multiple of --heads, and --heads a multiple of --kv-heads")
@@ -177,7 +177,7 @@ def run_weights_fetch(args: argparse.Namespace) -> int:
     import sys
 
     from helix_worker.envs import remote_storage_env
-    from helix_worker.weights_fetch import fetch, parse_source
+    from helix_worker.weights.fetch import fetch, parse_source
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -188,7 +188,7 @@ def run_weights_fetch(args: argparse.Namespace) -> int:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from helix_worker.up import UpOptions, up
+    from helix_worker.fleet.up import UpOptions, up
 
     return up(UpOptions(checkpoint=args.model, cluster_file=args.cluster, workers=args.workers,
                         slowdowns=args.slowdown, workdir=args.workdir,
@@ -201,8 +201,8 @@ def run_profile(args: argparse.Namespace) -> int:
     import sys
     import tempfile
 
-    from helix_worker.model_init import write_demo_checkpoint
-    from helix_worker.profile import ProfileOptions, device_name, measure, write_profile
+    from helix_worker.model.random_checkpoint import write_demo_checkpoint
+    from helix_worker.fleet.profile import ProfileOptions, device_name, measure, write_profile
     from helix_worker.stage.main import resolve_device
 
     device = resolve_device(args.device)

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from helix_worker.checkpoint import CheckpointReader
+from helix_worker.model.checkpoint import CheckpointReader
 from helix_worker.engine import rotary
 from helix_worker.engine.attention import StepLayout, paged_attention
 from helix_worker.engine.kv_pool import KVPool
 from helix_worker.errors import ServingError
-from helix_worker.model_config import ModelConfig, load_model_config
+from helix_worker.model.config import ModelConfig, load_model_config
 
 log = logging.getLogger(__name__)
 

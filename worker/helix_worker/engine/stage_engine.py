@@ -29,9 +29,9 @@ from helix_worker.engine.attention import StepLayout
 from helix_worker.engine.kv_pool import BlockAllocator, KVPool, KVUsage
 from helix_worker.engine.model import LayerSlice
 from helix_worker.engine.scheduler import Piece, Scheduler, Step
-from helix_worker.penalties import TokenHistory, problem
+from helix_worker.engine.penalties import TokenHistory, problem
 from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
-from helix_worker.sampling import sample_row
+from helix_worker.engine.sampling import sample_row
 
 log = logging.getLogger(__name__)
 _WAIT_SHARE = 0.25  # wait for stragglers only while their round trip is under this share of a step

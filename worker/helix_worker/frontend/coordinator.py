@@ -21,16 +21,16 @@ import torch
 
 from helix_planner.plan_format import Plan
 from helix_proto import helix_stage_pb2 as pb
-from helix_worker import wire
+from helix_worker.transport import wire
 from helix_worker.envs import Settings
 from helix_worker.errors import InvalidRequest, ServingError, Unavailable
 from helix_worker.frontend.health import Heartbeat, verdict
 from helix_worker.frontend.request_timeline import RequestTimeline
 from helix_worker.frontend.routes import Route, RouteTable
 from helix_worker.frontend.validation import check_sampling
-from helix_worker.links import StreamLink
+from helix_worker.transport.links import StreamLink
 from helix_worker.metrics import FrontendMetrics
-from helix_worker.penalties import with_history
+from helix_worker.engine.penalties import with_history
 from helix_worker.protocol import Chunk, FailureKind, Phase, Sampled, SamplingParams
 from helix_worker.security.tls import ClusterTLS
 

@@ -31,15 +31,15 @@ from helix_worker.frontend.kserve_dataplane import KServeDataPlane
 from helix_worker.frontend.kserve_rest import add_kserve_routes
 from helix_worker.frontend.openai_http import add_openai_routes
 from helix_worker.frontend.service import GenerationService
-from helix_worker.http_base import health_routes, start_site
-from helix_worker.links import server_options
+from helix_worker.transport.http_base import health_routes, start_site
+from helix_worker.transport.links import server_options
 from helix_worker.metrics import FrontendMetrics
-from helix_worker.model_config import ModelConfig, load_model_config
-from helix_worker.readyfile import write_ready_file
+from helix_worker.model.config import ModelConfig, load_model_config
+from helix_worker.transport.readyfile import write_ready_file
 from helix_worker.security.apikeys import ApiKeys, load_api_keys
 from helix_worker.security.peers import parse_pairs
 from helix_worker.security.tls import ClusterTLS, client_tls, cluster_tls
-from helix_worker.tokenizer import Tokenizer, load_tokenizer
+from helix_worker.model.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 

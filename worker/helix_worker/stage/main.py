@@ -19,10 +19,10 @@ from aiohttp import web
 from helix_planner.plan_format import Plan
 from helix_worker.envs import Settings, env_name
 from helix_worker.errors import ServingError
-from helix_worker.http_base import health_routes, start_site
+from helix_worker.transport.http_base import health_routes, start_site
 from helix_worker.metrics import StageMetrics
-from helix_worker.model_config import parse_dtype
-from helix_worker.readyfile import write_ready_file
+from helix_worker.model.config import parse_dtype
+from helix_worker.transport.readyfile import write_ready_file
 from helix_worker.engine import cpu_kernels
 from helix_worker.engine.model import LayerSlice
 from helix_worker.stage.endpoint import StageEndpoint

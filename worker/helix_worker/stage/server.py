@@ -19,8 +19,9 @@ import torch
 
 from helix_proto import helix_stage_pb2 as pb
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
-from helix_worker import datachannel, wire
-from helix_worker.links import PEER_HEADER, StreamLink
+from helix_worker.transport import datachannel
+from helix_worker.transport import wire
+from helix_worker.transport.links import PEER_HEADER, StreamLink
 from helix_worker.errors import ServingError
 from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
 from helix_worker.security.peers import PlanPeers

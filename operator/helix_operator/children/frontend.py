@@ -1,0 +1,116 @@
+"""The front end: a Deployment that loads the active plan and routes requests over its
+pipelines, and the Service clients call (HTTP OpenAI-style and KServe v2 gRPC).
+
+The pod template names the plan ConfigMap, so switching plans is an ordinary rolling
+update that brings new front-end pods up before old ones go (maxUnavailable 0).
+"""
+
+from typing import Any, Mapping
+
+from helix_planner.plan_format import Plan
+
+from helix_operator.api import names
+from helix_operator.children.certificates import client_side, cluster_tls_env, cluster_tls_mount, cluster_tls_volume
+from helix_operator.api.meta import child_metadata, dns_name, labels, selector
+from helix_operator.api.podsecurity import restrict
+from helix_operator.children.podtemplate import merge_template
+from helix_operator.api.spec import ClusterSpec
+from helix_operator.children.weights import weights_source
+from helix_operator.children.workers import worker_endpoint
+
+
+def frontend_name(cluster: str) -> str:
+    return dns_name(cluster, "frontend")
+
+
+def service_name(cluster: str) -> str:
+    return dns_name(cluster)
+
+
+def build_frontend_deployment(owner: Mapping[str, Any], spec: ClusterSpec, plan: Plan, configmap: str,
+                              *, replicas: int | None = None) -> dict[str, Any]:
+    """`replicas` overrides the spec (zero while suspended); every plan node's worker is an --endpoint."""
+    cluster, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    frontend, plan_hash = spec.frontend, plan.plan_hash
+    weights = weights_source(spec, frontend.image, None)
+    endpoints = [f"--endpoint={n.name}={worker_endpoint(namespace, cluster, n.name, spec.worker.port)}"
+                 for n in plan.nodes]
+    client_volumes, client_mounts, client_env = client_side(spec)
+    container: dict[str, Any] = {
+        "name": "frontend",
+        "image": frontend.image,
+        "imagePullPolicy": spec.worker.image_pull_policy,
+        "command": ["helix", "frontend", "--plan", names.PLAN_PATH, "--model", weights.path, "--host", "0.0.0.0",
+                    "--http-port", str(frontend.http_port), "--grpc-port", str(frontend.grpc_port), *endpoints],
+        "env": [
+            {"name": "HELIX_PLAN_HASH", "value": plan_hash},
+            {"name": "HELIX_MODEL", "value": spec.model.name},
+            {"name": "HELIX_HTTP_PORT", "value": str(frontend.http_port)},
+            {"name": "HELIX_GRPC_PORT", "value": str(frontend.grpc_port)},
+            {"name": "HELIX_DRAIN_SECONDS", "value": str(spec.rollout.drain_timeout)},
+            *cluster_tls_env(), *client_env,
+        ],
+        "ports": [{"name": "http", "containerPort": frontend.http_port},
+                  {"name": "grpc", "containerPort": frontend.grpc_port}],
+        "readinessProbe": {"tcpSocket": {"port": frontend.http_port}, "periodSeconds": 5},
+        "volumeMounts": [{"name": "plan", "mountPath": names.PLAN_MOUNT_DIR, "readOnly": True}, *weights.mounts,
+                         cluster_tls_mount(), *client_mounts],
+    }
+    if frontend.resources:
+        container["resources"] = dict(frontend.resources)
+    pod_spec: dict[str, Any] = {
+        "terminationGracePeriodSeconds": spec.rollout.drain_timeout,
+        "containers": [container],
+        "volumes": [{"name": "plan", "configMap": {"name": configmap}}, *weights.volumes,
+                    cluster_tls_volume(cluster, spec), *client_volumes],
+    }
+    if weights.init_containers:
+        pod_spec["initContainers"] = weights.init_containers
+    pod_labels = {**labels(cluster, names.COMPONENT_FRONTEND), names.LABEL_PLAN_HASH: plan_hash}
+    template = merge_template({"metadata": {"labels": pod_labels}, "spec": pod_spec}, frontend.template)
+    template["spec"] = restrict(template["spec"])
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": child_metadata(owner, frontend_name(cluster), names.COMPONENT_FRONTEND,
+                                   labels={names.LABEL_PLAN_HASH: plan_hash}),
+        "spec": {
+            "replicas": frontend.replicas if replicas is None else replicas,
+            "selector": {"matchLabels": selector(cluster, names.COMPONENT_FRONTEND)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": template,
+        },
+    }
+
+
+def build_frontend_service(owner: Mapping[str, Any], spec: ClusterSpec) -> dict[str, Any]:
+    cluster = owner["metadata"]["name"]
+    frontend = spec.frontend
+    extra: dict[str, Any] = {"annotations": dict(frontend.service_annotations)} if frontend.service_annotations else {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(owner, service_name(cluster), names.COMPONENT_FRONTEND, **extra),
+        "spec": {
+            "type": frontend.service_type,
+            "selector": selector(cluster, names.COMPONENT_FRONTEND),
+            "ports": [
+                {"name": "http", "port": frontend.http_port, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": frontend.grpc_port, "targetPort": "grpc", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def deployment_ready(deployment: Mapping[str, Any] | None) -> tuple[bool, str]:
+    """Whether the front end serves at its desired size and rollout generation, and a reason why not."""
+    if deployment is None:
+        return False, "the front-end Deployment does not exist yet"
+    want = int((deployment.get("spec") or {}).get("replicas", 1))
+    status = deployment.get("status") or {}
+    ready, updated = int(status.get("readyReplicas") or 0), int(status.get("updatedReplicas") or 0)
+    if want == 0:
+        return False, "the front end is scaled to zero"
+    if ready >= want and updated >= want:
+        return True, f"{ready}/{want} front-end replicas ready"
+    return False, f"{ready}/{want} front-end replicas ready, {updated} updated"

@@ -1,0 +1,1 @@
+"""Fleet discovery: which Kubernetes nodes the planner may use and the GPU catalog they draw on."""

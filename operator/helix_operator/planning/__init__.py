@@ -1,0 +1,1 @@
+"""What the planner is asked, when to replan, and running the planner off the event loop."""

@@ -1,0 +1,1 @@
+"""Status, conditions and the operator's own metrics, computed as pure functions of what a reconcile observed."""

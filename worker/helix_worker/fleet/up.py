@@ -1,0 +1,158 @@
+"""`helix up`: plan a local fleet, start its workers and the front end on 127.0.0.1, serve.
+
+The fleet is N workers on this machine (optionally slowed down per worker to emulate unlike
+GPUs) or a cluster YAML file; either way the planner places the layers (see `fleet_plan`).
+It prints the plan (throughput estimate, layer ranges, pipelines, unused workers), starts
+exactly the plan's nodes with their slowdowns, prints the endpoints and a sample
+generation, then serves until Ctrl-C (or exits after the sample with `exit_after_sample`),
+always stopping every child. The fleet is its own cluster: a throwaway CA in the work
+directory signs a certificate for each child, and every hop between them uses mutual TLS.
+"""
+
+import json
+import os
+import signal
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from helix_planner.report import plan_table
+from helix_worker.envs import Settings, env_name
+from helix_worker.errors import ServingError
+from helix_worker.fleet.plans import (CLUSTER_PLAN_SECONDS, LOCAL_PLAN_SECONDS, FleetPlan, check_local_fleet,
+                                     cluster_file_plan, local_fleet_plan)
+from helix_worker.fleet.launcher import LocalFleet
+from helix_worker.model.config import ModelConfig, load_model_config
+from helix_worker.model.random_checkpoint import write_demo_checkpoint
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    checkpoint: Path | None = None
+    cluster_file: Path | None = None
+    workers: int = 3
+    slowdowns: tuple[float, ...] = ()  # one per worker; empty: all 1
+    workdir: Path | None = None
+    grpc_port: int = 8001
+    http_port: int = 8000
+    prompt: str = "Helix serves"
+    max_tokens: int = 16
+    exit_after_sample: bool = False
+    ready_timeout: float = 180.0
+    plan_seconds: float | None = None  # None: LOCAL_PLAN_SECONDS, or CLUSTER_PLAN_SECONDS with a cluster file
+
+
+def sample(http_url: str, prompt: str, max_tokens: int) -> str:
+    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
+    request = urllib.request.Request(http_url + "/v1/completions", body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())["choices"][0]["text"]
+    except urllib.error.HTTPError as err:
+        raise ServingError(f"the sample request failed: {err.code} {err.read().decode(errors='replace')}") from None
+
+
+def wait_ready(http_url: str, fleet: LocalFleet, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(http_url + "/readyz", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise ServingError(f"the front end had no complete pipeline after {timeout:.0f}s; logs are in {fleet.workdir}")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops `helix up` the way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def worker_env(workers: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Variables every local worker gets on top of this environment: unless HELIX_TORCH_THREADS is
+    set, the machine's cores shared out among the workers. torch's default, every core in every
+    process, makes the workers' thread teams wait on each other at every barrier (on two cores
+    with a load running beside it: 64 ms for a 16-request decode step with one thread, 98 ms with
+    two). A lone worker keeps every core: leaving one to the front end, as vLLM leaves one to its
+    API server, cost it a quarter to two thirds of its tokens/s in `bench/engine.py`."""
+    environ = dict(os.environ) if environ is None else environ
+    if environ.get(env_name("torch_threads")):
+        return {}
+    return {env_name("torch_threads"): str(max(1, (os.cpu_count() or 1) // max(1, workers)))}
+
+
+def make_plan(options: UpOptions, checkpoint: Path, config: ModelConfig, name: str, workdir: Path,
+              shared: dict[str, str], out=print) -> FleetPlan:
+    """The planner's placement of the cluster file, or of the local workers as measured here (with
+    the `shared` variables every worker gets)."""
+    settings = Settings.from_env(os.environ | shared)  # what the workers will run with (device, dtype, threads)
+    if options.cluster_file is not None:
+        return cluster_file_plan(options.cluster_file, config, name, settings,
+                                 options.plan_seconds or CLUSTER_PLAN_SECONDS, out)
+    return local_fleet_plan(checkpoint, config, name, options.slowdowns or (1.0,) * options.workers, workdir,
+                            settings, options.plan_seconds or LOCAL_PLAN_SECONDS, out)
+
+
+def report_plan(fleet_plan: FleetPlan, out=print) -> None:
+    """The planner's summary, then every node the plan leaves out."""
+    out(plan_table(fleet_plan.plan).rstrip())
+    for name in fleet_plan.unused:
+        out(f"{name} (slowdown {fleet_plan.slowdowns[name]:g}) is left unused by the plan: not started")
+
+
+def up(options: UpOptions, out=print) -> int:
+    if options.cluster_file is None:
+        check_local_fleet(options.workers, options.slowdowns)
+    workdir = options.workdir or Path(tempfile.mkdtemp(prefix="helix-up-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoint = options.checkpoint
+    if checkpoint is None:
+        checkpoint = workdir / "model"
+        write_demo_checkpoint(checkpoint)
+        out(f"no --model given: wrote a random-weight demo checkpoint to {checkpoint}")
+    config = load_model_config(checkpoint)
+    name = checkpoint.name if options.checkpoint else "helix-demo"
+    shared = worker_env(options.workers)  # a local fleet is measured with the threads its workers get
+    fleet_plan = make_plan(options, checkpoint, config, name, workdir, shared, out)
+    if options.cluster_file is not None:
+        shared = worker_env(len(fleet_plan.plan.nodes))
+    report_plan(fleet_plan, out)
+    plan, slowdowns = fleet_plan.plan, fleet_plan.slowdowns
+    plan_path = workdir / "plan.json"
+    plan_path.write_text(plan.to_json())
+    with LocalFleet(workdir / "logs") as fleet:
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            children = [fleet.start_worker(plan_path, n.name, checkpoint,
+                                           env=shared | {"HELIX_SLOWDOWN": str(slowdowns[n.name])}) for n in plan.nodes]
+            endpoints = {c.name: fleet.wait(c, options.ready_timeout).grpc_address for c in children}
+            endpoints_path = workdir / "endpoints.json"
+            endpoints_path.write_text(json.dumps(endpoints, indent=2))
+            frontend = fleet.wait(fleet.start_frontend(plan_path, endpoints_path, checkpoint, model_name=name,
+                                                       grpc_port=options.grpc_port, http_port=options.http_port),
+                                  options.ready_timeout)
+            wait_ready(frontend.http_url, fleet, options.ready_timeout)
+            out(f"Helix is serving {name} ({config.num_layers} layers) over {len(plan.nodes)} workers, "
+                f"{len(plan.pipelines)} pipeline(s); plan {plan.plan_hash} in {plan_path}")
+            for node in plan.nodes:
+                out(f"  {node.name:<12} layers [{node.start}, {node.end})  {endpoints[node.name]}  "
+                    f"slowdown {slowdowns[node.name]:g}")
+            out(f"  KServe v2 gRPC  {frontend.grpc_address}")
+            out(f"  OpenAI HTTP     {frontend.http_url}/v1")
+            out(f"  metrics         {frontend.http_url}/metrics   (logs: {fleet.workdir})")
+            out(f"  stage network   mutual TLS, certificates of a throwaway CA in {fleet.workdir / 'tls'}")
+            out(f"sample: {options.prompt!r} -> {sample(frontend.http_url, options.prompt, options.max_tokens)!r}")
+            if options.exit_after_sample:
+                return 0
+            out("serving; press Ctrl-C to stop")
+            while all(c.process.poll() is None for c in fleet.children if c.name == "frontend"):
+                time.sleep(0.5)
+            raise ServingError(f"the front end exited; see {frontend.log_path}")
+        except KeyboardInterrupt:
+            out("stopping workers and front end")
+            return 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)

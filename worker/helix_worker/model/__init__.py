@@ -1,0 +1,1 @@
+"""The served model: config, checkpoint reading, tokenizer, a random checkpoint and a dense reference."""
