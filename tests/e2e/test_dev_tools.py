@@ -1,5 +1,5 @@
 """The stand-in cluster's pure parts: container translation, scheduling, the simulated fleet,
-the status view, and that the README shows the example the end-to-end test applies."""
+the status view, and that docs/dev-cluster.md shows the example the end-to-end test applies."""
 
 from pathlib import Path
 
@@ -76,9 +76,9 @@ def test_simulated_gpu_speeds_match_the_slowdowns() -> None:
     assert device_env(gpus[2]["metadata"]["labels"]) == {"HELIX_SLOWDOWN": "3"} and device_env({}) == {}
 
 
-def test_readme_shows_the_example_the_end_to_end_test_applies() -> None:
+def test_docs_show_the_example_the_end_to_end_test_applies() -> None:
     example = (EXAMPLES / "helixcluster-local.yaml").read_text()
-    assert example[example.index("apiVersion"):] in (REPO / "README.md").read_text()
+    assert example[example.index("apiVersion"):] in (REPO / "docs" / "dev-cluster.md").read_text()
 
 
 def test_status_view_and_command() -> None:
