@@ -11,8 +11,9 @@ from helix_worker.transport.codegen import PROTO_DIR, generate
 
 def test_committed_stubs_are_fresh(tmp_path: Path) -> None:
     written = generate(tmp_path)
-    assert {p.name for p in written} == {"grpc_service_pb2.py", "grpc_service_pb2_grpc.py",
-                                         "helix_stage_pb2.py", "helix_stage_pb2_grpc.py"}
+    assert {p.name for p in written} == {f"{stem}{suffix}" for stem in ("grpc_service_pb2", "grpc_service_pb2_grpc",
+                                                                        "helix_stage_pb2", "helix_stage_pb2_grpc")
+                                         for suffix in (".py", ".pyi")}
     for path in written:
         committed = PROTO_DIR / "helix_proto" / path.name
         assert committed.read_text() == path.read_text(), (
@@ -20,9 +21,10 @@ def test_committed_stubs_are_fresh(tmp_path: Path) -> None:
 
 
 def test_generated_imports_are_package_imports() -> None:
-    text = (PROTO_DIR / "helix_proto" / "grpc_service_pb2_grpc.py").read_text()
-    assert "from helix_proto import grpc_service_pb2" in text
-    assert "\nimport grpc_service_pb2" not in text
+    for name in ("grpc_service_pb2_grpc.py", "grpc_service_pb2_grpc.pyi"):
+        text = (PROTO_DIR / "helix_proto" / name).read_text()
+        assert "from helix_proto import grpc_service_pb2" in text
+        assert "\nimport grpc_service_pb2" not in text
 
 
 def _fields(descriptor) -> dict[str, tuple]:
