@@ -90,10 +90,8 @@ def evaluate(
             edges.append((src_v, vin(name), edge_capacity(cluster, model, SOURCE, name), (SOURCE, name)))
         if end == model.num_layers:
             edges.append((vout(name), sink_v, edge_capacity(cluster, model, name, SINK), (name, SINK)))
-    for a in used:
-        for b in used:
-            if a != b and _hands_over(layout[a], layout[b], partial_inference):
-                edges.append((vout(a), vin(b), edge_capacity(cluster, model, a, b), (a, b)))
+    for a, b in _handovers(used, layout, partial_inference):
+        edges.append((vout(a), vin(b), edge_capacity(cluster, model, a, b), (a, b)))
     edges = [e for e in edges if e[2] > 0]
     if not edges:
         return FlowResult(0.0, caps, {n: 0.0 for n in used}, {}, {}, [])
@@ -106,27 +104,33 @@ def evaluate(
     size = 2 + 2 * len(used)
     graph = csr_array((data, (rows, cols)), shape=(size, size))
     result = maximum_flow(graph, src_v, sink_v)
-    flow = result.flow.toarray() if hasattr(result.flow, "toarray") else np.asarray(result.flow)
+    # Read the flow of each edge from the sparse result (a dense copy is (2N)^2 integers).
+    flow = np.asarray(csr_array(result.flow)[rows, cols]).ravel()
 
-    edge_flow = {e[3]: max(0.0, float(flow[e[0], e[1]]) / scale) for e in edges if e[3][0] != e[3][1]}
-    node_flow = {name: max(0.0, float(flow[vin(name), vout(name)]) / scale) for name in used}
+    edge_flow = {e[3]: max(0.0, float(f) / scale) for e, f in zip(edges, flow) if e[3][0] != e[3][1]}
+    node_flow = {e[3][0]: max(0.0, float(f) / scale) for e, f in zip(edges, flow) if e[3][0] == e[3][1]}
     edge_caps = {e[3]: e[2] for e in edges if e[3][0] != e[3][1]}
     bottlenecks = _min_cut(size, edges, flow, scale, src_v)
     return FlowResult(float(result.flow_value) / scale, caps, node_flow, edge_flow, edge_caps, bottlenecks)
 
 
-def _hands_over(a: tuple[int, int], b: tuple[int, int], partial_inference: bool) -> bool:
-    """Whether activations leaving range `a` can enter range `b`."""
+def _handovers(used: list[str], layout: Layout, partial_inference: bool) -> list[tuple[str, str]]:
+    """Pairs (a, b) where activations leaving a's range can enter b's: b starts where a ends
+    (or, with partial inference, b holds the layer after a's last). Found through an index by
+    start layer, so a large fleet costs its handovers, not all pairs of nodes."""
     if partial_inference:
-        return b[0] <= a[1] < b[1]
-    return a[1] == b[0]
+        return [(a, b) for a in used for b in used
+                if a != b and layout[b][0] <= layout[a][1] < layout[b][1]]
+    starting: dict[int, list[str]] = {}
+    for name in used:
+        starting.setdefault(layout[name][0], []).append(name)
+    return [(a, b) for a in used for b in starting.get(layout[a][1], [])]
 
 
 def _min_cut(size: int, edges: list, flow: np.ndarray, scale: float, src_v: int) -> list[str]:
-    """Name the saturated edges of the min cut: what limits throughput."""
+    """Name the saturated edges of the min cut: what limits throughput (`flow` per edge)."""
     residual: dict[int, list[int]] = {v: [] for v in range(size)}
-    for u, v, cap, _ in edges:
-        used = flow[u, v]
+    for (u, v, cap, _), used in zip(edges, flow):
         if used < int(cap * scale) - 1:
             residual[u].append(v)
         if used > 0:

@@ -5,6 +5,7 @@ their layer ranges) carrying a share of the throughput. The front end and the si
 pick a pipeline per request by IWRR over those shares, so traffic follows the flow.
 """
 
+import heapq
 from dataclasses import dataclass
 
 from helix_planner.cluster import SINK, SOURCE
@@ -39,8 +40,11 @@ def decompose(
     remaining = {k: v for k, v in edge_flow.items() if v > _EPS}
     total = sum(v for (a, _), v in remaining.items() if a == SOURCE)
     pipelines: list[Pipeline] = []
+    out: dict[str, list[str]] = {}
+    for a, b in remaining:
+        out.setdefault(a, []).append(b)
     while True:
-        path = _widest_path(remaining)
+        path = _widest_path(remaining, out)
         if path is None:
             break
         width = min(remaining[(a, b)] for a, b in zip(path, path[1:]))
@@ -59,32 +63,51 @@ def decompose(
     return pipelines
 
 
-def _widest_path(edges: dict[tuple[str, str], float]) -> list[str] | None:
-    """Widest SOURCE->SINK path in a DAG (bottleneck Dijkstra; fine at cluster sizes)."""
-    out: dict[str, list[tuple[str, float]]] = {}
-    for (a, b), cap in edges.items():
-        out.setdefault(a, []).append((b, cap))
+def _widest_path(edges: dict[tuple[str, str], float],
+                 out: dict[str, list[str]] | None = None) -> list[str] | None:
+    """Widest SOURCE->SINK path in a DAG (bottleneck Dijkstra on a heap; ties go to the larger
+    name). `out` lists successors (a superset of `edges`' is fine), so that a caller taking
+    many paths builds it once."""
+    if out is None:
+        out = {}
+        for a, b in edges:
+            out.setdefault(a, []).append(b)
     best: dict[str, float] = {SOURCE: float("inf")}
     parent: dict[str, str] = {}
-    frontier = {SOURCE}
+    heap: list[tuple[float, _Reversed]] = [(-best[SOURCE], _Reversed(SOURCE))]
     done: set[str] = set()
-    while frontier:
-        node = max(frontier, key=lambda n: (best[n], n))
-        frontier.discard(node)
+    while heap:
+        negative, entry = heapq.heappop(heap)
+        node = entry.name
+        if node in done or -negative < best[node]:
+            continue
         done.add(node)
         if node == SINK:
             break
-        for nxt, cap in out.get(node, []):
+        for nxt in out.get(node, []):
+            cap = edges.get((node, nxt))
+            if cap is None:
+                continue
             width = min(best[node], cap)
             if nxt not in done and width > best.get(nxt, 0.0):
                 best[nxt], parent[nxt] = width, node
-                frontier.add(nxt)
+                heapq.heappush(heap, (-width, _Reversed(nxt)))
     if SINK not in parent:
         return None
     path = [SINK]
     while path[-1] != SOURCE:
         path.append(parent[path[-1]])
     return path[::-1]
+
+
+@dataclass(frozen=True)
+class _Reversed:
+    """A name that sorts in reverse, so the heap pops the larger name first among equal widths."""
+
+    name: str
+
+    def __lt__(self, other: "_Reversed") -> bool:
+        return self.name > other.name
 
 
 class InterleavedWeightedRoundRobin:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from helix_planner.bound import position_free_bound
 from helix_planner.cluster import SINK, SOURCE, Cluster
 from helix_planner.errors import InfeasiblePlacement, ModelDoesNotFit, PlanningError
+from helix_planner.fleet import FLEET_NODES, fleet_bound, fleet_classes, fleet_layouts, layers_moved, repair
 from helix_planner.flow import FlowResult, evaluate
 from helix_planner.heuristics import BASELINES
 from helix_planner.milp import MilpSettings, assign_nodes, build_model, class_counts, solve
@@ -33,7 +34,7 @@ from helix_planner.throughput.profiled import ProfiledCapacityModel
 from helix_planner.topology import Topology, build_topology
 
 Layout = dict[str, tuple[int, int]]
-METHODS = ("auto", "milp", "chain", *BASELINES)
+METHODS = ("auto", "milp", "chain", "sweep", *BASELINES)
 PARTIAL_INFERENCE_METHODS = ("petals", "swarm")
 
 
@@ -103,6 +104,8 @@ def plan_cluster(
     capacity_model = capacity_model_for(cluster, model, options, catalog)
     check_network(cluster)
     check_fits(cluster, model, capacity_model)
+    if options.method == "sweep" or options.method == "auto" and len(cluster.nodes) >= FLEET_NODES:
+        return _plan_fleet(cluster, model, capacity_model, options, previous, started, say)
     topology = build_topology(cluster, model, capacity_model)
 
     candidates = _candidates(cluster, model, capacity_model, topology, options, previous)
@@ -143,6 +146,35 @@ def plan_cluster(
     say(f"plan       {best.value:12.1f} tok/s  bound {bound:.1f}  gap {gap * 100:.3f}%  in {seconds:.1f}s")
     return _build_plan(cluster, model, capacity_model, best_layout, best, bound, options,
                        SolverReport(method=method, status=status, seconds=seconds, mip_gap=options.mip_gap,
+                                    time_limit=options.time_limit, threads=options.threads))
+
+
+def _plan_fleet(cluster: Cluster, model: ModelSpec, capacity_model: CapacityModel, options: PlannerOptions,
+                previous: Plan | None, started: float, say: Callable[[str], None]) -> Plan:
+    """Large fleets: the sweeps (and, replanning, the repaired previous layout) scored by the
+    exact max flow, less `churn_weight` per layer moved; certified by the fleet bound."""
+    classes = fleet_classes(cluster, model, capacity_model)
+    candidates = fleet_layouts(classes, model.num_layers)
+    if previous is not None:
+        flows = {n.name: n.flow for n in previous.nodes}
+        for direction, backward in (("forward", False), ("backward", True)):
+            candidates[f"repair-{direction}"] = repair(previous.layout, flows, classes, model.num_layers,
+                                                       previous.throughput, backward=backward)
+    scored = {name: evaluate(cluster, model, capacity_model, layout) for name, layout in candidates.items()}
+    moved = {name: layers_moved(previous.layout, layout) if previous else 0 for name, layout in candidates.items()}
+    for name, result in scored.items():
+        say(f"fleet      {name:14s} {result.value:12.1f} tok/s  {moved[name]:6d} layers moved")
+    best_name = max(scored, key=lambda n: scored[n].value - options.churn_weight * moved[n])
+    best = scored[best_name]
+    if best.value <= 0:
+        raise InfeasiblePlacement(_no_flow_message(cluster))
+    bound = fleet_bound(classes, model.num_layers)
+    gap = _gap(best.value, bound)
+    seconds = time.monotonic() - started
+    say(f"plan       {best.value:12.1f} tok/s  bound {bound:.1f}  gap {gap * 100:.3f}%  in {seconds:.1f}s")
+    status = "optimal" if gap <= options.mip_gap else "heuristic"
+    return _build_plan(cluster, model, capacity_model, candidates[best_name], best, bound, options,
+                       SolverReport(method=best_name, status=status, seconds=seconds, mip_gap=options.mip_gap,
                                     time_limit=options.time_limit, threads=options.threads))
 
 
@@ -211,7 +243,7 @@ def inputs_hash(cluster: Cluster, model: ModelSpec, options: PlannerOptions) -> 
     """Identifies what was planned for: nodes, links, model and planner options."""
     body = {
         "nodes": [(n.name, n.gpu, n.region) for n in cluster.nodes],
-        "links": sorted((k[0], k[1], l.bandwidth, l.latency) for k, l in cluster.links.items()),
+        "links": cluster.link_signature(),
         "model": asdict(model),
         "options": asdict(options),
     }
