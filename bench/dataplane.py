@@ -45,6 +45,7 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch
+from results import markdown_table, write_table
 
 from helix_worker.envs import Settings
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
@@ -331,10 +332,11 @@ async def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     torch.set_num_threads(args.threads)
     env = {"HELIX_TORCH_THREADS": str(args.threads), "HELIX_KV_CACHE_TOKENS": "65536"}
-    print(f"model: {BENCH_MODEL.num_layers} layers, hidden {BENCH_MODEL.hidden_size}, fp32; {os.cpu_count()} cores, "
-          f"{args.threads} torch threads per process; batch {sizes.batch}, prompt {sizes.prompt}, "
-          f"{sizes.new_tokens} new tokens; best of {sizes.repeats}; load average {os.getloadavg()[0]:.2f} "
-          "before the run", file=sys.stderr)
+    setting = (f"Model: {BENCH_MODEL.num_layers} layers, hidden {BENCH_MODEL.hidden_size}, fp32; {args.threads} torch "
+               f"threads per process; batch {sizes.batch}, prompt {sizes.prompt}, {sizes.new_tokens} new tokens, "
+               f"{sizes.messages} messages; each figure the best of {sizes.repeats} interleaved repeats; load average "
+               f"{os.getloadavg()[0]:.2f} before the run.")
+    print(setting, file=sys.stderr)
     with tempfile.TemporaryDirectory() as scratch, LocalFleet(Path(scratch) / "fleet", env=env) as fleet:
         workdir = Path(scratch)
         checkpoint = workdir / "model"
@@ -386,6 +388,8 @@ async def main(argv: list[str] | None = None) -> int:
                  f"(max {max(resumed):.2f})", f"{statistics.median(resumed) / bound:.2f}x",
                  "<= bound + a re-prefill"))
     print(table(rows))
+    header = ("measurement", "baseline", "helix data plane", "ratio", "target")
+    write_table("dataplane", setting + "\n\n" + markdown_table(header, rows))
     return 0
 
 

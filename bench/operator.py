@@ -29,6 +29,7 @@ import kopf  # noqa: E402
 from fakecluster import Harness, api_server  # noqa: E402 (path above)
 from kubernetes.client import Configuration  # noqa: E402
 from opkit import GFD_PRODUCT, GKE_ACCELERATOR, POOL_LABEL, REGION, node  # noqa: E402
+from results import markdown_table, write_table  # noqa: E402 (bench/ is the script's directory)
 
 from helix_operator.control.runtime import RunOptions, start  # noqa: E402
 
@@ -124,10 +125,8 @@ async def main(quick: bool) -> None:
             await operator.request("post", f"/apis/helix.dev/v1alpha1/namespaces/{NS}/helixclusters",
                                    helixcluster(time_limit, debounce))
             await until(lambda: status(operator).get("activePlan"), timeout, "the first plan")
-            first = status(operator)["activePlan"]
-            print(f"first plan in status after {time.monotonic() - started:.1f}s (operator start included): "
-                  f"{first['nodes']} of {size} nodes, {first['pipelines']} pipelines, "
-                  f"{first['tokensPerSecond']:.1f} tok/s, solve {first['solveSeconds']}s")
+            first, first_seconds = status(operator)["activePlan"], time.monotonic() - started
+            print(f"first plan in status after {first_seconds:.1f}s", file=sys.stderr)
             await until(lambda: len(operator.live("v1/pods", NS)) == first["nodes"] and status(operator).get("rollout"),
                         timeout, "the worker pods")
             memory = {"after first plan and pods": memory_mib(child.pid)}
@@ -136,17 +135,20 @@ async def main(quick: bool) -> None:
         finally:
             child.send_signal(signal.SIGTERM)
             await asyncio.to_thread(child.wait, 30)
-    print(f"\nnode-label change -> new plan in status ({size} nodes, planner limit {time_limit:g}s, "
-          f"debounce {debounce:g}s)")
-    print(f"{'round':>5}  {'relabelled node':<16} {'latency s':>9} {'solve s':>8} {'tok/s before':>12} "
-          f"{'tok/s after':>11}  outcome")
-    for i, r in enumerate(results, 1):
-        print(f"{i:>5}  {r['node']:<16} {r['latency']:>9.2f} {r['solve']:>8.2f} {r['from']:>12.1f} "
-              f"{r['to']:>11.1f}  {r['outcome']}")
-    print(f"\noperator process memory (MiB; {first['nodes']} worker pods, 500-node index)")
-    print(f"  {'stage':<26} {'RSS':>8} {'peak':>8}")
-    for stage, mib in memory.items():
-        print(f"  {stage:<26} {mib['VmRSS']:8.1f} {mib['VmHWM']:8.1f}")
+    first_plan = (f"First plan in status {first_seconds:.1f} s after the HelixCluster was created (operator start "
+                  f"included): {first['nodes']} of {size} nodes, {first['pipelines']} pipelines, "
+                  f"{first['tokensPerSecond']:.1f} tok/s, solve {first['solveSeconds']} s.")
+    relabels = markdown_table(
+        ("round", "relabelled node", "PATCH -> new plan in status, s", "solve s", "tok/s before", "tok/s after",
+         "outcome"),
+        [(i, r["node"], f"{r['latency']:.2f}", f"{r['solve']:.2f}", f"{r['from']:.1f}", f"{r['to']:.1f}",
+          r["outcome"]) for i, r in enumerate(results, 1)])
+    footprint = markdown_table(("operator process", "RSS MiB", "peak MiB"),
+                               [(stage, f"{mib['VmRSS']:.1f}", f"{mib['VmHWM']:.1f}") for stage, mib in memory.items()])
+    print(f"\n{first_plan}\n\n{relabels}\n\n{footprint}")
+    write_table("operator", f"{size} nodes in 5 regions, planner limit {time_limit:g} s, debounce {debounce:g} s.\n\n"
+                f"{first_plan}\n\nNode-label change to new plan in status:\n\n{relabels}\n\n"
+                f"Operator memory ({first['nodes']} worker pods, {size}-node index):\n\n{footprint}")
 
 
 if __name__ == "__main__":

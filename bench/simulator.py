@@ -45,6 +45,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from results import markdown_table, write_table
+
 
 from helix_planner.models import get_model
 from helix_planner.planner import PlannerOptions
@@ -101,12 +103,13 @@ def main() -> int:
                                window=replace(window, duration=120.0 if args.quick else window.duration, seed=100))
     catalog, lengths = load_catalog(), load_lengths("azure-conv", REFERENCE / "traces")
     scenarios: dict[tuple[str, str], Scenario] = {}
+    planned: list[str] = []  # the serving objective's choices, one line per case
 
     def scenario(case: str, layout: str) -> Scenario:
         if (case, layout) not in scenarios:
             cluster = str(REFERENCE / "clusters" / f"{case}.ini")
             if layout in ("ours", "maxflow"):
-                scenarios.update(_planned(case, catalog, lengths, plan_limit, judging))
+                scenarios.update(_planned(case, catalog, lengths, plan_limit, judging, planned))
                 return scenarios[(case, layout)]
             path = REFERENCE / "layouts" / f"{case}-llama70b" / f"{layout}.ini"
             source = str(path) if path.exists() else layout
@@ -125,15 +128,16 @@ def main() -> int:
 
     speed = run(FIDELITY[0])
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"simulator benchmark: offline, azure-conv lengths, seed 0, window {window.warmup:.0f} s + "
-          f"{window.duration:.0f} s, plans {plan_limit:.0f} s")
-    print(f"speed: single24 Helix layout + IWRR, {window.warmup + window.duration:.0f} simulated s in "
-          f"{speed.wall_seconds:.1f} s wall ({speed.sim_seconds_per_wall_second:.0f} sim-s/s), "
-          f"peak RSS {rss:.0f} MiB (whole process)\n")
+    setting = (f"Offline, Azure-conversation lengths, seed 0, window {window.warmup:.0f} s + {window.duration:.0f} s, "
+               f"plans {plan_limit:.0f} s. Speed: single24 Helix layout + IWRR, "
+               f"{window.warmup + window.duration:.0f} simulated s in {speed.wall_seconds:.1f} s wall "
+               f"({speed.sim_seconds_per_wall_second:.0f} simulated s per wall s), peak RSS {rss:.0f} MiB (whole process).")
+    print(setting + "\n")
     header = (f"{'case':<9} {'layout':<9} {'scheduler':<15} {'admission':>13} {'decode tok/s':>12} {'paper':>7} "
               f"{'vs paper':>8} {'p95 TTFT s':>10} {'p50 TPOT s':>10} {'wall s':>7}")
     print(header + "\n" + "-" * len(header))
     results: dict[tuple[str, str, str], SimResult] = {}
+    table: list[tuple[str, ...]] = []
     rows = FIDELITY + [ONLINE] + [Row(c, *name.split("/")) for c in CASES for name in OURS]
     for row in rows:
         result = speed if row == FIDELITY[0] else run(row)
@@ -145,6 +149,9 @@ def main() -> int:
         print(f"{row.case:<9} {row.layout:<9} {row.scheduler:<15} {admission:>13} "
               f"{result.decode_throughput:12.1f} {paper} {result.ttft.p95:10.1f} {result.tpot.p50:10.2f} "
               f"{result.wall_seconds:7.1f}", flush=True)
+        table.append((row.case, row.layout, row.scheduler, admission, f"{result.decode_throughput:.1f}",
+                      *(paper.split() if row.published else ("-", "-")), f"{result.ttft.p95:.1f}",
+                      f"{result.tpot.p50:.2f}", f"{result.wall_seconds:.1f}"))
 
     def seeded(row: Row, seeds: int) -> list[SimResult]:
         """`row` run with seeds 0 .. seeds-1 (seed 0 is the table's run)."""
@@ -156,7 +163,11 @@ def main() -> int:
     target_seeds = 1 if args.quick else TARGET_SEEDS
     targets = {(case, name): seeded(Row(case, *name.split("/")), target_seeds) for case in CASES
                for name in ("helix/iwrr", *OURS)}
-    return _verdicts(results, ablation, targets, enforce=not args.quick)
+    report = [setting, markdown_table(("case", "layout", "scheduler", "admission", "decode tok/s", "paper", "vs paper",
+                                       "p95 TTFT s", "p50 TPOT s", "wall s"), table), *planned]
+    failed = _verdicts(results, ablation, targets, report, enforce=not args.quick)
+    write_table("simulator", "\n\n".join(report))
+    return failed
 
 
 def _standard_error(values: list[float]) -> float:
@@ -169,9 +180,9 @@ def _means(runs: list[SimResult]) -> tuple[float, float]:
 
 
 def _planned(case: str, catalog: Catalog, lengths: LengthTrace, time_limit: float,
-             objective: ServingObjective) -> dict[tuple[str, str], Scenario]:
+             objective: ServingObjective, notes: list[str]) -> dict[tuple[str, str], Scenario]:
     """The serving objective's plan ("ours") at no more p95 TTFT than the Helix layout's, and its
-    floor-0 candidate, the max-flow plan ("maxflow")."""
+    floor-0 candidate, the max-flow plan ("maxflow"); what it chose goes to `notes`."""
     helix = load_scenario(str(REFERENCE / "clusters" / f"{case}.ini"),
                           str(REFERENCE / "layouts" / f"{case}-llama70b" / "helix.ini"), catalog,
                           throughput_model="helix")
@@ -181,18 +192,19 @@ def _planned(case: str, catalog: Catalog, lengths: LengthTrace, time_limit: floa
     plan, candidates = plan_for_serving(cluster, model, options, lengths, replace(objective, ttft_slo=slo),
                                         catalog=catalog)
     chosen = next(c for c in candidates if c.plan.layout == plan.layout and c.plan.max_in_flight == plan.max_in_flight)
-    print(f"{case}: serving objective, TTFT target {slo:.1f} s (Helix layout + IWRR, judged alike), "
-          f"{len(candidates)} candidates, saturated: " + ", ".join(
-        f"floor {c.floor:g} {c.decode_throughput:.0f} tok/s p95 TTFT {c.ttft_p95:.1f} s"
-        for c in candidates if c.plan.max_in_flight is None) + f"; chose {plan.solver.method}: "
-          f"{chosen.decode_throughput:.0f} tok/s p95 TTFT {chosen.ttft_p95:.1f} s", flush=True)
+    notes.append(f"{case}: serving objective, TTFT target {slo:.1f} s (Helix layout + IWRR, judged alike), "
+                 f"{len(candidates)} candidates, saturated: " + ", ".join(
+                     f"floor {c.floor:g} {c.decode_throughput:.0f} tok/s p95 TTFT {c.ttft_p95:.1f} s"
+                     for c in candidates if c.plan.max_in_flight is None) + f"; chose {plan.solver.method}: "
+                 f"{chosen.decode_throughput:.0f} tok/s p95 TTFT {chosen.ttft_p95:.1f} s.")
+    print(notes[-1], flush=True)
     return {(case, "ours"): scenario_from_plan(plan, cluster, model, catalog, f"{case}: ours"),
             (case, "maxflow"): scenario_from_plan(candidates[0].plan, cluster, model, catalog, f"{case}: max flow")}
 
 
 def _verdicts(results: dict[tuple[str, str, str], SimResult], ablation: dict[str, list[float]],
-              targets: dict[tuple[str, str], list[SimResult]], *, enforce: bool) -> int:
-    """Print the checks; the fidelity and layout-ordering ones fail the run when `enforce`."""
+              targets: dict[tuple[str, str], list[SimResult]], report: list[str], *, enforce: bool) -> int:
+    """Print the checks and add them to `report`; the fidelity and layout-ordering ones fail the run when `enforce`."""
     def decode(case: str, layout: str, scheduler: str) -> float:
         return results[(case, layout, scheduler)].decode_throughput
 
@@ -211,6 +223,9 @@ def _verdicts(results: dict[tuple[str, str, str], SimResult], ablation: dict[str
     print(f"\nscheduler ablation, geo24 Helix layout, seeds 0-{seeds - 1} (mean ± standard error, tok/s):")
     for scheduler, values in ablation.items():
         print(f"  {scheduler:<15} {statistics.mean(values):6.1f} ± {_standard_error(values):.2f}")
+    report.append(f"Scheduler ablation, geo24 Helix layout, seeds 0-{seeds - 1}:\n\n" + markdown_table(
+        ("scheduler", "decode tok/s, mean ± standard error"),
+        [(name, f"{statistics.mean(v):.1f} ± {_standard_error(v):.2f}") for name, v in ablation.items()]))
     for scheduler in ABLATION:
         gaps = [a - b for a, b in zip(ablation["iwrr"], ablation[scheduler])]
         gap, error = statistics.mean(gaps), _standard_error(gaps)
@@ -220,19 +235,23 @@ def _verdicts(results: dict[tuple[str, str, str], SimResult], ablation: dict[str
     seeds = len(targets[("geo24", "helix/iwrr")])
     print(f"\nours vs Helix layout + IWRR, means over seeds 0-{seeds - 1} "
           "(decode throughput ratio / p95 TTFT ratio):")
+    versus: list[tuple[str, ...]] = []
     for case in CASES:
         base_decode, base_ttft = _means(targets[(case, "helix/iwrr")])
         ratios = {name: (decode / base_decode, ttft / base_ttft)
                   for name in OURS for decode, ttft in [_means(targets[(case, name)])]}
         print(f"  {case:<9} " + "   ".join(f"{name} {d:.2f}x / {t:.2f}x" for name, (d, t) in ratios.items()))
+        versus.append((case, *(f"{d:.2f}x / {t:.2f}x" for d, t in ratios.values())))
         if case != "single24":
             d, t = ratios["ours/adaptive"]
             checks.append((False, d >= 1.10 and t <= 1.0, f"{case}: our plan + adaptive {d:.2f}x Helix's decode "
                                                            f"throughput (target >= 1.10x) at {t:.2f}x its p95 TTFT "
                                                            f"over {seeds} seed(s)"))
-    print()
-    for hard, passed, text in checks:
-        print(f"{'ok    ' if passed else ('FAILED' if hard else 'MISSED')} {text}")
+    report.append(f"Against the Helix layout with IWRR, means over seeds 0-{seeds - 1} (decode throughput ratio / "
+                  "p95 TTFT ratio):\n\n" + markdown_table(("case", *OURS), versus))
+    verdicts = [f"{'ok' if passed else ('FAILED' if hard else 'MISSED')} {text}" for hard, passed, text in checks]
+    print("\n" + "\n".join(verdicts))
+    report.append("Checks:\n\n" + "\n".join(f"* {line}" for line in verdicts))
     return 1 if enforce and any(hard and not passed for hard, passed, _ in checks) else 0
 
 
