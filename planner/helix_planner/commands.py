@@ -5,14 +5,15 @@ import sys
 from pathlib import Path
 
 from helix_planner.catalog_import import import_reference
+from helix_planner.cluster import Cluster
 from helix_planner.errors import PlanningError
 from helix_planner.flow import evaluate
 from helix_planner.io.cluster_files import load_cluster
 from helix_planner.io.helix_ini import dump_layout_ini, load_layout_ini
-from helix_planner.models import get_model
+from helix_planner.models import ModelSpec, get_model
 from helix_planner.plan_format import load_plan
 from helix_planner.planner import METHODS, PlannerOptions, capacity_model_for, plan_cluster
-from helix_planner.profiles import load_catalog
+from helix_planner.profiles import Catalog, load_catalog
 from helix_planner.render import render_svg
 from helix_planner.report import plan_table
 from helix_planner.serving_plan import DEFAULT_LENGTHS, ServingObjective, plan_for_serving
@@ -22,7 +23,7 @@ from helix_planner.sim.workload import LENGTH_TRACES, default_traces_dir, load_l
 DEFAULT_CLUSTER = "geo-demo"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     plan = subparsers.add_parser("plan", help="place layers on a cluster for maximum throughput")
     plan.add_argument("cluster", nargs="?", default=DEFAULT_CLUSTER,
                       help=f"cluster file (.yaml or Helix .ini) or bundled example (default {DEFAULT_CLUSTER})")
@@ -82,7 +83,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--catalog", type=Path, action="append", default=[], help="extra GPU catalog dir or file")
 
 
-def _inputs(args: argparse.Namespace):
+def _inputs(args: argparse.Namespace) -> tuple[Cluster, ModelSpec, Catalog]:
     cluster, model = load_cluster(args.cluster)
     if args.model:
         model = get_model(args.model)

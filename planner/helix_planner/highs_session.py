@@ -9,7 +9,7 @@ import highspy
 
 def new_highs(threads: int) -> highspy.Highs:
     """A quiet HiGHS instance whose thread pool has `threads` threads."""
-    highs = highspy.Highs()
+    highs = highspy.Highs()  # type: ignore[no-untyped-call]  # highspy's stub leaves Highs() unannotated
     highs.setOptionValue("output_flag", False)
     highs.resetGlobalScheduler(True)
     highs.setOptionValue("threads", int(threads))

@@ -92,10 +92,10 @@ def build_model(topology: Topology, model: ModelSpec, *, previous: dict[tuple[st
         prob += pulp.lpSum(v for key, v in n.items() if key[0] == cls.key) <= len(cls.nodes), f"count_{cls.key}"
 
     by_class = {cls.key: cls for cls in topology.classes}
-    ends: dict[tuple[int, int], list] = {}
-    starts: dict[tuple[int, int], list] = {}
-    end_counts: dict[tuple[str, int], list] = {}
-    start_counts: dict[tuple[str, int], list] = {}
+    ends: dict[tuple[int, int], list[pulp.LpVariable]] = {}
+    starts: dict[tuple[int, int], list[pulp.LpVariable]] = {}
+    end_counts: dict[tuple[str, int], list[pulp.LpVariable]] = {}
+    start_counts: dict[tuple[str, int], list[pulp.LpVariable]] = {}
     for (ck, a, k), var in y.items():
         g = by_class[ck].group
         starts.setdefault((g, a), []).append(var)
@@ -161,7 +161,8 @@ def build_model(topology: Topology, model: ModelSpec, *, previous: dict[tuple[st
 
 
 def _limit_pairs(prob: pulp.LpProblem, topology: Topology, g: int, hh: int, l: int, flow: pulp.LpVariable,
-                 end_counts: dict, start_counts: dict) -> None:
+                 end_counts: dict[tuple[str, int], list[pulp.LpVariable]],
+                 start_counts: dict[tuple[str, int], list[pulp.LpVariable]]) -> None:
     """flow <= slowest link * (e + s) / 2, a count of pairs that surely exist.
 
     With e senders and s receivers there are e*s pairs, and e*s >= (e+s)/2 whenever both
@@ -197,7 +198,7 @@ def solve(built: PlacementModel, settings: MilpSettings, *, warm_start: dict[tup
     started = time.monotonic()
     last_report = [0.0]
 
-    def on_interrupt(event) -> None:
+    def on_interrupt(event: highspy.HighsCallbackEvent) -> None:
         now = time.monotonic() - started
         if cancel is not None and cancel.is_set():
             event.interrupt()
@@ -206,7 +207,7 @@ def solve(built: PlacementModel, settings: MilpSettings, *, warm_start: dict[tup
             out = event.data_out
             progress(_progress_line(out.mip_primal_bound, out.mip_dual_bound, now))
 
-    def on_improving(event) -> None:
+    def on_improving(event: highspy.HighsCallbackEvent) -> None:
         if progress:
             out = event.data_out
             progress(_progress_line(out.mip_primal_bound, out.mip_dual_bound, time.monotonic() - started, "new incumbent"))
@@ -282,15 +283,22 @@ def _to_highs_lp(problem: pulp.LpProblem, columns: list[pulp.LpVariable], index:
     lp.col_upper_ = np.array([inf if v.upBound is None else float(v.upBound) for v in columns])
     lp.integrality_ = [highspy.HighsVarType.kInteger if v.cat == pulp.LpInteger else highspy.HighsVarType.kContinuous
                        for v in columns]
-    lower, upper, starts, indices, values = [], [], [0], [], []
+    lower: list[float] = []
+    upper: list[float] = []
+    starts: list[int] = [0]
+    indices: list[int] = []
+    values: list[float] = []
     for constraint in problem.constraints():
         rhs = -float(constraint.constant)
         if constraint.sense == pulp.LpConstraintEQ:
-            lower.append(rhs), upper.append(rhs)
+            lower.append(rhs)
+            upper.append(rhs)
         elif constraint.sense == pulp.LpConstraintLE:
-            lower.append(-inf), upper.append(rhs)
+            lower.append(-inf)
+            upper.append(rhs)
         else:
-            lower.append(rhs), upper.append(inf)
+            lower.append(rhs)
+            upper.append(inf)
         for var, coef in constraint.items():
             indices.append(index[var.name])
             values.append(float(coef))

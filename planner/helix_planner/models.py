@@ -4,7 +4,9 @@ Built-in entries cover the paper's models (with the artifact's own byte figures,
 objectives compare with the published ones) and common current Llama-family models.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from helix_planner.errors import PlanningError
 from helix_planner.io.strict import check_keys
@@ -125,7 +127,7 @@ MODEL_KEYS = ("name", "numLayers", "hiddenSize", "intermediateSize", "numHeads",
               "bytesPerLayer", "kvBytesPerTokenLayer")
 
 
-def model_from_mapping(data: dict) -> ModelSpec:
+def model_from_mapping(data: Mapping[str, Any]) -> ModelSpec:
     """A model from a YAML mapping: `{name: llama3-8b}`, a Llama-style shape, or raw sizes.
 
     Raw sizes: numLayers, hiddenSize, bytesPerLayer, kvBytesPerTokenLayer (and dtype).

@@ -34,8 +34,8 @@ def build_cluster(nodes: list[Node], network: NetworkModel, *, name: str = "clus
     """A full mesh between nodes plus front-end links, shaped by `network`."""
     cluster = Cluster(nodes=list(nodes), name=name)
     known = set(cluster.node_names) | {SOURCE, SINK}
-    for a, b in [*network.link_overrides, *network.removed]:
-        for end in (a, b):
+    for pair in [*network.link_overrides, *network.removed]:
+        for end in pair:
             if end not in known:
                 raise PlanningError(f"network override names unknown node {end!r}; known nodes: {sorted(known)}")
     for a in cluster.nodes:

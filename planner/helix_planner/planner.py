@@ -21,7 +21,7 @@ from helix_planner.errors import InfeasiblePlacement, ModelDoesNotFit, PlanningE
 from helix_planner.fleet import FLEET_NODES, fleet_bound, fleet_classes, fleet_layouts, layers_moved, repair
 from helix_planner.flow import FlowResult, evaluate
 from helix_planner.heuristics import BASELINES
-from helix_planner.milp import MilpSettings, assign_nodes, build_model, class_counts, solve
+from helix_planner.milp import MilpSettings, MilpSolution, assign_nodes, build_model, class_counts, solve
 from helix_planner.models import ModelSpec
 from helix_planner.pipelines import decompose
 from helix_planner.plan_format import Plan, PlannedEdge, PlannedNode, SolverReport
@@ -193,7 +193,8 @@ def _candidates(cluster: Cluster, model: ModelSpec, capacity_model: CapacityMode
 
 
 def _run_milp(topology: Topology, model: ModelSpec, options: PlannerOptions, start: Layout, previous: Plan | None,
-              bound: float, deadline: float, say: Callable[[str], None], cancel: threading.Event | None):
+              bound: float, deadline: float, say: Callable[[str], None],
+              cancel: threading.Event | None) -> MilpSolution:
     """The MILP from the best placement so far; capacities capped at the certified bound."""
     previous_counts = class_counts(previous.layout, topology) if previous else None
     built = build_model(topology, model, previous=previous_counts, churn_weight=options.churn_weight,

@@ -119,6 +119,10 @@ class Catalog:
         for name, spec in (data.get("gpus") or {}).items():
             self.gpus[name] = gpu_from_mapping(str(name), spec, source=str(path))
         model = data.get("model")
+        if not isinstance(model, str):
+            if data.get("measured") or "helixTables" in data:
+                raise PlanningError(f"catalog file {path}: `measured` and `helixTables` need a `model` name")
+            return
         for gpu, spec in (data.get("measured") or {}).items():
             self.measured[(model, gpu)] = _measured_from_mapping(model, str(gpu), spec)
         if "helixTables" in data:
@@ -160,7 +164,7 @@ def gpu_from_mapping(name: str, spec: Mapping[str, Any], *, source: str) -> GpuT
     )
 
 
-def _measured_from_mapping(model: str, gpu: str, spec: dict) -> MeasuredProfile:
+def _measured_from_mapping(model: str, gpu: str, spec: Mapping[str, Any]) -> MeasuredProfile:
     def curve(points: list[list[float]]) -> Curve:
         pts = sorted((float(x), float(ms) / 1000.0) for x, ms in points)
         return Curve(tuple(p[0] for p in pts), tuple(p[1] for p in pts))

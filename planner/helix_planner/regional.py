@@ -112,7 +112,7 @@ def _region_stages(topology: Topology, group: int, target: float, fan_in: int, f
 
 def _fill(classes: list[NodeClass], target: float, left: dict[str, int]) -> list[_Stage]:
     """Middle stages from the nodes left, most layers per node first."""
-    stages = []
+    stages: list[_Stage] = []
     while True:
         options = [o for c in classes for o in _stage_options(c, target, 1, left[c.key])]
         if not options:

@@ -90,7 +90,7 @@ def plan_for_serving(cluster: Cluster, model: ModelSpec, options: PlannerOptions
         except InfeasiblePlacement as error:
             say(f"serving    floor {floor:.2f}: no placement ({error})")
             continue
-        bound = bound or plan.upper_bound
+        bound = bound or plan.upper_bound or 0.0
         if any(c.plan.layout == plan.layout for c in candidates):
             continue
         saturated = judge(plan, floor, objective, cluster, model, catalog, lengths)
@@ -113,9 +113,10 @@ def plan_for_serving(cluster: Cluster, model: ModelSpec, options: PlannerOptions
             raise PlanningError("planning was cancelled before any candidate was judged")
         raise InfeasiblePlacement(f"no stage floor gives a placement for {cluster.name!r}")
     chosen = choose(candidates, objective.ttft_slo)
-    cap = chosen.plan.max_in_flight
-    say(f"serving    chose floor {chosen.floor:.2f}" + (f", at most {cap} requests in flight" if cap else ""))
-    shape = f"floor {chosen.floor:g}" + (f", max {cap} in flight" if cap else "")
+    chosen_cap = chosen.plan.max_in_flight
+    say(f"serving    chose floor {chosen.floor:.2f}"
+        + (f", at most {chosen_cap} requests in flight" if chosen_cap else ""))
+    shape = f"floor {chosen.floor:g}" + (f", max {chosen_cap} in flight" if chosen_cap else "")
     solver = replace(chosen.plan.solver, method=f"serving({shape}, {chosen.plan.solver.method})",
                      status="simulated-best", time_limit=options.time_limit, seconds=time.monotonic() - started)
     return replace(chosen.plan, upper_bound=max(bound, chosen.plan.throughput), solver=solver), candidates

@@ -7,6 +7,7 @@ group form a *class* and the MILP only counts how many of them hold each layer r
 removes the symmetry between identical nodes that makes Helix's per-node MILP hard.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from helix_planner.cluster import SINK, SOURCE, Cluster
@@ -99,13 +100,13 @@ def build_topology(cluster: Cluster, model: ModelSpec, capacity_model: CapacityM
     for g, senders in enumerate(groups):
         for h, receivers in enumerate(groups):
             if g != h:
-                caps = [c for a in senders for b in receivers if (c := edge_capacity(cluster, model, a, b)) > 0]
-                pair_min[(g, h)] = min(caps, default=0.0)
-                cross_max = max(cross_max, *caps) if caps else cross_max
+                links = [c for a in senders for b in receivers if (c := edge_capacity(cluster, model, a, b)) > 0]
+                pair_min[(g, h)] = min(links, default=0.0)
+                cross_max = max(cross_max, *links) if links else cross_max
     return Topology(classes, [tuple(g) for g in groups], cross_out, cross_in, pair_min, cross_max)
 
 
-def _merge_free_groups(groups: list[list[str]], free) -> None:
+def _merge_free_groups(groups: list[list[str]], free: Callable[[str, str], bool]) -> None:
     """Merge groups (e.g. regions joined by fast links) whose every cross pair is free."""
     merged = True
     while merged:

@@ -7,6 +7,7 @@ those names, so they are evaluated with a tiny, safe arithmetic evaluator (never
 
 import ast
 import re
+from collections.abc import Callable
 import operator as _op
 
 UNIT_NAMES: dict[str, float] = {
@@ -21,7 +22,8 @@ UNIT_NAMES: dict[str, float] = {
     "MilliSec": 1e-3,
 }
 
-_BINARY = {ast.Add: _op.add, ast.Sub: _op.sub, ast.Mult: _op.mul, ast.Div: _op.truediv}
+_BINARY: dict[type[ast.operator], Callable[[float, float], float]] = {
+    ast.Add: _op.add, ast.Sub: _op.sub, ast.Mult: _op.mul, ast.Div: _op.truediv}
 
 
 def eval_unit_expr(text: str) -> float:

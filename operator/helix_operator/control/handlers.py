@@ -28,23 +28,22 @@ DAEMON_EXIT_SECONDS = 5.0
 
 def register(registry: kopf.OperatorRegistry, *, observe_seconds: float) -> None:
     """Add every handler to `registry` (one per operator run, not the process-global one)."""
-    on = dict(registry=registry)
 
-    @kopf.index("", "v1", "nodes", id="nodes", **on)
+    @kopf.index("", "v1", "nodes", id="nodes", registry=registry)
     def index_node(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
         return {name: node_facts(body)}
 
-    @kopf.on.event("", "v1", "nodes", **on)
+    @kopf.on.event("", "v1", "nodes", registry=registry)
     def node_changed(body: kopf.Body, name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
         facts = None if type == "DELETED" else node_facts(body)
         if memo.context.node_changes.changed(name, facts):
             memo.context.inboxes.notify_all(NODES)
 
-    @kopf.index(*GPUPROFILES, id="gpuprofiles", **on)
+    @kopf.index(*GPUPROFILES, id="gpuprofiles", registry=registry)
     def index_profile(name: str, spec: kopf.Spec, **_: Any) -> dict[str, Any]:
         return {name: dict(spec)}
 
-    @kopf.on.event(*GPUPROFILES, **on)
+    @kopf.on.event(*GPUPROFILES, registry=registry)
     def profile_changed(body: kopf.Body, name: str, spec: kopf.Spec, type: str | None, memo: kopf.Memo,
                         **_: Any) -> None:
         if type != "DELETED":
@@ -54,9 +53,11 @@ def register(registry: kopf.OperatorRegistry, *, observe_seconds: float) -> None
                 kopf.warn(body, reason="InvalidGPUProfile", message=f"ignored until fixed: {err}")
         memo.context.inboxes.notify_all(PROFILES)
 
-    @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, **on)
-    @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, **on)
-    def child_changed(namespace: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, registry=registry)
+    @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, registry=registry)
+    def child_changed(namespace: str | None, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+        if namespace is None:  # pods and Deployments are namespaced; kopf types cluster-scoped objects too
+            return
         owners = [ref["name"] for ref in meta.get("ownerReferences") or [] if ref.get("kind") == names.HELIXCLUSTER_KIND]
         for owner in owners:
             memo.context.inboxes.notify((namespace, owner), PODS)
@@ -64,21 +65,25 @@ def register(registry: kopf.OperatorRegistry, *, observe_seconds: float) -> None
         if cluster and not owners:  # a front-end pod: its owner is the Deployment's ReplicaSet
             memo.context.inboxes.notify_labelled(namespace, cluster, PODS)
 
-    @kopf.on.resume(*HELIXCLUSTERS, **on)
-    @kopf.on.create(*HELIXCLUSTERS, **on)
-    @kopf.on.update(*HELIXCLUSTERS, **on)
-    def spec_changed(spec: kopf.Spec, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    @kopf.on.resume(*HELIXCLUSTERS, registry=registry)
+    @kopf.on.create(*HELIXCLUSTERS, registry=registry)
+    @kopf.on.update(*HELIXCLUSTERS, registry=registry)
+    def spec_changed(spec: kopf.Spec, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+        if namespace is None:  # HelixClusters are namespaced (the CRD's scope)
+            return
         memo.context.inboxes.notify((namespace, name), SPEC)
         try:
             parse_spec(spec)
         except SpecError as err:
             raise kopf.PermanentError(str(err)) from None
 
-    @kopf.daemon(*HELIXCLUSTERS, id="controller", cancellation_timeout=DAEMON_EXIT_SECONDS, **on)
-    async def run_controller(body: kopf.Body, nodes: kopf.Index, gpuprofiles: kopf.Index, memo: kopf.Memo,
-                             stopped: kopf.DaemonStopped, logger: Any, **_: Any) -> None:
+    @kopf.daemon(*HELIXCLUSTERS, id="controller", cancellation_timeout=DAEMON_EXIT_SECONDS, registry=registry)
+    async def run_controller(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: Any,
+                             **kwargs: Any) -> None:
+        # kopf passes each index as a keyword named by its id (the indices above).
+        nodes, gpuprofiles = kwargs["nodes"], kwargs["gpuprofiles"]
         await Controller(memo.context, body, nodes, gpuprofiles, logger).run(stopped)
 
-    @kopf.timer(*HELIXCLUSTERS, id="observe", interval=observe_seconds, when=frontend_ready, **on)
+    @kopf.timer(*HELIXCLUSTERS, id="observe", interval=observe_seconds, when=frontend_ready, registry=registry)
     async def observe_throughput(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
         await memo.context.observer.observe(body, logger)

@@ -19,7 +19,7 @@ from helix_planner.sim.workload import LENGTH_TRACES, arrival_times, default_tra
 QUICK_WARMUP, QUICK_DURATION = 60.0, 120.0
 
 
-def add_simulate_command(subparsers: argparse._SubParsersAction) -> None:
+def add_simulate_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim = subparsers.add_parser("simulate", help="discrete-event simulation of serving on a cluster",
                                 description=__doc__)
     sim.add_argument("cluster", help="cluster file (.yaml or Helix .ini) or bundled example")

@@ -17,7 +17,7 @@ the max-flow pipelines; hop-by-hop ones pick each next node among the layout's s
   grows with the requests already routed through the node).
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import numpy as np
@@ -202,7 +202,7 @@ SCHEDULERS = {cls.name: cls for cls in (IwrrScheduler, SwarmScheduler, RandomSch
                                         AdaptiveScheduler)}
 
 
-def scheduler_class(name: str) -> type:
+def scheduler_class(name: str) -> Callable[[RouteGraph, np.random.Generator], Scheduler]:
     """The scheduler called `name`; an unknown name is a user error that lists the known ones."""
     if name not in SCHEDULERS:
         raise PlanningError(f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}")

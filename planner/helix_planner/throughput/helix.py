@@ -75,7 +75,7 @@ class HelixCapacityModel:
         if prompt_requests > 1:
             prompt_requests, prompt_tokens, decode_tokens = 1, tables.avg_input_len, tables.avg_output_len
         if prompt_requests >= 1:
-            total_tokens = prompt_tokens + decode_tokens
+            total_tokens: float = prompt_tokens + decode_tokens
             total_time = layers * (profile.prompt(prompt_tokens) + profile.decode(decode_tokens))
         else:
             rescale = 1 / prompt_requests
