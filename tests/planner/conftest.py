@@ -3,16 +3,14 @@
 from pathlib import Path
 
 import pytest
-from plankit import REFERENCE
+from plankit import require_reference
 
 from helix_planner.profiles import load_catalog
 
 
 @pytest.fixture(scope="session")
 def reference() -> Path:
-    if not (REFERENCE / "gpu_constants.json").exists():
-        pytest.skip(f"Helix reference data not found at {REFERENCE} (set HELIX_REFERENCE)")
-    return REFERENCE
+    return require_reference()
 
 
 @pytest.fixture(scope="session")
