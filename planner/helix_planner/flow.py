@@ -90,7 +90,7 @@ def evaluate(
             edges.append((src_v, vin(name), edge_capacity(cluster, model, SOURCE, name), (SOURCE, name)))
         if end == model.num_layers:
             edges.append((vout(name), sink_v, edge_capacity(cluster, model, name, SINK), (name, SINK)))
-    for a, b in _handovers(used, layout, partial_inference):
+    for a, b in handovers(used, layout, partial_inference):
         edges.append((vout(a), vin(b), edge_capacity(cluster, model, a, b), (a, b)))
     edges = [e for e in edges if e[2] > 0]
     if not edges:
@@ -114,7 +114,7 @@ def evaluate(
     return FlowResult(float(result.flow_value) / scale, caps, node_flow, edge_flow, edge_caps, bottlenecks)
 
 
-def _handovers(used: list[str], layout: Layout, partial_inference: bool) -> list[tuple[str, str]]:
+def handovers(used: list[str], layout: Layout, partial_inference: bool) -> list[tuple[str, str]]:
     """Pairs (a, b) where activations leaving a's range can enter b's: b starts where a ends
     (or, with partial inference, b holds the layer after a's last). Found through an index by
     start layer, so a large fleet costs its handovers, not all pairs of nodes."""
@@ -127,7 +127,8 @@ def _handovers(used: list[str], layout: Layout, partial_inference: bool) -> list
     return [(a, b) for a in used for b in starting.get(layout[a][1], [])]
 
 
-def _min_cut(size: int, edges: list, flow: np.ndarray, scale: float, src_v: int) -> list[str]:
+def _min_cut(size: int, edges: list[tuple[int, int, float, tuple[str, str]]], flow: np.ndarray, scale: float,
+             src_v: int) -> list[str]:
     """Name the saturated edges of the min cut: what limits throughput (`flow` per edge)."""
     residual: dict[int, list[int]] = {v: [] for v in range(size)}
     for (u, v, cap, _), used in zip(edges, flow):

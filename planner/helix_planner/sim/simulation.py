@@ -18,6 +18,7 @@ import numpy as np
 
 from helix_planner.cluster import SINK, SOURCE, Cluster
 from helix_planner.errors import PlanningError
+from helix_planner.flow import handovers
 from helix_planner.models import ModelSpec
 from helix_planner.pipelines import Pipeline
 from helix_planner.profiles import Catalog
@@ -89,13 +90,17 @@ class Simulation:
             raise PlanningError(f"plan/cluster mismatch: the layout uses {', '.join(missing)}, "
                                 f"which cluster {cluster.name!r} does not have")
         if scenario.partial_inference:
-            layer_ends = {node.end for node in self.nodes.values()}
-            for node in self.nodes.values():
-                node.mid_entry = any(node.start < end < node.end for end in layer_ends)
-        ends = set(self.nodes) | {SOURCE, SINK}
+            layer_ends = {gpu_node.end for gpu_node in self.nodes.values()}
+            for gpu_node in self.nodes.values():
+                gpu_node.mid_entry = any(gpu_node.start < end < gpu_node.end for end in layer_ends)
+        # Only links a request can take: a fleet's node pairs are far more than its handovers.
+        layout = {name: (node.start, node.end) for name, node in self.nodes.items()}
+        pairs = handovers(list(self.nodes), layout, scenario.partial_inference)
+        pairs += [(SOURCE, n) for n, (start, _) in layout.items() if start == 0]
+        pairs += [(n, SINK) for n, (_, end) in layout.items() if end == model.num_layers]
         self.channels = {key: Channel(link.bandwidth, link.latency, model.token_bytes if SOURCE in key or SINK in key
                                       else model.activation_bytes_per_token)
-                         for key, link in cluster.links.items() if key[0] in ends and key[1] in ends}
+                         for key in pairs if (link := cluster.link(*key)) is not None}
         self.graph = build_routes(cluster, self.nodes, model.num_layers, scenario.pipelines, self.channels,
                                   partial_inference=scenario.partial_inference)
         seeds = np.random.SeedSequence(config.seed).spawn(2)
@@ -115,8 +120,11 @@ class Simulation:
             self.waiting.append(self._new_request(0.0))
             self.queue.at(0.0, self._admit, self.config.offline_initial)
         else:
-            lengths = self.lengths.sample(self.length_rng, len(self.config.arrivals))
-            for at, (inp, out) in zip(self.config.arrivals.tolist(), lengths):
+            arrivals = self.config.arrivals
+            if arrivals is None:  # SimConfig.check refuses this in online mode
+                raise PlanningError("online mode needs arrivals: give --rate (requests/s) and --arrivals")
+            lengths = self.lengths.sample(self.length_rng, len(arrivals))
+            for at, (inp, out) in zip(arrivals.tolist(), lengths):
                 self.queue.at(at, self._arrive, self._request(at, inp, out))
         self.queue.at(0.0, self._sample)
         tick = (lambda now: progress(now, self.end)) if progress else None
@@ -126,7 +134,8 @@ class Simulation:
         return summarize(self.recorder, label=self.scenario.label, scheduler=self.scheduler.name,
                          mode=self.config.mode, seed=self.config.seed, slo_ttft=self.config.slo_ttft,
                          slo_tpot=self.config.slo_tpot, waiting=len(self.waiting), in_flight=self.in_flight,
-                         rejected=self.rejected, wall_seconds=time.perf_counter() - started)
+                         rejected=self.rejected, wall_seconds=time.perf_counter() - started,
+                         lengths=self.lengths.name)
 
     # front end ---------------------------------------------------------------------------
 
@@ -148,7 +157,8 @@ class Simulation:
 
         A KV-unaware scheduler's choice is kept while the request waits for room on it.
         """
-        now, admitted = self.queue.now, []
+        now = self.queue.now
+        admitted: list[Request] = []
         caps = [c for c in (self.config.max_in_flight, self.scenario.max_in_flight) if c]
         cap = min(caps) if caps else float("inf")
         while self.waiting and self.in_flight < cap and len(admitted) < limit:
@@ -235,7 +245,8 @@ class Simulation:
         """Account the KV the pass stored and send every request on to its next stage or home."""
         now, batch = self.queue.now, node.batch
         node.batch = []
-        groups: dict[GpuNode | None, list] = {}
+        tokens_to: dict[GpuNode | None, int] = {}
+        requests_to: dict[GpuNode | None, list[Request]] = {}
         stored = 0
         for request in batch:
             route, stage, tokens = request.route, request.stage, request.tokens
@@ -247,13 +258,11 @@ class Simulation:
             stage += 1
             request.stage = stage
             after = route[stage].node if stage < len(route) else None
-            group = groups.get(after)
-            if group is None:
-                groups[after] = group = [0, []]
-            group[0] += tokens
-            group[1].append(request)
+            tokens_to[after] = tokens_to.get(after, 0) + tokens
+            requests_to.setdefault(after, []).append(request)
         node.kv.used += stored
-        for after, (tokens, requests) in groups.items():
+        for after, requests in requests_to.items():
+            tokens = tokens_to[after]
             if after is None:
                 arrival = self.channels[(node.name, SINK)].send(now, len(requests))
                 self.queue.at(arrival, self._returned, requests)
