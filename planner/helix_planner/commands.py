@@ -8,22 +8,21 @@ from helix_planner.catalog_import import import_reference
 from helix_planner.cluster import Cluster
 from helix_planner.errors import PlanningError
 from helix_planner.flow import evaluate
-from helix_planner.io.cluster_files import load_cluster
+from helix_planner.io.cluster_files import DEFAULT_CLUSTER, load_cluster
 from helix_planner.io.helix_ini import dump_layout_ini, load_layout_ini
 from helix_planner.models import ModelSpec, get_model
 from helix_planner.plan_format import load_plan
 from helix_planner.planner import METHODS, PlannerOptions, capacity_model_for, plan_cluster
 from helix_planner.profiles import Catalog, load_catalog
-from helix_planner.render import render_svg
-from helix_planner.report import plan_table
-from helix_planner.serving_plan import DEFAULT_LENGTHS, ServingObjective, plan_for_serving
+from helix_planner.render import draw_placement
+from helix_planner.report import max_flow_note, plan_table, serving_lines
+from helix_planner.serving_plan import DEFAULT_LENGTHS, Candidate, ServingObjective, choose, judge, plan_for_serving
 from helix_planner.sim.cli import add_simulate_command
 from helix_planner.sim.workload import LENGTH_TRACES, default_traces_dir, load_lengths
+from helix_planner.status import StatusLine
 
-DEFAULT_CLUSTER = "geo-demo"
 
-
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     plan = subparsers.add_parser("plan", help="place layers on a cluster for maximum throughput")
     plan.add_argument("cluster", nargs="?", default=DEFAULT_CLUSTER,
                       help=f"cluster file (.yaml or Helix .ini) or bundled example (default {DEFAULT_CLUSTER})")
@@ -40,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       help="max-flow (Helix's), or serving: max-flow plans under several stage floors, the one "
                            "with the best simulated decode throughput kept (the time limit is shared among them)")
     plan.add_argument("--lengths", default=DEFAULT_LENGTHS,
-                      help=f"serving: request lengths to simulate ({', '.join(LENGTH_TRACES)}, a CSV path, or "
+                      help=f"request lengths the serving estimate (and objective) simulate ({', '.join(LENGTH_TRACES)}, a CSV path, or "
                            f"fixed:IN,OUT; default {DEFAULT_LENGTHS}, Helix's average request)")
     plan.add_argument("--traces", type=Path, help="serving: folder of the reference traces")
     plan.add_argument("--scheduler", default="iwrr",
@@ -53,8 +52,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       help="serving: simulations per candidate, averaged (default 1; more steady a TTFT target)")
     plan.add_argument("-o", "--output", choices=("json", "table", "helix-ini"), default="json",
                       help="the plan document (json, default), a readable table, or Helix's [Solution] .ini")
-    plan.add_argument("--svg", type=Path, help="also write a picture of the placement")
-    plan.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    plan.add_argument("--svg", type=Path,
+                      help="also draw the placement: PATH as SVG and a PNG beside it (needs matplotlib)")
+    plan.add_argument("--no-simulate", dest="simulate", action="store_false",
+                      help="skip the serving estimate (a short simulation of the plan, printed after it)")
+    plan.add_argument("-q", "--quiet", action="store_true", help="no status line on stderr (none off a terminal)")
     plan.set_defaults(func=_plan)
 
     check = subparsers.add_parser("evaluate", help="max flow and bottleneck of a given placement")
@@ -96,24 +98,32 @@ def _plan(args: argparse.Namespace) -> int:
     options = PlannerOptions(time_limit=args.time_limit, mip_gap=args.mip_gap, threads=args.threads,
                              throughput_model=args.throughput_model, method=args.method, churn_weight=args.churn_weight,
                              min_layer_fraction=args.min_layer_fraction)
-    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    if args.objective == "serving":
-        lengths = load_lengths(args.lengths, args.traces or default_traces_dir())
-        if args.judge_seeds < 1:
-            raise PlanningError(f"--judge-seeds {args.judge_seeds}: give at least 1")
-        objective = ServingObjective(scheduler=args.scheduler, ttft_slo=args.slo_ttft, seeds=args.judge_seeds)
-        plan, _ = plan_for_serving(cluster, model, options, lengths, objective, previous=previous, catalog=catalog,
-                                   progress=progress)
-    else:
-        plan = plan_cluster(cluster, model, options, previous=previous, catalog=catalog, progress=progress)
-    if args.output == "json":
-        print(plan.to_json())
-    elif args.output == "helix-ini":
-        print(dump_layout_ini(plan.layout, cluster), end="")
-    else:
-        print(plan_table(plan), end="")
+    lengths = load_lengths(args.lengths, args.traces or default_traces_dir())
+    if args.judge_seeds < 1:
+        raise PlanningError(f"--judge-seeds {args.judge_seeds}: give at least 1")
+    objective = ServingObjective(scheduler=args.scheduler, ttft_slo=args.slo_ttft, seeds=args.judge_seeds)
+    judged: Candidate | None = None
+    with StatusLine(f"planning {cluster.name}", limit=args.time_limit, quiet=args.quiet) as status:
+        if args.objective == "serving":
+            plan, candidates = plan_for_serving(cluster, model, options, lengths, objective, previous=previous,
+                                                catalog=catalog, progress=status.keep)
+            judged = choose(candidates, objective.ttft_slo)
+        else:
+            plan = plan_cluster(cluster, model, options, previous=previous, catalog=catalog, progress=status)
+    if args.simulate and judged is None:
+        with StatusLine(f"simulating the plan on {cluster.name}", quiet=args.quiet) as status:
+            status(f"{objective.window.warmup + objective.window.duration:g} simulated s, saturated")
+            judged = judge(plan, 0.0, objective, cluster, model, catalog, lengths)
+    serving = [] if judged is None else serving_lines(plan, judged, objective, lengths.name,
+                                                      objective_name=args.objective)
+    if args.output == "table":
+        print(plan_table(plan) + "".join(f"\n{line}" for line in serving), end="\n" if serving else "")
+    else:  # JSON and .ini must stay parseable: the notes go to stderr
+        print(plan.to_json() if args.output == "json" else dump_layout_ini(plan.layout, cluster).rstrip("\n"))
+        print("\n".join([max_flow_note(plan), *serving]), file=sys.stderr)
     if args.svg:
-        args.svg.write_text(render_svg(plan))
+        for path in draw_placement(plan, args.svg):
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

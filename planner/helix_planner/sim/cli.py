@@ -3,26 +3,30 @@
 import argparse
 import json
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 from numpy.random import default_rng
 
+from helix_planner.io.cluster_files import DEFAULT_CLUSTER
 from helix_planner.profiles import load_catalog
 from helix_planner.sim.inputs import load_scenario
 from helix_planner.sim.plots import write_plots
 from helix_planner.sim.report import summary_text
 from helix_planner.sim.schedulers import SCHEDULERS, scheduler_class
 from helix_planner.sim.simulation import MODES, SimConfig, Simulation
-from helix_planner.sim.workload import LENGTH_TRACES, arrival_times, default_traces_dir, load_lengths
+from helix_planner.sim.workload import (LENGTH_TRACES, SYNTHETIC_CONV, arrival_times, default_lengths,
+                                        default_traces_dir, load_lengths)
+from helix_planner.status import StatusLine
 
 QUICK_WARMUP, QUICK_DURATION = 60.0, 120.0
 
 
-def add_simulate_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_simulate_command(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     sim = subparsers.add_parser("simulate", help="discrete-event simulation of serving on a cluster",
                                 description=__doc__)
-    sim.add_argument("cluster", help="cluster file (.yaml or Helix .ini) or bundled example")
+    sim.add_argument("cluster", nargs="?", default=DEFAULT_CLUSTER,
+                     help=f"cluster file (.yaml or Helix .ini) or bundled example (default {DEFAULT_CLUSTER})")
     sim.add_argument("--layout", help="Helix [Solution] .ini, plan .json, or a baseline (petals, swarm, separate); "
                                       "default: plan the cluster now")
     sim.add_argument("--partial-inference", action="store_true", help="stages may start inside a node's range")
@@ -35,8 +39,10 @@ def add_simulate_command(subparsers: argparse._SubParsersAction[argparse.Argumen
     sim.add_argument("--mode", choices=MODES, default="offline", help="offline: saturated; online: --rate arrivals")
     sim.add_argument("--rate", type=float, default=0.0, help="online: mean requests per second")
     sim.add_argument("--arrivals", default="poisson", help="online: poisson, gamma:CV, azure-conv or azure-code")
-    sim.add_argument("--lengths", default="azure-conv",
-                     help=f"request lengths: {', '.join(LENGTH_TRACES)}, a CSV path, or fixed:IN,OUT")
+    sim.add_argument("--lengths",
+                     help=f"request lengths: {', '.join(LENGTH_TRACES)}, {SYNTHETIC_CONV}, a CSV path, or "
+                          f"fixed:IN,OUT (default: azure-conv from the reference traces when found, else "
+                          f"{SYNTHETIC_CONV}, its bundled look-alike)")
     sim.add_argument("--traces", type=Path, help="folder of the reference traces (default $HELIX_REFERENCE/traces)")
     sim.add_argument("--warmup", type=float, default=60.0, help="simulated seconds before measuring (default 60)")
     sim.add_argument("--duration", type=float, default=600.0, help="measured simulated seconds (default 600)")
@@ -48,27 +54,33 @@ def add_simulate_command(subparsers: argparse._SubParsersAction[argparse.Argumen
     sim.add_argument("--slo-ttft", type=float, default=5.0, help="TTFT target in seconds (default 5)")
     sim.add_argument("--slo-tpot", type=float, default=0.5, help="TPOT target in seconds (default 0.5)")
     sim.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    sim.add_argument("--plots", type=Path, help="write throughput, latency-CDF and per-node SVG charts here")
-    sim.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    sim.add_argument("--plots", type=Path,
+                     help="write throughput, latency-CDF and per-node charts here, as SVG and PNG (needs matplotlib)")
+    sim.add_argument("-q", "--quiet", action="store_true", help="no status line on stderr (none off a terminal)")
     sim.set_defaults(func=_simulate)
 
 
 def _simulate(args: argparse.Namespace) -> int:
     scheduler_class(args.scheduler)  # fail before planning, which may take a while
     warmup, duration = (QUICK_WARMUP, QUICK_DURATION) if args.quick else (args.warmup, args.duration)
-    traces = args.traces or default_traces_dir()
-    lengths = load_lengths(args.lengths, traces)
+    lengths = load_lengths(args.lengths, args.traces or default_traces_dir()) if args.lengths else \
+        default_lengths(args.traces)
     arrivals = None
     if args.mode == "online":
-        arrivals = arrival_times(args.arrivals, args.rate, warmup + duration, default_rng(args.seed), traces)
-    say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    scenario = load_scenario(args.cluster, args.layout, load_catalog(args.catalog), model_name=args.model,
-                             throughput_model=args.throughput_model, partial_inference=args.partial_inference,
-                             plan_time_limit=args.plan_time_limit, progress=say)
+        arrivals = arrival_times(args.arrivals, args.rate, warmup + duration, default_rng(args.seed),
+                                 args.traces or default_traces_dir())
+    catalog = load_catalog(args.catalog)
+    planning = args.layout is None
+    with StatusLine(f"{'planning' if planning else 'loading'} {args.cluster}",
+                    limit=args.plan_time_limit if planning else None, quiet=args.quiet) as status:
+        scenario = load_scenario(args.cluster, args.layout, catalog, model_name=args.model,
+                                 throughput_model=args.throughput_model, partial_inference=args.partial_inference,
+                                 plan_time_limit=args.plan_time_limit, progress=status)
     config = SimConfig(mode=args.mode, warmup=warmup, duration=duration, seed=args.seed, arrivals=arrivals,
                        kv_high_water=args.kv_high_water, max_in_flight=args.max_in_flight,
                        slo_ttft=args.slo_ttft, slo_tpot=args.slo_tpot)
-    result = Simulation(scenario, args.scheduler, config, lengths).run(None if args.quiet else ProgressBar())
+    with StatusLine(f"simulating {scenario.label}", quiet=args.quiet) as status:
+        result = Simulation(scenario, args.scheduler, config, lengths).run(progress_bar(status))
     if args.output == "json":
         print(json.dumps(result.to_dict(), allow_nan=False))
     else:
@@ -79,19 +91,10 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-class ProgressBar:
-    """`[#####-----] 50%  330/660 s simulated  92 sim-s/s` on stderr, redrawn at most 5 times a second."""
-
-    def __init__(self, width: int = 30) -> None:
-        self.width, self.started, self.drawn = width, time.monotonic(), 0.0
-
-    def __call__(self, now: float, end: float) -> None:
-        wall = time.monotonic()
-        if wall - self.drawn < 0.2 and now < end:
-            return
-        self.drawn = wall
+def progress_bar(status: StatusLine, width: int = 30) -> Callable[[float, float], None]:
+    """Feeds `status` a bar of simulated time: `[#####-----]  50%  330/660 simulated s`."""
+    def show(now: float, end: float) -> None:
         share = min(now / end, 1.0) if end > 0 else 1.0
-        filled = int(share * self.width)
-        rate = now / max(wall - self.started, 1e-9)
-        print(f"\r[{'#' * filled}{'-' * (self.width - filled)}] {share * 100:3.0f}%  {now:.0f}/{end:.0f} s simulated"
-              f"  {rate:.0f} sim-s/s", end="\n" if now >= end else "", file=sys.stderr, flush=True)
+        filled = int(share * width)
+        status(f"[{'#' * filled}{'-' * (width - filled)}] {share * 100:3.0f}%  {now:.0f}/{end:.0f} simulated s")
+    return show
