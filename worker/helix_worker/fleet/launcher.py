@@ -28,10 +28,10 @@ from helix_worker.security.tls import ClusterTLS
 @dataclass
 class Child:
     name: str
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     ready_file: Path
     log_path: Path
-    ports: dict = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
     worker: bool = False
 
     @property

@@ -45,10 +45,11 @@ class RequireKey(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method in OPEN_METHODS:
             return handler
-        if self.keys.allows(dict(details.invocation_metadata or ()).get("authorization")):
+        presented = dict(details.invocation_metadata or ()).get("authorization")
+        if self.keys.allows(presented if isinstance(presented, str) else None):
             return handler
 
-        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, MESSAGE)
 
         kind = ("unary_unary" if handler.unary_unary else "unary_stream" if handler.unary_stream else

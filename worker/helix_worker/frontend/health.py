@@ -37,7 +37,7 @@ class Heartbeat:
                  hung: Callable[[str, str], None], *, interval: float, hung_seconds: float) -> None:
         self.nodes, self.interval, self.hung_seconds = nodes, interval, hung_seconds
         self._describe, self._is_up, self._healthy, self._hung = describe, is_up, healthy, hung
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self._tasks = [asyncio.get_running_loop().create_task(self._watch(node)) for node in self.nodes]

@@ -9,8 +9,9 @@ serves several requests on one stream concurrently. Errors map to status codes
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -21,6 +22,7 @@ from helix_worker.errors import InvalidRequest, ServingError, Unavailable
 from helix_worker.frontend.kserve_dataplane import KServeDataPlane, ModelNotFound
 
 log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def status_of(err: Exception) -> grpc.StatusCode:
@@ -37,31 +39,34 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: KServeDataPlane) -> None:
         self.plane = plane
 
-    async def ServerLive(self, request, context):  # noqa: N802 (gRPC method names)
+    async def ServerLive(self, request: kserve.ServerLiveRequest, context: Context) -> kserve.ServerLiveResponse:
         return kserve.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request, context):  # noqa: N802
+    async def ServerReady(self, request: kserve.ServerReadyRequest, context: Context) -> kserve.ServerReadyResponse:
         return kserve.ServerReadyResponse(ready=self.plane.ready())
 
-    async def ServerMetadata(self, request, context):  # noqa: N802
+    async def ServerMetadata(self, request: kserve.ServerMetadataRequest,
+                             context: Context) -> kserve.ServerMetadataResponse:
         return json_format.ParseDict(self.plane.server_metadata(), kserve.ServerMetadataResponse())
 
-    async def ModelReady(self, request, context):  # noqa: N802
+    async def ModelReady(self, request: kserve.ModelReadyRequest, context: Context) -> kserve.ModelReadyResponse:
         return kserve.ModelReadyResponse(ready=self.plane.model_ready(request.name))
 
-    async def ModelMetadata(self, request, context):  # noqa: N802
+    async def ModelMetadata(self, request: kserve.ModelMetadataRequest,
+                            context: Context) -> kserve.ModelMetadataResponse:
         metadata = await self._call(context, self.plane.model_metadata, request.name, request.version)
         return json_format.ParseDict(metadata, kserve.ModelMetadataResponse())
 
-    async def ModelConfig(self, request, context):  # noqa: N802
+    async def ModelConfig(self, request: kserve.ModelConfigRequest, context: Context) -> kserve.ModelConfigResponse:
         config = await self._call(context, self.plane.model_config, request.name, request.version)
         return kserve.ModelConfigResponse(config=json_format.ParseDict(config, kserve.ModelConfig()))
 
-    async def ModelStatistics(self, request, context):  # noqa: N802
+    async def ModelStatistics(self, request: kserve.ModelStatisticsRequest,
+                              context: Context) -> kserve.ModelStatisticsResponse:
         stats = await self._call(context, self.plane.model_statistics, request.name, request.version)
         return json_format.ParseDict(stats, kserve.ModelStatisticsResponse())
 
-    async def ModelInfer(self, request, context):  # noqa: N802
+    async def ModelInfer(self, request: kserve.ModelInferRequest, context: Context) -> kserve.ModelInferResponse:
         try:
             return await self.plane.infer(request)
         except ServingError as err:
@@ -70,10 +75,10 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
             log.exception("ModelInfer %s failed", request.id)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {err!r}")
 
-    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[kserve.ModelStreamInferResponse]:  # noqa: N802
-        out: asyncio.Queue = asyncio.Queue()
-        done = object()
-        tasks: set[asyncio.Task] = set()
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[kserve.ModelInferRequest],
+                               context: Context) -> AsyncIterator[kserve.ModelStreamInferResponse]:
+        out: asyncio.Queue[kserve.ModelStreamInferResponse | None] = asyncio.Queue()  # None: one producer is done
+        tasks: set[asyncio.Task[None]] = set()
         pending = 1  # the reader, plus one per request being generated
 
         async def read() -> None:
@@ -81,17 +86,17 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
             try:
                 async for request in request_iterator:
                     pending += 1
-                    task = asyncio.create_task(self._stream_one(request, out, done))
+                    task = asyncio.create_task(self._stream_one(request, out))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
             finally:
-                out.put_nowait(done)
+                out.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:
             while pending:
                 item = await out.get()
-                if item is done:
+                if item is None:
                     pending -= 1
                 else:
                     yield item
@@ -100,7 +105,8 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
             for task in list(tasks):
                 task.cancel()
 
-    async def _stream_one(self, request: kserve.ModelInferRequest, out: asyncio.Queue, done: object) -> None:
+    async def _stream_one(self, request: kserve.ModelInferRequest,
+                          out: asyncio.Queue[kserve.ModelStreamInferResponse | None]) -> None:
         try:
             async with aclosing(self.plane.stream(request)) as responses:
                 async for response in responses:
@@ -113,9 +119,9 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
             out.put_nowait(kserve.ModelStreamInferResponse(
                 error_message=f"internal error: {err!r}", infer_response=kserve.ModelInferResponse(id=request.id)))
         finally:
-            out.put_nowait(done)
+            out.put_nowait(None)
 
-    async def _call(self, context: grpc.aio.ServicerContext, method, *args):
+    async def _call(self, context: Context, method: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
         try:
             return method(*args)
         except ServingError as err:

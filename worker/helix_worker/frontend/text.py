@@ -52,7 +52,7 @@ def chat_messages(messages: list[Any]) -> list[dict[str, Any]]:
 
 
 def _text_part(part: Any, index: int) -> str:
-    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-        return part["text"]
+    if isinstance(part, dict) and part.get("type") == "text" and isinstance(text := part.get("text"), str):
+        return text
     raise InvalidRequest(f"messages[{index}].content has a part that is not text ({part!r:.80}): "
                          "this model takes text only")

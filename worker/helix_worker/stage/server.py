@@ -12,7 +12,9 @@ plan (`PlanPeers`) is never dialled: its requests fail as INVALID, saying so.
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import torch
@@ -29,6 +31,7 @@ from helix_worker.security.tls import ClusterTLS
 from helix_worker.engine.stage_engine import StageEngine
 
 log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[pb.StageRequest, pb.StageEvent]
 
 
 @dataclass(frozen=True)
@@ -58,15 +61,19 @@ class StageServicer(pb_grpc.StageServiceServicer):
         self._locks: dict[str, asyncio.Lock] = {}
         engine.outputs = self
 
-    async def Connect(self, request_iterator, context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC name)
-        metadata = dict(context.invocation_metadata())
+    # grpc.aio also serves a stream method that is a coroutine reading and writing through its
+    # context; the generated stub only knows the iterator form.
+    async def Connect(  # type: ignore[override]
+            self, request_iterator: AsyncIterator[pb.StageRequest], context: Context) -> None:
+        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
         peer = metadata.get(PEER_HEADER, context.peer())
         outbox: asyncio.Queue[pb.StageEvent] = asyncio.Queue()
         self._peers[peer] = outbox
-        ended = asyncio.get_running_loop().create_future()  # the stream's data channel closed
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # its data channel closed
         token = None
-        if self.data_listener is not None and metadata.get(datachannel.HEADER) == datachannel.OFFER:
-            token, answer = self.data_listener.expect(self._receive_frame, lambda: _settle(ended))
+        listener = self.data_listener
+        if listener is not None and metadata.get(datachannel.HEADER) == datachannel.OFFER:
+            token, answer = listener.expect(self._receive_frame, lambda: _settle(ended))
             await context.send_initial_metadata(((datachannel.HEADER, answer),))
         else:
             await context.send_initial_metadata(())
@@ -74,21 +81,26 @@ class StageServicer(pb_grpc.StageServiceServicer):
         try:
             while True:
                 getter = asyncio.create_task(outbox.get())
-                done, _ = await asyncio.wait({getter, reader, ended}, return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Future[Any]] = {getter, reader, ended}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
                     break
                 await context.write(getter.result())
         finally:
             reader.cancel()
-            if token is not None:
-                self.data_listener.withdraw(token)
+            if listener is not None and token is not None:
+                listener.withdraw(token)
             if self._peers.get(peer) is outbox:
                 del self._peers[peer]
 
-    async def _read(self, context: grpc.aio.ServicerContext) -> None:
-        while (message := await context.read()) is not grpc.aio.EOF:
-            self._receive(message)
+    async def _read(self, context: Context) -> None:
+        while True:
+            message: object = await context.read()  # the stubs leave out grpc.aio.EOF, read at the end
+            if message is grpc.aio.EOF:
+                return
+            if isinstance(message, pb.StageRequest):
+                self._receive(message)
 
     def _receive_frame(self, header: bytes, data: torch.Tensor | None) -> None:
         self._receive(pb.StageRequest.FromString(header), data)
@@ -108,7 +120,7 @@ class StageServicer(pb_grpc.StageServiceServicer):
             return
         self.engine.submit(chunks, payload)
 
-    async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext) -> pb.StageInfo:  # noqa: N802
+    async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.StageInfo:
         """Also the front ends' heartbeat: readiness, progress, and the KV the asking peer holds here."""
         model, usage = self.engine.model, self.engine.usage()
         mine = self.engine.held_tokens(self.engine.requests_by_peer().get(request.peer, [])) if request.peer else 0
@@ -201,6 +213,6 @@ class StageServicer(pb_grpc.StageServiceServicer):
         self._links.clear()
 
 
-def _settle(future: asyncio.Future) -> None:
+def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)

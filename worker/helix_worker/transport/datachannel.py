@@ -105,11 +105,13 @@ class _Receiver(asyncio.BufferedProtocol):
         self._payload: torch.Tensor | None = None
         self._want(bytearray(_TOKEN_BYTES), self._on_token)
 
-    def _want(self, buffer: bytearray | memoryview, then: Callable[[], None]) -> None:
+    def _want(self, buffer: bytearray | memoryview, then: Callable[[asyncio.Transport], None]) -> None:
         self._buffer, self._filled, self._then = memoryview(buffer).cast("B"), 0, then
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        if not isinstance(transport, asyncio.Transport):  # a stream server always hands a stream Transport
+            raise TypeError(f"data channel on a {type(transport).__name__}, not a stream transport")
+        self._transport = transport
         asyncio.get_running_loop().call_later(_TOKEN_SECONDS, self._close_unclaimed)
 
     def _close_unclaimed(self) -> None:
@@ -121,41 +123,43 @@ class _Receiver(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._filled += nbytes
-        while self._filled == len(self._buffer) and self._transport is not None and not self._transport.is_closing():
-            self._then()
+        while self._filled == len(self._buffer) and (transport := self._transport) is not None \
+                and not transport.is_closing():
+            self._then(transport)
 
-    def _on_token(self) -> None:
+    def _on_token(self, transport: asyncio.Transport) -> None:
         self._token = bytes(self._buffer)
-        self._expected = self._listener._claim(self._token, self._transport)
+        self._expected = self._listener._claim(self._token, transport)
         if self._expected is None:
             log.warning("data channel with an unknown token refused")
-            self._transport.close()
+            transport.close()
             return
-        self._transport.write(_ACCEPTED)
+        transport.write(_ACCEPTED)
         self._want(bytearray(_PREFIX.size), self._on_prefix)
 
-    def _on_prefix(self) -> None:
+    def _on_prefix(self, transport: asyncio.Transport) -> None:
         header_bytes, payload_bytes = _PREFIX.unpack(self._buffer)
         if header_bytes + payload_bytes > self._listener.max_message_bytes:
             log.warning("data channel message of %d bytes exceeds the %d allowed; closing it",
                         header_bytes + payload_bytes, self._listener.max_message_bytes)
-            self._transport.close()
+            transport.close()
             return
         self._payload = torch.empty(payload_bytes, dtype=torch.uint8) if payload_bytes else None
         self._want(bytearray(header_bytes), self._on_header)
 
-    def _on_header(self) -> None:
+    def _on_header(self, transport: asyncio.Transport) -> None:
         self._header = bytes(self._buffer)
         if self._payload is None:
-            self._deliver()
+            self._deliver(transport)
         else:
-            self._want(self._payload.numpy(), self._deliver)
+            self._want(self._payload.numpy().data, self._deliver)
 
-    def _deliver(self) -> None:
+    def _deliver(self, transport: asyncio.Transport) -> None:
         header, payload = self._header, self._payload
         self._header, self._payload = b"", None
         self._want(bytearray(_PREFIX.size), self._on_prefix)
-        self._expected.on_frame(header, payload)
+        if self._expected is not None:  # always set: frames are read only after the token was claimed
+            self._expected.on_frame(header, payload)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -184,10 +188,14 @@ class DataSender(asyncio.Protocol):
         raises OSError, TimeoutError or ValueError when that cannot work."""
         port, token = answer.split()
         host = address.rsplit(":", 1)[0].strip("[]")
-        secure = {} if tls is None else {"ssl": tls.client_context(), "server_hostname": MEMBER_NAME}
-        _, sender = await asyncio.wait_for(
-            asyncio.get_running_loop().create_connection(lambda: cls(on_lost), host, int(port), **secure), timeout)
+        loop = asyncio.get_running_loop()
+        connecting = (loop.create_connection(lambda: cls(on_lost), host, int(port)) if tls is None else
+                      loop.create_connection(lambda: cls(on_lost), host, int(port), ssl=tls.client_context(),
+                                             server_hostname=MEMBER_NAME))
+        _, sender = await asyncio.wait_for(connecting, timeout)
         try:
+            if sender._transport is None:  # connection_made runs before create_connection returns
+                raise ConnectionError("the data channel closed before it was connected")
             sender._transport.write(bytes.fromhex(token))
             await asyncio.wait_for(sender._accepted, timeout)
         except BaseException:
@@ -196,11 +204,13 @@ class DataSender(asyncio.Protocol):
         return sender
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        if not isinstance(transport, asyncio.Transport):  # create_connection always makes a stream Transport
+            raise TypeError(f"data channel on a {type(transport).__name__}, not a stream transport")
+        self._transport = transport
         # Pause whenever the transport holds bytes. A TLS transport pauses at size >= high (a plain
         # one at size > high), so 0 would pause it for good after every write: it takes 1.
         tls = transport.get_extra_info("sslcontext") is not None
-        self._transport.set_write_buffer_limits(high=1 if tls else 0)
+        transport.set_write_buffer_limits(high=1 if tls else 0)
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -227,13 +237,14 @@ class DataSender(asyncio.Protocol):
         """Queue one frame; the transport sends as the socket takes it (nothing here blocks)."""
         size = payload.nbytes if payload is not None else 0
         self._pending.append(_PREFIX.pack(len(header), size) + header)
-        if size:
+        if payload is not None and size:
             self._pending.append(payload)
         self._flush()
 
     def _flush(self) -> None:
-        while self._pending and not self._paused and not self._transport.is_closing():
-            self._transport.write(self._pending.popleft())
+        transport = self._transport
+        while self._pending and not self._paused and transport is not None and not transport.is_closing():
+            transport.write(self._pending.popleft())
 
     def close(self) -> None:
         """Close without reporting a loss (the owner is closing)."""

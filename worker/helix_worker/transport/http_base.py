@@ -1,5 +1,6 @@
 """The HTTP side every process shares: liveness, readiness and Prometheus metrics (aiohttp)."""
 
+import asyncio
 import ssl
 from collections.abc import Callable
 
@@ -39,11 +40,16 @@ async def start_site(app: web.Application, host: str, port: int, shutdown_second
     that long (aiohttp's default: 10 s). A handler whose client disconnects is cancelled:
     aiohttp would otherwise run it to the end, which for a generation means holding KV cache
     for nobody. With `ssl_context` it serves HTTPS."""
-    timeouts = {} if idle_seconds is None else {"keepalive_timeout": idle_seconds, "lingering_time": idle_seconds}
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_seconds, handler_cancellation=True,
-                           **timeouts)
+    if idle_seconds is None:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_seconds, handler_cancellation=True)
+    else:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_seconds, handler_cancellation=True,
+                               keepalive_timeout=idle_seconds, lingering_time=idle_seconds)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # aiohttp exposes no public accessor
+    server = site._server  # aiohttp exposes no public accessor for the bound port
+    if not isinstance(server, asyncio.Server):
+        raise RuntimeError(f"aiohttp's TCP site holds {server!r}, not a listening asyncio.Server")
+    bound: int = server.sockets[0].getsockname()[1]
     return runner, bound

@@ -11,7 +11,7 @@ the offer or the channel cannot connect, messages go on the gRPC stream as befor
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import torch
@@ -62,10 +62,10 @@ class StreamLink:
         self._offer_data = data_channel
         self._on_event, self._on_down = on_event, on_down
         self._channel: grpc.aio.Channel | None = None
-        self._call: grpc.aio.StreamStreamCall | None = None
+        self._call: grpc.aio.StreamStreamCall[pb.StageRequest, pb.StageEvent] | None = None
         self._data: datachannel.DataSender | None = None
         self._queue: asyncio.Queue[pb.StageRequest | None] = asyncio.Queue()
-        self._reader: asyncio.Task | None = None
+        self._reader: asyncio.Task[None] | None = None
         self.up = False
 
     @property
@@ -78,13 +78,13 @@ class StreamLink:
         await self.close()
         self._channel = self._new_channel()
         self._queue = asyncio.Queue()
-        metadata = ((PEER_HEADER, self.peer_name),)
+        metadata: tuple[tuple[str, str], ...] = ((PEER_HEADER, self.peer_name),)
         if self._offer_data:
             metadata += ((datachannel.HEADER, datachannel.OFFER),)
         call = pb_grpc.StageServiceStub(self._channel).Connect(self._requests(self._queue), metadata=metadata)
         try:
             answer = dict(await asyncio.wait_for(call.initial_metadata(), timeout)).get(datachannel.HEADER)
-            if answer:
+            if isinstance(answer, str) and answer:  # a text header (only `-bin` headers carry bytes)
                 await self._open_data(answer, timeout)
         except BaseException:
             call.cancel()
@@ -148,11 +148,11 @@ class StreamLink:
             self._channel = None
 
     @staticmethod
-    async def _requests(queue: asyncio.Queue):
+    async def _requests(queue: asyncio.Queue[pb.StageRequest | None]) -> AsyncIterator[pb.StageRequest]:
         while (message := await queue.get()) is not None:
             yield message
 
-    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _read(self, call: grpc.aio.StreamStreamCall[pb.StageRequest, pb.StageEvent]) -> None:
         try:
             async for event in call:
                 if self._on_event is not None:

@@ -9,22 +9,24 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from helix_worker.errors import ServingError
 
 
-def write_ready_file(path: Path, data: dict) -> None:
+def write_ready_file(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
 
 
-def wait_ready_file(path: Path, process: subprocess.Popen, timeout: float, what: str) -> dict:
+def wait_ready_file(path: Path, process: subprocess.Popen[bytes], timeout: float, what: str) -> dict[str, Any]:
     """The JSON a child wrote to `path`; a clear error if it exits or takes too long first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
-            return json.loads(path.read_text())
+            data: dict[str, Any] = json.loads(path.read_text())
+            return data
         if process.poll() is not None:
             raise ServingError(f"{what} exited with code {process.returncode} before it was ready; see its log above")
         time.sleep(0.05)
