@@ -91,8 +91,9 @@ def write_table(name: str, text: str, command: Sequence[str] | None = None, dire
     header = (f"Written by `{shlex.join(['python', shown, *argv[1:]])}` at commit `{ran}`, started {stamp}, "
               f"{time.time() - started:.0f} s, on {machine()}; load average {os.getloadavg()[0]:.2f} at the end.")
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}{'-quick' if '--quick' in argv[1:] else ''}.md"
+    quick = "--quick" in argv[1:]
+    path = directory / f"{name}{'-quick' if quick else ''}.md"
     path.write_text(f"<!-- written by bench/results.py: rerun the command to update, do not edit -->\n"
-                    f"# Results: {name}{' (quick mode)' if '--quick' in argv[1:] else ''}\n\n{header}\n\n{text.strip()}\n")
+                    f"# Results: {name}{' (quick mode)' if quick else ''}\n\n{header}\n\n{text.strip()}\n")
     print(f"results: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}", file=sys.stderr)
     return path

@@ -65,8 +65,9 @@ def _code_spans(text: str) -> Iterator[str]:
 def _missing_paths(text: str, files: list[str]) -> list[str]:
     top = {f.split("/", 1)[0] for f in files}
     missing = []
+    pattern = r"[\w.~-]*(?:/[\w.*<>\[\]-]+)+/?|[\w-]+\.(?:py|proto|cpp|yaml|json|dot|svg|md)\b"
     for span in _code_spans(text):
-        for token in re.findall(r"[\w.~-]*(?:/[\w.*<>\[\]-]+)+/?|[\w-]+\.(?:py|proto|cpp|yaml|json|dot|svg|md)\b", span):
+        for token in re.findall(pattern, span):
             token = token.rstrip("/.")
             if any(c in token for c in "<>*[]") or token.startswith(("~", "..", "/")) or "://" in span:
                 continue
@@ -178,9 +179,12 @@ def generated() -> dict[str, str]:
 
 
 def _fill(text: str, tables: dict[str, str]) -> str:
+    """`text` with the block between each table's markers replaced by the table."""
     for name, table in tables.items():
-        text = re.sub(rf"(<!-- generated:{name} -->\n).*?(<!-- end:{name} -->)",
-                      lambda m, t=table: m.group(1) + t + "\n" + m.group(2), text, flags=re.DOTALL)
+        start, end = f"<!-- generated:{name} -->\n", f"<!-- end:{name} -->"
+        head, found, rest = text.partition(start)
+        if found and end in rest:
+            text = head + start + table + "\n" + end + rest.split(end, 1)[1]
     return text
 
 
@@ -188,7 +192,7 @@ def test_configuration_tables_match_the_code() -> None:
     text = CONFIGURATION.read_text()
     for name in generated():
         assert f"<!-- generated:{name} -->" in text and f"<!-- end:{name} -->" in text, name
-    assert _fill(text, generated()) == text, "docs/configuration.md drifted: run .venv/bin/python tests/e2e/test_docs.py"
+    assert _fill(text, generated()) == text, "docs/configuration.md drifted: run `python tests/e2e/test_docs.py`"
 
 
 # Benchmark results -----------------------------------------------------------------------------
@@ -211,6 +215,21 @@ def test_every_results_file_is_written_by_a_benchmark_and_linked() -> None:
         assert re.search(r"^Written by `python bench/\w+\.py.*` at commit `\w+(\+dirty)?`, started \d{4}-\d\d-\d\d ",
                          text, flags=re.MULTILINE), path
         assert f"(results/{path.name})" in index, f"docs/results.md does not link {path.name}"
+
+
+MEASURED = re.compile(r"\b\d[\d,.]*\s*(?:tok/s|tokens/s|MB/s|GB/s|Gbit/s|ms/hop|ms per hop)")
+
+
+def test_no_page_quotes_a_measured_figure_by_hand() -> None:
+    """Throughput and latency figures live in docs/results/ (written by the benchmarks), not in the pages."""
+    quoted = {}
+    for page in pages():
+        text = re.sub(r"<!-- generated:(\w+) -->.*?<!-- end:\1 -->", "", page.read_text(), flags=re.DOTALL)
+        if found := MEASURED.findall(text):
+            quoted[page.name] = found
+    assert quoted == {}
+    assert MEASURED.findall("moved 1320 MB/s, 2,045.6 tok/s, +1.5 ms per hop") == [
+        "1320 MB/s", "2,045.6 tok/s", "1.5 ms per hop"]
 
 
 def test_write_table_stamps_provenance_and_keeps_quick_runs_apart(tmp_path: Path) -> None:
