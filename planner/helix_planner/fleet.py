@@ -53,26 +53,28 @@ def fleet_bound(classes: list[NodeClass], num_layers: int) -> float:
     return position_free_bound(Topology(merged, [names], {}, {}, {}), num_layers)
 
 
-def fleet_layouts(classes: list[NodeClass], num_layers: int) -> dict[str, Layout]:
+def fleet_layouts(classes: list[NodeClass], num_layers: int, previous: Layout | None = None) -> dict[str, Layout]:
     """Two sweeps: over the whole fleet (fine-grained, some flow crosses regions) and one per
-    region (coarser, but no flow crosses: better where inter-region links are slow)."""
-    pooled, _ = sweep_layout(classes, num_layers)
+    region (coarser, but no flow crosses: better where inter-region links are slow). With a
+    `previous` layout, nodes keep their ranges where the sweep places the same range."""
+    pooled, _ = sweep_layout(classes, num_layers, previous)
     regional: list[Piece] = []
     for group in sorted({c.group for c in classes}):
-        regional += sweep_layout([c for c in classes if c.group == group], num_layers)[0]
+        regional += sweep_layout([c for c in classes if c.group == group], num_layers, previous)[0]
     layouts = {"sweep": pooled, "sweep-regional": regional}
     return {name: {p.node: (p.start, p.end) for p in pieces} for name, pieces in layouts.items() if pieces}
 
 
 def repair(previous: Layout, flows: Mapping[str, float], classes: list[NodeClass], num_layers: int,
-           target: float, *, backward: bool = False) -> Layout:
-    """`previous` re-swept from the first layer a lost node held to the last layer (or, with
-    `backward`, from its last layer down to the first, on the mirrored model).
+           target: float, *, lead: int = 0, backward: bool = False) -> Layout:
+    """`previous` re-swept from `lead` layers before the first layer a lost node held to the
+    last layer (or, with `backward`, the same on the mirrored model: towards the first layer).
 
-    A node that left (or can no longer hold its range) leaves a hole. Nodes wholly before it
-    stay; nodes straddling its start stay with the flow they carried; the rest of the layers
-    are swept again with the nodes that were there and the spare ones, at the highest flow up
-    to `target` they can cover. So a change near either end of the model moves few layers.
+    A node that left (or can no longer hold its range) leaves a hole. Nodes wholly before the
+    sweep's start stay; nodes straddling it stay with the flow they carried; the rest of the
+    layers are swept again with the nodes that were there and the spare ones, at the highest
+    flow up to `target` they can cover. A change near either end of the model moves few
+    layers; a longer `lead` moves more and pools more nodes to cover the loss.
     """
     def mirror(r: tuple[int, int]) -> tuple[int, int]:
         return (num_layers - r[1], num_layers - r[0]) if backward else r
@@ -84,7 +86,7 @@ def repair(previous: Layout, flows: Mapping[str, float], classes: list[NodeClass
     lost = [r for n, r in ranges.items() if n not in valid]
     if not lost:
         return dict(previous)
-    start = min(a for a, _ in lost)
+    start = max(0, min(a for a, _ in lost) - lead)
     kept = {n: r for n, r in valid.items() if r[0] < start}
     active = [(b, present[n].group, min(flows.get(n, 0.0), present[n].caps[b - a - 1]))
               for n, (a, b) in kept.items() if b > start]

@@ -151,10 +151,13 @@ def plan_cluster(
 
 def _plan_fleet(cluster: Cluster, model: ModelSpec, capacity_model: CapacityModel, options: PlannerOptions,
                 previous: Plan | None, started: float, say: Callable[[str], None]) -> Plan:
-    """Large fleets: the sweeps (and, replanning, the repaired previous layout) scored by the
-    exact max flow, less `churn_weight` per layer moved; certified by the fleet bound."""
+    """Large fleets: the sweeps, the baselines (and, replanning, the repaired previous layout)
+    scored by the exact max flow, less `churn_weight` per layer moved; certified by the fleet
+    bound. A replan that charges for churn skips the baselines: they move nearly every layer."""
     classes = fleet_classes(cluster, model, capacity_model)
-    candidates = fleet_layouts(classes, model.num_layers)
+    candidates = fleet_layouts(classes, model.num_layers, previous.layout if previous else None)
+    if previous is None or options.churn_weight == 0:
+        candidates.update({name: fn(cluster, model, capacity_model) for name, fn in BASELINES.items()})
     if previous is not None:
         flows = {n.name: n.flow for n in previous.nodes}
         for direction, backward in (("forward", False), ("backward", True)):

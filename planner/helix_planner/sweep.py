@@ -17,7 +17,7 @@ one or two nodes, and the sweep reaches only 93-95% of the region's budget; pool
 The evaluator's max flow of the layout is what the planner reports, links included.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from helix_planner.topology import NodeClass
@@ -45,13 +45,15 @@ def budget(cls: NodeClass) -> float:
     return max((k * t for k, t in enumerate(cls.caps, start=1)), default=0.0)
 
 
-def sweep_layout(classes: Sequence[NodeClass], num_layers: int) -> tuple[list[Piece], float]:
-    """The pieces of the best sweep and its target F (0 and no pieces if nothing covers the model)."""
+def sweep_layout(classes: Sequence[NodeClass], num_layers: int,
+                 previous: Mapping[str, tuple[int, int]] | None = None) -> tuple[list[Piece], float]:
+    """The pieces of the best sweep and its target F (0 and no pieces if nothing covers the model).
+    With `previous`, a piece goes to a node that held exactly its range when one is free."""
     total = sum(len(c.nodes) * budget(c) for c in classes)
     low, high, best = 0.0, total / num_layers, None
     for _ in range(BISECTION_STEPS):
         middle = (low + high) / 2
-        pieces = sweep(classes, num_layers, middle)
+        pieces = sweep(classes, num_layers, middle, previous=previous)
         if pieces is None:
             high = middle
         else:
@@ -60,14 +62,15 @@ def sweep_layout(classes: Sequence[NodeClass], num_layers: int) -> tuple[list[Pi
 
 
 def sweep(classes: Sequence[NodeClass], num_layers: int, target: float, start: int = 0,
-          active: Sequence[tuple[int, int, float]] = ()) -> list[Piece] | None:
+          active: Sequence[tuple[int, int, float]] = (),
+          previous: Mapping[str, tuple[int, int]] | None = None) -> list[Piece] | None:
     """Pieces covering layers [start, num_layers) with exactly `target` tokens/s, or None when
     the nodes run out. `active` (end layer, region, flow) is coverage already there at `start`
-    from nodes that stay (a replan's)."""
+    from nodes that stay (a replan's); `previous` as in `sweep_layout`."""
     end = num_layers
     if target <= 0:
         return []
-    free = {c.key: list(c.nodes) for c in classes}
+    free = {c.key: _Pool(c, previous or {}) for c in classes}
     options = {c.key: [(k, t, budget(c)) for k, t in enumerate(c.caps, start=1) if t > 0] for c in classes}
     regions = sorted({c.group for c in classes})
     share = {g: sum(len(c.nodes) * budget(c) for c in classes if c.group == g) for g in regions}
@@ -89,7 +92,7 @@ def sweep(classes: Sequence[NodeClass], num_layers: int, target: float, start: i
             if choice is None:
                 return None
             cls, k, flow = choice
-            name = free[cls.key].pop()
+            name = free[cls.key].take((layer, layer + k))
             pieces.append(Piece(name, layer, layer + k, flow))
             covered[cls.group] += flow
             ending.setdefault(layer + k, []).append((cls.group, flow))
@@ -97,16 +100,16 @@ def sweep(classes: Sequence[NodeClass], num_layers: int, target: float, start: i
     return pieces
 
 
-def _choose(classes: Sequence[NodeClass], free: dict[str, list[str]], options: dict[str, list[tuple[int, float, float]]],
+def _choose(classes: Sequence[NodeClass], free: dict[str, "_Pool"], options: dict[str, list[tuple[int, float, float]]],
             owed: dict[int, float], covered: dict[int, float], deficit: float, room: int,
             target: float) -> tuple[NodeClass, int, float] | None:
     """The (class, layers, flow) to add: from the region furthest below its share, the most
     budget-efficient choice (see the module docstring)."""
-    open_regions = sorted({c.group for c in classes if free[c.key]}, key=lambda g: (covered[g] - owed[g], g))
+    open_regions = sorted({c.group for c in classes if free[c.key].left}, key=lambda g: (covered[g] - owed[g], g))
     for region in open_regions:
         best: tuple[float, NodeClass, int, float] | None = None
         for cls in classes:
-            if cls.group != region or not free[cls.key]:
+            if cls.group != region or not free[cls.key].left:
                 continue
             for k, t, most in options[cls.key]:
                 if k > room:
@@ -119,3 +122,28 @@ def _choose(classes: Sequence[NodeClass], free: dict[str, list[str]], options: d
         if best is not None:
             return best[1], best[2], best[3]
     return None
+
+
+class _Pool:
+    """A class's free nodes; `take` prefers one that held the wanted range before (a replan
+    then moves fewer layers)."""
+
+    def __init__(self, cls: NodeClass, previous: Mapping[str, tuple[int, int]]) -> None:
+        self.order = list(cls.nodes)
+        self.held: dict[tuple[int, int], list[str]] = {}
+        for name in cls.nodes:
+            if name in previous:
+                self.held.setdefault(previous[name], []).append(name)
+        self.taken: set[str] = set()
+        self.left = len(self.order)
+
+    def take(self, wanted: tuple[int, int]) -> str:
+        candidates = self.held.get(wanted, [])
+        while candidates and candidates[-1] in self.taken:
+            candidates.pop()
+        while self.order[-1] in self.taken:
+            self.order.pop()
+        name = candidates.pop() if candidates else self.order.pop()
+        self.taken.add(name)
+        self.left -= 1
+        return name
