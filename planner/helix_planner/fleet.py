@@ -66,15 +66,14 @@ def fleet_layouts(classes: list[NodeClass], num_layers: int, previous: Layout | 
 
 
 def repair(previous: Layout, flows: Mapping[str, float], classes: list[NodeClass], num_layers: int,
-           target: float, *, lead: int = 0, backward: bool = False) -> Layout:
-    """`previous` re-swept from `lead` layers before the first layer a lost node held to the
-    last layer (or, with `backward`, the same on the mirrored model: towards the first layer).
+           target: float, *, backward: bool = False) -> Layout:
+    """`previous` re-swept from the first layer a lost node held to the last layer (or, with
+    `backward`, the same on the mirrored model: from its last layer towards the first).
 
-    A node that left (or can no longer hold its range) leaves a hole. Nodes wholly before the
-    sweep's start stay; nodes straddling it stay with the flow they carried; the rest of the
-    layers are swept again with the nodes that were there and the spare ones, at the highest
-    flow up to `target` they can cover. A change near either end of the model moves few
-    layers; a longer `lead` moves more and pools more nodes to cover the loss.
+    A node that left (or can no longer hold its range) leaves a hole. Nodes wholly before it
+    stay; nodes straddling its start stay with the flow they carried; the rest of the layers
+    are swept again with the nodes that were there and the spare ones, at the highest flow up
+    to `target` they can cover. So a change near either end of the model moves few layers.
     """
     def mirror(r: tuple[int, int]) -> tuple[int, int]:
         return (num_layers - r[1], num_layers - r[0]) if backward else r
@@ -86,7 +85,7 @@ def repair(previous: Layout, flows: Mapping[str, float], classes: list[NodeClass
     lost = [r for n, r in ranges.items() if n not in valid]
     if not lost:
         return dict(previous)
-    start = max(0, min(a for a, _ in lost) - lead)
+    start = min(a for a, _ in lost)
     kept = {n: r for n, r in valid.items() if r[0] < start}
     active = [(b, present[n].group, min(flows.get(n, 0.0), present[n].caps[b - a - 1]))
               for n, (a, b) in kept.items() if b > start]
