@@ -4,8 +4,12 @@ generated settings and CRD tables, and the benchmark result files.
     .venv/bin/python tests/e2e/test_docs.py    # regenerate the tables in docs/configuration.md
 """
 
+import argparse
+import contextlib
 import importlib.util
+import io
 import re
+import shlex
 import subprocess
 from collections.abc import Iterator
 from dataclasses import MISSING, fields
@@ -14,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from helix_operator.api import crd
+from helix_planner.cli import build_parser
 from helix_worker import envs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,6 +127,54 @@ def test_the_checker_sees_rot() -> None:
     assert _missing_modules("`helix_worker.gone` and `python -m helix_planner.nothing`") == [
         "helix_worker.gone", "python -m helix_planner.nothing"]
     assert _missing_modules("`helix_worker.envs.Settings`, `python -m helix_worker.transport.codegen`") == []
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    return dict(action.choices) if action else {}
+
+
+def _parses(parser: argparse.ArgumentParser, argv: list[str]) -> bool:
+    """Whether `helix argv` parses (`--help` counts)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            parser.parse_args(argv)
+    except SystemExit as exit:
+        return exit.code == 0
+    return True
+
+
+def _names_commands(parser: argparse.ArgumentParser, words: list[str]) -> bool:
+    """Whether the leading words of an inline `helix ...` name existing (sub)commands."""
+    for word in words:
+        choices = _subcommands(parser)
+        if not choices or word.startswith("-"):
+            return True
+        if word not in choices:
+            return False
+        parser = choices[word]
+    return True
+
+
+def _bad_commands(text: str, parser: argparse.ArgumentParser) -> list[str]:
+    """`helix` command lines of bash blocks that do not parse, and inline `helix x` naming no command."""
+    bad = []
+    for block in re.findall(r"^\s*```bash\n(.*?)^\s*```", text, flags=re.MULTILINE | re.DOTALL):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            found = re.match(r"^\s*(?:\.venv/bin/)?helix (.*)$", line.split(" #")[0])
+            if found and not _parses(parser, shlex.split(found.group(1))):
+                bad.append(line.strip())
+    bad += [span for span in re.findall(r"`(?:\.venv/bin/)?helix ([^`]+)`", text)
+            if not _names_commands(parser, span.split())]
+    return bad
+
+
+def test_every_helix_command_in_the_docs_exists() -> None:
+    parser = build_parser()
+    assert _bad_commands("```bash\nhelix plan --no-such-flag\n```\n`helix nosuch` `helix catalog list`", parser) == [
+        "helix plan --no-such-flag", "nosuch"]
+    problems = {page.name: _bad_commands(page.read_text(), parser) for page in pages()}
+    assert {page: bad for page, bad in problems.items() if bad} == {}
 
 
 # Generated tables ------------------------------------------------------------------------------
