@@ -45,7 +45,8 @@ def paged_decode() -> PagedDecode | None:
         log.warning("CPU decode-attention kernel unavailable (%s); decode attention gathers pages instead",
                     str(err).splitlines()[0] if str(err) else type(err).__name__)
         return None
-    return module.paged_decode_attention
+    kernel: PagedDecode = module.paged_decode_attention  # the compiled extension's function
+    return kernel
 
 
 def _build_root() -> Path:
@@ -84,9 +85,10 @@ def _build(name: str, directory: Path) -> ModuleType:
         staged.write_bytes(_SOURCE.read_bytes())
         staged.replace(source)
     _clear_stale_lock(directory)
-    return load(name=name, sources=[str(source)], build_directory=str(directory),
-                extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                verbose=False)
+    built: ModuleType = load(name=name, sources=[str(source)], build_directory=str(directory),
+                             extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+                             extra_ldflags=["-fopenmp"], verbose=False)
+    return built
 
 
 def _clear_stale_lock(directory: Path) -> None:

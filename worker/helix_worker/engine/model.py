@@ -37,14 +37,21 @@ Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     """`weight` in oneDNN's layout where that pays (bfloat16 on the CPU), else as it is."""
-    if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
-        return torch.ops.mkldnn._reorder_linear_weight(weight, 16)  # the layout serves every row count
+    if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and _mkldnn_available():
+        packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(weight, 16)  # serves every row count
+        return packed
     return weight
+
+
+def _mkldnn_available() -> bool:
+    available: bool = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]  # unannotated in torch
+    return available
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     if weight.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return out
     return F.linear(x, weight, bias)
 
 
@@ -98,8 +105,8 @@ class DecoderLayer:
         """x [T, hidden] -> [T, hidden]."""
         rows, dim = x.shape[0], config.head_dim
         h = rms_norm(x, self.input_norm, config.rms_norm_eps)
-        q, k, v = linear(h, self.qkv, self.qkv_bias).split(
-            [config.num_heads * dim, config.num_kv_heads * dim, config.num_kv_heads * dim], dim=-1)
+        q, k, v = torch.split(linear(h, self.qkv, self.qkv_bias),
+                              [config.num_heads * dim, config.num_kv_heads * dim, config.num_kv_heads * dim], dim=-1)
         q = rotary.apply(q.reshape(rows, config.num_heads, dim), cos, sin)
         k = rotary.apply(k.reshape(rows, config.num_kv_heads, dim), cos, sin)
         out = attend(q, k, v.reshape(rows, config.num_kv_heads, dim))

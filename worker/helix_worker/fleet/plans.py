@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 
@@ -38,8 +39,16 @@ from helix_worker.stage.main import resolve_device
 LOCAL_PLAN_SECONDS = 5.0
 CLUSTER_PLAN_SECONDS = 20.0
 LOOPBACK = LinkSpec(bandwidth=10e9, latency=1e-4)  # 127.0.0.1 between processes: ~10 GB/s, 0.1 ms
-QUICK_PROFILE = {"layers": 1, "prompt_tokens": (16, 128, 512), "decode_batches": (1, 16, 64),
-                 "decode_context": 32, "repeats": 3}
+class _QuickProfile(TypedDict):
+    layers: int
+    prompt_tokens: tuple[int, ...]
+    decode_batches: tuple[int, ...]
+    decode_context: int
+    repeats: int
+
+
+QUICK_PROFILE: _QuickProfile = {"layers": 1, "prompt_tokens": (16, 128, 512), "decode_batches": (1, 16, 64),
+                                "decode_context": 32, "repeats": 3}
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,8 @@ def local_catalog(profile: Path, model: str, local: GpuType,
     catalog = Catalog(gpus={local.name: local})
     catalog.merge_file(profile)
     measured = catalog.measurement(model, local.name)
+    if measured is None:
+        raise ServingError(f"profile {profile} has no measurement of {model} on {local.name}")
     types = {1.0: local.name}
     for slowdown in sorted(set(slowdowns) - {1.0}):
         types[slowdown] = f"{local.name}-x{slowdown:g}"

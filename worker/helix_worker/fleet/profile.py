@@ -11,9 +11,11 @@ at a few points to plan its local workers (see `fleet_plan`).
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -38,7 +40,7 @@ class ProfileOptions:
     repeats: int = 3
 
 
-def _timed(device: torch.device, run) -> float:
+def _timed(device: torch.device, run: Callable[[], object]) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     started = time.perf_counter()
@@ -48,19 +50,19 @@ def _timed(device: torch.device, run) -> float:
     return time.perf_counter() - started
 
 
-def _median_ms(options: ProfileOptions, run) -> float:
+def _median_ms(options: ProfileOptions, run: Callable[[], object]) -> float:
     run()  # warm-up (allocations, kernels)
     return statistics.median(_timed(options.device, run) for _ in range(options.repeats)) * 1000.0
 
 
-def measure(options: ProfileOptions, log=print) -> dict:
+def measure(options: ProfileOptions, log: Callable[[str], object] = print) -> dict[str, Any]:
     """The catalog document: {model, source, measured: {gpu: {maxLayers, promptMs, decodeMs}}}."""
     config = load_model_config(options.checkpoint)
     layers = min(options.layers, config.num_layers)
     model = LayerSlice.load(options.checkpoint, 0, layers, dtype=options.dtype, device=options.device)
     width = (config.hidden_size,)
 
-    def step(batch: int, cached: int, new: int):
+    def step(batch: int, cached: int, new: int) -> Callable[[], object]:
         """One timed step of `batch` requests with `new` rows each after `cached` tokens."""
         static = StaticBatch(model, batch, cached + new, cached=cached, block_tokens=BLOCK_TOKENS)
         hidden = torch.randn(batch * new, *width, device=model.device).to(model.dtype)
@@ -122,5 +124,5 @@ def device_name(device: torch.device) -> str:
     return "cpu"
 
 
-def write_profile(document: dict, path: Path) -> None:
+def write_profile(document: dict[str, Any], path: Path) -> None:
     path.write_text(yaml.safe_dump(document, sort_keys=False, default_flow_style=None))

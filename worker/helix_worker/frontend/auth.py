@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from helix_worker.security.apikeys import ApiKeys
 
@@ -18,7 +19,7 @@ MESSAGE = "a valid API key is required: send `Authorization: Bearer <key>`"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def require_key_middleware(keys: ApiKeys) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def require_key_middleware(keys: ApiKeys) -> Middleware:
     @web.middleware
     async def require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
         if _open(request.path) or keys.allows(request.headers.get("Authorization")):

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -83,7 +83,7 @@ class Coordinator:
         self._active: dict[str, Route] = {}
         self._outbox: dict[str, list[tuple[Chunk, torch.Tensor]]] = {}
         self._flush_scheduled = False
-        self._probes: dict[str, asyncio.Task] = {}
+        self._probes: dict[str, asyncio.Task[None]] = {}
         self._heartbeat = Heartbeat(self.routes.nodes, self._describe, self.routes.up.__getitem__, self._healthy,
                                     self._hung, interval=settings.heartbeat_seconds, hung_seconds=settings.hung_seconds)
         self._unreleased: dict[str, set[str]] = {}  # node -> requests retired while it was down: released on return
@@ -104,7 +104,7 @@ class Coordinator:
             self._links[node] = StreamLink(address, self.peer_name, max_message_bytes=self.settings.max_message_bytes,
                                            data_channel=self.settings.data_channel == "tcp", on_event=self._on_event,
                                            tls=self.tls,
-                                           on_down=lambda link, n=node: self._mark_down(n))
+                                           on_down=self._on_down_of(node))
         await asyncio.gather(*(self._try_up(node) for node in self.routes.nodes))
         for node in self.routes.nodes:
             if not self.routes.up[node]:
@@ -160,7 +160,7 @@ class Coordinator:
                                  f"holds {largest} tokens in all; lower max_tokens or shorten the prompt")
 
     async def generate(self, request: GenerationRequest,
-                       timeline: RequestTimeline | None = None) -> AsyncIterator[TokenEvent]:
+                       timeline: RequestTimeline | None = None) -> AsyncGenerator[TokenEvent, None]:
         """Tokens of one request as they are sampled; the last event has a finish_reason. A caller
         that ends the request itself (a stop string) marks `timeline` finished before closing."""
         self.validate(request)
@@ -339,6 +339,10 @@ class Coordinator:
 
     def _hung(self, node: str, problem: str) -> None:
         self._mark_down(node, f"hung ({problem})")
+
+    def _on_down_of(self, node: str) -> Callable[[StreamLink], None]:
+        """The callback a link to `node` calls when its stream breaks."""
+        return lambda link: self._mark_down(node)
 
     def _mark_down(self, node: str, why: str = "down") -> None:
         if not self.routes.up.get(node):

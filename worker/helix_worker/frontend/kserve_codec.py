@@ -63,7 +63,7 @@ def model_config(name: str) -> dict[str, Any]:
             "model_transaction_policy": {"decoupled": True}}
 
 
-def decode_inputs(request: kserve.ModelInferRequest) -> dict[str, list]:
+def decode_inputs(request: kserve.ModelInferRequest) -> dict[str, list[Any]]:
     """Every input tensor as a flat Python list; malformed tensors are one clear error."""
     if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
         raise InvalidRequest(f"{len(request.inputs)} inputs but {len(request.raw_input_contents)} raw contents")
@@ -84,12 +84,13 @@ def decode_inputs(request: kserve.ModelInferRequest) -> dict[str, list]:
     return values
 
 
-def from_raw(name: str, datatype: str, raw: bytes) -> list:
+def from_raw(name: str, datatype: str, raw: bytes) -> list[Any]:
     if datatype != "BYTES":
         width = np.dtype(_NUMPY[datatype]).itemsize
         if len(raw) % width:
             raise InvalidRequest(f"input {name!r}: {len(raw)} raw bytes is not a whole number of {datatype}")
-        return np.frombuffer(raw, dtype=_NUMPY[datatype]).tolist()
+        values: list[Any] = np.frombuffer(raw, dtype=_NUMPY[datatype]).tolist()
+        return values
     items, offset = [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
@@ -158,7 +159,7 @@ def text_requests(request: kserve.ModelInferRequest, *, streaming: bool) -> KSer
                          not check.flag("exclude_input_in_output", field("exclude_input_in_output", True)))
 
 
-def _one(name: str, items: list) -> Any:
+def _one(name: str, items: list[Any]) -> Any:
     if len(items) != 1:
         raise InvalidRequest(f"input {name!r} must hold one element, not {len(items)}")
     return items[0]
@@ -191,7 +192,7 @@ def _stops(value: Any) -> Any:
     return value
 
 
-def _token_ids(items: list) -> tuple[int, ...]:
+def _token_ids(items: list[Any]) -> tuple[int, ...]:
     if not all(type(t) is int for t in items):
         raise InvalidRequest("input_ids must be integers (INT32 or INT64)")
     return tuple(items)

@@ -10,6 +10,7 @@ Each model path also answers under `/versions/1`. Errors are `{"error": "..."}` 
 
 import json
 from collections.abc import Callable
+from typing import Any
 from contextlib import aclosing
 
 from aiohttp import web
@@ -80,7 +81,7 @@ class _Rest:
     async def all_statistics(self, _: web.Request) -> web.Response:
         return web.json_response(self.plane.model_statistics())
 
-    def _answer(self, method: Callable[..., dict], *args: str) -> web.Response:
+    def _answer(self, method: Callable[..., dict[str, Any]], *args: str) -> web.Response:
         try:
             return web.json_response(method(*args))
         except ServingError as err:
@@ -123,5 +124,5 @@ class _Rest:
         return response
 
 
-async def _event(response: web.StreamResponse, data: dict) -> None:
+async def _event(response: web.StreamResponse, data: dict[str, Any]) -> None:
     await response.write(b"data: " + json.dumps(data).encode() + b"\n\n")

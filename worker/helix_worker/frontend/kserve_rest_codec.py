@@ -157,7 +157,7 @@ def _add_input(request: kserve.ModelInferRequest, tensor: Any, binary: bytes, of
     return offset
 
 
-def _flat(data: Any) -> list:
+def _flat(data: Any) -> list[Any]:
     """Row-major elements of a JSON tensor, nested or flat, without recursion."""
     out, stack = [], [data]
     while stack:
@@ -169,5 +169,5 @@ def _flat(data: Any) -> list:
     return out
 
 
-def _json_items(datatype: str, items: list) -> list:
+def _json_items(datatype: str, items: list[Any]) -> list[Any]:
     return [item.decode("utf-8", "replace") for item in items] if datatype == "BYTES" else items

@@ -10,7 +10,7 @@ the per-token incremental decode is a few tokens' work and stays on the loop.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -29,7 +29,7 @@ TOKENIZE_THREADS = 2
 class TextRequest:
     prompt: str | None = None
     prompt_ids: tuple[int, ...] | None = None
-    messages: tuple[dict, ...] | None = None
+    messages: tuple[dict[str, Any], ...] | None = None
     tools: tuple[dict[str, Any], ...] | None = None
     max_tokens: int | None = None  # None: as many as the context (and the largest KV cache) leaves, as vLLM does
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -101,7 +101,8 @@ class GenerationService:
             self._text_tokenizer("stop strings need the tokenizer; use stop token ids instead")
         return generation
 
-    async def stream(self, request: TextRequest, generation: GenerationRequest | None = None) -> AsyncIterator[TextPiece]:
+    async def stream(self, request: TextRequest,
+                     generation: GenerationRequest | None = None) -> AsyncGenerator[TextPiece, None]:
         """Text pieces as tokens arrive; the last piece carries the finish reason."""
         generation = generation or await self.prepare(request)
         decoder = StreamDecoder(self.tokenizer, generation.prompt_ids) if self.tokenizer else None
@@ -132,7 +133,11 @@ class GenerationService:
 
     async def complete(self, request: TextRequest, generation: GenerationRequest | None = None) -> Completion:
         generation = generation or await self.prepare(request)
-        texts, ids, logprobs, tops, finish = [], [], [], [], "length"
+        texts: list[str] = []
+        ids: list[int] = []
+        logprobs: list[float] = []
+        tops: list[tuple[tuple[int, float], ...]] = []
+        finish = "length"
         async for piece in self.stream(request, generation):
             texts.append(piece.text)
             ids += piece.token_ids

@@ -55,7 +55,8 @@ class CheckpointReader:
             raise ServingError(f"checkpoint {self.directory} has no tensor {name!r}: is it a Llama-family checkpoint?")
         if shard not in self._open:
             self._open[shard] = self._stack.enter_context(safe_open(self.directory / shard, framework="pt"))
-        return self._open[shard].get_tensor(name).to(device=device, dtype=dtype)
+        tensor: torch.Tensor = self._open[shard].get_tensor(name)
+        return tensor.to(device=device, dtype=dtype)
 
 
 def read_json(path: Path, missing: str) -> Any:

@@ -61,7 +61,7 @@ def write_demo_checkpoint(directory: Path, spec: DemoModel = DemoModel()) -> Mod
         num_kv_heads=spec.num_kv_heads, head_dim=spec.hidden_size // spec.num_heads,
         vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=spec.max_position_embeddings,
         tie_word_embeddings=spec.tie_word_embeddings, qkv_bias=spec.qkv_bias, dtype=spec.dtype,
-        bos_token_id=tokenizer.token_to_id(SPECIAL_TOKENS[0]), eos_token_ids=(tokenizer.token_to_id(SPECIAL_TOKENS[1]),),
+        bos_token_id=_special_id(tokenizer, SPECIAL_TOKENS[0]), eos_token_ids=(_special_id(tokenizer, SPECIAL_TOKENS[1]),),
     )
     (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     tokenizer.save(str(directory / "tokenizer.json"))
@@ -111,7 +111,7 @@ def _write_weights(directory: Path, tensors: dict[str, torch.Tensor], shards: in
         save_file(tensors, directory / SINGLE_FILE, metadata={"format": "pt"})
         return
     names = sorted(tensors, key=_hf_order)
-    weight_map = {}
+    weight_map: dict[str, str] = {}
     for index in range(shards):
         part = names[len(names) * index // shards: len(names) * (index + 1) // shards]
         filename = f"model-{index + 1:05d}-of-{shards:05d}.safetensors"
@@ -140,5 +140,13 @@ def build_tokenizer(merges: int) -> Tokenizer:
     tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
     bos = SPECIAL_TOKENS[0]
     tokenizer.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                             special_tokens=[(bos, tokenizer.token_to_id(bos))])
+                                                             special_tokens=[(bos, _special_id(tokenizer, bos))])
     return tokenizer
+
+
+def _special_id(tokenizer: Tokenizer, token: str) -> int:
+    """The id of a special token `build_tokenizer` added (it always adds all of SPECIAL_TOKENS)."""
+    token_id = tokenizer.token_to_id(token)
+    if token_id is None:
+        raise ValueError(f"the tokenizer has no special token {token!r}")
+    return token_id

@@ -8,6 +8,7 @@ templates with its Jinja environment, so prompts equal `apply_chat_template`'s b
 """
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ class Tokenizer:
 
     @property
     def eos_token_id(self) -> int | None:
-        return self.hf.eos_token_id
+        eos: int | None = self.hf.eos_token_id
+        return eos
 
     def encode(self, text: str, *, add_special: bool = True) -> list[int]:
         """Ids of `text`; `add_special` adds what the post-processor adds (usually a BOS)."""
@@ -51,11 +53,15 @@ class Tokenizer:
         """The prompt text transformers' `apply_chat_template` renders for these messages."""
         if not self.hf.chat_template:
             raise InvalidRequest("this model has no chat template: use /v1/completions with a plain prompt")
+        hf_tools: list[dict[Any, Any] | Callable[..., Any]] | None = None if tools is None else list(tools)
         try:
-            return self.hf.apply_chat_template(messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                                               tokenize=False)
+            rendered = self.hf.apply_chat_template(messages, tools=hf_tools,
+                                                   add_generation_prompt=add_generation_prompt, tokenize=False)
         except Exception as err:  # jinja2 errors and the template's own raise_exception(...)
             raise InvalidRequest(f"the chat template failed on these messages: {err}") from None
+        if not isinstance(rendered, str):  # tokenize=False renders text
+            raise ServingError(f"the chat template rendered {type(rendered).__name__}, not text")
+        return rendered
 
 
 class StreamDecoder:

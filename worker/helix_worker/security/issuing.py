@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 MEMBER_NAME = "helix-member"
@@ -68,6 +68,11 @@ def issue(ca: Issued, common_name: str, dns_names: Sequence[str] = (), ips: Sequ
     `dns_names` and `ips`."""
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    ca_public = ca_cert.public_key()
+    # The keys that sign with SHA-256 (the CA new_ca makes is EC).
+    if not isinstance(ca_key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, dsa.DSAPrivateKey)) \
+            or not isinstance(ca_public, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey, dsa.DSAPublicKey)):
+        raise ValueError(f"the CA's key ({type(ca_key).__name__}) cannot sign certificates with SHA-256")
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [x509.DNSName(n) for n in dict.fromkeys([MEMBER_NAME, *dns_names])]
     names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
@@ -76,7 +81,7 @@ def issue(ca: Issued, common_name: str, dns_names: Sequence[str] = (), ips: Sequ
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public), critical=False)
             .sign(ca_key, hashes.SHA256()))
     return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
