@@ -39,7 +39,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                       help="max-flow (Helix's), or serving: max-flow plans under several stage floors, the one "
                            "with the best simulated decode throughput kept (the time limit is shared among them)")
     plan.add_argument("--lengths", default=DEFAULT_LENGTHS,
-                      help=f"request lengths the serving estimate (and objective) simulate ({', '.join(LENGTH_TRACES)}, a CSV path, or "
+                      help=f"request lengths the serving estimate (and objective) simulate "
+                           f"({', '.join(LENGTH_TRACES)}, a CSV path, or "
                            f"fixed:IN,OUT; default {DEFAULT_LENGTHS}, Helix's average request)")
     plan.add_argument("--traces", type=Path, help="serving: folder of the reference traces")
     plan.add_argument("--scheduler", default="iwrr",

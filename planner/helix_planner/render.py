@@ -1,57 +1,102 @@
-"""An SVG picture of a plan: one row per node, grouped by region, bars over the layers held.
+"""A picture of a plan (SVG and PNG): one row per node, grouped by region, bars over the layers held.
 
-Bar colour is the GPU type, bar fill the node's utilisation (flow / capacity); lines join
-stages that hand activations to each other, thicker for more flow.
+Bar colour is the GPU type and the filled share of a bar the node's utilisation (flow / capacity);
+vertical lines join stages that hand activations to each other, wider for more flow. Hand-offs
+between regions are drawn red and dashed: they cross the slow, long links that decide most of a
+geo-distributed plan's latency, so a reader should find them at a glance. The legend says all this.
 """
 
-from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from helix_planner.plan_format import Plan
+from helix_planner.figures import drawing, new_figure, save
+from helix_planner.plan_format import Plan, PlannedEdge, PlannedNode
 
-_PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
-_ROW, _LEFT, _WIDTH, _TOP = 18, 190, 720, 60
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
+CROSSING = "#d62728"
+HANDOFF = "#555555"
 
 
-def render_svg(plan: Plan) -> str:
+def region_crossings(plan: Plan) -> list[PlannedEdge]:
+    """Hand-offs between nodes of different regions, in the plan's edge order."""
+    region = {n.name: n.region for n in plan.nodes}
+    return [e for e in plan.edges if e.src in region and e.dst in region and region[e.src] != region[e.dst]]
+
+
+def draw_placement(plan: Plan, path: Path) -> list[Path]:
+    """Write the picture to `path` (.svg) and beside it (.png); the paths written."""
+    with drawing():
+        return _draw(plan, path)
+
+
+def _draw(plan: Plan, path: Path) -> list[Path]:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     layers = int(plan.model["numLayers"])
     nodes = sorted(plan.nodes, key=lambda n: (n.region, n.start, n.name))
-    colours = {gpu: _PALETTE[i % len(_PALETTE)] for i, gpu in enumerate(sorted({n.gpu_type for n in nodes}))}
-    rows: dict[str, int] = {}
-    parts: list[str] = []
-    y = _TOP
-    region = None
+    row = {n.name: i for i, n in enumerate(nodes)}
+    colours = {gpu: PALETTE[i % len(PALETTE)] for i, gpu in enumerate(sorted({n.gpu_type for n in nodes}))}
+    crossings = region_crossings(plan)
+    figure = new_figure(11.0, 2.4 + 0.26 * len(nodes))
+    ax = figure.add_subplot()
     for node in nodes:
-        if node.region != region:
-            region = node.region
-            parts.append(f'<text x="8" y="{y + 13}" font-weight="bold">region {escape(region)}</text>')
-            y += _ROW
-        rows[node.name] = y
-        x0 = _LEFT + _WIDTH * node.start / layers
-        width = _WIDTH * (node.end - node.start) / layers
-        fill = node.flow / node.capacity if node.capacity > 0 else 0.0
-        colour = colours[node.gpu_type]
-        parts.append(f'<text x="16" y="{y + 12}">{escape(node.name)} ({escape(node.gpu_type)})</text>')
-        parts.append(f'<rect x="{x0:.1f}" y="{y + 2}" width="{width:.1f}" height="{_ROW - 5}" fill="none" stroke="{colour}"/>')
-        parts.append(f'<rect x="{x0:.1f}" y="{y + 2}" width="{width * fill:.1f}" height="{_ROW - 5}" fill="{colour}" opacity="0.8">'
-                     f'<title>{escape(node.name)} layers [{node.start}, {node.end}) flow {node.flow:.1f} / {node.capacity:.1f} tok/s</title></rect>')
-        y += _ROW
+        _draw_node(ax, node, row[node.name], colours[node.gpu_type])
+    _draw_regions(ax, nodes, layers)
     top_flow = max((e.flow for e in plan.edges), default=1.0) or 1.0
+    ends = {n.name: n.end for n in nodes}
+    crossing_ids = {id(e): k for k, e in enumerate(crossings)}
     for edge in plan.edges:
-        if edge.src in rows and edge.dst in rows:
-            x = _LEFT + _WIDTH * next(n.end for n in nodes if n.name == edge.src) / layers
-            stroke = 0.5 + 3.5 * edge.flow / top_flow
-            parts.append(f'<line x1="{x:.1f}" y1="{rows[edge.src] + 9}" x2="{x:.1f}" y2="{rows[edge.dst] + 9}" '
-                         f'stroke="#333" stroke-opacity="0.35" stroke-width="{stroke:.2f}"/>')
-    ticks = [f'<line x1="{_LEFT + _WIDTH * t / layers:.1f}" y1="{_TOP - 6}" x2="{_LEFT + _WIDTH * t / layers:.1f}" y2="{y}" stroke="#ddd"/>'
-             f'<text x="{_LEFT + _WIDTH * t / layers:.1f}" y="{_TOP - 10}" text-anchor="middle">{t}</text>'
-             for t in range(0, layers + 1, max(1, layers // 10))]
+        if edge.src in row and edge.dst in row:
+            crossing = id(edge) in crossing_ids
+            (line,) = ax.plot([ends[edge.src]] * 2, [row[edge.src], row[edge.dst]],
+                              color=CROSSING if crossing else HANDOFF, linestyle="--" if crossing else "-",
+                              linewidth=0.6 + 3.4 * edge.flow / top_flow, alpha=0.9 if crossing else 0.45)
+            if crossing:
+                line.set_gid(f"region-crossing-{crossing_ids[id(edge)]}")
+                ax.text(ends[edge.src] + 0.3, (row[edge.src] + row[edge.dst]) / 2, f"{edge.flow:.0f} tok/s",
+                        color=CROSSING, fontsize=7, rotation=90, va="center")
+    ax.set_yticks(range(len(nodes)), [f"{n.name} ({n.gpu_type})" for n in nodes])
+    ax.set_ylim(len(nodes) - 0.5, -0.5)
+    ax.set_xlim(0, layers)
+    ax.set_xlabel("layers")
+    ax.grid(axis="x", color="#dddddd", linewidth=0.6)
+    ax.set_axisbelow(True)
     gap = "n/a" if plan.gap is None else f"{plan.gap * 100:.2f}%"
-    title = (f'{escape(plan.model["name"])} on {escape(plan.cluster)}: {plan.throughput:.1f} tok/s, '
-             f'bound {plan.upper_bound or 0:.1f} (gap {gap}), {len(plan.pipelines)} pipelines, plan {plan.plan_hash}')
-    legend = "".join(f'<rect x="{_LEFT + 110 * i}" y="{y + 10}" width="12" height="12" fill="{c}"/>'
-                     f'<text x="{_LEFT + 110 * i + 16}" y="{y + 21}">{escape(g)}</text>' for i, (g, c) in enumerate(colours.items()))
-    height = y + 40
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{_LEFT + _WIDTH + 30}" height="{height}" '
-            f'font-family="sans-serif" font-size="11">\n<rect width="100%" height="100%" fill="white"/>\n'
-            f'<text x="8" y="20" font-size="14" font-weight="bold">{title}</text>\n'
-            f'<text x="{_LEFT}" y="{_TOP - 24}">layers</text>\n' + "\n".join(ticks + parts) + "\n" + legend + "\n</svg>\n")
+    ax.set_title(f"{plan.model['name']} on {plan.cluster}: max flow {plan.throughput:.1f} tok/s "
+                 f"(bound {plan.upper_bound or 0:.1f}, gap {gap}), {len(plan.pipelines)} pipelines, "
+                 f"plan {plan.plan_hash}\n{len(crossings)} region crossings carry "
+                 f"{sum(e.flow for e in crossings):.1f} tok/s", loc="left", fontsize=10)
+    handles = [Patch(facecolor=c, label=gpu) for gpu, c in colours.items()] + [
+        Patch(facecolor="none", edgecolor="#333333", label="layers held; filled share = utilisation"),
+        Line2D([], [], color=HANDOFF, linewidth=2, alpha=0.6, label="activations handed on (width: tok/s)"),
+        Line2D([], [], color=CROSSING, linewidth=2, linestyle="--", label="region crossing"),
+    ]
+    legend = figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=8,
+                           frameon=False)
+    legend.set_gid("legend")
+    return save(figure, path)
+
+
+def _draw_node(ax: "Axes", node: PlannedNode, y: int, colour: str) -> None:
+    width = node.end - node.start
+    used = node.flow / node.capacity if node.capacity > 0 else 0.0
+    ax.barh(y, width, left=node.start, height=0.7, fill=False, edgecolor=colour, linewidth=1.2)
+    ax.barh(y, width * used, left=node.start, height=0.7, color=colour, alpha=0.85)
+
+
+def _draw_regions(ax: "Axes", nodes: list[PlannedNode], layers: int) -> None:
+    """Shade every other region and name each one at the right edge."""
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        first.setdefault(node.region, i)
+        last[node.region] = i
+    for k, region in enumerate(first):
+        if k % 2:
+            ax.axhspan(first[region] - 0.5, last[region] + 0.5, color="#f2f2f2", zorder=0)
+        ax.text(layers * 1.01, (first[region] + last[region]) / 2, f"region {region}", rotation=-90,
+                va="center", ha="left", fontsize=9, fontweight="bold")

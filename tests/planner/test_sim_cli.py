@@ -1,15 +1,19 @@
 """`helix simulate` as a user runs it: summary, JSON, charts, progress, and one-line errors."""
 
 import json
+import os
+import re
 import subprocess
 import sys
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
+from picturekit import SVG, assert_png_matches_svg, svg_groups, texts
 
-from helix_planner.plan_format import Plan, PlannedNode, SolverReport
+from helix_planner.io.cluster_files import DEFAULT_CLUSTER
 from helix_planner.pipelines import Pipeline, Stage
+from helix_planner.plan_format import Plan, PlannedNode, SolverReport
+from helix_planner.sim.workload import SYNTHETIC_CONV
 
 
 def simulate(reference: Path, *args: str) -> subprocess.CompletedProcess:
@@ -31,9 +35,29 @@ def test_quick_run_prints_json_writes_charts_and_shows_progress(reference, tmp_p
     assert result["decodeThroughput"] > 0 and result["ttft"]["p95"] >= result["ttft"]["p50"]
     assert len(result["nodes"]) == 24 and {"kvMean", "queueMax", "busy"} <= set(result["nodes"][0])
     assert len(result["series"]["kvUtilisation"]) == 24
-    assert "100%" in done.stderr and "simulated" in done.stderr
+    assert done.stderr.splitlines() == [f"wrote {tmp_path / name}" for name in (
+        "throughput.svg", "throughput.png", "latency_cdf.svg", "latency_cdf.png", "nodes.svg", "nodes.png")]
     for name in ("throughput.svg", "latency_cdf.svg", "nodes.svg"):
-        assert ElementTree.parse(tmp_path / name).getroot().tag.endswith("svg")
+        assert_png_matches_svg(tmp_path / name)
+    # Decode and prompt throughput on an axis each, each axis labelled with its one quantity.
+    axes = svg_groups(tmp_path / "throughput.svg", "axes_")
+    assert [[t for t in texts(a) if "tokens/s" in t] for a in axes] == [["decode tokens/s"], ["prompt tokens/s"]]
+    # The TTFT CDF is a step through every measured request: two vertices a request, and the start.
+    (cdf,) = svg_groups(tmp_path / "latency_cdf.svg", "ttft-cdf")
+    vertices = len(re.findall(r"[ML]\s*-?[\d.]+\s+-?[\d.]+", cdf.find(f"{SVG}path").get("d")))
+    assert len(result["ttftValues"]) >= 20 and vertices == 2 * len(result["ttftValues"]) + 1
+
+
+def test_runs_with_defaults_from_anywhere(tmp_path) -> None:
+    """No cluster, no --traces, no reference data beside the working directory: the bundled example
+    and the bundled look-alike of the Azure conversation lengths, and the output says so."""
+    environ = {k: v for k, v in os.environ.items() if k != "HELIX_REFERENCE"}
+    done = subprocess.run([sys.executable, "-m", "helix_planner.cli", "simulate", "--quick", "--plan-time-limit", "2",
+                           "-o", "json"], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=environ)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["lengths"] == SYNTHETIC_CONV and result["label"].startswith(DEFAULT_CLUSTER)
+    assert result["decodeThroughput"] > 0 and result["completed"] > 0
 
 
 def test_table_reports_slo_attainment_and_speed(reference) -> None:

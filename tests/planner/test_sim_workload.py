@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
 from helix_planner.errors import PlanningError
-from helix_planner.sim.workload import arrival_times, load_lengths
+from helix_planner.sim.workload import SYNTHETIC_CONV, arrival_times, default_lengths, load_lengths
 
 
 def test_reference_length_traces_load_with_their_published_means(reference) -> None:
@@ -13,6 +14,16 @@ def test_reference_length_traces_load_with_their_published_means(reference) -> N
     assert conv.inputs.mean() == pytest.approx(763, abs=1) and conv.outputs.mean() == pytest.approx(232, abs=1)
     sample = conv.sample(np.random.default_rng(0), 5000)
     assert np.mean([i for i, _ in sample]) == pytest.approx(763, rel=0.05)
+
+
+def test_bundled_synthetic_conv_looks_like_the_azure_conversation_trace(reference) -> None:
+    conv, synthetic = load_lengths("azure-conv", reference / "traces"), load_lengths(SYNTHETIC_CONV, reference)
+    for real, drawn in ((conv.inputs, synthetic.inputs), (conv.outputs, synthetic.outputs)):
+        assert drawn.mean() == pytest.approx(real.mean(), rel=0.05)
+        assert np.percentile(drawn, [10, 50, 90]) == pytest.approx(np.percentile(real, [10, 50, 90]), rel=0.06)
+    assert spearmanr(synthetic.inputs, synthetic.outputs)[0] == pytest.approx(
+        spearmanr(conv.inputs, conv.outputs)[0], abs=0.03)
+    assert default_lengths(reference / "traces").name == "azure-conv"
 
 
 def test_fixed_lengths_and_csv_files(tmp_path) -> None:

@@ -9,6 +9,7 @@ from helix_planner.io.helix_ini import load_cluster_ini
 from helix_planner.models import ModelSpec
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+DEFAULT_CLUSTER = "geo-demo"  # what `helix plan` and `helix simulate` run without a cluster argument
 
 
 def example_names() -> list[str]:

@@ -15,8 +15,14 @@ from helix_planner.sim.plots import write_plots
 from helix_planner.sim.report import summary_text
 from helix_planner.sim.schedulers import SCHEDULERS, scheduler_class
 from helix_planner.sim.simulation import MODES, SimConfig, Simulation
-from helix_planner.sim.workload import (LENGTH_TRACES, SYNTHETIC_CONV, arrival_times, default_lengths,
-                                        default_traces_dir, load_lengths)
+from helix_planner.sim.workload import (
+    LENGTH_TRACES,
+    SYNTHETIC_CONV,
+    arrival_times,
+    default_lengths,
+    default_traces_dir,
+    load_lengths,
+)
 from helix_planner.status import StatusLine
 
 QUICK_WARMUP, QUICK_DURATION = 60.0, 120.0

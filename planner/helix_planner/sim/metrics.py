@@ -65,6 +65,7 @@ class SimResult:
     ttft_values: list[float] = field(default_factory=list)
     tpot_values: list[float] = field(default_factory=list)
     wall_seconds: float = 0.0
+    lengths: str = ""  # the request-length trace the run drew from (LengthTrace.name)
 
     @property
     def sim_seconds_per_wall_second(self) -> float:
@@ -136,7 +137,8 @@ class Recorder:
 
 
 def summarize(recorder: Recorder, *, label: str, scheduler: str, mode: str, seed: int, slo_ttft: float,
-              slo_tpot: float, waiting: int, in_flight: int, rejected: int, wall_seconds: float) -> SimResult:
+              slo_tpot: float, waiting: int, in_flight: int, rejected: int, wall_seconds: float,
+              lengths: str = "") -> SimResult:
     r = recorder
     span = r.end - r.warmup
     first = np.array(r.first_tokens).reshape(-1, 2)
@@ -170,4 +172,5 @@ def summarize(recorder: Recorder, *, label: str, scheduler: str, mode: str, seed
         slo_attainment=float(met.mean()) if len(met) else float("nan"), completed=len(done),
         waiting_at_end=waiting, in_flight_at_end=in_flight, rejected=rejected, nodes=nodes, series=series,
         ttft_values=sorted(ttft.tolist()), tpot_values=sorted(tpot.tolist()), wall_seconds=wall_seconds,
+        lengths=lengths,
     )

@@ -11,7 +11,7 @@ def summary_text(result: SimResult) -> str:
     r = result
     lines = [
         f"{r.label}   scheduler {r.scheduler}   {r.mode}   seed {r.seed}   "
-        f"window {r.warmup:.0f}-{r.warmup + r.duration:.0f} s",
+        f"window {r.warmup:.0f}-{r.warmup + r.duration:.0f} s   request lengths {r.lengths}",
         f"decode throughput {r.decode_throughput:10.1f} tok/s   prompt throughput {r.prompt_throughput:10.1f} tok/s",
         f"TTFT  {_seconds(r.ttft)}",
         f"TPOT  {_seconds(r.tpot)}",

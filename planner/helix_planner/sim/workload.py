@@ -2,7 +2,8 @@
 
 Lengths are drawn (with replacement, seeded) from a paired trace: the reference traces
 (`azure-conv`, `azure-code`, `sharegpt`, `alpaca`) from the Helix artifact, any CSV with
-`input_tokens,output_tokens` columns, or `fixed:IN,OUT`. Arrivals are a Poisson process,
+`input_tokens,output_tokens` columns, `fixed:IN,OUT`, or `synthetic-conv`, a bundled look-alike
+of `azure-conv` for installs without the reference data. Arrivals are a Poisson process,
 a gamma renewal process (`gamma:CV`, burstier for CV > 1), or the shape of the Azure
 production arrival traces (`azure-conv`, `azure-code`: requests per 3-second bin over one
 hour, repeated if the run is longer) scaled to the requested mean rate.
@@ -14,12 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.special import ndtr
 
 from helix_planner.errors import PlanningError
 
 LENGTH_TRACES = {"azure-conv": "azure_conv", "azure-code": "azure_code", "sharegpt": "shared_gpt", "alpaca": "alpaca"}
 ARRIVAL_TRACES = {"azure-conv": "azure_conv", "azure-code": "azure_code"}
 ARRIVAL_BIN_SECONDS = 3.0
+SYNTHETIC_CONV = "synthetic-conv"
+# The Azure conversation trace in 21 numbers each (its 0, 5, ..., 100th percentiles of prompt and output
+# tokens) and the Gaussian-copula correlation that gives its rank correlation of the two (0.44):
+# enough to draw look-alike requests.
+CONV_INPUT_PERCENTILES = (7, 181, 203, 240, 378, 391, 397, 403, 412, 447, 947, 1004, 1029, 1050, 1072, 1094,
+                          1121, 1161, 1273, 1353, 2047)
+CONV_OUTPUT_PERCENTILES = (7, 52, 68, 80, 87, 92, 97, 104, 115, 133, 157, 181, 217, 383, 394, 397, 407, 415,
+                           429, 463, 1000)
+CONV_NORMAL_SCORE_CORRELATION = 0.457
 
 
 def default_traces_dir() -> Path:
@@ -45,8 +56,30 @@ class LengthTrace:
         return list(zip(self.inputs[picks].tolist(), self.outputs[picks].tolist()))
 
 
+def default_lengths(traces_dir: Path | None) -> LengthTrace:
+    """`azure-conv` from `traces_dir` (given, or found by `default_traces_dir`), else `synthetic-conv`:
+    `helix simulate` runs out of the box, from a pip install too, and says which one it used."""
+    found = traces_dir or default_traces_dir()
+    if traces_dir is not None or (found / f"{LENGTH_TRACES['azure-conv']}_lengths.csv").is_file():
+        return load_lengths("azure-conv", found)
+    return synthetic_conv()
+
+
+def synthetic_conv(count: int = 16_384, seed: int = 0) -> LengthTrace:
+    """Pairs drawn (seeded) with the Azure conversation trace's percentiles, correlated as in the trace."""
+    rng = np.random.default_rng(seed)
+    r = CONV_NORMAL_SCORE_CORRELATION
+    shares = ndtr(rng.multivariate_normal([0.0, 0.0], [[1.0, r], [r, 1.0]], size=count))
+    levels = np.linspace(0.0, 1.0, len(CONV_INPUT_PERCENTILES))
+    inputs = np.interp(shares[:, 0], levels, CONV_INPUT_PERCENTILES).round().astype(np.int64)
+    outputs = np.interp(shares[:, 1], levels, CONV_OUTPUT_PERCENTILES).round().astype(np.int64)
+    return LengthTrace(SYNTHETIC_CONV, inputs, outputs)
+
+
 def load_lengths(spec: str, traces_dir: Path) -> LengthTrace:
-    """A trace name, a CSV path, or `fixed:IN,OUT`."""
+    """A trace name, a CSV path, `fixed:IN,OUT`, or `synthetic-conv`."""
+    if spec == SYNTHETIC_CONV:
+        return synthetic_conv()
     if spec.startswith("fixed:"):
         try:
             inp, out = (int(x) for x in spec[len("fixed:"):].split(","))
@@ -80,8 +113,8 @@ def arrival_times(process: str, rate: float, end: float, rng: np.random.Generato
     if process in ARRIVAL_TRACES:
         counts = _read_csv(traces_dir / f"{ARRIVAL_TRACES[process]}_arrivals_per_3s.csv", process, 1)[:, 0]
         bins = int(np.ceil(end / ARRIVAL_BIN_SECONDS))
-        shape = np.resize(counts, bins).astype(float)
-        expected = shape / counts.mean() * rate * ARRIVAL_BIN_SECONDS
+        profile = np.resize(counts, bins).astype(float)
+        expected = profile / counts.mean() * rate * ARRIVAL_BIN_SECONDS
         per_bin = rng.poisson(expected)
         starts = np.repeat(np.arange(bins) * ARRIVAL_BIN_SECONDS, per_bin)
         times = np.sort(starts + rng.uniform(0, ARRIVAL_BIN_SECONDS, size=len(starts)))
