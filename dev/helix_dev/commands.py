@@ -5,7 +5,7 @@ import tempfile
 from pathlib import Path
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = subparsers.add_parser("dev", help="development tools: the whole system on a local stand-in cluster")
     commands = parser.add_subparsers(dest="dev_command", metavar="COMMAND", required=True)
     cluster = commands.add_parser(
@@ -21,10 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    try:
-        from helix_dev.demo import DemoOptions, run_demo
-    except ImportError as err:  # kmock comes with the test extras
-        raise SystemExit(f"error: {err}: install the test extras (pip install -e '.[test]')") from None
+    from helix_dev.demo import DemoOptions, run_demo  # kmock: the [dev] extra (`helix` names it when missing)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="helix-dev-"))
     return run_demo(DemoOptions(workdir, scenario=args.scenario, prompt=args.prompt, max_tokens=args.max_tokens,
                                 exit_after_sample=args.exit_after_sample))

@@ -6,14 +6,14 @@ Same subcommands and error handling as `helix`, without loading other components
 import argparse
 import sys
 
-from helix_planner.cli import run
+from helix_planner.cli import register_component, run
 from helix_worker.commands import register
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helix_worker", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    register_component(parser.add_subparsers(dest="command", metavar="COMMAND", required=True), "worker", register)
     return run(parser, argv)
 
 
