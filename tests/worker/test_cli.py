@@ -80,6 +80,8 @@ def test_up_plans_measured_local_workers_then_serves_and_exits_cleanly(tmp_path:
     assert "sample: 'Helix serves' -> " in out
     pids = _child_pids(tmp_path)
     assert len(pids) == len(nodes) + 1 and not any(_alive(pid) for pid in pids)
+    logs = "".join(log.read_text() for log in (tmp_path / "logs").glob("*.log"))
+    assert "unknown environment variable" not in result.stderr + logs, "`helix up` sets only known HELIX_* names"
 
 
 CLUSTER = """

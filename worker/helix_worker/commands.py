@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 
 from helix_planner.plan_format import Plan, load_plan
-from helix_worker.envs import REMOTE_STORAGE, Settings, describe
+from helix_worker.envs import REMOTE_STORAGE, Settings, describe, warn_unknown
 from helix_worker.errors import ServingError
 
 
@@ -141,10 +141,12 @@ def read_plan(path: Path) -> Plan:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    warn_unknown()
+    plan = read_plan(args.plan)  # a wrong path fails before torch is imported
     from helix_worker.security.peers import parse_pairs
     from helix_worker.stage.main import StageOptions, serve_stage
 
-    options = StageOptions(read_plan(args.plan), args.node, args.model, args.host, args.port, args.http_port,
+    options = StageOptions(plan, args.node, args.model, args.host, args.port, args.http_port,
                            args.ready_file, parse_pairs(args.endpoint), tuple(args.endpoints))
     asyncio.run(serve_stage(options, Settings.from_env(slowdown=args.slowdown)))
     return 0
@@ -153,6 +155,7 @@ def run_worker(args: argparse.Namespace) -> int:
 def run_frontend(args: argparse.Namespace) -> int:
     from helix_worker.frontend.main import FrontendOptions, parse_endpoints, serve_frontend
 
+    warn_unknown()
     options = FrontendOptions(read_plan(args.plan), parse_endpoints(args.endpoint, args.endpoints), args.model,
                               args.model_name, args.host, args.grpc_port, args.http_port, args.ready_file)
     asyncio.run(serve_frontend(options, Settings.from_env()))
@@ -190,6 +193,7 @@ def run_weights_fetch(args: argparse.Namespace) -> int:
 def run_up(args: argparse.Namespace) -> int:
     from helix_worker.fleet.up import UpOptions, up
 
+    warn_unknown()  # its workers and front end inherit the environment: one warning here, one in each log
     return up(UpOptions(checkpoint=args.model, cluster_file=args.cluster, workers=args.workers,
                         slowdowns=args.slowdown, workdir=args.workdir,
                         grpc_port=args.grpc_port, http_port=args.http_port, prompt=args.prompt,

@@ -4,8 +4,12 @@ Each field of `Settings` is read from `HELIX_<FIELD NAME IN CAPITALS>`; its meta
 the help text. Command-line flags override the environment; nothing else reads `os.environ`.
 `REMOTE_STORAGE` lists the standard variables of Hugging Face and AWS tools that `helix
 weights fetch` honours under their usual names (a credentials Secret already holds them so).
+`DESCRIPTIVE` lists the other HELIX_* names a process may legitimately carry; any further
+HELIX_* variable is most likely a misspelt setting, which `warn_unknown` reports at start.
 """
 
+import difflib
+import logging
 import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
@@ -142,6 +146,46 @@ def remote_storage_env(environ: Mapping[str, str] | None = None) -> dict[str, st
 
 def env_name(field_name: str) -> str:
     return "HELIX_" + field_name.upper()
+
+
+# HELIX_* variables that configure nothing here: the operator describes its pods with them (for
+# people and tools reading a pod's environment; the command line carries the same values), and
+# the planner reads the last two.
+DESCRIPTIVE = {
+    "HELIX_NODE": "the plan node this worker serves (operator pods; also --node)",
+    "HELIX_LAYER_START": "first layer of this worker's slice (operator pods)",
+    "HELIX_LAYER_END": "end of this worker's slice, exclusive (operator pods)",
+    "HELIX_PLAN_HASH": "hash of the plan this pod serves (operator pods)",
+    "HELIX_MODEL": "the HelixCluster's model name (operator pods)",
+    "HELIX_WORKER_PORT": "the worker's gRPC port (operator pods; also --port)",
+    "HELIX_WEIGHTS_URI": "where the pod's weights come from (operator pods)",
+    "HELIX_HTTP_PORT": "the front end's OpenAI HTTP port (operator pods; also --http-port)",
+    "HELIX_GRPC_PORT": "the front end's KServe gRPC port (operator pods; also --grpc-port)",
+    "HELIX_CATALOG": "more GPU catalog directories for the planner (os.pathsep-separated)",
+    "HELIX_REFERENCE": "the Helix reference data directory (the simulator's traces)",
+}
+
+
+def known_names() -> set[str]:
+    return {env_name(f.name) for f in fields(Settings)} | set(DESCRIPTIVE)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per HELIX_* variable of `environ` that nothing reads, with the closest known name."""
+    known = known_names()
+    lines = []
+    for name in sorted(n for n in environ if n.startswith("HELIX_") and n not in known):
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        lines.append(f"unknown environment variable {name}{hint}: it is ignored; `helix worker --help` lists "
+                     "the settings")
+    return lines
+
+
+def warn_unknown(environ: Mapping[str, str] | None = None) -> None:
+    """Log `unknown_variables` of the process environment; each command calls it once at start."""
+    for line in unknown_variables(os.environ if environ is None else environ):
+        logging.getLogger(__name__).warning("warning: %s", line)
 
 
 def describe() -> str:
