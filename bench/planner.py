@@ -6,7 +6,10 @@
 One table, Helix's node-capacity model (`--throughput-model helix`), LLaMA-2-70B (small10:
 LLaMA-1-30B). Columns: planning seconds, the plan's max flow (tok/s, the exact evaluator's),
 the certified upper bound, the gap (bound - plan) / bound, the peak RSS of this process so far
-(ru_maxrss), the target and whether it is met. Rows:
+(ru_maxrss), the target and whether it is met. The table also goes to docs/results/planner.md
+(planner-quick.md with --quick, see bench/results.py). The exit status is 1 only when a
+published layout does not evaluate to the paper's figure or a plan falls below Helix's;
+targets not met show as NO. Rows:
 
 * reference cases (../shared/helix-reference): single24, geo24 and small10 must be proven
   optimal; hetero42 must reach 5,813.7 tok/s with a gap <= 2% in 60 s. The published Helix
@@ -31,6 +34,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from results import markdown_table, write_table  # bench/ is the script's directory
 
 from helix_planner.cluster import Cluster
 from helix_planner.fleet import layers_moved
@@ -58,8 +63,8 @@ HETERO42_BEST = 5813.7  # the planner's earlier hetero42 result, to keep
 FLEET_TARGETS = {500: (60.0, 0.05), 1000: (60.0, 0.05), 2000: (300.0, 0.10)}  # seconds, gap
 CHURN_WEIGHT = 10.0
 SERVING_FLOORS = (0.0, 0.5, 0.85)
-HEADER = (f"{'cluster':<28} {'GPUs':>5} {'regions':>7} {'plan s':>7} {'tok/s':>10} {'bound':>10} {'gap %':>7} "
-          f"{'peak RSS MB':>11}  {'target':<28} {'met?':<4}  note")
+COLUMNS = ("cluster", "GPUs", "regions", "plan s", "tok/s", "bound", "gap %", "peak RSS MB", "target", "met?", "note")
+WIDTHS = (-28, 5, 7, 7, 10, 10, 7, 11, -28, -4, 0)  # negative: left-aligned
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,16 @@ def main() -> int:
     options = PlannerOptions(time_limit=limit, threads=args.threads, throughput_model="helix")
     print(f"planner benchmark: throughput model helix, {args.threads} threads, {limit:.0f} s per reference case"
           + (" (--quick)" if args.quick else ""))
-    print(HEADER)
-    print("-" * len(HEADER))
+    header = line(COLUMNS)
+    print(header)
+    print("-" * len(header))
     failures: list[str] = []
+    table: list[tuple[str, ...]] = []
+
+    def show(row: Row) -> None:
+        table.append(cells(row))
+        print(line(table[-1]), flush=True)
+
     for case in CASES:
         show(reference_row(case, options, catalog, failures))
     if not args.quick:
@@ -105,17 +117,25 @@ def main() -> int:
     show(replan_row(f"replan fleet {size}, -1 node", cluster, plan, options, catalog))
     window = SimConfig(warmup=30.0, duration=90.0, seed=1) if args.quick else SimConfig(warmup=60.0, duration=240.0, seed=1)
     show(serving_row(f"serving fleet {size}", cluster, options, catalog, window))
+    load = os.getloadavg()
+    write_table("planner", f"{args.threads} threads, {limit:.0f} s per reference case; load average "
+                f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min) at the end.\n\n"
+                + markdown_table(COLUMNS, table))
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0
 
 
-def show(row: Row) -> None:
+def cells(row: Row) -> tuple[str, ...]:
+    """The row's cells; peak RSS is this process's so far (ru_maxrss), taken as the row ends."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    gap = row.plan.gap or 0.0
-    print(f"{row.cluster:<28} {row.gpus:>5} {row.regions:>7} {row.seconds:>7.1f} {row.plan.throughput:>10.1f} "
-          f"{row.plan.upper_bound or 0.0:>10.1f} {gap * 100:>7.3f} {rss:>11.0f}  {row.target:<28} "
-          f"{'yes' if row.met else 'NO':<4}  {row.note}", flush=True)
+    return (row.cluster, str(row.gpus), str(row.regions), f"{row.seconds:.1f}", f"{row.plan.throughput:.1f}",
+            f"{row.plan.upper_bound or 0.0:.1f}", f"{(row.plan.gap or 0.0) * 100:.3f}", f"{rss:.0f}", row.target,
+            "yes" if row.met else "NO", row.note)
+
+
+def line(values: tuple[str, ...]) -> str:
+    return " ".join(f"{v:<{-w}}" if w < 0 else f"{v:>{w}}" for v, w in zip(values, WIDTHS))
 
 
 def timed(run: Callable[[], Plan]) -> tuple[Plan, float]:
