@@ -53,6 +53,12 @@ def array(items: Schema, description: str = "", **rules: Any) -> Schema:
     return _with({"type": "array", **rules, "items": items}, description)
 
 
+def map_list(items: Schema, keys: list[str], description: str = "", **rules: Any) -> Schema:
+    """An array whose items the API server merges by `keys` (x-kubernetes-list-type: map)."""
+    extensions: dict[str, Any] = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": keys}
+    return array(items, description, **rules, **extensions)
+
+
 def int_or_string(pattern: str, description: str = "") -> Schema:
     """A quantity written as a number or a string (the form controller-gen emits)."""
     return _with({"anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": pattern,

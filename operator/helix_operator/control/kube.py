@@ -88,7 +88,7 @@ class Kube:
 
     async def delete(self, ref: Ref, grace_seconds: int | None = None) -> bool:
         """False if it was already gone."""
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         if grace_seconds is not None:
             body["gracePeriodSeconds"] = grace_seconds
         try:
@@ -161,4 +161,4 @@ def _contains(live: Any, wanted: Any) -> bool:
         return isinstance(live, Mapping) and all(k in live and _contains(live[k], v) for k, v in wanted.items())
     if isinstance(wanted, list):
         return isinstance(live, list) and len(live) == len(wanted) and all(map(_contains, live, wanted))
-    return live == wanted
+    return bool(live == wanted)

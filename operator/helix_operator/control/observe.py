@@ -120,8 +120,9 @@ class Observer:
         if key in self.unreachable:
             self.unreachable.discard(key)
             logger.debug("front-end metrics answer again")
-        rates = [rate(previous.get(uid), sample, STALE_INTERVALS * self.interval) for uid, sample in fresh.items()]
-        if any(r is None for r in rates):
+        maybe = [rate(previous.get(uid), sample, STALE_INTERVALS * self.interval) for uid, sample in fresh.items()]
+        rates = [r for r in maybe if r is not None]
+        if len(rates) < len(maybe):
             return  # a pod seen for the first time (or restarted): its figure comes with the next scrape
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         status = {"observedTokensPerSecond": round(sum(rates), 1), "observedAt": now}

@@ -59,11 +59,13 @@ def operator_settings(options: RunOptions) -> kopf.OperatorSettings:
 
 def in_cluster_or_kubeconfig() -> Configuration:
     """The client configuration a pod (service account) or a workstation (kubeconfig) has."""
-    import kubernetes.config
+    from kubernetes.config.config_exception import ConfigException
+    from kubernetes.config.incluster_config import load_incluster_config
+    from kubernetes.config.kube_config import load_kube_config
     try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        load_incluster_config()
+    except ConfigException:
+        load_kube_config()
     return Configuration.get_default_copy()
 
 

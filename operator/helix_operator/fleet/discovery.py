@@ -146,10 +146,10 @@ def _gpu_type(node: NodeFacts, pool: PoolSpec, catalog: Catalog, gpu_resource: s
         value, source = pool.gpu_type, f"pool {pool.name} gpuType"
     else:
         keys = (pool.gpu_type_label,) if pool.gpu_type_label else GPU_LABELS
-        source = next((k for k in keys if k in node.labels), None)
-        if source is None:
+        label = next((k for k in keys if k in node.labels), None)
+        if label is None:
             return f"no GPU label ({', '.join(keys)})"
-        value = node.labels[source]
+        value, source = node.labels[label], label
     try:
         gpu = catalog.gpu(value)
     except PlanningError:
@@ -188,10 +188,10 @@ def nodes_problem(discovery: Discovery, pools: Iterable[PoolSpec]) -> tuple[str,
         return ("UnknownGPUType", f"no known GPU type matches {what}{more}: create a GPUProfile whose labels "
                 "include that value, or set gpuType on the node pool")
     if not discovery.nodes:
-        pools = ", ".join(p.name for p in pools)
+        pool_names = ", ".join(p.name for p in pools)
         idle = f"; {len(discovery.unusable)} matching nodes are NotReady or cordoned" if discovery.unusable else ""
-        return ("NoMatchingNodes", f"no Ready, schedulable node matches node pools {pools}{idle}: check the pools' "
-                "selectors against `kubectl get nodes --show-labels`")
+        return ("NoMatchingNodes", f"no Ready, schedulable node matches node pools {pool_names}{idle}: check the "
+                "pools' selectors against `kubectl get nodes --show-labels`")
     if discovery.short_pools:
         pool, have, need = discovery.short_pools[0]
         return ("InsufficientNodes", f"node pool {pool} has {have} usable nodes but minNodes is {need}")
