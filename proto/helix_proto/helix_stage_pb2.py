@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.DescriptorPool().AddSerializedFile(b'\n\x11helix_stage.proto\x12\x0bhelix.stage\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"@\n\x03Hop\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x05\"\xf5\x02\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x10\n\x08has_seed\x18\x05 \x01(\x08\x12\x10\n\x08logprobs\x18\x06 \x01(\x05\x12\x15\n\rreturn_logits\x18\x07 \x01(\x08\x12\x18\n\x10presence_penalty\x18\x08 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\t \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\n \x01(\x02\x12\x38\n\nlogit_bias\x18\x0b \x03(\x0b\x32$.helix.stage.Sampling.LogitBiasEntry\x12\x17\n\x0fseen_prompt_ids\x18\x0c \x03(\x03\x12\x17\n\x0fseen_output_ids\x18\r \x03(\x03\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xdd\x01\n\x05\x43hunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x05phase\x18\x02 \x01(\x0e\x32\x12.helix.stage.Phase\x12\x16\n\x0estart_position\x18\x03 \x01(\x05\x12\x12\n\nnum_tokens\x18\x04 \x01(\x05\x12\x1f\n\x05route\x18\x06 \x03(\x0b\x32\x10.helix.stage.Hop\x12\'\n\x08sampling\x18\x07 \x01(\x0b\x32\x15.helix.stage.Sampling\x12\x10\n\x08reply_to\x18\x08 \x01(\t\x12\x0f\n\x07partial\x18\t \x01(\x08J\x04\x08\x05\x10\x06\"X\n\x0c\x46orwardBatch\x12\"\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x12.helix.stage.Chunk\x12$\n\x07payload\x18\x02 \x01(\x0b\x32\x13.helix.stage.Tensor\"\x1e\n\x07Release\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\"k\n\x0cStageRequest\x12*\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x19.helix.stage.ForwardBatchH\x00\x12\'\n\x07release\x18\x02 \x01(\x0b\x32\x14.helix.stage.ReleaseH\x00\x42\x06\n\x04kind\"\xa8\x01\n\x0bTokenResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x03\x12\x10\n\x08position\x18\x03 \x01(\x05\x12\x0f\n\x07logprob\x18\x04 \x01(\x02\x12\x15\n\rtop_token_ids\x18\x05 \x03(\x03\x12\x14\n\x0ctop_logprobs\x18\x06 \x03(\x02\x12#\n\x06logits\x18\x07 \x01(\x0b\x32\x13.helix.stage.Tensor\"\xb3\x01\n\x0cRequestError\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.helix.stage.RequestError.Kind\x12\x0f\n\x07message\x18\x04 \x01(\t\"B\n\x04Kind\x12\x0c\n\x08INTERNAL\x10\x00\x12\r\n\tPREEMPTED\x10\x01\x12\x10\n\x0cROUTE_BROKEN\x10\x02\x12\x0b\n\x07INVALID\x10\x03\"b\n\nStageEvent\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.helix.stage.TokenResult\x12)\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x19.helix.stage.RequestError\"\x1f\n\x0f\x44\x65scribeRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\"\xc1\x02\n\tStageInfo\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x05\x12\x12\n\nnum_layers\x18\x05 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x06 \x01(\x05\x12\x12\n\nvocab_size\x18\x07 \x01(\x05\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x1a\n\x12kv_capacity_tokens\x18\t \x01(\x03\x12\x16\n\x0ekv_used_tokens\x18\n \x01(\x03\x12\x11\n\tplan_hash\x18\x0b \x01(\t\x12\r\n\x05ready\x18\x0c \x01(\x08\x12\x17\n\x0fkv_block_tokens\x18\r \x01(\x05\x12\x16\n\x0ekv_peer_tokens\x18\x0e \x01(\x03\x12\x17\n\x0fstalled_seconds\x18\x0f \x01(\x01\x12\x0f\n\x07problem\x18\x10 \x01(\t*7\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PREFILL\x10\x01\x12\n\n\x06\x44\x45\x43ODE\x10\x02\x32\x97\x01\n\x0cStageService\x12\x43\n\x07\x43onnect\x12\x19.helix.stage.StageRequest\x1a\x17.helix.stage.StageEvent\"\x00(\x01\x30\x01\x12\x42\n\x08\x44\x65scribe\x12\x1c.helix.stage.DescribeRequest\x1a\x16.helix.stage.StageInfo\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.DescriptorPool().AddSerializedFile(b'\n\x11helix_stage.proto\x12\x0bhelix.stage\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"@\n\x03Hop\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x05\"\x8a\x03\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x10\n\x08has_seed\x18\x05 \x01(\x08\x12\x10\n\x08logprobs\x18\x06 \x01(\x05\x12\x15\n\rreturn_logits\x18\x07 \x01(\x08\x12\x18\n\x10presence_penalty\x18\x08 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\t \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\n \x01(\x02\x12\x38\n\nlogit_bias\x18\x0b \x03(\x0b\x32$.helix.stage.Sampling.LogitBiasEntry\x12\x17\n\x0fseen_prompt_ids\x18\x0c \x03(\x03\x12\x17\n\x0fseen_output_ids\x18\r \x03(\x03\x12\x13\n\x0bjson_schema\x18\x0e \x01(\t\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xdd\x01\n\x05\x43hunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12!\n\x05phase\x18\x02 \x01(\x0e\x32\x12.helix.stage.Phase\x12\x16\n\x0estart_position\x18\x03 \x01(\x05\x12\x12\n\nnum_tokens\x18\x04 \x01(\x05\x12\x1f\n\x05route\x18\x06 \x03(\x0b\x32\x10.helix.stage.Hop\x12\'\n\x08sampling\x18\x07 \x01(\x0b\x32\x15.helix.stage.Sampling\x12\x10\n\x08reply_to\x18\x08 \x01(\t\x12\x0f\n\x07partial\x18\t \x01(\x08J\x04\x08\x05\x10\x06\"X\n\x0c\x46orwardBatch\x12\"\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x12.helix.stage.Chunk\x12$\n\x07payload\x18\x02 \x01(\x0b\x32\x13.helix.stage.Tensor\"\x1e\n\x07Release\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\"k\n\x0cStageRequest\x12*\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x19.helix.stage.ForwardBatchH\x00\x12\'\n\x07release\x18\x02 \x01(\x0b\x32\x14.helix.stage.ReleaseH\x00\x42\x06\n\x04kind\"\xa8\x01\n\x0bTokenResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x03\x12\x10\n\x08position\x18\x03 \x01(\x05\x12\x0f\n\x07logprob\x18\x04 \x01(\x02\x12\x15\n\rtop_token_ids\x18\x05 \x03(\x03\x12\x14\n\x0ctop_logprobs\x18\x06 \x03(\x02\x12#\n\x06logits\x18\x07 \x01(\x0b\x32\x13.helix.stage.Tensor\"\xb3\x01\n\x0cRequestError\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.helix.stage.RequestError.Kind\x12\x0f\n\x07message\x18\x04 \x01(\t\"B\n\x04Kind\x12\x0c\n\x08INTERNAL\x10\x00\x12\r\n\tPREEMPTED\x10\x01\x12\x10\n\x0cROUTE_BROKEN\x10\x02\x12\x0b\n\x07INVALID\x10\x03\"b\n\nStageEvent\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.helix.stage.TokenResult\x12)\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x19.helix.stage.RequestError\"\x1f\n\x0f\x44\x65scribeRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\"\xc1\x02\n\tStageInfo\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x05\x12\x12\n\nnum_layers\x18\x05 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x06 \x01(\x05\x12\x12\n\nvocab_size\x18\x07 \x01(\x05\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x1a\n\x12kv_capacity_tokens\x18\t \x01(\x03\x12\x16\n\x0ekv_used_tokens\x18\n \x01(\x03\x12\x11\n\tplan_hash\x18\x0b \x01(\t\x12\r\n\x05ready\x18\x0c \x01(\x08\x12\x17\n\x0fkv_block_tokens\x18\r \x01(\x05\x12\x16\n\x0ekv_peer_tokens\x18\x0e \x01(\x03\x12\x17\n\x0fstalled_seconds\x18\x0f \x01(\x01\x12\x0f\n\x07problem\x18\x10 \x01(\t*7\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PREFILL\x10\x01\x12\n\n\x06\x44\x45\x43ODE\x10\x02\x32\x97\x01\n\x0cStageService\x12\x43\n\x07\x43onnect\x12\x19.helix.stage.StageRequest\x1a\x17.helix.stage.StageEvent\"\x00(\x01\x30\x01\x12\x42\n\x08\x44\x65scribe\x12\x1c.helix.stage.DescribeRequest\x1a\x16.helix.stage.StageInfo\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,36 +33,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLING_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLING_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_PHASE']._serialized_start=1795
-  _globals['_PHASE']._serialized_end=1850
+  _globals['_PHASE']._serialized_start=1816
+  _globals['_PHASE']._serialized_end=1871
   _globals['_TENSOR']._serialized_start=34
   _globals['_TENSOR']._serialized_end=86
   _globals['_HOP']._serialized_start=88
   _globals['_HOP']._serialized_end=152
   _globals['_SAMPLING']._serialized_start=155
-  _globals['_SAMPLING']._serialized_end=528
-  _globals['_SAMPLING_LOGITBIASENTRY']._serialized_start=480
-  _globals['_SAMPLING_LOGITBIASENTRY']._serialized_end=528
-  _globals['_CHUNK']._serialized_start=531
-  _globals['_CHUNK']._serialized_end=752
-  _globals['_FORWARDBATCH']._serialized_start=754
-  _globals['_FORWARDBATCH']._serialized_end=842
-  _globals['_RELEASE']._serialized_start=844
-  _globals['_RELEASE']._serialized_end=874
-  _globals['_STAGEREQUEST']._serialized_start=876
-  _globals['_STAGEREQUEST']._serialized_end=983
-  _globals['_TOKENRESULT']._serialized_start=986
-  _globals['_TOKENRESULT']._serialized_end=1154
-  _globals['_REQUESTERROR']._serialized_start=1157
-  _globals['_REQUESTERROR']._serialized_end=1336
-  _globals['_REQUESTERROR_KIND']._serialized_start=1270
-  _globals['_REQUESTERROR_KIND']._serialized_end=1336
-  _globals['_STAGEEVENT']._serialized_start=1338
-  _globals['_STAGEEVENT']._serialized_end=1436
-  _globals['_DESCRIBEREQUEST']._serialized_start=1438
-  _globals['_DESCRIBEREQUEST']._serialized_end=1469
-  _globals['_STAGEINFO']._serialized_start=1472
-  _globals['_STAGEINFO']._serialized_end=1793
-  _globals['_STAGESERVICE']._serialized_start=1853
-  _globals['_STAGESERVICE']._serialized_end=2004
+  _globals['_SAMPLING']._serialized_end=549
+  _globals['_SAMPLING_LOGITBIASENTRY']._serialized_start=501
+  _globals['_SAMPLING_LOGITBIASENTRY']._serialized_end=549
+  _globals['_CHUNK']._serialized_start=552
+  _globals['_CHUNK']._serialized_end=773
+  _globals['_FORWARDBATCH']._serialized_start=775
+  _globals['_FORWARDBATCH']._serialized_end=863
+  _globals['_RELEASE']._serialized_start=865
+  _globals['_RELEASE']._serialized_end=895
+  _globals['_STAGEREQUEST']._serialized_start=897
+  _globals['_STAGEREQUEST']._serialized_end=1004
+  _globals['_TOKENRESULT']._serialized_start=1007
+  _globals['_TOKENRESULT']._serialized_end=1175
+  _globals['_REQUESTERROR']._serialized_start=1178
+  _globals['_REQUESTERROR']._serialized_end=1357
+  _globals['_REQUESTERROR_KIND']._serialized_start=1291
+  _globals['_REQUESTERROR_KIND']._serialized_end=1357
+  _globals['_STAGEEVENT']._serialized_start=1359
+  _globals['_STAGEEVENT']._serialized_end=1457
+  _globals['_DESCRIBEREQUEST']._serialized_start=1459
+  _globals['_DESCRIBEREQUEST']._serialized_end=1490
+  _globals['_STAGEINFO']._serialized_start=1493
+  _globals['_STAGEINFO']._serialized_end=1814
+  _globals['_STAGESERVICE']._serialized_start=1874
+  _globals['_STAGESERVICE']._serialized_end=2025
 # @@protoc_insertion_point(module_scope)

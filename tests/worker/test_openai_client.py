@@ -103,8 +103,6 @@ def test_penalties_give_the_penalized_reference_tokens(client, reference, checkp
     (lambda c: c.completions.create(model=MODEL, prompt="x", best_of=3), "`best_of`"),
     (lambda c: c.completions.create(model=MODEL, prompt="x", logit_bias={"999999": 5}), "`logit_bias`"),
     (lambda c: c.completions.create(model=MODEL, prompt="x", presence_penalty=2.5), "`presence_penalty`"),
-    (lambda c: c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}],
-                                         response_format={"type": "json_object"}), "`response_format`"),
     (lambda c: c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], tools=[
         {"type": "function", "function": {"name": "f", "parameters": {}}}]), "`tools`"),
 ])

@@ -54,6 +54,8 @@ class SamplingParams:
     # a re-prefill when any penalty is.
     seen_prompt_ids: tuple[int, ...] = ()
     seen_output_ids: tuple[int, ...] = ()
+    # JSON Schema text the output must be valid JSON for (`engine.grammar`); "" is unconstrained.
+    json_schema: str = ""
 
     @property
     def greedy(self) -> bool:

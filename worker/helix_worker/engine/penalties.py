@@ -17,12 +17,13 @@ from helix_worker.protocol import SamplingParams
 
 
 def with_history(params: SamplingParams, prompt_ids: tuple[int, ...], generated: list[int]) -> SamplingParams:
-    """`params` for a prefill chunk: with the tokens its penalties count that the last stage has
-    not sampled (nothing is added to a request without penalties)."""
-    if not params.penalized:
+    """`params` for a prefill chunk: with the tokens its penalties count, or its JSON grammar
+    replays, that the last stage has not sampled (nothing is added to a request without either)."""
+    if not (params.penalized or params.json_schema):
         return params
     repetition = params.repetition_penalty != 1.0
-    counts_output = repetition or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+    counts_output = repetition or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0 \
+        or bool(params.json_schema)
     return replace(params, seen_prompt_ids=tuple(prompt_ids) if repetition else (),
                    seen_output_ids=tuple(generated) if counts_output else ())
 

@@ -26,6 +26,7 @@ from typing import Protocol
 import torch
 
 from helix_worker.engine.attention import StepLayout
+from helix_worker.engine.grammar import Grammars
 from helix_worker.engine.kv_pool import BlockAllocator, KVPool, KVUsage
 from helix_worker.engine.model import LayerSlice
 from helix_worker.engine.scheduler import Piece, Scheduler, Step
@@ -53,11 +54,13 @@ class StepObserver(Protocol):
 class _StepResult:
     forwards: list[tuple[Hop, list[Chunk], torch.Tensor]]
     sampled: list[tuple[str, Sampled]]
+    failed: list[tuple[str, Failure]]  # requests whose output grammar could not go on
 
 
 class StageEngine:
     def __init__(self, node: str, model: LayerSlice, pool: KVPool, *, max_batch_tokens: int,
-                 slowdown: float = 1.0, observer: StepObserver | None = None) -> None:
+                 slowdown: float = 1.0, observer: StepObserver | None = None,
+                 grammars: Grammars | None = None) -> None:
         self.node, self.model, self.pool = node, model, pool
         self.allocator = BlockAllocator(pool.blocks, pool.block_tokens)
         self.scheduler = Scheduler(node, self.allocator, max_batch_tokens)
@@ -68,6 +71,7 @@ class StageEngine:
         self._rng = torch.Generator()
         self._rng.seed()  # unseeded requests draw from a non-deterministic stream
         self._history = TokenHistory()  # what the penalties of requests sampled here count
+        self._grammars = grammars  # JSON output; None where this stage has no tokenizer
         self._awaited: dict[str, float] = {}  # requests whose next input is due: when their step ended
         self._round_trip = 0.0  # average time from a step's end to a request's next input
         self._step_seconds = 0.0  # average step time
@@ -122,6 +126,8 @@ class StageEngine:
                     "need at least one token, a position >= 0 and one row per token")
         if hop.end < self.model.config.num_layers and len(chunk.route) < 2:
             return f"the route ends at layer {hop.end} of {self.model.config.num_layers}: no next hop"
+        if chunk.sampling.json_schema and hop.end == self.model.config.num_layers and self._grammars is None:
+            return f"{self.node} has no tokenizer.json in its checkpoint, which JSON output (response_format) needs"
         return problem(chunk.sampling, self.model.config.vocab_size)
 
     def release(self, request_ids: list[str]) -> None:
@@ -130,8 +136,13 @@ class StageEngine:
         for request_id in request_ids:
             self.scheduler.release(request_id)
             self._awaited.pop(request_id, None)
-            self._history.forget(request_id)
+            self._forget(request_id)
         self._wakeup.set()
+
+    def _forget(self, request_id: str) -> None:
+        self._history.forget(request_id)
+        if self._grammars is not None:
+            self._grammars.forget(request_id)
 
     async def run(self) -> None:
         """Step forever (until cancelled)."""
@@ -162,7 +173,7 @@ class StageEngine:
                         self.scheduler.release(chunk.request_id)
                         self._send_failures(chunk.reply_to, [Failure(chunk.request_id, self.node,
                                                                      FailureKind.INTERNAL, repr(err))])
-                    result = _StepResult([], [])
+                    result = _StepResult([], [], [])
                 self._finish_step(step, result, time.perf_counter() - started)
                 self._progress = time.monotonic()
         except Exception as err:
@@ -194,37 +205,49 @@ class StageEngine:
             hop = piece.chunk.route[0]
             groups.setdefault((hop.start, hop.end), []).append(index)
         config = self.model.config
-        forwards, sampled = [], []
+        forwards, sampled, failed = [], [], []
         for (start, end), members in groups.items():
             pieces = [step.pieces[i] for i in members]
             layout = StepLayout.build([step.sequences[i] for i in members], self.pool.block_tokens, config.num_heads,
                                       config.num_kv_heads, self.model.dtype, self.model.device)
             hidden = self.model.forward(torch.cat([p.rows for p in pieces]), layout, self.pool, start, end)
             if end == config.num_layers:
-                sampled += self._sample(pieces, hidden)
+                done, refused = self._sample(pieces, hidden)
+                sampled += done
+                failed += refused
             else:
                 forwards += _split_by_next_hop(pieces, hidden)
         if self.slowdown > 1.0:
             time.sleep((time.perf_counter() - started) * (self.slowdown - 1.0))
-        return _StepResult(forwards, sampled)
+        return _StepResult(forwards, sampled, failed)
 
-    def _sample(self, pieces: list[Piece], hidden: torch.Tensor) -> list[tuple[str, Sampled]]:
-        """Sample after each request's whole input; partial prompt chunks only fill the cache."""
+    def _sample(self, pieces: list[Piece],
+                hidden: torch.Tensor) -> tuple[list[tuple[str, Sampled]], list[tuple[str, Failure]]]:
+        """Sample after each request's whole input; partial prompt chunks only fill the cache.
+        Penalties, then the JSON grammar's mask, shape what a row draws from."""
         ends = torch.tensor([p.chunk.length for p in pieces]).cumsum(0) - 1
         done = [i for i, p in enumerate(pieces) if not p.chunk.partial]
         if not done:
-            return []
+            return [], []
         logits = self.model.logits(hidden[ends[done].to(hidden.device)]).cpu()  # sampling lives on the CPU
-        out = []
+        out, failed = [], []
         for i, row in zip(done, logits):
             chunk = pieces[i].chunk
             position = chunk.position + chunk.length
             adjusted = self._history.adjust(chunk.request_id, row, chunk.sampling)
-            token, logprob, top = sample_row(row, chunk.sampling, position, self._rng, adjusted)
+            try:
+                if self._grammars is not None:
+                    adjusted = self._grammars.constrain(chunk.request_id, adjusted, chunk.sampling)
+                token, logprob, top = sample_row(row, chunk.sampling, position, self._rng, adjusted)
+                if self._grammars is not None and not self._grammars.accept(chunk.request_id, token):
+                    raise ValueError(f"token {token} breaks the json_schema grammar (non-finite logits?)")
+            except ValueError as err:
+                failed.append((chunk.reply_to, Failure(chunk.request_id, self.node, FailureKind.INVALID, str(err))))
+                continue
             self._history.record(chunk.request_id, token)
             out.append((chunk.reply_to, Sampled(chunk.request_id, token, position, logprob, top,
                                                 row.clone() if chunk.sampling.return_logits else None)))
-        return out
+        return out, failed
 
     def _finish_step(self, step: Step, result: _StepResult, seconds: float) -> None:
         gone = self.scheduler.is_gone
@@ -245,10 +268,15 @@ class StageEngine:
             if not gone(item.request_id):
                 by_peer.setdefault(reply_to, []).append(item)
             else:
-                self._history.forget(item.request_id)  # released while its step ran
-        for reply_to, results in by_peer.items():
+                self._forget(item.request_id)  # released while its step ran
+        failures: dict[str, list[Failure]] = {}
+        for reply_to, failure in result.failed:
+            self.scheduler.release(failure.request_id)
+            self._forget(failure.request_id)
+            failures.setdefault(reply_to, []).append(failure)
+        for reply_to in by_peer.keys() | failures.keys():
             if self.outputs is not None:
-                self.outputs.deliver(reply_to, results, [])
+                self.outputs.deliver(reply_to, by_peer.get(reply_to, []), failures.get(reply_to, []))
         if self.observer is not None:
             now = time.perf_counter()
             preempted = sum(f.kind == FailureKind.PREEMPTED for f, _ in step.refused)

@@ -1,26 +1,27 @@
 """OpenAI request bodies -> `OpenAIRequest`: every field is honoured or refused by name.
 
-A client that sends a field this server would ignore (JSON mode, tool calling, suffix) gets a
-400 naming it instead of an answer that silently lacks it. Defaults follow vLLM's OpenAI
+A client that sends a field this server would ignore (tool calling, suffix) gets a 400 naming
+it instead of an answer that silently lacks it; `response_format` JSON modes constrain the
+output by grammar (`response_format`). Defaults follow vLLM's OpenAI
 server: max_tokens absent means as many as the context leaves; `top_k`, `ignore_eos` and
 `repetition_penalty` are its extensions. `user` is accepted as OpenAI's end-user tag, which
 changes nothing in the answer.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from helix_worker.errors import InvalidRequest
 from helix_worker.frontend import validation as check
+from helix_worker.frontend.response_format import json_schema_of
 from helix_worker.frontend.service import TextRequest
 
 MAX_CHOICES = 16
 _COMMON = frozenset({"model", "stream", "stream_options", "max_tokens", "n", "temperature", "top_p", "top_k", "seed",
                      "stop", "ignore_eos", "presence_penalty", "frequency_penalty", "repetition_penalty",
-                     "logit_bias", "logprobs", "user"})
+                     "logit_bias", "logprobs", "user", "response_format"})
 FIELDS = {False: _COMMON | {"prompt", "echo", "best_of", "suffix"},
-          True: _COMMON | {"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice",
-                           "response_format"}}
+          True: _COMMON | {"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice"}}
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,15 @@ def parse_body(body: Any, *, chat: bool) -> OpenAIRequest:
                               frequency_penalty=check.given(body, "frequency_penalty", 0.0),
                               repetition_penalty=check.given(body, "repetition_penalty", 1.0),
                               logit_bias=body.get("logit_bias"))
+    ignore_eos = check.flag("ignore_eos", check.given(body, "ignore_eos", False))
+    if schema := json_schema_of(check.given(body, "response_format", {"type": "text"})):
+        if ignore_eos:
+            raise InvalidRequest("`ignore_eos` cannot go with a JSON `response_format`: the output ends with the "
+                                 "end-of-sequence token once the JSON value is complete")
+        sampling = replace(sampling, json_schema=schema)
     common: dict[str, Any] = {
         "max_tokens": None if max_tokens is None else check.integer("max_tokens", max_tokens, 1, check.MAX_TOKENS_MAX),
-        "sampling": sampling, "stop": check.stop_strings(body.get("stop")),
-        "ignore_eos": check.flag("ignore_eos", check.given(body, "ignore_eos", False))}
+        "sampling": sampling, "stop": check.stop_strings(body.get("stop")), "ignore_eos": ignore_eos}
     text = _chat(body, common) if chat else _completion(body, common)
     return OpenAIRequest(text, n, stream, _include_usage(body, stream))
 
@@ -73,11 +79,6 @@ def _refuse_unsupported(body: dict[str, Any], n: int) -> None:
         raise InvalidRequest("`best_of` other than n is not supported: this server does not rank samples; use n")
     if body.get("suffix") is not None:
         raise InvalidRequest("`suffix` is not supported: this server does not fill in between a prompt and a suffix")
-    response_format = check.given(body, "response_format", {"type": "text"})
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if kind != "text":
-        raise InvalidRequest(f"`response_format` {_shown(kind or response_format)} is not supported: this server "
-                             "has no guided decoding (JSON mode, JSON schema); only {\"type\": \"text\"}")
     tools, choice = body.get("tools"), body.get("tool_choice")
     if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
         raise InvalidRequest("`tools` must be a list of objects")

@@ -24,6 +24,7 @@ from helix_worker.metrics import StageMetrics
 from helix_worker.model.config import parse_dtype
 from helix_worker.transport.readyfile import write_ready_file
 from helix_worker.engine import cpu_kernels
+from helix_worker.engine.grammar import Grammars
 from helix_worker.engine.model import LayerSlice
 from helix_worker.stage.endpoint import StageEndpoint
 from helix_worker.engine.stage_engine import StageEngine
@@ -100,7 +101,8 @@ async def serve_stage(options: StageOptions, settings: Settings) -> None:
         if model.device.type == "cpu":  # build (or load) the decode kernel now, not in the first step
             await asyncio.to_thread(cpu_kernels.paged_decode)
         engine = StageEngine(options.node, model, pool, max_batch_tokens=settings.max_batch_tokens,
-                             slowdown=settings.slowdown, observer=metrics)
+                             slowdown=settings.slowdown, observer=metrics,
+                             grammars=_grammars(options.checkpoint, model))
         tokens = engine.usage().capacity_tokens
         metrics.kv(engine.usage())
         identity = StageIdentity(options.node, str(options.plan.model.get("name", "")), options.plan.plan_hash)
@@ -125,6 +127,14 @@ async def serve_stage(options: StageOptions, settings: Settings) -> None:
         if endpoint is not None:
             await endpoint.stop(grace=1.0)
         await runner.cleanup()
+
+
+def _grammars(checkpoint: Path, model: LayerSlice) -> Grammars | None:
+    """JSON output at the last stage, which samples: it needs the checkpoint's tokenizer."""
+    config = model.config
+    if model.end < config.num_layers or not (checkpoint / "tokenizer.json").exists():
+        return None
+    return Grammars(checkpoint, config.vocab_size, config.eos_token_ids)
 
 
 def _engine_stopped(node: str, task: asyncio.Task, ready: asyncio.Event, broken: asyncio.Event) -> None:

@@ -58,7 +58,7 @@ def sampling_to_proto(params: SamplingParams) -> pb.Sampling:
                        return_logits=params.return_logits, presence_penalty=params.presence_penalty,
                        frequency_penalty=params.frequency_penalty, repetition_penalty=params.repetition_penalty,
                        logit_bias=dict(params.logit_bias), seen_prompt_ids=params.seen_prompt_ids,
-                       seen_output_ids=params.seen_output_ids)
+                       seen_output_ids=params.seen_output_ids, json_schema=params.json_schema)
 
 
 def chunk_to_proto(chunk: Chunk) -> pb.Chunk:
@@ -78,7 +78,8 @@ def chunk_from_proto(message: pb.Chunk) -> Chunk:
                                 return_logits=s.return_logits, presence_penalty=s.presence_penalty,
                                 frequency_penalty=s.frequency_penalty, repetition_penalty=s.repetition_penalty or 1.0,
                                 logit_bias=tuple(sorted(s.logit_bias.items())),
-                                seen_prompt_ids=tuple(s.seen_prompt_ids), seen_output_ids=tuple(s.seen_output_ids)),
+                                seen_prompt_ids=tuple(s.seen_prompt_ids), seen_output_ids=tuple(s.seen_output_ids),
+                                json_schema=s.json_schema),
     )
 
 

@@ -1,0 +1,134 @@
+"""OpenAI `response_format` JSON modes through the real `openai` client: xgrammar masks the
+logits on the last stage of the served two-stage fleet (a random model, which left alone
+writes no JSON), and a request without a format in the same batches samples as before."""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import jsonschema
+import openai
+import pytest
+import torch
+import xgrammar as xgr
+from dataplane_helpers import MODEL
+
+from helix_worker.engine.grammar import JSON_OBJECT, Grammars
+from helix_worker.engine.reference import ReferenceModel
+from helix_worker.model.config import load_model_config
+from helix_worker.model.tokenizer import load_tokenizer
+from helix_worker.protocol import SamplingParams
+
+PERSON = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 6},
+    "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    "role": {"enum": ["admin", "user"]},
+    "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 2}},
+    "required": ["name", "age", "role", "tags"]}
+AS_PERSON = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+PROMPT = [40, 41, 42, 43, 44]
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    with openai.OpenAI(base_url=served.http_url + "/v1", api_key="unused", max_retries=0, timeout=120) as api:
+        yield api
+
+
+def _together(*calls: Any) -> list[Any]:
+    """Run the calls at once, so the stages batch them together."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [f.result() for f in [pool.submit(call) for call in calls]]
+
+
+def test_json_modes_hold_and_a_cobatched_free_request_is_unaffected(client, checkpoint) -> None:
+    tokenizer = load_tokenizer(checkpoint)
+    (quote,), (brace,) = tokenizer.encode('"', add_special=False), tokenizer.encode("}", add_special=False)
+    # Nudges towards '"' and '}' end the random model's strings and objects within max_tokens.
+    objects = [{"model": MODEL, "messages": [{"role": "user", "content": f"object {i}"}], "max_tokens": 150,
+                "temperature": 1.0, "seed": i, "logit_bias": {str(quote): 20, str(brace): 14}} for i in range(3)]
+    people = [{"model": MODEL, "messages": [{"role": "user", "content": "a person"}], "max_tokens": 80,
+               "temperature": 1.0, "seed": i} for i in range(2)]
+    chat = client.chat.completions.create
+    free, *done = _together(
+        lambda: client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0,
+                                          extra_body={"ignore_eos": True}),
+        *[lambda o=o: chat(**o, response_format={"type": "json_object"}) for o in objects],
+        *[lambda p=p: chat(**p, response_format=AS_PERSON) for p in people])
+    for answer in done:
+        assert answer.choices[0].finish_reason == "stop", answer.choices[0].message.content
+    assert all(isinstance(json.loads(a.choices[0].message.content), dict) for a in done[:3])
+    for answer in done[3:]:
+        jsonschema.validate(json.loads(answer.choices[0].message.content), PERSON)
+
+    expected = ReferenceModel(checkpoint).greedy(PROMPT, 24).tokens
+    assert free.choices[0].text == tokenizer.decode(expected)
+    plain = _together(*[lambda o=o: chat(**o) for o in objects])
+    assert not any(_is_json(p.choices[0].message.content) for p in plain), "without the grammar, no JSON"
+    streamed = chat(**people[0], response_format=AS_PERSON, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == done[3].choices[0].message.content
+
+
+def test_greedy_json_schema_is_the_reference_argmax_under_the_grammar(client, checkpoint) -> None:
+    """Independently: greedy over the whole model's logits, masked by xgrammar's matcher here."""
+    tokenizer, config = load_tokenizer(checkpoint), load_model_config(checkpoint)
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer.hf, vocab_size=config.vocab_size,
+                                              stop_token_ids=list(config.eos_token_ids))
+    matcher = xgr.GrammarMatcher(xgr.GrammarCompiler(info).compile_json_schema(json.dumps(PERSON),
+                                                                               any_whitespace=False))
+    reference, ids, mask = ReferenceModel(checkpoint), list(PROMPT), xgr.allocate_token_bitmask(1, config.vocab_size)
+    while not matcher.is_terminated():
+        logits = reference.next_logits(ids).clone().unsqueeze(0)
+        matcher.fill_next_token_bitmask(mask)
+        xgr.apply_token_bitmask_inplace(logits, mask)
+        ids.append(int(logits.argmax()))
+        assert matcher.accept_token(ids[-1])
+    done = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=80, temperature=0,
+                                     extra_body={"response_format": AS_PERSON})  # vLLM's completions extension
+    assert done.choices[0].text == tokenizer.decode(ids[len(PROMPT):]) and done.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(done.choices[0].text), PERSON)
+
+
+@pytest.mark.parametrize("response_format, extra, words", [
+    ({"type": "regex"}, {}, "`response_format` type 'regex'"),
+    ({"type": "json_schema"}, {}, "`response_format.json_schema` must be an object"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integr"}}}, {},
+     "`response_format.json_schema.schema` cannot constrain the output: Unsupported type \"integr\""),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {}, "extra": 1}}, {},
+     "`response_format.json_schema.extra`"),
+    ({"type": "json_object"}, {"ignore_eos": True}, "`ignore_eos` cannot go with a JSON `response_format`"),
+])
+def test_bad_response_formats_are_refused_by_name(client, response_format, extra, words) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=4,
+                                       response_format=response_format, extra_body=extra)
+    assert words in refused.value.body["message"]
+
+
+def test_a_re_prefill_replays_the_generated_tokens_into_a_new_matcher(checkpoint) -> None:
+    """After a preemption the request returns under a new id with its tokens so far; its mask
+    then equals the one the first matcher would give, and nothing else is masked."""
+    config, tokenizer = load_model_config(checkpoint), load_tokenizer(checkpoint)
+    grammars = Grammars(checkpoint, config.vocab_size, config.eos_token_ids)
+    params = SamplingParams(json_schema=JSON_OBJECT)
+    logits, generated = torch.zeros(config.vocab_size), tokenizer.encode('{"ab": [1, ', add_special=False)
+    for token in generated:
+        assert not torch.isinf(grammars.constrain("first", logits, params)[token])
+        assert grammars.accept("first", token)
+    resumed = SamplingParams(json_schema=JSON_OBJECT, seen_output_ids=tuple(generated))
+    mask = grammars.constrain("first", logits, params)
+    assert torch.equal(grammars.constrain("second", logits, resumed), mask)
+    (brace,), (digit,) = tokenizer.encode("}", add_special=False), tokenizer.encode("7", add_special=False)
+    assert torch.isinf(mask[brace]) and not torch.isinf(mask[digit]), "inside the list: a value, not '}'"
+    assert grammars.constrain("free", logits, SamplingParams()) is logits
+    grammars.forget("first")
+    with pytest.raises(ValueError, match="do not fit the json_schema"):
+        grammars.constrain("third", logits, SamplingParams(json_schema=JSON_OBJECT, seen_output_ids=(brace,)))
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
