@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--prompt", default="Helix serves", help="prompt of the sample generation")
     up.add_argument("--max-tokens", type=int, default=16)
     up.add_argument("--exit-after-sample", action="store_true", help="stop everything after the sample (for CI)")
+    up.add_argument("--emulate-network", action="store_true",
+                    help="with --cluster: run each node and the front end in a network namespace of its own, joined "
+                         "by paths shaped to the file's bandwidths and latencies (needs root)")
     up.set_defaults(func=run_up)
 
     profile = subparsers.add_parser("profile", help="measure per-layer prompt/decode latency curves (catalog YAML)")
@@ -198,7 +201,7 @@ def run_up(args: argparse.Namespace) -> int:
                         slowdowns=args.slowdown, workdir=args.workdir,
                         grpc_port=args.grpc_port, http_port=args.http_port, prompt=args.prompt,
                         max_tokens=args.max_tokens, exit_after_sample=args.exit_after_sample,
-                        plan_seconds=args.plan_seconds))
+                        plan_seconds=args.plan_seconds, emulate_network=args.emulate_network))
 
 
 def run_profile(args: argparse.Namespace) -> int:

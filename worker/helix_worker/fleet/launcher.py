@@ -9,6 +9,8 @@ every child a certificate it signed (HELIX_TLS_*), so that all hops use mutual T
 `member_tls` issues one for an in-process peer. Each worker is told the fleet's
 endpoints file (`--endpoints`), where a worker's address goes once it is up: the only next
 hops the stages dial.
+A child may run in a network namespace of an emulated network (`netem`); it then listens
+there and its peers dial the address given for it.
 """
 
 import json
@@ -24,6 +26,8 @@ from helix_worker.transport.readyfile import wait_ready_file
 from helix_worker.security.issuing import issue, new_ca, write_bundle
 from helix_worker.security.tls import ClusterTLS
 
+LOOPBACK = "127.0.0.1"
+
 
 @dataclass
 class Child:
@@ -33,14 +37,15 @@ class Child:
     log_path: Path
     ports: dict[str, int] = field(default_factory=dict)
     worker: bool = False
+    host: str = LOOPBACK  # the address peers dial: an emulated host's bridge address in its namespace
 
     @property
     def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.ports['grpc']}"
+        return f"{self.host}:{self.ports['grpc']}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['http']}"
+        return f"http://{self.host}:{self.ports['http']}"
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -66,19 +71,21 @@ class LocalFleet:
         self.stop()
 
     def start_worker(self, plan: Path, node: str, checkpoint: Path, *, port: int = 0,
-                     env: dict[str, str] | None = None) -> Child:
-        """Start a stage; `port` 0 binds any free port (a restarted stage reuses its old one)."""
+                     env: dict[str, str] | None = None, netns: str | None = None, host: str = LOOPBACK) -> Child:
+        """Start a stage; `port` 0 binds any free port (a restarted stage reuses its old one). With
+        `netns` it runs in that network namespace, where peers reach it at `host` (see `netem`)."""
         child = self._spawn(node, ["worker", "--plan", str(plan), "--node", node, "--model", str(checkpoint),
                                    "--port", str(port), "--http-port", "0", "--endpoints", str(self.endpoints_path)],
-                            env)
+                            env, netns, host)
         child.worker = True
         return child
 
     def start_frontend(self, plan: Path, endpoints: Path, checkpoint: Path, *, model_name: str = "",
-                       grpc_port: int = 0, http_port: int = 0, env: dict[str, str] | None = None) -> Child:
+                       grpc_port: int = 0, http_port: int = 0, env: dict[str, str] | None = None,
+                       netns: str | None = None, host: str = LOOPBACK) -> Child:
         args = ["frontend", "--plan", str(plan), "--endpoints", str(endpoints), "--model", str(checkpoint),
                 "--grpc-port", str(grpc_port), "--http-port", str(http_port)]
-        return self._spawn("frontend", args + (["--model-name", model_name] if model_name else []), env)
+        return self._spawn("frontend", args + (["--model-name", model_name] if model_name else []), env, netns, host)
 
     def wait(self, child: Child, timeout: float = 120.0) -> Child:
         """Block until the child reports its ports; its log tail is in the error if it dies."""
@@ -96,10 +103,11 @@ class LocalFleet:
         scratch.write_text(json.dumps(known | {node: address}, indent=2))
         scratch.replace(self.endpoints_path)  # workers read it at any time: never half-written
 
-    def member_tls(self, name: str) -> ClusterTLS:
-        """A certificate of the fleet's CA for `name` (a child, or an in-process peer)."""
+    def member_tls(self, name: str, host: str = LOOPBACK) -> ClusterTLS:
+        """A certificate of the fleet's CA for `name` (a child, or an in-process peer) reached at `host`."""
+        ips = list(dict.fromkeys([LOOPBACK, host]))
         directory = write_bundle(self.workdir / "tls" / name, self._ca,
-                                 issue(self._ca, name, dns_names=["localhost"], ips=["127.0.0.1"]))
+                                 issue(self._ca, name, dns_names=["localhost"], ips=ips))
         return ClusterTLS.from_dir(directory)
 
     def kill(self, child: Child) -> None:
@@ -119,16 +127,18 @@ class LocalFleet:
                 child.process.wait(timeout=timeout)
         self.children.clear()
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None) -> Child:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None, netns: str | None = None,
+               host: str = LOOPBACK) -> Child:
         ready = self.workdir / f"{name}.ready.json"
         ready.unlink(missing_ok=True)
         log_path = self.workdir / f"{name}.log"
-        tls = self.member_tls(name)
+        tls = self.member_tls(name, host)
         identity = {"HELIX_TLS_CERT": str(tls.cert), "HELIX_TLS_KEY": str(tls.key), "HELIX_TLS_CA": str(tls.ca)}
+        command = [sys.executable, "-m", "helix_worker", *args, "--ready-file", str(ready)]
         with open(log_path, "wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "helix_worker", *args, "--ready-file", str(ready)],
+            process = subprocess.Popen((["ip", "netns", "exec", netns] if netns else []) + command,
                                        stdout=log, stderr=subprocess.STDOUT,
                                        env={**self.env, **identity, **(env or {})}, start_new_session=True)
-        child = Child(name, process, ready, log_path)
+        child = Child(name, process, ready, log_path, host=host)
         self.children.append(child)
         return child

@@ -7,8 +7,12 @@ exactly the plan's nodes with their slowdowns, prints the endpoints and a sample
 generation, then serves until Ctrl-C (or exits after the sample with `exit_after_sample`),
 always stopping every child. The fleet is its own cluster: a throwaway CA in the work
 directory signs a certificate for each child, and every hop between them uses mutual TLS.
+With `emulate_network` a cluster file's regions become network namespaces joined by paths
+shaped to its bandwidths and latencies (`netem`, `emulated`), so activations really cross
+slow links; this needs root (CAP_NET_ADMIN).
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -16,15 +20,27 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from helix_planner.io.cluster_yaml import load_cluster_yaml
+from helix_planner.plan_format import PlannedNode
 from helix_planner.report import plan_table
 from helix_worker.envs import Settings, env_name
 from helix_worker.errors import ServingError
-from helix_worker.fleet.plans import (CLUSTER_PLAN_SECONDS, LOCAL_PLAN_SECONDS, FleetPlan, check_local_fleet,
-                                     cluster_file_plan, local_fleet_plan)
+from helix_worker.fleet.emulated import Served, hosts_of, start_emulated
 from helix_worker.fleet.launcher import LocalFleet
+from helix_worker.fleet.netem import EmulatedNetwork
+from helix_worker.fleet.netns import require_net_admin
+from helix_worker.fleet.plans import (
+    CLUSTER_PLAN_SECONDS,
+    LOCAL_PLAN_SECONDS,
+    FleetPlan,
+    check_local_fleet,
+    cluster_file_plan,
+    local_fleet_plan,
+)
 from helix_worker.model.config import ModelConfig, load_model_config
 from helix_worker.model.random_checkpoint import write_demo_checkpoint
 
@@ -43,6 +59,7 @@ class UpOptions:
     exit_after_sample: bool = False
     ready_timeout: float = 180.0
     plan_seconds: float | None = None  # None: LOCAL_PLAN_SECONDS, or CLUSTER_PLAN_SECONDS with a cluster file
+    emulate_network: bool = False  # a cluster file's regions as network namespaces and shaped paths (`netem`)
 
 
 def sample(http_url: str, prompt: str, max_tokens: int) -> str:
@@ -50,7 +67,10 @@ def sample(http_url: str, prompt: str, max_tokens: int) -> str:
     request = urllib.request.Request(http_url + "/v1/completions", body, {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
-            return json.loads(response.read())["choices"][0]["text"]
+            text = json.loads(response.read())["choices"][0]["text"]
+        if not isinstance(text, str):
+            raise ServingError(f"the sample answer's text is {type(text).__name__}, not a string")
+        return text
     except urllib.error.HTTPError as err:
         raise ServingError(f"the sample request failed: {err.code} {err.read().decode(errors='replace')}") from None
 
@@ -85,7 +105,7 @@ def worker_env(workers: int, environ: dict[str, str] | None = None) -> dict[str,
 
 
 def make_plan(options: UpOptions, checkpoint: Path, config: ModelConfig, name: str, workdir: Path,
-              shared: dict[str, str], out=print) -> FleetPlan:
+              shared: dict[str, str], out: Callable[[str], None] = print) -> FleetPlan:
     """The planner's placement of the cluster file, or of the local workers as measured here (with
     the `shared` variables every worker gets)."""
     settings = Settings.from_env(os.environ | shared)  # what the workers will run with (device, dtype, threads)
@@ -96,16 +116,20 @@ def make_plan(options: UpOptions, checkpoint: Path, config: ModelConfig, name: s
                             settings, options.plan_seconds or LOCAL_PLAN_SECONDS, out)
 
 
-def report_plan(fleet_plan: FleetPlan, out=print) -> None:
+def report_plan(fleet_plan: FleetPlan, out: Callable[[str], None] = print) -> None:
     """The planner's summary, then every node the plan leaves out."""
     out(plan_table(fleet_plan.plan).rstrip())
     for name in fleet_plan.unused:
         out(f"{name} (slowdown {fleet_plan.slowdowns[name]:g}) is left unused by the plan: not started")
 
 
-def up(options: UpOptions, out=print) -> int:
+def up(options: UpOptions, out: Callable[[str], None] = print) -> int:
     if options.cluster_file is None:
         check_local_fleet(options.workers, options.slowdowns)
+        if options.emulate_network:
+            raise ServingError("--emulate-network emulates a cluster file's regions: give --cluster FILE")
+    if options.emulate_network:
+        require_net_admin()  # before planning, which takes a while
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="helix-up-"))
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoint = options.checkpoint
@@ -123,36 +147,55 @@ def up(options: UpOptions, out=print) -> int:
     plan, slowdowns = fleet_plan.plan, fleet_plan.slowdowns
     plan_path = workdir / "plan.json"
     plan_path.write_text(plan.to_json())
-    with LocalFleet(workdir / "logs") as fleet:
+    node_env = {n.name: shared | {"HELIX_SLOWDOWN": str(slowdowns[n.name])} for n in plan.nodes}
+    with contextlib.ExitStack() as stack:
         previous = signal.signal(signal.SIGTERM, _interrupt)
+        stack.callback(signal.signal, signal.SIGTERM, previous)
         try:
-            children = [fleet.start_worker(plan_path, n.name, checkpoint,
-                                           env=shared | {"HELIX_SLOWDOWN": str(slowdowns[n.name])}) for n in plan.nodes]
-            endpoints = {c.name: fleet.wait(c, options.ready_timeout).grpc_address for c in children}
-            endpoints_path = workdir / "endpoints.json"
-            endpoints_path.write_text(json.dumps(endpoints, indent=2))
-            frontend = fleet.wait(fleet.start_frontend(plan_path, endpoints_path, checkpoint, model_name=name,
-                                                       grpc_port=options.grpc_port, http_port=options.http_port),
-                                  options.ready_timeout)
-            wait_ready(frontend.http_url, fleet, options.ready_timeout)
+            net = None
+            if options.emulate_network and options.cluster_file is not None:
+                net = stack.enter_context(EmulatedNetwork(load_cluster_yaml(options.cluster_file)[0], hosts_of(plan),
+                                                          workdir / "net"))
+            fleet = stack.enter_context(LocalFleet(workdir / "logs"))  # stopped before the network goes
+            if net is None:
+                served = start_loopback(fleet, plan_path, plan.nodes, checkpoint, node_env, name, options)
+            else:
+                served = start_emulated(fleet, net, plan, plan_path, checkpoint, node_env, model_name=name,
+                                        grpc_port=options.grpc_port, http_port=options.http_port,
+                                        timeout=options.ready_timeout)
+            endpoints = served.endpoints
+            wait_ready(served.http_url, fleet, options.ready_timeout)
             out(f"Helix is serving {name} ({config.num_layers} layers) over {len(plan.nodes)} workers, "
                 f"{len(plan.pipelines)} pipeline(s); plan {plan.plan_hash} in {plan_path}")
             for node in plan.nodes:
                 out(f"  {node.name:<12} layers [{node.start}, {node.end})  {endpoints[node.name]}  "
                     f"slowdown {slowdowns[node.name]:g}")
-            out(f"  KServe v2 gRPC  {frontend.grpc_address}")
-            out(f"  OpenAI HTTP     {frontend.http_url}/v1")
-            out(f"  metrics         {frontend.http_url}/metrics   (logs: {fleet.workdir})")
+            out(f"  KServe v2 gRPC  {served.grpc_address}")
+            out(f"  OpenAI HTTP     {served.http_url}/v1")
+            out(f"  metrics         {served.http_url}/metrics   (logs: {fleet.workdir})")
             out(f"  stage network   mutual TLS, certificates of a throwaway CA in {fleet.workdir / 'tls'}")
-            out(f"sample: {options.prompt!r} -> {sample(frontend.http_url, options.prompt, options.max_tokens)!r}")
+            if net is not None:
+                out(f"  emulated net    a namespace per host, paths shaped as in {net.workdir / 'network.json'}")
+            out(f"sample: {options.prompt!r} -> {sample(served.http_url, options.prompt, options.max_tokens)!r}")
             if options.exit_after_sample:
                 return 0
             out("serving; press Ctrl-C to stop")
             while all(c.process.poll() is None for c in fleet.children if c.name == "frontend"):
                 time.sleep(0.5)
-            raise ServingError(f"the front end exited; see {frontend.log_path}")
+            raise ServingError(f"the front end exited; see {fleet.workdir / 'frontend.log'}")
         except KeyboardInterrupt:
             out("stopping workers and front end")
             return 0
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+
+
+def start_loopback(fleet: LocalFleet, plan_path: Path, nodes: Sequence[PlannedNode], checkpoint: Path,
+                   node_env: dict[str, dict[str, str]], name: str, options: UpOptions) -> Served:
+    """Every plan node, then the front end, on 127.0.0.1 of this machine."""
+    children = [fleet.start_worker(plan_path, n.name, checkpoint, env=node_env[n.name]) for n in nodes]
+    endpoints = {c.name: fleet.wait(c, options.ready_timeout).grpc_address for c in children}
+    endpoints_path = fleet.workdir / "endpoints.json"
+    endpoints_path.write_text(json.dumps(endpoints, indent=2))
+    frontend = fleet.wait(fleet.start_frontend(plan_path, endpoints_path, checkpoint, model_name=name,
+                                               grpc_port=options.grpc_port, http_port=options.http_port),
+                          options.ready_timeout)
+    return Served(endpoints, frontend.http_url, frontend.grpc_address)
