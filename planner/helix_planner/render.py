@@ -46,19 +46,7 @@ def _draw(plan: Plan, path: Path) -> list[Path]:
     for node in nodes:
         _draw_node(ax, node, row[node.name], colours[node.gpu_type])
     _draw_regions(ax, nodes, layers)
-    top_flow = max((e.flow for e in plan.edges), default=1.0) or 1.0
-    ends = {n.name: n.end for n in nodes}
-    crossing_ids = {id(e): k for k, e in enumerate(crossings)}
-    for edge in plan.edges:
-        if edge.src in row and edge.dst in row:
-            crossing = id(edge) in crossing_ids
-            (line,) = ax.plot([ends[edge.src]] * 2, [row[edge.src], row[edge.dst]],
-                              color=CROSSING if crossing else HANDOFF, linestyle="--" if crossing else "-",
-                              linewidth=0.6 + 3.4 * edge.flow / top_flow, alpha=0.9 if crossing else 0.45)
-            if crossing:
-                line.set_gid(f"region-crossing-{crossing_ids[id(edge)]}")
-                ax.text(ends[edge.src] + 0.3, (row[edge.src] + row[edge.dst]) / 2, f"{edge.flow:.0f} tok/s",
-                        color=CROSSING, fontsize=7, rotation=90, va="center")
+    _draw_handoffs(ax, plan, nodes, row, crossings)
     ax.set_yticks(range(len(nodes)), [f"{n.name} ({n.gpu_type})" for n in nodes])
     ax.set_ylim(len(nodes) - 0.5, -0.5)
     ax.set_xlim(0, layers)
@@ -68,8 +56,8 @@ def _draw(plan: Plan, path: Path) -> list[Path]:
     gap = "n/a" if plan.gap is None else f"{plan.gap * 100:.2f}%"
     ax.set_title(f"{plan.model['name']} on {plan.cluster}: max flow {plan.throughput:.1f} tok/s "
                  f"(bound {plan.upper_bound or 0:.1f}, gap {gap}), {len(plan.pipelines)} pipelines, "
-                 f"plan {plan.plan_hash}\n{len(crossings)} region crossings carry "
-                 f"{sum(e.flow for e in crossings):.1f} tok/s", loc="left", fontsize=10)
+                 f"plan {plan.plan_hash}\n{len(crossings)} hand-offs cross regions, "
+                 f"{sum(e.flow for e in crossings):.1f} tok/s in all", loc="left", fontsize=10)
     handles = [Patch(facecolor=c, label=gpu) for gpu, c in colours.items()] + [
         Patch(facecolor="none", edgecolor="#333333", label="layers held; filled share = utilisation"),
         Line2D([], [], color=HANDOFF, linewidth=2, alpha=0.6, label="activations handed on (width: tok/s)"),
@@ -86,6 +74,32 @@ def _draw_node(ax: "Axes", node: PlannedNode, y: int, colour: str) -> None:
     used = node.flow / node.capacity if node.capacity > 0 else 0.0
     ax.barh(y, width, left=node.start, height=0.7, fill=False, edgecolor=colour, linewidth=1.2)
     ax.barh(y, width * used, left=node.start, height=0.7, color=colour, alpha=0.85)
+
+
+def _draw_handoffs(ax: "Axes", plan: Plan, nodes: list[PlannedNode], row: dict[str, int],
+                   crossings: list[PlannedEdge]) -> None:
+    """A line per hand-off, wider for more flow; region crossings red and dashed, labelled once per
+    layer boundary and pair of regions with the flow they carry together."""
+    top_flow = max((e.flow for e in plan.edges), default=1.0) or 1.0
+    end = {n.name: n.end for n in nodes}
+    region = {n.name: n.region for n in nodes}
+    crossing_ids = {id(e): k for k, e in enumerate(crossings)}
+    labels: dict[tuple[int, str, str], tuple[float, int]] = {}  # (layer, from, to) -> (tok/s, top row)
+    for edge in plan.edges:
+        if edge.src not in row or edge.dst not in row:
+            continue
+        crossing = id(edge) in crossing_ids
+        (line,) = ax.plot([end[edge.src]] * 2, [row[edge.src], row[edge.dst]], color=CROSSING if crossing else HANDOFF,
+                          linestyle="--" if crossing else "-", linewidth=0.6 + 3.4 * edge.flow / top_flow,
+                          alpha=0.9 if crossing else 0.45)
+        if crossing:
+            line.set_gid(f"region-crossing-{crossing_ids[id(edge)]}")
+            key = (end[edge.src], region[edge.src], region[edge.dst])
+            flow, top = labels.get(key, (0.0, len(nodes)))
+            labels[key] = (flow + edge.flow, min(top, row[edge.src], row[edge.dst]))
+    for (layer, source, target), (flow, top) in labels.items():
+        ax.text(layer + 0.4, top - 0.1, f"{source} \u2192 {target}: {flow:.0f} tok/s", color=CROSSING, fontsize=7,
+                va="bottom", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
 
 
 def _draw_regions(ax: "Axes", nodes: list[PlannedNode], layers: int) -> None:
