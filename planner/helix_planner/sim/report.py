@@ -20,11 +20,14 @@ def summary_text(result: SimResult) -> str:
         f"at the end: {r.in_flight_at_end} in flight, {r.waiting_at_end} waiting for KV room"
         + (f", {r.rejected} rejected (longer than any route's KV cache)" if r.rejected else ""),
         "",
-        f"{'node':<14} {'gpu':<7} {'layers':>9} {'busy':>6} {'kv mean':>8} {'kv max':>7} {'queue':>7} {'max q':>6}",
     ]
+    name = max([len("node"), *(len(n.name) for n in r.nodes)])  # columns fit the names (a100-80gb-us-east-0)
+    gpu = max([len("gpu"), *(len(n.gpu) for n in r.nodes)])
+    lines.append(f"{'node':<{name}} {'gpu':<{gpu}} {'layers':>9} {'busy':>6} {'kv mean':>8} {'kv max':>7} "
+                 f"{'queue':>7} {'max q':>6}")
     for n in sorted(r.nodes, key=lambda n: (n.start, n.name)):
-        lines.append(f"{n.name:<14} {n.gpu:<7} {f'[{n.start},{n.end})':>9} {n.busy * 100:5.0f}% {n.kv_mean * 100:7.0f}% "
-                     f"{n.kv_max * 100:6.0f}% {n.queue_mean:7.1f} {n.queue_max:6.0f}")
+        lines.append(f"{n.name:<{name}} {n.gpu:<{gpu}} {f'[{n.start},{n.end})':>9} {n.busy * 100:5.0f}% "
+                     f"{n.kv_mean * 100:7.0f}% {n.kv_max * 100:6.0f}% {n.queue_mean:7.1f} {n.queue_max:6.0f}")
     lines += ["", f"simulated {r.warmup + r.duration:.0f} s in {r.wall_seconds:.1f} s wall "
                   f"({r.sim_seconds_per_wall_second:.0f} simulated s per wall s)"]
     return "\n".join(lines) + "\n"
