@@ -84,6 +84,8 @@ class ApiServer(kmock.KubernetesEmulator):
             data.setdefault("status", {}).setdefault("phase", "Pending")
 
     def _on_update(self, request: kmock.Request) -> None:
+        if request.resource is None or request.name is None:  # not an object's URL: kmock answers it
+            return
         key = (request.resource, request.namespace, request.name)
         if "spec" in request.data and key in self.objects and not self.objects[key].deleted:
             generation = self.objects[key].get("metadata", {}).get("generation", 1)
@@ -91,7 +93,10 @@ class ApiServer(kmock.KubernetesEmulator):
 
     async def _delete_pod(self, request: kmock.Request) -> web.Response | None:
         """Graceful deletion of a pod bound to a node; None leaves the request to kmock (immediate)."""
-        key = (request.resource, request.namespace, request.name)
+        resource = request.resource
+        if resource is None or request.name is None:
+            return None
+        key = (resource, request.namespace, request.name)
         async with self._lock:
             if key not in self.objects or self.objects[key].deleted:
                 return None
@@ -105,11 +110,11 @@ class ApiServer(kmock.KubernetesEmulator):
                 grace = (raw.get("spec") or {}).get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
             if int(grace) <= 0:
                 obj.delete()
-                await self._buses[request.resource].put({"type": "DELETED", "object": raw})
+                await self._buses[resource].put({"type": "DELETED", "object": raw})
                 return web.json_response(raw)
             if not raw["metadata"].get("deletionTimestamp"):
                 obj.patch({"metadata": {"deletionTimestamp": _now(), "deletionGracePeriodSeconds": int(grace)}})
-                await self._buses[request.resource].put({"type": "MODIFIED", "object": obj.raw})
+                await self._buses[resource].put({"type": "MODIFIED", "object": obj.raw})
             return web.json_response(obj.raw)
 
     async def _collect_garbage(self) -> None:

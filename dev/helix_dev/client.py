@@ -1,5 +1,6 @@
 """A small async client for the local API server, used by the stand-in cluster agents."""
 
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -22,7 +23,7 @@ def path_of(api_version: str, plural: str, namespace: str | None = None, name: s
     return "/".join(parts)
 
 
-def pod_path(pod: dict[str, Any], subresource: str | None = None) -> str:
+def pod_path(pod: Mapping[str, Any], subresource: str | None = None) -> str:
     metadata = pod["metadata"]
     return path_of("v1", "pods", metadata["namespace"], metadata["name"], subresource)
 
@@ -53,7 +54,8 @@ class Api:
 
     async def get(self, path: str) -> dict[str, Any] | None:
         try:
-            return await self.call("GET", path)
+            found: dict[str, Any] = await self.call("GET", path)
+            return found
         except ApiError as err:
             if err.status == 404:
                 return None
@@ -63,12 +65,14 @@ class Api:
         return list((await self.call("GET", path) or {}).get("items") or [])
 
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.call("POST", path, body)
+        created: dict[str, Any] = await self.call("POST", path, body)
+        return created
 
     async def patch(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """Merge-patch; None if the object is gone."""
         try:
-            return await self.call("PATCH", path, body, MERGE_PATCH)
+            patched: dict[str, Any] = await self.call("PATCH", path, body, MERGE_PATCH)
+            return patched
         except ApiError as err:
             if err.status == 404:
                 return None

@@ -51,12 +51,24 @@ class LocalCluster:
         self.ports = PortBook()
         self.proxy = ServiceProxy(self.ports)
         self.agents: dict[str, NodeAgent] = {}
-        self.server: ApiServer | None = None
+        self._server: ApiServer | None = None
         self.operator: OperatorContext | None = None
-        self.api: Api | None = None
+        self._api: Api | None = None
         self._stack = contextlib.AsyncExitStack()
-        self._loop: asyncio.Task | None = None
-        self._lost: set[asyncio.Task] = set()
+        self._loop: asyncio.Task[None] | None = None
+        self._lost: set[asyncio.Task[None]] = set()
+
+    @property
+    def server(self) -> ApiServer:
+        if self._server is None:
+            raise RuntimeError("the stand-in cluster is not running: use it in `async with`")
+        return self._server
+
+    @property
+    def api(self) -> Api:
+        if self._api is None:
+            raise RuntimeError("the stand-in cluster is not running: use it in `async with`")
+        return self._api
 
     @property
     def url(self) -> str:
@@ -65,9 +77,9 @@ class LocalCluster:
     async def __aenter__(self) -> "LocalCluster":
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            self.server = await self._stack.enter_async_context(api_server())
-            self.api = Api(self.url)
-            self._stack.push_async_callback(self.api.close)
+            self._server = await self._stack.enter_async_context(api_server())
+            self._api = Api(self.url)
+            self._stack.push_async_callback(self._api.close)
             options = dataclasses.replace(self.operator_options, frontend_address=self._pod_address)
             self.operator = await self._stack.enter_async_context(operator_in_process(self.server, options))
             self._stack.push_async_callback(self._stop)
@@ -91,7 +103,10 @@ class LocalCluster:
                 raise
         patch = {k: v for k, v in doc.items() if k in ("spec", "data")}
         patch["metadata"] = {k: v for k, v in doc["metadata"].items() if k in ("labels", "annotations")}
-        return await self.api.patch(object_path(doc), patch)
+        patched = await self.api.patch(object_path(doc), patch)
+        if patched is None:
+            raise ApiError(404, f"{object_path(doc)} was deleted while it was applied")
+        return patched
 
     async def delete(self, doc: Mapping[str, Any]) -> bool:
         return await self.api.delete(object_path(doc))
@@ -119,8 +134,8 @@ class LocalCluster:
         return next((a for a in self.agents.values() if a.find(pod_name) is not None), None)
 
     def log_of(self, pod_name: str) -> Path | None:
-        agent = self.agent_of(pod_name)
-        return agent.find(pod_name).log_path if agent else None
+        run = agent.find(pod_name) if (agent := self.agent_of(pod_name)) else None
+        return run.log_path if run else None
 
     # The control loop ---------------------------------------------------------------------
 

@@ -133,13 +133,17 @@ class Demo:
 
         async def replanned() -> bool:
             status = await self.running()
-            return bool(status) and status["activePlan"]["hash"] != before
+            return bool(status) and status is not None and bool(status["activePlan"]["hash"] != before)
 
         await self.until(replanned, "the new plan is rolled out")
         await self.stream_sample()
         victim = next(p for p in await self.cluster.pods(self.namespace) if "-w-" in p["metadata"]["name"])
         self.step = f"killing the worker process of {victim['metadata']['name']}: its node agent restarts it"
-        os.kill(self.cluster.agent_of(victim["metadata"]["name"]).find(victim["metadata"]["name"]).pid, signal.SIGKILL)
+        agent = self.cluster.agent_of(victim["metadata"]["name"])
+        run = agent.find(victim["metadata"]["name"]) if agent else None
+        if run is None or run.pid is None:
+            raise RuntimeError(f"{victim['metadata']['name']} has no process running to kill")
+        os.kill(run.pid, signal.SIGKILL)
         await asyncio.sleep(2)
         await self.until(self.running, "the cluster is Running again")
         await self.stream_sample()

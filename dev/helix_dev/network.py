@@ -16,7 +16,7 @@ import itertools
 import logging
 import re
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from helix_operator.api.meta import condition_true
@@ -33,7 +33,8 @@ Owner = tuple[str, ...]
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def pod_owner(pod: Mapping[str, Any]) -> Owner:
@@ -92,7 +93,7 @@ class PortBook:
 
     def translate(self, text: str) -> str:
         """`text` with every known `NAME.svc:PORT` replaced by its local address."""
-        def local(match: re.Match) -> str:
+        def local(match: re.Match[str]) -> str:
             owner = self._names.get(match.group(1))
             if owner is None:
                 return match.group(0)
@@ -109,7 +110,7 @@ class ServiceProxy:
         self._servers: dict[tuple[Owner, int], asyncio.Server] = {}
         self._endpoints: dict[tuple[Owner, int], list[int]] = {}
         self._turn = itertools.count()
-        self._pipes: set[asyncio.Task] = set()
+        self._pipes: set[asyncio.Task[None]] = set()
 
     def address(self, namespace: str, service: str, port: int) -> str:
         return f"{LOOPBACK}:{self.ports.port(('svc', namespace, service), port)}"
@@ -131,8 +132,7 @@ class ServiceProxy:
         self._endpoints = wanted
         for key in set(wanted) - set(self._servers):
             owner, port = key
-            self._servers[key] = await asyncio.start_server(
-                lambda r, w, key=key: self._forward(key, r, w), LOOPBACK, self.ports.port(owner, port))
+            self._servers[key] = await asyncio.start_server(self._forwarder(key), LOOPBACK, self.ports.port(owner, port))
         for key in set(self._servers) - set(wanted):
             self._servers.pop(key).close()
 
@@ -144,9 +144,16 @@ class ServiceProxy:
             task.cancel()
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
+    def _forwarder(self, key: tuple[Owner, int]) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                                             Coroutine[Any, Any, None]]:
+        """The connection handler of one Service port's listener."""
+        return lambda reader, writer: self._forward(key, reader, writer)
+
     async def _forward(self, key: tuple[Owner, int], reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        if task is None:  # start_server runs each handler as a task
+            raise RuntimeError("a Service connection handled outside a task")
         self._pipes.add(task)
         try:
             upstream = await self._connect(key)

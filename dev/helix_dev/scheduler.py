@@ -107,8 +107,9 @@ async def schedule(api: Api, pods: list[dict[str, Any]], nodes: list[dict[str, A
             by_node[name].append({**pod, "spec": {**pod["spec"], "nodeName": name}})
             continue
         counts: dict[str, int] = {}
-        for reason in reasons.values():
-            counts[reason] = counts.get(reason, 0) + 1
+        for why in reasons.values():  # none is None: no node fits
+            if why is not None:
+                counts[why] = counts.get(why, 0) + 1
         message = f"0/{len(nodes)} nodes are available: " + ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
         condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
         if condition not in ((pod.get("status") or {}).get("conditions") or []):

@@ -63,8 +63,8 @@ def render(snapshot: Snapshot) -> str:
         head = f"{node['metadata']['name']:<12}{gpu:<10}{labels.get(REGION, '-'):<9}{slowdown:<6}"
         pods = by_node.pop(node["metadata"]["name"], [])
         lines += [head + _pod_line(p) for p in pods] or [head + "(no pod)"]
-    for node, pods in by_node.items():
-        lines += [f"{node:<37}" + _pod_line(p) for p in pods]
+    for node_name, pods in by_node.items():
+        lines += [f"{node_name:<37}" + _pod_line(p) for p in pods]
     if snapshot.endpoints:
         lines.append("")
         lines += [f"{what:<14}{where}" for what, where in snapshot.endpoints.items()]
