@@ -67,11 +67,12 @@ def translate_container(pod: Mapping[str, Any], container: Mapping[str, Any], mo
     return LocalCommand(argv, env)
 
 
-def probe_target(pod: Mapping[str, Any], probe: Mapping[str, Any], ports: PortBook) -> tuple[str, int, str] | None:
-    """(kind, local port, path) of a tcpSocket or httpGet probe; None if the pod has no such probe."""
+def probe_target(pod: Mapping[str, Any], probe: Mapping[str, Any],
+                 ports: PortBook) -> tuple[str, int, str, bool] | None:
+    """(kind, local port, path, over TLS) of a tcpSocket or httpGet probe; None if the pod has no such probe."""
     for kind in ("tcpSocket", "httpGet"):
         if kind in probe:
             port = ports.pod_port(pod, probe[kind]["port"])
             if port is not None:
-                return kind, port, str(probe[kind].get("path", "/"))
+                return kind, port, str(probe[kind].get("path", "/")), probe[kind].get("scheme") == "HTTPS"
     return None

@@ -17,6 +17,7 @@ import datetime
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,8 @@ class PodRun:
 
     @property
     def main(self) -> Mapping[str, Any]:
-        return self.spec["containers"][0]
+        container: Mapping[str, Any] = self.spec["containers"][0]
+        return container
 
     @property
     def log_path(self) -> Path:
@@ -213,7 +215,7 @@ class PodRun:
             directories[volume["name"]] = directory
         return directories
 
-    async def _source(self, plural: str, kind: str, name: str) -> dict:
+    async def _source(self, plural: str, kind: str, name: str) -> dict[str, Any]:
         """The object a volume is made from, once it exists."""
         namespace = self.pod["metadata"]["namespace"]
         while (found := await self.agent.api.get(path_of("v1", plural, namespace, name))) is None:
@@ -228,9 +230,14 @@ def _signal(process: asyncio.subprocess.Process, sig: int) -> None:
         os.killpg(process.pid, sig)
 
 
-async def _answers(kind: str, port: int, path: str) -> bool:
+async def _answers(kind: str, port: int, path: str, tls: bool) -> bool:
+    """Whether the probe passes; HTTPS without verifying the certificate, as kubelets probe."""
+    context = None
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port), 1.0)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port, ssl=context), 1.0)
     except (OSError, TimeoutError):
         return False
     try:
@@ -255,7 +262,7 @@ class NodeAgent:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.device_env = dict(device_env)
         self.runs: dict[str, PodRun] = {}
-        self._stopping: dict[str, asyncio.Task] = {}
+        self._stopping: dict[str, asyncio.Task[None]] = {}
 
     @property
     def pids(self) -> list[int]:

@@ -7,10 +7,10 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from opkit import REPO, KubeYamlLoader, load_documents, pruned_fields
 
 from helix_operator.api import crd
 from helix_operator.api.spec import SpecError, parse_spec
-from opkit import REPO, KubeYamlLoader, load_documents, pruned_fields
 
 EXAMPLES = sorted((REPO / "operator" / "examples").glob("*.yaml"))
 
@@ -185,8 +185,10 @@ def test_examples_keep_every_field() -> None:
 def test_printer_columns() -> None:
     version = crd.helixcluster_crd()["spec"]["versions"][0]
     columns = {c["name"]: c.get("priority", 0) for c in version["additionalPrinterColumns"]}
-    assert columns == {"Phase": 0, "Ready": 0, "Nodes": 0, "Pipelines": 0, "Planned tok/s": 0, "Gap": 0, "Age": 0,
-                       "Plan": 1, "Observed tok/s": 1}
+    assert columns == {"Phase": 0, "Ready": 0, "Nodes": 0, "Pipelines": 0, "Planned tok/s": 0, "Gap": 0, "URL": 0,
+                       "Age": 0, "Plan": 1, "Observed tok/s": 1}
+    url = next(c for c in version["additionalPrinterColumns"] if c["name"] == "URL")
+    assert url["jsonPath"] == ".status.url" and "url" in crd.helixcluster_status_schema()["properties"]
     assert version["subresources"] == {"status": {}}
     assert crd.helixcluster_crd()["spec"]["names"]["shortNames"] == ["hxc"]
     assert crd.gpuprofile_crd()["spec"]["scope"] == "Cluster"

@@ -10,10 +10,10 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-
 from chartrender import Renderer, values_with
-from helix_operator.commands import register
 from opkit import REPO
+
+from helix_operator.commands import register
 
 CHART = REPO / "helm" / "helix-operator"
 TEMPLATES = sorted((CHART / "templates").glob("*"))
@@ -99,7 +99,8 @@ def test_rbac_is_least_privilege() -> None:
 def test_deployment_runs_one_recreated_peered_replica_with_flags_the_cli_knows() -> None:
     deployment = (CHART / "templates" / "deployment.yaml").read_text()
     assert VALUES["replicas"] == 1 and "type: Recreate" in deployment
-    assert "runAsNonRoot: true" in deployment and "readOnlyRootFilesystem: true" in deployment
+    pod = _render().documents("deployment.yaml")[0]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and "readOnlyRootFilesystem: true" in deployment
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     flags = re.findall(r"- (--[a-z-]+)=", deployment)
@@ -111,9 +112,9 @@ def test_deployment_runs_one_recreated_peered_replica_with_flags_the_cli_knows()
 def test_operator_image_is_non_root_and_installs_the_pinned_project() -> None:
     dockerfile = (REPO / "docker" / "Dockerfile.operator").read_text()
     assert re.search(r"^USER 10001", dockerfile, re.M)
-    assert re.search(r"pip install [^\n]*\.\s", dockerfile)
+    assert re.search(r"pip install [^\n]*'\.\[operator\]'", dockerfile)
     assert 'ENTRYPOINT ["helix", "operator", "run"]' in dockerfile
-    assert "runAsUser: 10001" in (CHART / "templates" / "deployment.yaml").read_text()
+    assert _render().documents("deployment.yaml")[0]["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
 
 
 def test_crds_command_writes_what_is_committed(tmp_path: Path) -> None:
@@ -184,3 +185,24 @@ def test_operator_may_ensure_every_child_it_builds() -> None:
     role = next(o for o in _render().documents("rbac.yaml") if o["kind"] == "Role")
     for plural in ("pods", "configmaps", "services", "deployments", "networkpolicies"):
         assert {"get", "create", "patch"} <= _rules(role)[plural], plural
+
+
+def test_the_chart_works_as_a_subchart_with_its_names_and_pod_security_context_overridden() -> None:
+    """An umbrella chart passes `global`, and may rename the objects or add fsGroup."""
+    chart = _render(**{"global": {"imageRegistry": "registry.example"}}, fullnameOverride="helix",
+                    podSecurityContext={"fsGroup": 10001})
+    deployment, = chart.documents("deployment.yaml")
+    assert deployment["metadata"]["name"] == "helix"
+    assert {o["metadata"]["name"] for o in chart.documents("rbac.yaml")} >= {"helix", "helix-cluster"}
+    assert deployment["spec"]["template"]["spec"]["securityContext"] == {
+        "fsGroup": 10001, "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"}}
+    renamed, = _render(nameOverride="inference-operator").documents("deployment.yaml")
+    assert renamed["metadata"]["name"] == "helix-operator-inference-operator"
+    assert renamed["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "inference-operator"
+
+
+@pytest.mark.parametrize("override", [{"fullnameOverride": "Helix_Op"}, {"podSecurityContext": {"runAsUser": -1}},
+                                      {"global": "registry"}], ids=["fullname", "uid", "global"])
+def test_schema_rejects_bad_subchart_values(override: dict[str, Any]) -> None:
+    assert _errors(values_with(VALUES, override))

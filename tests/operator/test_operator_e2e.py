@@ -9,9 +9,9 @@ import json
 from typing import Any
 
 import pytest
+from opkit import GFD_PRODUCT, GKE_ACCELERATOR, POOL_LABEL, REGION, fleet, fleet_spec, node, pruned_fields
 
 from helix_operator.api.crd import helixcluster_status_schema
-from opkit import GFD_PRODUCT, GKE_ACCELERATOR, POOL_LABEL, REGION, fleet, fleet_spec, node, pruned_fields
 
 NS = "inference"
 HXC = "helix.dev/v1alpha1/helixclusters"
@@ -78,10 +78,13 @@ async def test_fleet_plan_rollout_replan_and_deletion(operator) -> None:
     deployment = operator.get("apps/v1/deployments", NS, "llama-frontend")
     assert deployment["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"] == active["configMap"]
     assert operator.get("v1/services", NS, "llama")["spec"]["ports"][0]["port"] == 8000
+    assert status["url"] == "http://llama.inference.svc:8000", "the Service's address, in status and kubectl get"
     policies = operator.live("networking.k8s.io/v1/networkpolicies", NS)
     assert {p["metadata"]["name"] for p in policies} == {"llama-worker", "llama-frontend"}
     expected = {("Normal", "PlanApplied"), ("Normal", "Serving")}
     await operator.eventually(lambda: expected <= set(operator.events(NS, "llama")))
+    assert ("Normal", "RollingOut") in operator.events(NS, "llama")
+    assert [e for e in operator.events(NS, "llama") if e[0] == "Warning"] == [], "a rollout is routine, not a warning"
     metrics = {s.name: s.value for m in operator.context.metrics.registry.collect() for s in m.samples
                if s.labels.get("name") == "llama" and s.labels.get("result", "ok") == "ok"}
     assert metrics["helix_operator_planned_tokens_per_second"] == active["tokensPerSecond"]

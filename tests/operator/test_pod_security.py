@@ -6,13 +6,13 @@ import dataclasses
 from typing import Any
 
 import pytest
-
-from helix_operator.children.frontend import build_frontend_deployment
-from helix_operator.api.spec import ClusterSpec, SpecError, parse_spec
-from helix_operator.children.workers import Assignment, build_worker_pod
 from opkit import fleet_spec
 from pss import RESTRICTED, violations
 from test_manifests import OWNER, PLAN
+
+from helix_operator.api.spec import ClusterSpec, SpecError, parse_spec
+from helix_operator.children.frontend import build_frontend_deployment
+from helix_operator.children.workers import Assignment, build_worker_pod
 
 WEIGHTS = {"random": {}, "hf": {"weightsUri": "hf://org/repo", "credentialsSecret": {"name": "hf"}},
            "s3": {"weightsUri": "s3://models/llama", "credentialsSecret": {"name": "aws"}},
@@ -79,7 +79,8 @@ def test_frontend_template_merges_like_the_workers() -> None:
     assert template["metadata"]["labels"]["helix.dev/cluster"] == "llama"
     assert template["spec"]["priorityClassName"] == "serving"
     frontend, = template["spec"]["containers"]
-    assert frontend["env"] == [{"name": "X", "value": "1"}] and frontend["command"][:2] == ["helix", "frontend"]
+    assert frontend["env"][-1] == {"name": "X", "value": "1"} and frontend["command"][:2] == ["helix", "frontend"]
+    assert any(e["name"] == "HELIX_PLAN_HASH" for e in frontend["env"]), "the override adds, it does not replace"
 
 
 CONTAINER = "spec.containers[0].securityContext"

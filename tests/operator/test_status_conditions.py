@@ -1,14 +1,15 @@
 """Conditions, aggregate Ready, phase and the status patch."""
 
+from opkit import fleet, fleet_spec, plan_document
+
+from helix_operator.api.spec import parse_spec
+from helix_operator.children.frontend import frontend_url
+from helix_operator.control.mergepatch import diff
+from helix_operator.fleet.discovery import discover, node_facts
+from helix_operator.status.build import OWNED, Observation, build_status, conditions, phase, plan_summary
+from helix_operator.status.conditions import Condition, aggregate_ready, merge, transitions
 from helix_planner.plan_format import plan_from_dict
 from helix_planner.profiles import load_catalog
-
-from helix_operator.status.conditions import Condition, aggregate_ready, merge, transitions
-from helix_operator.fleet.discovery import discover, node_facts
-from helix_operator.control.mergepatch import diff
-from helix_operator.api.spec import parse_spec
-from helix_operator.status.build import OWNED, Observation, build_status, conditions, phase, plan_summary
-from opkit import fleet, fleet_spec, plan_document
 
 DISCOVERY = discover([node_facts(n) for n in fleet(2)], parse_spec(fleet_spec()).pools, load_catalog())
 PLAN = plan_from_dict(plan_document({"gke-a100-0": ("A100", "us-central1", 0, 80)}, [["gke-a100-0"]], 812.34,
@@ -89,3 +90,29 @@ def test_status_patch_removes_stale_keys_and_is_empty_when_unchanged() -> None:
     patch = diff(old, build_status(obs, old, NOW), OWNED)
     assert patch == {"proposedPlan": None, "nodes": {"byGpuType": {"V100": None}}}
     assert diff(status, build_status(obs, status, NOW), OWNED) == {}
+
+
+def test_routine_steps_are_normal_events_and_trouble_is_a_warning() -> None:
+    """A rollout, planning or a suspend is not a warning; broken nodes and a failed plan are."""
+    rolling = Observation(generation=1, discovery=DISCOVERY, active=ACTIVE, workers=("RollingOut", "0/1"),
+                          frontend=("Starting", "0/1"), rollout={"targetHash": "h", "state": "Surging"})
+    assert all(c.healthy for c in conditions(rolling)), [c for c in conditions(rolling) if not c.healthy]
+    suspended = Observation(generation=1, discovery=DISCOVERY, active=ACTIVE, suspended=True)
+    assert all(c.healthy for c in conditions(suspended))
+    troubled = Observation(generation=1, discovery=DISCOVERY, active=ACTIVE, workers=("Ready", ""),
+                           frontend=("Ready", ""), degraded=("NodesLost", "1 gone"),
+                           plan_problem=("Infeasible", "no pipeline"))
+    assert {c.reason for c in conditions(troubled) if not c.healthy} == {"NodesLost", "Infeasible"}
+
+
+def test_status_url_is_the_services_address_and_kept_while_the_spec_is_invalid() -> None:
+    owner = {"metadata": {"name": "llama", "namespace": "inference"}}
+    url = frontend_url(owner, parse_spec(fleet_spec()))
+    assert url == "http://llama.inference.svc:8000"
+    secured = fleet_spec()
+    secured["security"] = {"clientTlsSecret": {"name": "public"}}
+    secured["frontend"] = {"service": {"httpPort": 8443}}
+    assert frontend_url(owner, parse_spec(secured)) == "https://llama.inference.svc:8443"
+    assert build_status(Observation(generation=1, url=url), {}, NOW)["url"] == url
+    assert build_status(Observation(generation=2, spec_problem=("InvalidSpec", "bad")), {"url": url}, NOW)["url"] == url
+    assert "url" not in build_status(Observation(generation=2, discovery=DISCOVERY), {"url": url}, NOW)

@@ -175,9 +175,12 @@ def _planner() -> Schema:
 
 def _template(into: str) -> Schema:
     return free_form(f"Pod template overrides merged into {into}: metadata labels and annotations, spec "
-                     "fields; containers merge by name. Pods meet Pod Security \"restricted\" (uid 10001 unless "
-                     "given): privileged, host namespaces, hostPath volumes, added capabilities other than "
-                     "NET_BIND_SERVICE, privilege escalation and running as root are refused.")
+                     "fields. Lists merge as in a strategic merge patch: containers, initContainers, volumes "
+                     "and env by name, ports by containerPort, volumeMounts by mountPath (an item with the key "
+                     "of a built one changes it; others are added); other lists replace. Pods meet Pod "
+                     "Security \"restricted\" (uid 10001 unless given): privileged, host namespaces, hostPath "
+                     "volumes, added capabilities other than NET_BIND_SERVICE, privilege escalation and running "
+                     "as root are refused.")
 
 
 def _worker() -> Schema:
@@ -267,6 +270,9 @@ def helixcluster_status_schema() -> Schema:
         "conditions": array(condition, **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}),
         "nodes": obj({"discovered": integer(), "used": integer(), "byGpuType": integer_map(),
                       "byRegion": integer_map()}),
+        "url": string("The front end's OpenAI HTTP address inside the cluster, http(s)://<service>.<namespace>"
+                      ".svc:<port> (https with spec.security.clientTlsSecret); KServe gRPC is on the same "
+                      "Service's grpc port."),
         "activePlan": _plan_summary("The plan the workers run."),
         "proposedPlan": _plan_summary("A plan not (yet) applied: DryRun, Manual, or kept for too small a gain."),
         "lastReplan": obj({
@@ -301,6 +307,8 @@ def _printer_columns() -> list[dict[str, Any]]:
         {"name": "Pipelines", "type": "integer", "jsonPath": ".status.activePlan.pipelines"},
         {"name": "Planned tok/s", "type": "number", "jsonPath": ".status.activePlan.tokensPerSecond"},
         {"name": "Gap", "type": "string", "jsonPath": ".status.activePlan.gapPercent"},
+        {"name": "URL", "type": "string", "jsonPath": ".status.url",
+         "description": "the front end's OpenAI HTTP address inside the cluster"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {"name": "Plan", "type": "string", "jsonPath": ".status.activePlan.hash", "priority": 1},
         {"name": "Observed tok/s", "type": "number", "jsonPath": ".status.observedTokensPerSecond", "priority": 1},

@@ -4,18 +4,16 @@
 into `kopf.PermanentError` (no retries: only a new spec can fix it).
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
+from helix_operator.api import mergekeys, names, podsecurity, weights_uri
+from helix_operator.api.crd import helixcluster_spec_schema
+from helix_operator.api.defaults import apply_defaults
 from helix_planner.errors import PlanningError
 from helix_planner.models import MODEL_KEYS, ModelSpec, get_model, model_from_mapping
 from helix_planner.units import parse_quantity
-
-from helix_operator.api import names
-from helix_operator.api import podsecurity
-from helix_operator.api import weights_uri
-from helix_operator.api.crd import helixcluster_spec_schema
-from helix_operator.api.defaults import apply_defaults
 
 MODEL_SHAPE = ("numLayers", "hiddenSize", "intermediateSize", "numHeads")
 
@@ -118,6 +116,7 @@ class ClusterSpec:
     rollout: RolloutSpec
     suspend: bool = False
     security: SecuritySpec = SecuritySpec()
+    weights_cache: str | None = None  # PersistentVolumeClaim the workers keep hf:// files in (huggingface_hub's cache)
 
 
 def parse_spec(spec: Mapping[str, Any]) -> ClusterSpec:
@@ -130,6 +129,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ClusterSpec:
     return ClusterSpec(
         model=_model(data["model"]),
         weights_uri=_weights_uri(data["model"].get("weightsUri")),
+        weights_cache=_weights_cache(data["model"]),
         credentials_secret=(data["model"].get("credentialsSecret") or {}).get("name"),
         pools=_pools(data["nodePools"]),
         network=_network(data.get("network") or {}),
@@ -181,6 +181,15 @@ def _weights_uri(uri: str | None) -> str | None:
     if uri is not None and (problem := weights_uri.problem(uri)):
         raise SpecError("spec.model.weightsUri", problem)
     return uri
+
+
+def _weights_cache(model: Mapping[str, Any]) -> str | None:
+    """`cache.claimName`, which only hf:// weights use (the cache has huggingface_hub's layout)."""
+    claim = (model.get("cache") or {}).get("claimName")
+    if claim and weights_uri.scheme(model.get("weightsUri") or "") != "hf":
+        raise SpecError("spec.model.cache", "caches hf:// weights only: set weightsUri to hf://ORG/REPO[@REVISION] "
+                                            "or remove cache")
+    return claim or None
 
 
 def _pools(items: list[dict[str, Any]]) -> tuple[PoolSpec, ...]:
@@ -268,7 +277,10 @@ def _frontend(data: dict[str, Any], worker_image: str) -> FrontendSpec:
 
 
 def _template(template: dict[str, Any], where: str) -> dict[str, Any]:
-    """Pod template overrides, refused where they would break Pod Security "restricted"."""
+    """Pod template overrides, refused where they would break Pod Security "restricted" or name no
+    item of a list that merges by key."""
     if problem := podsecurity.template_problem(template, where):
+        raise SpecError(*problem)
+    if problem := next(mergekeys.missing_merge_keys(template, where), None):
         raise SpecError(*problem)
     return template

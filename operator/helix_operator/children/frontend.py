@@ -14,6 +14,7 @@ from helix_operator.children.certificates import client_side, cluster_tls_env, c
 from helix_operator.api.meta import child_metadata, dns_name, labels, selector
 from helix_operator.api.podsecurity import restrict
 from helix_operator.children.podtemplate import merge_template
+from helix_operator.children.probes import http_probes
 from helix_operator.api.spec import ClusterSpec
 from helix_operator.children.weights import weights_source
 from helix_operator.children.workers import worker_endpoint
@@ -52,7 +53,10 @@ def build_frontend_deployment(owner: Mapping[str, Any], spec: ClusterSpec, plan:
         ],
         "ports": [{"name": "http", "containerPort": frontend.http_port},
                   {"name": "grpc", "containerPort": frontend.grpc_port}],
-        "readinessProbe": {"tcpSocket": {"port": frontend.http_port}, "periodSeconds": 5},
+        # Ready once it answers, not once it has pipelines (/readyz): a new plan's front end must be
+        # ready before the old one goes (maxUnavailable 0), and that plan's workers may have to wait
+        # for the old one to go (they take its workers' nodes). Requests wait for a pipeline meanwhile.
+        **http_probes("http", ready_path="/healthz", tls=spec.security.client_tls_secret is not None),
         "volumeMounts": [{"name": "plan", "mountPath": names.PLAN_MOUNT_DIR, "readOnly": True}, *weights.mounts,
                          cluster_tls_mount(), *client_mounts],
     }
@@ -81,6 +85,14 @@ def build_frontend_deployment(owner: Mapping[str, Any], spec: ClusterSpec, plan:
             "template": template,
         },
     }
+
+
+def frontend_url(owner: Mapping[str, Any], spec: ClusterSpec) -> str:
+    """The in-cluster address of the Service's OpenAI HTTP port (https when it serves client TLS),
+    for status.url and `kubectl get`."""
+    scheme = "https" if spec.security.client_tls_secret else "http"
+    host = f"{service_name(owner['metadata']['name'])}.{owner['metadata']['namespace']}.svc"
+    return f"{scheme}://{host}:{spec.frontend.http_port}"
 
 
 def build_frontend_service(owner: Mapping[str, Any], spec: ClusterSpec) -> dict[str, Any]:

@@ -1,11 +1,19 @@
-"""Merge a user's pod template overrides into a built pod, the way LeaderWorkerSet does.
+"""Merge a user's pod template overrides into a built pod, like a strategic merge patch.
 
-Mappings merge recursively; `containers` merge by name (an override names the container it
-changes); other lists are replaced. The built object is never mutated.
+Mappings merge recursively; the lists of `api.mergekeys.MERGE_KEYS` (containers, volumes, env,
+volumeMounts, ports...) merge item by item on their key, so an override names the item it
+changes and adds the others; other lists are replaced. The built object is never mutated.
 """
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
+
+from helix_operator.api.mergekeys import MERGE_KEYS
+
+# Items that are one value each: merging an override's valueFrom or emptyDir into the built
+# item's value or configMap would leave both, which the API server refuses, so they replace it.
+WHOLE_ITEMS = ("env", "volumes")
 
 
 def merge_template(pod: Mapping[str, Any], template: Mapping[str, Any]) -> dict[str, Any]:
@@ -23,13 +31,16 @@ def _merge(base: Any, override: Any, key: str = "") -> Any:
         for k, v in override.items():
             out[k] = _merge(out[k], v, k) if k in out else copy.deepcopy(v)
         return out
-    if key in ("containers", "initContainers") and isinstance(base, list) and isinstance(override, list):
-        out = [copy.deepcopy(c) for c in base]
+    if key in MERGE_KEYS and isinstance(base, list) and isinstance(override, list):
+        merge_key = MERGE_KEYS[key]
+        items = [copy.deepcopy(c) for c in base]
         for item in override:
-            index = next((i for i, c in enumerate(out) if c.get("name") == item.get("name")), None)
+            index = next((i for i, c in enumerate(items) if c.get(merge_key) == item.get(merge_key)), None)
             if index is None:
-                out.append(copy.deepcopy(item))
+                items.append(copy.deepcopy(item))
+            elif key in WHOLE_ITEMS:
+                items[index] = copy.deepcopy(item)
             else:
-                out[index] = _merge(out[index], item)
-        return out
+                items[index] = _merge(items[index], item)
+        return items
     return copy.deepcopy(override)

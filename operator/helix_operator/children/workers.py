@@ -18,6 +18,7 @@ from helix_operator.fleet.discovery import Discovery
 from helix_operator.api.meta import child_metadata, dns_name, selector
 from helix_operator.api.podsecurity import restrict
 from helix_operator.children.podtemplate import merge_template
+from helix_operator.children.probes import http_probes
 from helix_operator.api.spec import ClusterSpec
 from helix_operator.children.weights import weights_source
 
@@ -120,7 +121,7 @@ def build_worker_pod(owner: Mapping[str, Any], spec: ClusterSpec, assignment: As
         "ports": [{"name": "grpc", "containerPort": worker.port}, {"name": "http", "containerPort": names.WORKER_HTTP_PORT},
                   {"name": "data", "containerPort": names.WORKER_DATA_PORT}],
         "resources": _resources(worker.resources, worker.gpu_resource_name, assignment.gpus),
-        "readinessProbe": {"tcpSocket": {"port": worker.port}, "periodSeconds": 5},
+        **http_probes("http"),  # /readyz: its layers are loaded and it serves; this port has no TLS
         "volumeMounts": [{"name": PLAN_VOLUME, "mountPath": names.PLAN_MOUNT_DIR, "readOnly": True}, *weights.mounts,
                          cluster_tls_mount()],
     }

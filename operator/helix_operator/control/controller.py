@@ -36,6 +36,7 @@ from helix_operator.planning.runner import PlanRequest
 from helix_operator.planning.replan import (APPLIED, APPROVED, FAILED, PROPOSED, broken_nodes, decide,
                                    replan_due)
 from helix_operator.children.rollout import COMPLETE
+from helix_operator.children.frontend import frontend_url
 from helix_operator.api.spec import ClusterSpec, SpecError, parse_spec
 from helix_operator.status.build import OWNED, Observation, build_status, conditions, plan_summary
 
@@ -325,6 +326,8 @@ class Controller:
                              f"{step.ready}/{step.desired} workers of plan {state.target.hash} ready"
                              + ("" if not step.draining else f", {step.draining} draining"))
             state.frontend = await sync_frontend(kube, owner, spec, state.active, suspended=False)
+        if state.frontend is not None:  # sync_frontend ensured the Service
+            obs.url = frontend_url(owner, spec)
         keep = {p.configmap for p in (state.active, state.target, state.proposed) if p}
         await collect_plans(kube, owner, keep)
 

@@ -57,6 +57,7 @@ class Observation:
     frontend: Problem | None = None
     degraded: Problem | None = None
     last_replan: Mapping[str, Any] | None = None
+    url: str | None = None                  # the front-end Service's address, once it exists
 
 
 def conditions(obs: Observation) -> list[Condition]:
@@ -146,7 +147,8 @@ def phase(obs: Observation, conds: list[Condition]) -> str:
 
 
 # Status fields the controller writes; observedTokensPerSecond and observedAt are the observation timer's.
-OWNED = ("observedGeneration", "phase", "conditions", "nodes", "activePlan", "proposedPlan", "lastReplan", "rollout")
+OWNED = ("observedGeneration", "phase", "conditions", "nodes", "activePlan", "proposedPlan", "lastReplan", "rollout",
+         "url")
 
 
 def build_status(obs: Observation, old: Mapping[str, Any], now: str) -> dict[str, Any]:
@@ -167,4 +169,6 @@ def build_status(obs: Observation, old: Mapping[str, Any], now: str) -> dict[str
                        ("lastReplan", obs.last_replan)):
         if value:
             status[key] = dict(value)
+    if obs.url or obs.spec_problem and old.get("url"):  # an invalid spec leaves the Service as it was
+        status["url"] = obs.url or old["url"]
     return status

@@ -4,8 +4,9 @@
 conditions whose status or reason changed, and each becomes an event.
 """
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 
@@ -13,6 +14,11 @@ TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 REQUIRED_FOR_READY = ("Validated", "NodesDiscovered", "Planned", "WorkersReady", "FrontendReady")
 # A True value of these is bad news (a Warning event).
 NEGATIVE = ("Degraded",)
+# Reasons of a condition that is not (yet) True as a step of ordinary work: a rollout under way,
+# the planner running, nothing planned yet, a user's suspend, DryRun or Manual approval. Their
+# events are Normal; a Warning is kept for what someone may have to act on.
+ROUTINE = frozenset({"RollingOut", "Starting", "Planning", "NotEvaluated", "NoPlan", "Pending", "Suspended",
+                     "DryRun", "AwaitingApproval"})
 
 
 @dataclass(frozen=True)
@@ -24,8 +30,8 @@ class Condition:
 
     @property
     def healthy(self) -> bool:
-        """Whether this value is good news (a Normal event) or not (a Warning)."""
-        if self.type == "Progressing":
+        """Whether this value is good or routine news (a Normal event) or not (a Warning)."""
+        if self.type == "Progressing" or self.reason in ROUTINE:
             return True
         return (self.status == TRUE) != (self.type in NEGATIVE)
 
@@ -55,7 +61,7 @@ def merge(old: Iterable[Mapping[str, Any]], new: Iterable[Condition], generation
             "status": cond.status,
             "reason": cond.reason,
             "message": cond.message,
-            "lastTransitionTime": now if moved else before.get("lastTransitionTime", now),
+            "lastTransitionTime": now if moved or before is None else before.get("lastTransitionTime", now),
             "observedGeneration": generation,
         })
     return out
