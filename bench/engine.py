@@ -329,13 +329,32 @@ def aiperf(bench: Bench, url: str, load: Load, artifacts: Path) -> Result:
                   "aiperf")
 
 
+@dataclass
+class Samples:
+    """What the built-in client saw in its measured window (milliseconds)."""
+    ttfts: list[float]
+    itls: list[float]
+    tokens: int
+    errors: int
+    elapsed: float
+
+
 async def builtin_client(bench: Bench, url: str, load: Load) -> Result:
     """Only for --quick without aiperf's venv: closed-loop streams of token-id prompts, labelled as such."""
+    seen = await closed_loop(url, bench.model, load, bench.max_seconds)
+    return Result(seen.tokens / seen.elapsed, percentile(seen.ttfts, 50), percentile(seen.ttfts, 99),
+                  percentile(seen.itls, 50), percentile(seen.itls, 99), seen.tokens / max(1, len(seen.ttfts)),
+                  len(seen.ttfts), seen.errors, "built-in client")
+
+
+async def closed_loop(url: str, model: str, load: Load, max_seconds: float) -> Samples:
+    """`load.concurrency` streams of token-id prompts, greedy with `ignore_eos`, after WARMUP_REQUESTS
+    left out; sending stops after `max_seconds`."""
     ttfts, itls, tokens, errors = [], [], 0, 0
 
     async def one(session: ClientSession, index: int) -> None:
         nonlocal tokens, errors
-        body = {"model": bench.model, "prompt": [5 + (index * 7 + j) % 200 for j in range(load.prompt)],
+        body = {"model": model, "prompt": [5 + (index * 7 + j) % 200 for j in range(load.prompt)],
                 "max_tokens": load.output, "temperature": 0, "ignore_eos": True, "stream": True,
                 "stream_options": {"include_usage": True}}
         started, first, count = time.perf_counter(), None, 0
@@ -364,10 +383,9 @@ async def builtin_client(bench: Bench, url: str, load: Load) -> Result:
         await streams(session, list(range(WARMUP_REQUESTS)), min(WARMUP_REQUESTS, load.concurrency), float("inf"))
         began = time.perf_counter()
         await streams(session, list(range(WARMUP_REQUESTS, WARMUP_REQUESTS + load.requests)), load.concurrency,
-                      began + bench.max_seconds)
+                      began + max_seconds)
         elapsed = time.perf_counter() - began
-    return Result(tokens / elapsed, percentile(ttfts, 50), percentile(ttfts, 99), percentile(itls, 50),
-                  percentile(itls, 99), tokens / max(1, len(ttfts)), len(ttfts), errors, "built-in client")
+    return Samples(ttfts, itls, tokens, errors, elapsed)
 
 
 def percentile(values: list[float], q: int) -> float:
