@@ -10,8 +10,8 @@ extra named like its entry point, and a command run without them says which extr
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, entry_points, metadata
-from typing import Callable
 
 from helix_planner.errors import PlanningError
 

@@ -59,7 +59,7 @@ def test_the_planner_runs_and_other_commands_name_their_extra_in_one_line() -> N
     assert plan_code == 0 and "tok/s" in plan_out, plan_err  # stderr: the solver's progress, no warning
     assert "warning" not in plan_err and "Traceback" not in plan_err, plan_err
     for (code, out, err), (command, extra) in zip(missing, [("up", "worker"), ("operator", "operator"),
-                                                           ("dev", "dev")]):
+                                                           ("dev", "dev")], strict=True):
         lines = err.splitlines()
         assert code == 2 and out == "" and len(lines) == 1, err
         assert lines[0].startswith(f"error: `helix {command}`: it needs the [{extra}] extra"), lines[0]

@@ -26,7 +26,8 @@ def _setup_commands() -> list[str]:
 def _pip_install(command: str) -> tuple[set[str], set[str]]:
     """(indexes named, extras of this project installed) of the first `pip install` in `command`."""
     words = shlex.split(command[command.index("pip install") + len("pip install"):].split("&&")[0], comments=True)
-    indexes = {url for flag, url in zip(words, words[1:]) if flag in ("--index-url", "--extra-index-url")}
+    flags = ("--index-url", "--extra-index-url")
+    indexes = {url for flag, url in zip(words, words[1:], strict=False) if flag in flags}
     project = next(w for w in words if w == "." or w.startswith(".["))
     return indexes, set(filter(None, project[1:].strip("[]").split(",")))
 

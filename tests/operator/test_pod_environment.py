@@ -5,13 +5,13 @@ import subprocess
 import sys
 from typing import Any
 
-from helix_planner.plan_format import plan_from_dict
-from helix_worker.envs import unknown_variables, warn_unknown
 from opkit import fleet_spec, plan_document
 
 from helix_operator.api.spec import parse_spec
 from helix_operator.children.frontend import build_frontend_deployment
 from helix_operator.children.workers import Assignment, build_worker_pod
+from helix_planner.plan_format import plan_from_dict
+from helix_worker.envs import unknown_variables, warn_unknown
 
 OWNER = {"apiVersion": "helix.dev/v1alpha1", "kind": "HelixCluster",
          "metadata": {"name": "llama", "namespace": "inference", "uid": "uid-1"}}
