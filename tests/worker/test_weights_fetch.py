@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import _CACHED_NO_EXIST, try_to_load_from_cache
 from weights_standins import HubServer, S3Server, checkpoint_files, serving
 
 from helix_operator.api import weights_uri
@@ -15,6 +16,7 @@ from helix_worker.engine.model import LayerSlice
 from helix_worker.errors import ServingError
 from helix_worker.model.random_checkpoint import DemoModel, write_demo_checkpoint
 from helix_worker.weights.fetch import fetch, needed_shards, parse_source
+from helix_worker.weights.hf import HuggingFace
 from helix_worker.weights.partial import resume_from
 from helix_worker.weights.s3 import S3
 
@@ -101,6 +103,33 @@ def test_hf_resumes_what_an_earlier_run_left(checkpoint: Path, tmp_path: Path) -
         assert [rng for method, p, rng, _ in hub.log if method == "GET" and p == path] == ["bytes=1000-"]
     _same_slice(tmp_path / "ckpt", checkpoint, 0, 1)
     assert not list((tmp_path / "ckpt").glob(".*.partial")), "another version's partial file is gone too"
+
+
+def test_hf_cache_is_shared_so_a_second_pod_downloads_nothing(checkpoint: Path, tmp_path: Path) -> None:
+    """Pods pointing `--cache` at one volume: the first fills huggingface_hub's snapshot layout, a
+    second (or a restarted one) with the same layers sends no request at all, one with other
+    layers downloads only its missing shard."""
+    cache = tmp_path / "hf-cache"
+    with serving(_hub(checkpoint)) as hub:
+        def source() -> HuggingFace:
+            return parse_source(f"hf://{REPO}@{OLD}", {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN}, cache=cache)
+
+        first = fetch(source(), tmp_path / "pod-1", (1, 2), **QUIET)
+        assert sum(method == "GET" and "/resolve/" in path for method, path, _, _ in hub.log) == len(first)
+        hub.log.clear()
+        assert fetch(source(), tmp_path / "pod-2", (1, 2), **QUIET) == first
+        assert hub.log == [], "every file, and every absent optional one, came from the cache"
+        _same_slice(tmp_path / "pod-2", checkpoint, 1, 2)
+        fetch(source(), tmp_path / "pod-3", (2, 3), **QUIET)
+        got = [path.rsplit("/", 1)[1] for method, path, _, _ in hub.log if method == "GET" and "/resolve/" in path]
+        assert got == [SHARD.format(3)]
+    _same_slice(tmp_path / "pod-3", checkpoint, 2, 3)
+    snapshot = try_to_load_from_cache(REPO, SHARD.format(3), cache_dir=cache, revision=OLD)
+    assert snapshot == str(cache / "models--tiny--llama" / "snapshots" / OLD / SHARD.format(3))
+    assert (tmp_path / "pod-3" / SHARD.format(3)).resolve() == Path(snapshot).resolve()
+    assert try_to_load_from_cache(REPO, "chat_template.jinja", cache_dir=cache, revision=OLD) is _CACHED_NO_EXIST
+    with pytest.raises(ServingError, match="hf:// checkpoints only"):
+        parse_source("s3://bucket/x", {}, cache=cache)
 
 
 def test_hf_errors_say_what_to_change(checkpoint: Path, tmp_path: Path) -> None:

@@ -101,6 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     part.add_argument("--layers", type=_layer_range, metavar="START-END",
                       help="only the safetensors shards holding layers [START, END) (default: every shard)")
     part.add_argument("--no-weights", action="store_true", help="config and tokenizer only (what a front end reads)")
+    fetch.add_argument("--cache", type=Path, help="hf:// only: a huggingface_hub cache directory pods share; the "
+                       "checkpoint directory then links into it, and files already there are not downloaded")
     fetch.set_defaults(func=run_weights_fetch)
 
 
@@ -188,7 +190,7 @@ def run_weights_fetch(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    fetch(parse_source(args.source, remote_storage_env(), log), args.directory, args.layers,
+    fetch(parse_source(args.source, remote_storage_env(), log, args.cache), args.directory, args.layers,
           weights=not args.no_weights, log=log)
     return 0
 

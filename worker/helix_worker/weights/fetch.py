@@ -44,12 +44,16 @@ class Source(Protocol):
     def download(self, name: str, directory: Path) -> None: ...
 
 
-def parse_source(uri: str, environ: Mapping[str, str], log: Log = print) -> Source:
+def parse_source(uri: str, environ: Mapping[str, str], log: Log = print, cache: Path | None = None) -> Source:
     """The source an hf:// or s3:// URI names, configured from the standard variables in `environ`
-    (the AWS credential chain reads its own from the process environment)."""
+    (the AWS credential chain reads its own from the process environment); `cache`: a shared
+    huggingface_hub cache directory for hf:// files (see `weights_hf`)."""
     if match := HF_URI.fullmatch(uri):
         endpoint = (environ.get("HF_ENDPOINT") or HF_ENDPOINT).rstrip("/")
-        return HuggingFace(uri, match["repo"], match["revision"] or "main", endpoint, environ.get("HF_TOKEN"), log)
+        return HuggingFace(uri, match["repo"], match["revision"] or "main", endpoint, environ.get("HF_TOKEN"), log,
+                           cache)
+    if cache is not None:
+        raise ServingError(f"{uri!r}: a weights cache holds hf:// checkpoints only (huggingface_hub's layout)")
     if match := S3_URI.fullmatch(uri):
         endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
         return S3(uri, match["bucket"], (match["prefix"] or "").strip("/"),
