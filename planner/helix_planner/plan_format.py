@@ -75,7 +75,8 @@ class Plan:
 
     @property
     def plan_hash(self) -> str:
-        """Hash of what runs: model, placement, pipelines and admission cap (not timings or bounds)."""
+        """Hash of what runs: model (and the weights' commit when pinned), placement, pipelines and
+        admission cap (not timings or bounds)."""
         body: dict[str, Any] = {
             "model": self.model.get("name"),
             "layout": sorted((n.name, n.start, n.end) for n in self.nodes),
@@ -83,6 +84,8 @@ class Plan:
         }
         if self.max_in_flight is not None:
             body["maxInFlight"] = self.max_in_flight
+        if self.model.get("revision"):  # hf:// weights pinned by the operator: a new commit is a new plan
+            body["revision"] = self.model["revision"]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,7 +135,8 @@ def plan_from_dict(data: dict[str, Any]) -> Plan:
     """Read a plan document; a wrong version or a missing field is one clear error."""
     version = data.get("schemaVersion")
     if version != SCHEMA_VERSION:
-        raise PlanningError(f"plan schemaVersion {version!r} is not supported: this build reads version {SCHEMA_VERSION}")
+        raise PlanningError(f"plan schemaVersion {version!r} is not supported: this build reads version "
+                            f"{SCHEMA_VERSION}")
     try:
         solver = data["solver"]
         plan = Plan(

@@ -2,16 +2,22 @@
 
 import json
 
-from helix_planner.plan_format import load_plan, plan_from_dict
+import pytest
+from opkit import fleet_spec, plan_document
 
 from helix_operator.api import names
-from helix_operator.children.frontend import build_frontend_deployment, build_frontend_service, deployment_ready
 from helix_operator.api.meta import dns_name
+from helix_operator.api.spec import SpecError, parse_spec
+from helix_operator.children.frontend import build_frontend_deployment, build_frontend_service, deployment_ready
 from helix_operator.children.planmap import build_plan_configmap
-from helix_operator.api.spec import parse_spec
-from helix_operator.children.workers import (Assignment, build_worker_pod, build_workers_service, pod_assignment,
-                                    template_hash)
-from opkit import fleet_spec, plan_document
+from helix_operator.children.workers import (
+    Assignment,
+    build_worker_pod,
+    build_workers_service,
+    pod_assignment,
+    template_hash,
+)
+from helix_planner.plan_format import load_plan, plan_from_dict
 
 OWNER = {"apiVersion": "helix.dev/v1alpha1", "kind": "HelixCluster",
          "metadata": {"name": "llama", "namespace": "inference", "uid": "uid-1"}}
@@ -128,6 +134,38 @@ def test_remote_weights_are_fetched_by_an_init_container() -> None:
     command = template["containers"][0]["command"]
     assert command[command.index("--model") + 1] == "/models/checkpoint"
     assert template_hash(spec) != template_hash(parse_spec(fleet_spec())), "a new URI replaces the workers"
+
+
+def test_hf_weights_at_the_plans_commit_and_through_a_shared_cache() -> None:
+    """Every pod of a plan fetches the commit the plan pinned; workers keep files in the cache claim."""
+    sha = "c" * 40
+    raw = fleet_spec()
+    raw["model"].update(weightsUri="hf://org/model@main", credentialsSecret={"name": "hf"},
+                        cache={"claimName": "hf-cache"})
+    spec = parse_spec(raw)
+    pod = build_worker_pod(OWNER, spec, Assignment("n", 10, 14), "h", "cm", revision=sha)
+    init, = pod["spec"]["initContainers"]
+    assert init["command"] == ["helix", "weights", "fetch", f"hf://org/model@{sha}", "/models/checkpoint",
+                               "--layers", "10-14", "--cache", "/models-cache"]
+    assert init["volumeMounts"] == [{"name": "weights", "mountPath": "/models"},
+                                    {"name": "weights-cache", "mountPath": "/models-cache"}]
+    worker = pod["spec"]["containers"][0]
+    assert {"name": "weights-cache", "mountPath": "/models-cache", "readOnly": True} in worker["volumeMounts"]
+    assert {"name": "weights-cache", "persistentVolumeClaim": {"claimName": "hf-cache"}} in pod["spec"]["volumes"]
+    assert {"name": "HELIX_WEIGHTS_URI", "value": f"hf://org/model@{sha}"} in worker["env"]
+    assert template_hash(spec, sha) != template_hash(spec, "d" * 40), "another commit replaces, never relabels"
+    unpinned = build_worker_pod(OWNER, spec, Assignment("n", 10, 14), "h", "cm")["spec"]["initContainers"][0]
+    assert unpinned["command"][3] == "hf://org/model@main", "a plan made before pinning keeps the spec's URI"
+
+    plan = plan_from_dict({**PLAN.to_dict(), "model": {**PLAN.model, "revision": sha}})
+    template = build_frontend_deployment(OWNER, spec, plan, "cm")["spec"]["template"]["spec"]
+    init, = template["initContainers"]
+    assert init["command"] == ["helix", "weights", "fetch", f"hf://org/model@{sha}", "/models/checkpoint",
+                               "--no-weights"]
+    assert not any("persistentVolumeClaim" in v for v in template["volumes"]), "the front end reads no shards"
+    raw["model"]["weightsUri"] = "s3://bucket/model"
+    with pytest.raises(SpecError, match="spec.model.cache: caches hf:// weights only"):
+        parse_spec(raw)
 
 
 def test_frontend_deployment_and_service() -> None:

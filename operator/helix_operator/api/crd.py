@@ -8,10 +8,22 @@ from typing import Any
 
 import yaml
 
-from helix_operator.api import names
-from helix_operator.api import weights_uri
-from helix_operator.api.openapi import (Schema, array, boolean, enum, free_form, int_or_string, integer, integer_map,
-                                    number, obj, string, string_map)
+from helix_operator.api import names, weights_uri
+from helix_operator.api.openapi import (
+    Schema,
+    array,
+    boolean,
+    enum,
+    free_form,
+    int_or_string,
+    integer,
+    integer_map,
+    map_list,
+    number,
+    obj,
+    string,
+    string_map,
+)
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
@@ -125,6 +137,12 @@ def _model() -> Schema:
                                  "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, "
                                  "AWS_SESSION_TOKEN (and AWS_ENDPOINT_URL for S3-compatible stores) for s3://.",
                                  required=["name"]),
+        "cache": obj({"claimName": string(pattern=DNS_SUBDOMAIN, maxLength=253)},
+                     "hf:// only: a PersistentVolumeClaim the workers' init containers keep downloaded files "
+                     "in, as huggingface_hub's cache (blobs and snapshots per commit; partial files resume), "
+                     "mounted read-only in the workers. A pod whose files are there downloads nothing. The "
+                     "claim must be writable by uid 10001 and mountable by every worker: ReadWriteMany, or "
+                     "a hostPath PersistentVolume for a cache per node.", required=["claimName"]),
     }, "A built-in model by name, or a Llama-family model described by its shape.", required=["name"], cel=[
         (" && ".join(f"has(self.{a}) == has(self.{b})" for a, b in zip(custom, custom[1:])),
          "a custom model needs all of numLayers, hiddenSize, intermediateSize and numHeads (none for a built-in one)"),
@@ -244,8 +262,7 @@ def helixcluster_spec_schema() -> Schema:
     return obj({
         "suspend": boolean("Delete worker pods and scale the front end to zero; keep the plan.", default=False),
         "model": _model(),
-        "nodePools": array(_node_pool(), minItems=1, maxItems=32, **{
-            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}),
+        "nodePools": map_list(_node_pool(), ["name"], minItems=1, maxItems=32),
         "network": _network(),
         "planner": _planner(),
         "worker": _worker(),
@@ -267,9 +284,12 @@ def helixcluster_status_schema() -> Schema:
     return obj({
         "observedGeneration": integer(),
         "phase": enum(PHASES),
-        "conditions": array(condition, **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}),
+        "conditions": map_list(condition, ["type"]),
         "nodes": obj({"discovered": integer(), "used": integer(), "byGpuType": integer_map(),
                       "byRegion": integer_map()}),
+        "model": obj({"revision": string("The commit of hf:// weights every pod of the active plan fetches: "
+                                         "resolved from spec.model.weightsUri when the plan was made, and "
+                                         "kept until the next replan.")}),
         "url": string("The front end's OpenAI HTTP address inside the cluster, http(s)://<service>.<namespace>"
                       ".svc:<port> (https with spec.security.clientTlsSecret); KServe gRPC is on the same "
                       "Service's grpc port."),

@@ -16,6 +16,7 @@ FORMS = {
 }
 PATTERN = "^(" + "|".join(pattern for pattern, _ in FORMS.values()) + ")$"
 REMOTE = ("hf", "s3")
+REVISION_KEY = "revision"  # in a plan's `model` mapping: the commit of hf:// weights every pod of it fetches
 
 
 def scheme(uri: str) -> str:
@@ -30,3 +31,17 @@ def problem(uri: str) -> str | None:
     if not re.fullmatch(form[0], uri):
         return f"{uri!r} is not a valid {scheme(uri)}:// URI: use {form[1]}"
     return None
+
+
+def hf_parts(uri: str | None) -> tuple[str, str] | None:
+    """(repo, revision) of an hf:// URI (revision "main" when absent); None for other URIs."""
+    if not uri or not uri.startswith("hf://"):
+        return None
+    repo, _, revision = uri[len("hf://"):].partition("@")
+    return repo, revision or "main"
+
+
+def pinned(uri: str, revision: str | None) -> str:
+    """`uri` at the commit `revision` when it is hf:// and one is given, else `uri` itself."""
+    parts = hf_parts(uri)
+    return f"hf://{parts[0]}@{revision}" if parts and revision else uri

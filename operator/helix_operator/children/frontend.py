@@ -5,19 +5,19 @@ The pod template names the plan ConfigMap, so switching plans is an ordinary rol
 update that brings new front-end pods up before old ones go (maxUnavailable 0).
 """
 
-from typing import Any, Mapping
-
-from helix_planner.plan_format import Plan
+from collections.abc import Mapping
+from typing import Any
 
 from helix_operator.api import names
-from helix_operator.children.certificates import client_side, cluster_tls_env, cluster_tls_mount, cluster_tls_volume
 from helix_operator.api.meta import child_metadata, dns_name, labels, selector
 from helix_operator.api.podsecurity import restrict
+from helix_operator.api.spec import ClusterSpec
+from helix_operator.children.certificates import client_side, cluster_tls_env, cluster_tls_mount, cluster_tls_volume
 from helix_operator.children.podtemplate import merge_template
 from helix_operator.children.probes import http_probes
-from helix_operator.api.spec import ClusterSpec
-from helix_operator.children.weights import weights_source
+from helix_operator.children.weights import plan_revision, weights_source
 from helix_operator.children.workers import worker_endpoint
+from helix_planner.plan_format import Plan
 
 
 def frontend_name(cluster: str) -> str:
@@ -33,7 +33,7 @@ def build_frontend_deployment(owner: Mapping[str, Any], spec: ClusterSpec, plan:
     """`replicas` overrides the spec (zero while suspended); every plan node's worker is an --endpoint."""
     cluster, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
     frontend, plan_hash = spec.frontend, plan.plan_hash
-    weights = weights_source(spec, frontend.image, None)
+    weights = weights_source(spec, frontend.image, None, plan_revision(plan))
     endpoints = [f"--endpoint={n.name}={worker_endpoint(namespace, cluster, n.name, spec.worker.port)}"
                  for n in plan.nodes]
     client_volumes, client_mounts, client_env = client_side(spec)

@@ -3,8 +3,10 @@
 `pvc://claim/path` mounts a PersistentVolumeClaim read-only; `file:///path` is a path already
 in the image or mounted by pod template overrides; `hf://org/repo[@revision]` and
 `s3://bucket/prefix` are downloaded by an init container (`helix weights fetch`) into an
-emptyDir: a worker only the shards holding its layers, the front end config and tokenizer,
-with the credentials Secret's keys as environment variables. No URI makes random weights of
+emptyDir (with `spec.model.cache`, a worker's emptyDir links into huggingface_hub's cache on
+that claim, which pods share): a worker only the shards holding its layers, the front end config and tokenizer,
+with the credentials Secret's keys as environment variables; hf:// is fetched at the commit
+the plan pinned (`planning.revision`), so every pod of a plan holds the same files. No URI makes random weights of
 the model's shape with `helix model init` in an init container (same seed everywhere, so
 every pod holds the same model; meant for small test models).
 """
@@ -14,9 +16,11 @@ from typing import Any
 
 from helix_operator.api import weights_uri
 from helix_operator.api.spec import ClusterSpec
+from helix_planner.plan_format import Plan
 
 MODELS_DIR = "/models"
 VOLUME = "weights"
+CACHE_DIR, CACHE_VOLUME = "/models-cache", "weights-cache"
 FETCH_CONTAINER = "fetch-weights"
 INIT_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
@@ -29,12 +33,19 @@ class WeightsSource:
     init_containers: list[dict[str, Any]] = field(default_factory=list)
 
 
-def weights_source(spec: ClusterSpec, image: str, layers: tuple[int, int] | None) -> WeightsSource:
+def plan_revision(plan: Plan) -> str | None:
+    """The commit a plan pinned its hf:// weights to (None: not hf://, or planned before pinning)."""
+    revision = plan.model.get(weights_uri.REVISION_KEY)
+    return str(revision) if revision else None
+
+
+def weights_source(spec: ClusterSpec, image: str, layers: tuple[int, int] | None,
+                   revision: str | None = None) -> WeightsSource:
     """The checkpoint of a pod running `image`: a worker holding `layers` [start, end), or the
-    front end (None), which reads no weights."""
+    front end (None), which reads no weights; hf:// weights at `revision`, the plan's commit."""
     uri = spec.weights_uri
     if uri and weights_uri.scheme(uri) in weights_uri.REMOTE:
-        return _fetched(spec, image, uri, layers)
+        return _fetched(spec, image, weights_uri.pinned(uri, revision), layers)
     if uri and uri.startswith("pvc://"):
         claim, _, sub = uri[len("pvc://"):].partition("/")
         return WeightsSource(
@@ -59,8 +70,14 @@ def _fetched(spec: ClusterSpec, image: str, uri: str, layers: tuple[int, int] | 
     }
     if spec.credentials_secret:
         init["envFrom"] = [{"secretRef": {"name": spec.credentials_secret}}]
-    return WeightsSource(path=path, volumes=[{"name": VOLUME, "emptyDir": {}}],
-                         mounts=[{"name": VOLUME, "mountPath": MODELS_DIR, "readOnly": True}], init_containers=[init])
+    volumes = [{"name": VOLUME, "emptyDir": {}}]
+    mounts = [{"name": VOLUME, "mountPath": MODELS_DIR, "readOnly": True}]
+    if spec.weights_cache and layers:  # workers: the front end's config and tokenizer are not worth a claim
+        init["command"] += ["--cache", CACHE_DIR]  # the checkpoint directory links into the cache's snapshot
+        init["volumeMounts"].append({"name": CACHE_VOLUME, "mountPath": CACHE_DIR})
+        volumes.append({"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": spec.weights_cache}})
+        mounts.append({"name": CACHE_VOLUME, "mountPath": CACHE_DIR, "readOnly": True})
+    return WeightsSource(path=path, volumes=volumes, mounts=mounts, init_containers=[init])
 
 
 def _random(spec: ClusterSpec, image: str) -> WeightsSource:

@@ -7,20 +7,20 @@ the kubelet would reject it outright).
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from helix_planner.plan_format import Plan
-
-from helix_operator.api import names
-from helix_operator.children.certificates import cluster_tls_env, cluster_tls_mount, cluster_tls_volume
-from helix_operator.fleet.discovery import Discovery
+from helix_operator.api import names, weights_uri
 from helix_operator.api.meta import child_metadata, dns_name, selector
 from helix_operator.api.podsecurity import restrict
+from helix_operator.api.spec import ClusterSpec
+from helix_operator.children.certificates import cluster_tls_env, cluster_tls_mount, cluster_tls_volume
 from helix_operator.children.podtemplate import merge_template
 from helix_operator.children.probes import http_probes
-from helix_operator.api.spec import ClusterSpec
 from helix_operator.children.weights import weights_source
+from helix_operator.fleet.discovery import Discovery
+from helix_planner.plan_format import Plan
 
 CONTAINER = "worker"
 PLAN_VOLUME = "plan"
@@ -57,12 +57,17 @@ def assignments(plan: Plan, discovery: Discovery, spec: ClusterSpec) -> list[Ass
     return out
 
 
-def template_hash(spec: ClusterSpec) -> str:
-    """Identifies everything of a worker pod that is not its assignment: a change replaces the pods."""
+def template_hash(spec: ClusterSpec, revision: str | None = None) -> str:
+    """Identifies everything of a worker pod that is not its assignment: a change replaces the pods
+    (`revision`, the plan's commit of hf:// weights, too: a pod is never relabelled onto other weights)."""
     worker = spec.worker
     body = [worker.image, worker.image_pull_policy, worker.port, worker.gpu_resource_name, worker.resources,
             worker.env, worker.template, spec.model.name, spec.weights_uri, spec.credentials_secret,
             spec.rollout.drain_timeout, spec.security.tls_secret]
+    if spec.weights_cache:
+        body.append(spec.weights_cache)
+    if revision:
+        body.append(revision)
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -97,12 +102,13 @@ def build_workers_service(owner: Mapping[str, Any], spec: ClusterSpec) -> dict[s
 
 
 def build_worker_pod(owner: Mapping[str, Any], spec: ClusterSpec, assignment: Assignment, plan_hash: str,
-                     configmap: str, *, peers: Sequence[str] = ()) -> dict[str, Any]:
+                     configmap: str, *, peers: Sequence[str] = (), revision: str | None = None) -> dict[str, Any]:
     """`peers`: the plan's nodes, whose workers are this one's only possible next hops (an
-    --endpoint each); the cluster's TLS Secret is mounted for mutual TLS on every hop."""
+    --endpoint each); the cluster's TLS Secret is mounted for mutual TLS on every hop.
+    `revision`: the plan's commit of hf:// weights."""
     cluster, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
-    worker, template = spec.worker, template_hash(spec)
-    weights = weights_source(spec, worker.image, (assignment.start, assignment.end))
+    worker, template = spec.worker, template_hash(spec, revision)
+    weights = weights_source(spec, worker.image, (assignment.start, assignment.end), revision)
     metadata = child_metadata(
         owner, worker_pod_name(cluster, assignment, template), names.COMPONENT_WORKER,
         labels={names.LABEL_PLAN_HASH: plan_hash, names.LABEL_NODE: dns_name(assignment.node),
@@ -117,8 +123,9 @@ def build_worker_pod(owner: Mapping[str, Any], spec: ClusterSpec, assignment: As
                     "--model", weights.path, "--host", "0.0.0.0", "--port", str(worker.port),
                     "--http-port", str(names.WORKER_HTTP_PORT),
                     *[f"--endpoint={n}={worker_endpoint(namespace, cluster, n, worker.port)}" for n in peers]],
-        "env": [*_env(spec, assignment, plan_hash, worker.port), *cluster_tls_env()],
-        "ports": [{"name": "grpc", "containerPort": worker.port}, {"name": "http", "containerPort": names.WORKER_HTTP_PORT},
+        "env": [*_env(spec, assignment, plan_hash, worker.port, revision), *cluster_tls_env()],
+        "ports": [{"name": "grpc", "containerPort": worker.port},
+                  {"name": "http", "containerPort": names.WORKER_HTTP_PORT},
                   {"name": "data", "containerPort": names.WORKER_DATA_PORT}],
         "resources": _resources(worker.resources, worker.gpu_resource_name, assignment.gpus),
         **http_probes("http"),  # /readyz: its layers are loaded and it serves; this port has no TLS
@@ -140,13 +147,14 @@ def build_worker_pod(owner: Mapping[str, Any], spec: ClusterSpec, assignment: As
         pod_spec["initContainers"] = weights.init_containers
     if assignment.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in assignment.tolerations]
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+    pod: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
     pod = merge_template(pod, worker.template)
     pod["spec"] = restrict(pod["spec"])
     return pod
 
 
-def _env(spec: ClusterSpec, assignment: Assignment, plan_hash: str, port: int) -> list[dict[str, Any]]:
+def _env(spec: ClusterSpec, assignment: Assignment, plan_hash: str, port: int,
+         revision: str | None) -> list[dict[str, Any]]:
     values = {
         "HELIX_NODE": assignment.node,
         "HELIX_LAYER_START": str(assignment.start),
@@ -157,7 +165,7 @@ def _env(spec: ClusterSpec, assignment: Assignment, plan_hash: str, port: int) -
         "HELIX_DATA_PORT": str(names.WORKER_DATA_PORT),
     }
     if spec.weights_uri:
-        values["HELIX_WEIGHTS_URI"] = spec.weights_uri
+        values["HELIX_WEIGHTS_URI"] = weights_uri.pinned(spec.weights_uri, revision)
     given = {e["name"] for e in spec.worker.env}
     return [{"name": k, "value": v} for k, v in values.items() if k not in given] + [dict(e) for e in spec.worker.env]
 

@@ -11,41 +11,49 @@ import dataclasses
 import logging
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from helix_planner.errors import PlanningError
-from helix_planner.plan_format import Plan
-
-from helix_operator.control import events
 from helix_operator.api import names
-from helix_operator.fleet.catalog import with_profiles
-from helix_operator.control.reconcile import ensure_tls_secret
-from helix_operator.control.reconcile import (PlanRef, collect_plans, load_plan_ref, save_plan, stop_workers, sync_frontend,
-                                     sync_workers)
-from helix_operator.status.conditions import transitions
+from helix_operator.api.meta import plan_configmap_name
+from helix_operator.api.spec import ClusterSpec, SpecError, parse_spec
+from helix_operator.children.frontend import frontend_url
+from helix_operator.children.planmap import PlanTooLarge
+from helix_operator.children.rollout import COMPLETE
+from helix_operator.children.weights import plan_revision
+from helix_operator.control import events
 from helix_operator.control.context import OperatorContext
-from helix_operator.fleet.discovery import Discovery, NodeFacts, discover, nodes_problem
+from helix_operator.control.hub import hub_access
 from helix_operator.control.inbox import NODES, PODS, SPEC, Inbox
-from helix_operator.planning.inputs import InputsKey, inputs_key, memory_shortfall
 from helix_operator.control.kube import Ref
 from helix_operator.control.mergepatch import diff
-from helix_operator.api.meta import plan_configmap_name
-from helix_operator.children.planmap import PlanTooLarge
+from helix_operator.control.reconcile import (
+    PlanRef,
+    collect_plans,
+    ensure_tls_secret,
+    load_plan_ref,
+    save_plan,
+    stop_workers,
+    sync_frontend,
+    sync_workers,
+)
+from helix_operator.fleet.catalog import with_profiles
+from helix_operator.fleet.discovery import Discovery, NodeFacts, discover, nodes_problem
+from helix_operator.planning.inputs import InputsKey, inputs_key, memory_shortfall
+from helix_operator.planning.replan import APPLIED, APPROVED, FAILED, PROPOSED, broken_nodes, decide, replan_due
+from helix_operator.planning.revision import WeightsUnresolved
 from helix_operator.planning.runner import PlanRequest
-from helix_operator.planning.replan import (APPLIED, APPROVED, FAILED, PROPOSED, broken_nodes, decide,
-                                   replan_due)
-from helix_operator.children.rollout import COMPLETE
-from helix_operator.children.frontend import frontend_url
-from helix_operator.api.spec import ClusterSpec, SpecError, parse_spec
 from helix_operator.status.build import OWNED, Observation, build_status, conditions, plan_summary
+from helix_operator.status.conditions import transitions
+from helix_planner.errors import PlanningError
+from helix_planner.plan_format import Plan
 
 DEFAULT_DEBOUNCE = 15.0
 MAX_BACKOFF = 60.0
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclasses.dataclass
@@ -81,11 +89,13 @@ class Controller:
 
     @property
     def namespace(self) -> str:
-        return self.body["metadata"]["namespace"]
+        namespace: str = self.body["metadata"]["namespace"]
+        return namespace
 
     @property
     def name(self) -> str:
-        return self.body["metadata"]["name"]
+        name: str = self.body["metadata"]["name"]
+        return name
 
     @property
     def owner(self) -> dict[str, Any]:
@@ -177,7 +187,7 @@ class Controller:
         obs.nodes_problem = nodes_problem(discovery, spec.pools)
         serving = self.state.target or self.state.active
         lost = broken_nodes([(n.name, n.gpu_type) for n in serving.plan.nodes], discovery) if serving else []
-        if lost:
+        if lost and serving is not None:
             obs.degraded = ("NodesLost", f"{len(lost)} node(s) of plan {serving.hash} are gone, NotReady, cordoned "
                                          f"or relabelled: {', '.join(lost[:5])}")
         self.deferred = None
@@ -209,17 +219,20 @@ class Controller:
             return True
         obs.planning = True
         await self._publish(obs)
-        previous = state.target or state.active
-        request = PlanRequest(self.name, spec, discovery, catalog, previous=previous.plan if previous else None)
+        previous, previous_attempt = state.target or state.active, state.attempted
         started = time.monotonic()
         try:
+            request = PlanRequest(self.name, spec, discovery, catalog, previous=previous.plan if previous else None,
+                                  hub=await hub_access(self.ctx.kube, self.namespace, spec))
             plan = await self._solve(request, key)
             if plan is None:
                 return False
             self.ctx.metrics.plan_seconds.labels(self.namespace, self.name).observe(time.monotonic() - started)
             await self._decide(spec, key, due.trigger, plan)
-        except (PlanningError, PlanTooLarge) as err:
+        except (PlanningError, PlanTooLarge, WeightsUnresolved) as err:
             self._record_failure(key, due.trigger, str(err), getattr(err, "reason", "PlanningFailed"))
+            if isinstance(err, WeightsUnresolved):
+                state.attempted = previous_attempt  # the Hub may answer later (or the Secret appear): retry at resync
         finally:
             obs.planning = False
         await self._publish(obs)  # the new plan (or the failure) shows before pods are touched
@@ -233,7 +246,8 @@ class Controller:
         try:
             while True:
                 waiter = asyncio.ensure_future(self.inbox.wait(self.debounce, ignore=frozenset({PODS})))
-                done, _ = await asyncio.wait({future, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Future[Any]] = {future, waiter}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if waiter in done:
                     consumed |= waiter.result()
                 else:
@@ -336,6 +350,7 @@ class Controller:
         obs.plan_problem = obs.plan_problem or state.plan_problem
         if state.active:
             obs.active = plan_summary(state.active.plan, state.active.configmap, state.active_since or _now())
+            obs.revision = plan_revision(state.active.plan)
         if state.proposed:
             obs.proposed = plan_summary(state.proposed.plan, state.proposed.configmap, _now())
         obs.awaiting_approval = obs.mode == "Manual" and state.proposed is not None
@@ -364,7 +379,7 @@ def _monotonic_of(timestamp: str | None) -> float | None:
     if not timestamp:
         return None
     try:
-        then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
         return None
-    return time.monotonic() - (datetime.now(timezone.utc) - then).total_seconds()
+    return time.monotonic() - (datetime.now(UTC) - then).total_seconds()

@@ -4,24 +4,25 @@ Every function computes objects with the pure builders, then creates, patches or
 only what differs, so calling them on every wake-up is cheap and idempotent.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
-
-from helix_planner.errors import PlanningError
-from helix_planner.plan_format import Plan, load_plan
+from typing import Any
 
 from helix_operator.api import names
-from helix_operator.fleet.discovery import Discovery
+from helix_operator.api.meta import selector
+from helix_operator.api.spec import ClusterSpec
 from helix_operator.children.certificates import build_tls_secret, tls_secret_name
 from helix_operator.children.frontend import build_frontend_deployment, build_frontend_service, deployment_ready
-from helix_operator.planning.inputs import InputsKey
-from helix_operator.control.kube import Kube, Ref, each
-from helix_operator.api.meta import selector
 from helix_operator.children.networkpolicy import build_network_policies
 from helix_operator.children.planmap import ANNOTATION_INPUTS, build_plan_configmap
 from helix_operator.children.rollout import RolloutStep, next_step, pod_view
-from helix_operator.api.spec import ClusterSpec
+from helix_operator.children.weights import plan_revision
 from helix_operator.children.workers import assignments, build_worker_pod, build_workers_service, template_hash
+from helix_operator.control.kube import Kube, Ref, each
+from helix_operator.fleet.discovery import Discovery
+from helix_operator.planning.inputs import InputsKey
+from helix_planner.errors import PlanningError
+from helix_planner.plan_format import Plan, load_plan
 
 Owner = Mapping[str, Any]
 
@@ -40,7 +41,8 @@ class PlanRef:
 
 
 def _ns(owner: Owner) -> str:
-    return owner["metadata"]["namespace"]
+    namespace: str = owner["metadata"]["namespace"]
+    return namespace
 
 
 def _owned(owner: Owner, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -91,12 +93,15 @@ async def sync_workers(kube: Kube, owner: Owner, spec: ClusterSpec, discovery: D
     surge = None if active_hash in (None, target.hash) else spec.rollout.max_surge_nodes
     frontend_current = await frontend_plans(kube, owner) <= {target.hash}
     pipelines = [[stage.node for stage in pipeline.stages] for pipeline in target.plan.pipelines]
-    step = next_step(assignments(target.plan, discovery, spec), views, target.hash, surge, template_hash(spec),
-                     frontend_current, pipelines=pipelines, max_replace=spec.rollout.max_surge_nodes)
+    revision = plan_revision(target.plan)
+    step = next_step(assignments(target.plan, discovery, spec), views, target.hash, surge,
+                     template_hash(spec, revision), frontend_current, pipelines=pipelines,
+                     max_replace=spec.rollout.max_surge_nodes)
     namespace, grace = _ns(owner), spec.rollout.drain_timeout
     relabel = {"metadata": {"labels": {names.LABEL_PLAN_HASH: target.hash}}}
     peers = [node.name for node in target.plan.nodes]
-    pods = [build_worker_pod(owner, spec, a, target.hash, target.configmap, peers=peers) for a in step.create]
+    pods = [build_worker_pod(owner, spec, a, target.hash, target.configmap, peers=peers, revision=revision)
+            for a in step.create]
     await each([kube.create_missing(pod) for pod in pods]
                + [kube.delete(Ref("v1", "pods", namespace, name), grace_seconds=grace) for name in step.delete]
                + [kube.patch(Ref("v1", "pods", namespace, name), relabel) for name in step.relabel])

@@ -1,7 +1,7 @@
 """What the planner is asked: the flow-network cluster, and fingerprints of what went in.
 
-Two fingerprints tell why a replan is due: `spec` (model, network, planner settings and
-the GPU catalog with its GPUProfiles) and `nodes` (usable nodes with GPU type and region).
+Two fingerprints tell why a replan is due: `spec` (model and weights URI, network, planner
+settings and the GPU catalog with its GPUProfiles) and `nodes` (usable nodes with GPU type and region).
 """
 
 import hashlib
@@ -9,12 +9,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from helix_operator.api.spec import ClusterSpec
+from helix_operator.fleet.discovery import Discovery
 from helix_planner.cluster import Cluster
 from helix_planner.io.cluster_yaml import cluster_from_mapping
 from helix_planner.profiles import Catalog
-
-from helix_operator.fleet.discovery import Discovery
-from helix_operator.api.spec import ClusterSpec
 
 GB = 1e9
 
@@ -70,6 +69,7 @@ def inputs_key(spec: ClusterSpec, discovery: Discovery, catalog: Catalog) -> Inp
     body: dict[str, Any] = {
         "model": [spec.model.name, spec.model.num_layers, spec.model.hidden_size, spec.model.bytes_per_layer,
                   spec.model.dtype],
+        "weights": [spec.weights_uri, spec.credentials_secret],  # a new URI is pinned to its commit by a replan
         "network": spec.network,
         "planner": [planner.throughput_model, planner.objective, planner.slo_ttft, planner.time_limit,
                     planner.mip_gap, planner.churn_weight],

@@ -1,25 +1,27 @@
 """The one place the operator calls the planner: in a worker thread, never on the event loop.
 
 A plan for inputs that have since changed is superseded: its cancel flag interrupts the
-solver, the controller stops waiting for it and throws its result away.
+solver, the controller stops waiting for it and throws its result away. hf:// weights are
+pinned to a commit here too, before solving (`revision`): the plan carries the sha.
 """
 
 import asyncio
 import logging
 import threading
-from pathlib import Path
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+from helix_operator.api.spec import ClusterSpec, PlannerSpec
+from helix_operator.api.weights_uri import REVISION_KEY
+from helix_operator.fleet.discovery import Discovery
+from helix_operator.planning.inputs import build_cluster
+from helix_operator.planning.revision import HubAccess, resolve_revision
 from helix_planner.plan_format import Plan
 from helix_planner.planner import PlannerOptions, plan_cluster
 from helix_planner.profiles import Catalog
 from helix_planner.serving_plan import DEFAULT_LENGTHS, ServingObjective, plan_for_serving
 from helix_planner.sim.workload import load_lengths
-
-from helix_operator.fleet.discovery import Discovery
-from helix_operator.planning.inputs import build_cluster
-from helix_operator.api.spec import ClusterSpec, PlannerSpec
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class PlanRequest:
     discovery: Discovery
     catalog: Catalog
     previous: Plan | None = None
+    hub: HubAccess = HubAccess()
 
 
 def planner_options(spec: PlannerSpec) -> PlannerOptions:
@@ -44,6 +47,9 @@ def solve(request: PlanRequest, cancel: threading.Event, logger: logging.Logger)
             logger.info("planner: %s", line)
 
     spec = request.spec
+    revision = resolve_revision(spec.weights_uri, request.hub)
+    if revision:
+        logger.info("%s is commit %s for this plan", spec.weights_uri, revision)
     cluster = build_cluster(request.name, spec, request.discovery)
     options = planner_options(spec.planner)
     if spec.planner.objective == "Serving":
@@ -51,9 +57,10 @@ def solve(request: PlanRequest, cancel: threading.Event, logger: logging.Logger)
         objective = ServingObjective(ttft_slo=spec.planner.slo_ttft)
         plan, _ = plan_for_serving(cluster, spec.model, options, lengths, objective, previous=request.previous,
                                    catalog=request.catalog, progress=progress, cancel=cancel)
-        return plan
-    return plan_cluster(cluster, spec.model, options, previous=request.previous,
-                        catalog=request.catalog, progress=progress, cancel=cancel)
+    else:
+        plan = plan_cluster(cluster, spec.model, options, previous=request.previous,
+                            catalog=request.catalog, progress=progress, cancel=cancel)
+    return replace(plan, model={**plan.model, REVISION_KEY: revision}) if revision else plan
 
 
 class PlanRunner:

@@ -4,15 +4,15 @@ The controller fills an `Observation`; `build_status` turns it into conditions, 
 the summaries the printer columns read. Tests build observations directly.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from helix_planner.plan_format import Plan
-
-from helix_operator.status.conditions import FALSE, TRUE, UNKNOWN, Condition, aggregate_ready, merge
 from helix_operator.api.crd import ROLLOUT_STATES
-from helix_operator.fleet.discovery import Discovery
 from helix_operator.children.rollout import COMPLETE
+from helix_operator.fleet.discovery import Discovery
+from helix_operator.status.conditions import FALSE, TRUE, UNKNOWN, Condition, aggregate_ready, merge
+from helix_planner.plan_format import Plan
 
 Problem = tuple[str, str]  # (reason, message)
 IN_PROGRESS = tuple(s for s in ROLLOUT_STATES if s != COMPLETE)
@@ -57,6 +57,7 @@ class Observation:
     frontend: Problem | None = None
     degraded: Problem | None = None
     last_replan: Mapping[str, Any] | None = None
+    revision: str | None = None             # the commit of hf:// weights the active plan's pods fetch
     url: str | None = None                  # the front-end Service's address, once it exists
 
 
@@ -68,12 +69,13 @@ def conditions(obs: Observation) -> list[Condition]:
     degraded = obs.degraded
     out.append(Condition("Degraded", TRUE, *degraded) if degraded else
                Condition("Degraded", FALSE, "AsPlanned", "every node of the active plan is usable"))
-    rollout_state = (obs.rollout or {}).get("state")
+    rollout = obs.rollout or {}
+    rollout_state = rollout.get("state")
     if obs.planning:
         out.append(Condition("Progressing", TRUE, "Planning", "the planner is solving for the current nodes"))
     elif rollout_state in IN_PROGRESS:
         out.append(Condition("Progressing", TRUE, f"Rollout{rollout_state}",
-                             f"rolling out plan {obs.rollout['targetHash']}: {rollout_state.lower()}"))
+                             f"rolling out plan {rollout['targetHash']}: {rollout_state.lower()}"))
     else:
         out.append(Condition("Progressing", FALSE, "Idle", "nothing is being planned or rolled out"))
     return out
@@ -86,11 +88,13 @@ def _validated(obs: Observation) -> Condition:
 
 
 def _nodes(obs: Observation) -> Condition:
-    if obs.spec_problem or obs.discovery is None and obs.nodes_problem is None:
+    if obs.spec_problem:
         return Condition("NodesDiscovered", UNKNOWN, "NotEvaluated", "waiting for a valid spec")
     if obs.nodes_problem:
         return Condition("NodesDiscovered", FALSE, *obs.nodes_problem)
     found = obs.discovery
+    if found is None:
+        return Condition("NodesDiscovered", UNKNOWN, "NotEvaluated", "waiting for a valid spec")
     regions = len(found.count_by("region"))
     return Condition("NodesDiscovered", TRUE, "NodesFound",
                      f"{len(found.nodes)} usable GPU nodes in {regions} region(s): "
@@ -148,7 +152,7 @@ def phase(obs: Observation, conds: list[Condition]) -> str:
 
 # Status fields the controller writes; observedTokensPerSecond and observedAt are the observation timer's.
 OWNED = ("observedGeneration", "phase", "conditions", "nodes", "activePlan", "proposedPlan", "lastReplan", "rollout",
-         "url")
+         "model", "url")
 
 
 def build_status(obs: Observation, old: Mapping[str, Any], now: str) -> dict[str, Any]:
@@ -169,6 +173,8 @@ def build_status(obs: Observation, old: Mapping[str, Any], now: str) -> dict[str
                        ("lastReplan", obs.last_replan)):
         if value:
             status[key] = dict(value)
+    if obs.revision:
+        status["model"] = {"revision": obs.revision}
     if obs.url or obs.spec_problem and old.get("url"):  # an invalid spec leaves the Service as it was
         status["url"] = obs.url or old["url"]
     return status
