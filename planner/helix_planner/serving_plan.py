@@ -32,8 +32,8 @@ from helix_planner.plan_format import Plan
 from helix_planner.planner import PlannerOptions, plan_cluster
 from helix_planner.profiles import Catalog
 from helix_planner.sim.inputs import scenario_from_plan
-from helix_planner.sim.schedulers import scheduler_class
 from helix_planner.sim.metrics import SimResult
+from helix_planner.sim.schedulers import scheduler_class
 from helix_planner.sim.simulation import Scenario, SimConfig, Simulation
 from helix_planner.sim.workload import LengthTrace
 

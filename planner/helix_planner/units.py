@@ -6,9 +6,9 @@ those names, so they are evaluated with a tiny, safe arithmetic evaluator (never
 """
 
 import ast
+import operator as _op
 import re
 from collections.abc import Callable
-import operator as _op
 
 UNIT_NAMES: dict[str, float] = {
     "Byte": 1.0,

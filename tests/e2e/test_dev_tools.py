@@ -3,14 +3,13 @@ the status view, and that docs/dev-cluster.md shows the example the end-to-end t
 
 from pathlib import Path
 
-from helix_planner.cli import build_parser
-from helix_planner.profiles import gpu_from_mapping
-
 from helix_dev.containers import translate_container
 from helix_dev.fleet import EXAMPLES, SLOWDOWN, demo_manifests, demo_nodes, device_env, gpu_node
 from helix_dev.network import PortBook
 from helix_dev.scheduler import why_not
 from helix_dev.view import Snapshot, render
+from helix_planner.cli import build_parser
+from helix_planner.profiles import gpu_from_mapping
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,9 +6,10 @@ a values file produces; a template using anything else fails loudly here, not si
 import copy
 import fnmatch
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 

@@ -4,7 +4,6 @@ in the test's own event loop. Helpers live in `opkit` and `fakecluster`."""
 from collections.abc import AsyncIterator
 
 import pytest
-
 from fakecluster import ApiServer, Harness, api_server, running_operator
 
 

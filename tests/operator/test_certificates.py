@@ -4,25 +4,24 @@ data plane's mutual TLS."""
 
 import base64
 import socket
-import ssl
 import threading
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from opkit import fleet_spec
+from test_manifests import OWNER, PLAN
 
+from helix_operator.api.spec import parse_spec
 from helix_operator.children import certificates
 from helix_operator.children.certificates import build_tls_secret
-from helix_operator.control.reconcile import ensure_tls_secret
 from helix_operator.children.frontend import build_frontend_deployment
-from helix_operator.control.kube import Ref
-from helix_operator.api.spec import parse_spec
 from helix_operator.children.workers import Assignment, build_worker_pod, template_hash
+from helix_operator.control.kube import Ref
+from helix_operator.control.reconcile import ensure_tls_secret
 from helix_worker.envs import Settings
 from helix_worker.security import issuing
 from helix_worker.security.tls import cluster_tls
-from opkit import fleet_spec
-from test_manifests import OWNER, PLAN
 
 TLS_ENV = {"HELIX_TLS_CERT": "/var/run/helix/tls/tls.crt", "HELIX_TLS_KEY": "/var/run/helix/tls/tls.key",
            "HELIX_TLS_CA": "/var/run/helix/tls/ca.crt"}

@@ -59,7 +59,7 @@ def test_every_dashboard_query_reads_an_exported_metric_of_the_selected_model() 
 
 
 def test_the_metrics_vllm_dashboards_read_are_exported() -> None:
-    assert VLLM_DASHBOARD - EXPORTED == set()
+    assert set() == VLLM_DASHBOARD - EXPORTED
 
 
 def test_chart_renders_the_dashboard_configmap_for_grafanas_sidecar_only_when_enabled() -> None:

@@ -3,13 +3,14 @@ front end from clients, each selecting exactly the pods the builders label."""
 
 from typing import Any
 
-from helix_operator.api import names
-from helix_operator.children.frontend import build_frontend_deployment
-from helix_operator.children.networkpolicy import build_network_policies
-from helix_operator.api.spec import parse_spec
-from helix_operator.children.workers import Assignment, build_worker_pod
 from opkit import fleet_spec
 from test_manifests import OWNER, PLAN
+
+from helix_operator.api import names
+from helix_operator.api.spec import parse_spec
+from helix_operator.children.frontend import build_frontend_deployment
+from helix_operator.children.networkpolicy import build_network_policies
+from helix_operator.children.workers import Assignment, build_worker_pod
 
 RAW = fleet_spec()
 RAW["worker"]["port"] = 9000

@@ -1,12 +1,12 @@
 """Node discovery: GPU type and region from GKE, GFD, EKS labels or the spec; pools; profiles."""
 
-from helix_planner.profiles import load_catalog
+from opkit import GFD_PRODUCT, GKE_ACCELERATOR, REGION, fleet, fleet_spec, node
 
+from helix_operator.api.spec import parse_spec
 from helix_operator.fleet.catalog import with_profiles
 from helix_operator.fleet.discovery import discover, node_facts
 from helix_operator.planning.inputs import build_cluster, inputs_key, memory_shortfall
-from helix_operator.api.spec import parse_spec
-from opkit import GFD_PRODUCT, GKE_ACCELERATOR, REGION, fleet, fleet_spec, node
+from helix_planner.profiles import load_catalog
 
 CATALOG = load_catalog()
 

@@ -3,13 +3,13 @@
 import logging
 import threading
 
-from helix_planner.profiles import load_catalog
+from opkit import fleet, fleet_spec
 
+from helix_operator.api.spec import parse_spec
 from helix_operator.fleet.discovery import discover, node_facts
 from helix_operator.planning.inputs import inputs_key
 from helix_operator.planning.runner import PlanRequest, solve
-from helix_operator.api.spec import parse_spec
-from opkit import fleet, fleet_spec
+from helix_planner.profiles import load_catalog
 
 CATALOG = load_catalog()
 

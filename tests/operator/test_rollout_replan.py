@@ -1,15 +1,15 @@
 """Rollout steps (surge, switch, drain) and the replan policy."""
 
-from helix_planner.profiles import load_catalog
+from opkit import fleet, fleet_spec
 
+from helix_operator.api.spec import parse_spec
+from helix_operator.children.replacement import replacement_batch, serving, weakest_first
+from helix_operator.children.rollout import COMPLETE, DRAINING, REPLACING, SURGING, SWITCHING, PodView, next_step
+from helix_operator.children.workers import Assignment
 from helix_operator.fleet.discovery import discover, node_facts
 from helix_operator.planning.inputs import InputsKey
 from helix_operator.planning.replan import broken_nodes, decide, replan_due
-from helix_operator.children.replacement import replacement_batch, serving, weakest_first
-from helix_operator.children.rollout import COMPLETE, DRAINING, REPLACING, SURGING, SWITCHING, PodView, next_step
-from helix_operator.api.spec import parse_spec
-from helix_operator.children.workers import Assignment
-from opkit import fleet, fleet_spec
+from helix_planner.profiles import load_catalog
 
 
 def _pods(*specs) -> list[PodView]:

@@ -9,12 +9,12 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-from helix_planner.profiles import load_catalog
+from opkit import fleet, fleet_spec
 
 from helix_operator.control.controller import Controller
-from helix_operator.fleet.discovery import node_facts
 from helix_operator.control.inbox import NODES, SPEC
-from opkit import fleet, fleet_spec
+from helix_operator.fleet.discovery import node_facts
+from helix_planner.profiles import load_catalog
 
 pytestmark = pytest.mark.timeout(10)
 

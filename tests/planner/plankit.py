@@ -10,7 +10,6 @@ from helix_planner.cluster import Node
 from helix_planner.io.helix_ini import load_cluster_ini
 from helix_planner.models import get_model
 from helix_planner.network import LinkSpec, NetworkModel, build_cluster
-from helix_planner.profiles import load_catalog
 from helix_planner.throughput.helix import HelixCapacityModel
 
 REPO = Path(__file__).resolve().parents[2]

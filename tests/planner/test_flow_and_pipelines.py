@@ -3,12 +3,11 @@
 from collections import Counter
 
 import pytest
+from plankit import TableCapacity, mesh
 
 from helix_planner.flow import evaluate
 from helix_planner.models import ModelSpec
 from helix_planner.pipelines import InterleavedWeightedRoundRobin, decompose
-
-from plankit import TableCapacity, mesh
 
 MODEL = ModelSpec(name="toy", num_layers=4, hidden_size=1024, bytes_per_layer=1e9, kv_bytes_per_token_layer=1e3)
 CAPS = TableCapacity({"big": [400.0, 300.0, 200.0, 100.0], "small": [150.0, 100.0]})

@@ -1,11 +1,10 @@
 """The evaluator and the Helix capacity model reproduce the paper's published objectives."""
 
 import pytest
+from plankit import CASES, reference_case
 
 from helix_planner.flow import evaluate
 from helix_planner.io.helix_ini import dump_layout_ini, load_layout_ini
-
-from plankit import CASES, reference_case
 
 
 @pytest.mark.parametrize("case", list(CASES))

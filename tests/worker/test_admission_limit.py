@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from dataplane_helpers import start_workers, write_plan
 
+from helix_worker.engine.reference import ReferenceModel
 from helix_worker.envs import Settings
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
-from helix_worker.engine.reference import ReferenceModel
 
 PROMPTS = [[5, 17, 42], [7, 8], [100, 3, 250, 9], [30, 31, 32, 33, 34]]
 MAX_TOKENS = 12

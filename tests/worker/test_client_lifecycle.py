@@ -17,8 +17,8 @@ from dataplane_helpers import kserve_request, write_plan
 from helix_proto import grpc_service_pb2_grpc as kserve_grpc
 from helix_worker.envs import Settings
 from helix_worker.frontend.main import FrontendOptions, build_service, http_app
-from helix_worker.transport.http_base import start_site
 from helix_worker.metrics import FrontendMetrics
+from helix_worker.transport.http_base import start_site
 
 RUNNING, WAITING = "vllm:num_requests_running", "vllm:num_requests_waiting"
 GENERATED = "vllm:generation_tokens_total"

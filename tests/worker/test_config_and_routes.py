@@ -4,9 +4,9 @@ import pytest
 
 from helix_worker.envs import Settings, describe, env_name
 from helix_worker.errors import ServingError
+from helix_worker.fleet.layouts import manual_plan, proportional_split
 from helix_worker.frontend.routes import RouteTable
 from helix_worker.frontend.text import StopMatcher
-from helix_worker.fleet.layouts import manual_plan, proportional_split
 
 
 def test_settings_come_from_helix_variables_with_overrides() -> None:

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
-from helix_worker.transport import wire
-from helix_worker.transport.datachannel import DataListener, DataSender
 from helix_worker.envs import Settings
-from helix_worker.transport.links import StreamLink
 from helix_worker.protocol import Chunk, Hop, Phase
 from helix_worker.stage.endpoint import StageEndpoint
 from helix_worker.stage.server import StageIdentity, StageServicer
+from helix_worker.transport import wire
+from helix_worker.transport.datachannel import DataListener, DataSender
+from helix_worker.transport.links import StreamLink
 
 pytestmark = pytest.mark.timeout(30)
 MIB = 1 << 20

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from helix_worker.engine import cpu_kernels
 from helix_worker.engine.kv_pool import PAD_BLOCK, BlockAllocator
 from helix_worker.engine.model import LayerSlice
+from helix_worker.engine.reference import ReferenceModel
 from helix_worker.engine.scheduler import Piece, Scheduler
 from helix_worker.engine.static_batch import StaticBatch
 from helix_worker.model.random_checkpoint import DemoModel, write_demo_checkpoint
 from helix_worker.protocol import Chunk, FailureKind, Hop, Phase
-from helix_worker.engine.reference import ReferenceModel
 
 HOP = (Hop("n", "a:1", 0, 2),)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from dataplane_helpers import start_workers, write_plan
 
+from helix_worker.engine.reference import ReferenceModel
 from helix_worker.envs import Settings
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
-from helix_worker.engine.reference import ReferenceModel
 
 PROMPTS = [[11, 12, 13], [40, 41, 42, 43, 44, 45], [9], [300, 301, 302, 303], [77, 78]]
 MAX_TOKENS = 40

@@ -15,9 +15,9 @@ from helix_planner.throughput.profiled import ProfiledCapacityModel
 from helix_worker.envs import Settings
 from helix_worker.errors import ServingError
 from helix_worker.fleet.plans import FleetPlan, check_local_fleet, local_catalog, local_fleet_plan, model_spec
-from helix_worker.model.config import load_model_config
 from helix_worker.fleet.profile import device_memory
 from helix_worker.fleet.up import report_plan
+from helix_worker.model.config import load_model_config
 
 
 def test_local_fleet_is_measured_and_planned_with_slowed_down_types(checkpoint: Path, tmp_path: Path) -> None:

@@ -17,10 +17,10 @@ import torch
 from hf_builders import SHAPE, build
 from transformers import LlamaForCausalLM, PreTrainedModel
 
+from helix_worker.engine.reference import ReferenceModel, causal_attention
 from helix_worker.errors import ServingError
 from helix_worker.frontend.main import stop_ids
 from helix_worker.model.config import ModelConfig, load_model_config
-from helix_worker.engine.reference import ReferenceModel, causal_attention
 
 IDS = torch.randint(0, SHAPE["vocab_size"], (40,), generator=torch.Generator().manual_seed(1))
 

@@ -8,14 +8,24 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dataplane_helpers import (MODEL, NUM_LAYERS, WORKER_ENV, assert_reference_runs, failovers, generate_with_logits,
-                               kv_used, start_workers, write_endpoints, write_plan)
+from dataplane_helpers import (
+    MODEL,
+    NUM_LAYERS,
+    WORKER_ENV,
+    assert_reference_runs,
+    failovers,
+    generate_with_logits,
+    kv_used,
+    start_workers,
+    write_endpoints,
+    write_plan,
+)
 
 from helix_worker.envs import Settings
-from helix_worker.frontend.coordinator import Coordinator, ModelLimits
-from helix_worker.frontend.routes import RouteTable
 from helix_worker.fleet.launcher import LocalFleet
 from helix_worker.fleet.layouts import manual_plan
+from helix_worker.frontend.coordinator import Coordinator, ModelLimits
+from helix_worker.frontend.routes import RouteTable
 from helix_worker.stage.lease import LeaseKeeper
 
 LEASE = 1.0

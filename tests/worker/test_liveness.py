@@ -14,18 +14,27 @@ from pathlib import Path
 
 import pytest
 import torch
-from dataplane_helpers import (MODEL, NUM_LAYERS, WORKER_ENV, assert_reference_runs, failovers, generate_with_logits,
-                               kv_used, start_workers, write_plan)
+from dataplane_helpers import (
+    MODEL,
+    NUM_LAYERS,
+    WORKER_ENV,
+    assert_reference_runs,
+    failovers,
+    generate_with_logits,
+    kv_used,
+    start_workers,
+    write_plan,
+)
 
 from helix_proto import helix_stage_pb2 as pb
 from helix_worker.envs import Settings
 from helix_worker.errors import Unavailable
+from helix_worker.fleet.layouts import manual_plan
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
 from helix_worker.frontend.health import verdict
-from helix_worker.transport.links import StreamLink
-from helix_worker.fleet.layouts import manual_plan
 from helix_worker.protocol import SamplingParams
 from helix_worker.stage.main import StageOptions, serve_stage
+from helix_worker.transport.links import StreamLink
 
 HEARTBEAT, HUNG = 0.25, 1.5  # short bounds, yet a loaded two-core machine answers a heartbeat in time
 PROMPTS = [[11, 12, 13], [40, 41, 42, 43, 44, 45], [9], [300, 301, 302, 303]]

@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from helix_worker.model.checkpoint import CheckpointReader, tensor_names
-from helix_worker.errors import ServingError
-from helix_worker.model.config import load_model_config
-from helix_worker.model.random_checkpoint import DemoModel, write_demo_checkpoint
-from helix_worker.engine.reference import ReferenceModel
 from helix_worker.engine.model import LayerSlice
+from helix_worker.engine.reference import ReferenceModel
 from helix_worker.engine.rotary import inverse_frequencies
 from helix_worker.engine.static_batch import StaticBatch
+from helix_worker.errors import ServingError
+from helix_worker.model.checkpoint import CheckpointReader, tensor_names
+from helix_worker.model.config import load_model_config
+from helix_worker.model.random_checkpoint import DemoModel, write_demo_checkpoint
 
 
 @pytest.fixture

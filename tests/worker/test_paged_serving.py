@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from dataplane_helpers import assert_reference_runs, generate_with_logits, penalized_greedy, start_workers, write_plan
 
+from helix_worker.engine.reference import ReferenceModel
 from helix_worker.envs import Settings
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
-from helix_worker.transport.links import StreamLink
 from helix_worker.protocol import SamplingParams
-from helix_worker.engine.reference import ReferenceModel
 from helix_worker.security.tls import ClusterTLS
+from helix_worker.transport.links import StreamLink
 
 LIMITS = ModelLimits(vocab_size=380, max_positions=2048)
 TWO_STAGES = [[("left", 0, 3), ("right", 3, 6)]]

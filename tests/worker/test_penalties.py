@@ -3,10 +3,10 @@ the history a re-prefill carries, and a bad row refused alone."""
 
 import torch
 
-from helix_worker.transport import wire
 from helix_worker.engine.penalties import TokenHistory, problem, with_history
-from helix_worker.protocol import Chunk, Phase, SamplingParams
 from helix_worker.engine.sampling import sample_row
+from helix_worker.protocol import Chunk, Phase, SamplingParams
+from helix_worker.transport import wire
 
 LOGITS = torch.tensor([2.0, -1.0, 0.5, 3.0, -2.0])
 

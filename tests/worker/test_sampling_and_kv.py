@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from helix_worker.protocol import SamplingParams
 from helix_worker.engine.sampling import filter_logits, sample_row
+from helix_worker.protocol import SamplingParams
 
 LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
 

@@ -12,17 +12,17 @@ import torch
 
 from helix_proto import helix_stage_pb2 as pb
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
-from helix_worker.transport import datachannel
-from helix_worker.transport.datachannel import DataSender
 from helix_worker.envs import Settings
 from helix_worker.errors import ServingError
-from helix_worker.transport.links import StreamLink
 from helix_worker.protocol import Chunk, FailureKind, Hop, Phase
 from helix_worker.security.issuing import issue, new_ca, write_bundle
 from helix_worker.security.peers import PlanPeers
 from helix_worker.security.tls import ClusterTLS, cluster_tls
 from helix_worker.stage.endpoint import StageEndpoint
 from helix_worker.stage.server import StageIdentity
+from helix_worker.transport import datachannel
+from helix_worker.transport.datachannel import DataSender
+from helix_worker.transport.links import StreamLink
 
 pytestmark = pytest.mark.timeout(60)
 MIB = 1 << 20

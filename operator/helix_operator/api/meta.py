@@ -2,7 +2,8 @@
 
 import hashlib
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from helix_operator.api import names
 

@@ -9,7 +9,8 @@ the profile forbids: setting it over the built pod would otherwise undo the defa
 
 import copy
 import itertools
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 # The `helix` user of docker/Dockerfile.worker-*: USER names it, so the kubelet cannot tell it is not root.
 RUN_AS_USER = 10001

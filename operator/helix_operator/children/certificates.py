@@ -53,7 +53,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 def issue_cluster_tls(cluster: str, namespace: str) -> dict[str, bytes]:
     """A fresh CA (its key is dropped: nothing else is ever signed) and one member certificate
     for serving and dialling, valid for `CERT_DAYS`; PEM files by Secret key."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     validity = {"not_valid_before": now - datetime.timedelta(minutes=5),
                 "not_valid_after": now + datetime.timedelta(days=CERT_DAYS)}
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())

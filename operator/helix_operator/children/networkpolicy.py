@@ -11,7 +11,8 @@ Egress stays open (weights downloads, DNS). Kubelet probes come from the node, w
 CNIs let through whatever the policy says; the probes here are TCP checks of the serving ports.
 """
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from helix_operator.api import names
 from helix_operator.api.meta import child_metadata, dns_name, selector

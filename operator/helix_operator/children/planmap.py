@@ -4,12 +4,12 @@ Each worker pod mounts the plan it was created for and the front end mounts the 
 so a pod never sees its plan change underneath it; unreferenced plan ConfigMaps are deleted.
 """
 
-from typing import Any, Mapping
-
-from helix_planner.plan_format import Plan
+from collections.abc import Mapping
+from typing import Any
 
 from helix_operator.api import names
 from helix_operator.api.meta import child_metadata, plan_configmap_name
+from helix_planner.plan_format import Plan
 
 CONFIGMAP_LIMIT = 1024 * 1024
 ANNOTATION_INPUTS = "helix.dev/inputs"

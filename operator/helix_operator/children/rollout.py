@@ -9,8 +9,9 @@ and start when the node frees. Replace: pods whose layers stay but whose worker 
 outdated are replaced a batch of nodes at a time (see `replacement`), never all at once.
 """
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from helix_operator.api import names
 from helix_operator.api.crd import ROLLOUT_STATES

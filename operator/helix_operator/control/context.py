@@ -2,15 +2,14 @@
 
 from dataclasses import dataclass, field
 
-from helix_planner.profiles import Catalog
-
-from helix_operator.fleet.discovery import NodeFacts
+from helix_operator.api.meta import dns_name
 from helix_operator.control.inbox import Inbox
 from helix_operator.control.kube import Kube
-from helix_operator.api.meta import dns_name
-from helix_operator.status.metrics import Metrics
 from helix_operator.control.observe import Observer
+from helix_operator.fleet.discovery import NodeFacts
 from helix_operator.planning.runner import PlanRunner
+from helix_operator.status.metrics import Metrics
+from helix_planner.profiles import Catalog
 
 Key = tuple[str, str]  # (namespace, name) of a HelixCluster
 

@@ -1,6 +1,7 @@
 """Kubernetes events on a HelixCluster: one per condition transition, plus plan decisions."""
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import kopf
 

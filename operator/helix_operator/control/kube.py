@@ -8,9 +8,9 @@ the status subresource.
 
 import asyncio
 import json
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
-from collections.abc import Awaitable, Iterable
-from typing import Any, Mapping
+from typing import Any
 
 from kubernetes.client import ApiClient, Configuration
 

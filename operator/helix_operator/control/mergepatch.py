@@ -5,7 +5,8 @@ leave stale keys (a GPU type no longer present) behind; `diff` emits the nulls, 
 empty diff means there is nothing to write.
 """
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 def diff(old: Mapping[str, Any], new: Mapping[str, Any], keys: Iterable[str] | None = None) -> dict[str, Any]:

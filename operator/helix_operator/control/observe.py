@@ -14,17 +14,17 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from helix_operator.control import events
 from helix_operator.api import names
-from helix_operator.control.kube import ApiError, Kube, Ref
 from helix_operator.api.meta import condition_true, selector
 from helix_operator.api.spec import SpecError, parse_spec
+from helix_operator.control import events
+from helix_operator.control.kube import ApiError, Kube, Ref
 
 COUNTER = "vllm:generation_tokens"  # the front end's counter of sampled tokens (helix_worker.metrics)
 SCRAPE_TIMEOUT = 5.0
@@ -124,7 +124,7 @@ class Observer:
         rates = [r for r in maybe if r is not None]
         if len(rates) < len(maybe):
             return  # a pod seen for the first time (or restarted): its figure comes with the next scrape
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         status = {"observedTokensPerSecond": round(sum(rates), 1), "observedAt": now}
         try:
             await self.kube.patch(Ref(names.API_VERSION, names.HELIXCLUSTERS, *key), {"status": status},
@@ -144,7 +144,7 @@ class Observer:
                 if response.status != 200:
                     return uid, f"HTTP {response.status}"
                 text = await response.text()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
             return uid, f"{type(err).__name__}: {err}".rstrip(": ")
         value = counter_value(text)
         if value is None:

@@ -6,22 +6,21 @@ in how they log in (in-cluster / kubeconfig, or straight to an API emulator).
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 from kubernetes.client import Configuration
-from helix_planner.profiles import load_catalog
 
 from helix_operator.control.context import OperatorContext
 from helix_operator.control.handlers import register
 from helix_operator.control.kube import Kube
-from helix_operator.status.metrics import Metrics
 from helix_operator.control.observe import Observer, PodAddress, pod_ip_address
 from helix_operator.planning.runner import PlanRunner
+from helix_operator.status.metrics import Metrics
+from helix_planner.profiles import load_catalog
 
 PREFIX = "helix.dev"
 

@@ -4,7 +4,8 @@ A GPUProfile adds a GPU type, or overrides a built-in one when its `gpuType` nam
 (case-insensitively), so users can serve on new hardware without rebuilding images.
 """
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from helix_planner.errors import PlanningError
 from helix_planner.profiles import Catalog, GpuType, gpu_from_mapping

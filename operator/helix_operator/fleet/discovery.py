@@ -7,14 +7,14 @@ out, so tests feed it dicts and the controller feeds it the node index.
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
-
-from helix_planner.errors import PlanningError
-from helix_planner.profiles import Catalog
+from typing import Any
 
 from helix_operator.api.meta import condition_true
 from helix_operator.api.spec import PoolSpec, Requirement
+from helix_planner.errors import PlanningError
+from helix_planner.profiles import Catalog
 
 # Tried in order when a pool names neither gpuType nor gpuTypeLabel.
 GPU_LABELS = (

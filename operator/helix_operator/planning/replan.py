@@ -6,8 +6,8 @@ the last replan, unless the active plan lost a node. A node-triggered plan repla
 active one only if it is at least `minImprovementPercent` better or the active one broke.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from helix_operator.fleet.discovery import Discovery
 from helix_operator.planning.inputs import InputsKey

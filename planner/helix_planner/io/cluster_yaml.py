@@ -28,7 +28,6 @@ from helix_planner.models import ModelSpec, model_from_mapping
 from helix_planner.network import LinkSpec, NetworkModel, build_cluster
 from helix_planner.units import parse_quantity
 
-
 TOP_KEYS = ("name", "model", "nodes", "pools", "network")
 NODE_KEYS = ("name", "gpu", "region")
 POOL_KEYS = ("gpu", "region", "count", "namePrefix")

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from helix_worker.errors import ServingError
-from helix_worker.transport.readyfile import wait_ready_file
 from helix_worker.security.issuing import issue, new_ca, write_bundle
 from helix_worker.security.tls import ClusterTLS
+from helix_worker.transport.readyfile import wait_ready_file
 
 LOOPBACK = "127.0.0.1"
 

@@ -32,8 +32,8 @@ from helix_planner.planner import PlannerOptions, plan_cluster
 from helix_planner.profiles import Catalog, Curve, GpuType, load_catalog
 from helix_worker.envs import Settings
 from helix_worker.errors import ServingError
-from helix_worker.model.config import ModelConfig, parse_dtype
 from helix_worker.fleet.profile import ProfileOptions, device_memory, device_name, measure, write_profile
+from helix_worker.model.config import ModelConfig, parse_dtype
 from helix_worker.stage.main import resolve_device
 
 LOCAL_PLAN_SECONDS = 5.0

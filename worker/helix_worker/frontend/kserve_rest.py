@@ -10,8 +10,8 @@ Each model path also answers under `/versions/1`. Errors are `{"error": "..."}` 
 
 import json
 from collections.abc import Callable
-from typing import Any
 from contextlib import aclosing
+from typing import Any
 
 from aiohttp import web
 

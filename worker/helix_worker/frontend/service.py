@@ -19,8 +19,8 @@ from typing import Any
 from helix_worker.errors import InvalidRequest
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest
 from helix_worker.frontend.text import StopMatcher, chat_messages
-from helix_worker.protocol import SamplingParams
 from helix_worker.model.tokenizer import StreamDecoder, Tokenizer
+from helix_worker.protocol import SamplingParams
 
 TOKENIZE_THREADS = 2
 

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import grpc
 
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
-from helix_worker.transport.datachannel import DataListener
-from helix_worker.envs import Settings
-from helix_worker.transport.links import server_options
 from helix_worker.engine.stage_engine import StageEngine
+from helix_worker.envs import Settings
 from helix_worker.security.peers import PlanPeers
 from helix_worker.security.tls import ClusterTLS
 from helix_worker.stage.server import StageIdentity, StageServicer
+from helix_worker.transport.datachannel import DataListener
+from helix_worker.transport.links import server_options
 
 
 @dataclass

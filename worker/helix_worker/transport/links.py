@@ -18,10 +18,9 @@ import torch
 
 from helix_proto import helix_stage_pb2 as pb
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
-from helix_worker.transport import datachannel
-from helix_worker.transport import wire
 from helix_worker.protocol import Chunk
 from helix_worker.security.tls import ClusterTLS
+from helix_worker.transport import datachannel, wire
 
 log = logging.getLogger(__name__)
 PEER_HEADER = "helix-peer"
