@@ -47,19 +47,19 @@ from pathlib import Path  # noqa: E402
 import torch
 from results import markdown_table, write_table
 
+from helix_worker.engine.model import LayerSlice
+from helix_worker.engine.static_batch import StaticBatch
 from helix_worker.envs import Settings
-from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
 from helix_worker.fleet.launcher import LocalFleet
-from helix_worker.transport.links import StreamLink
 from helix_worker.fleet.layouts import manual_plan, proportional_split
+from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
 from helix_worker.model.random_checkpoint import DemoModel, write_demo_checkpoint
 from helix_worker.protocol import Chunk, Hop, Phase
 from helix_worker.security.issuing import issue, new_ca, write_bundle
 from helix_worker.security.tls import ClusterTLS
-from helix_worker.engine.model import LayerSlice
-from helix_worker.engine.static_batch import StaticBatch
 from helix_worker.stage.endpoint import StageEndpoint
 from helix_worker.stage.server import StageIdentity
+from helix_worker.transport.links import StreamLink
 
 MIB = 1 << 20
 
@@ -107,7 +107,8 @@ class SingleProcess:
         return time.perf_counter() - started
 
     async def throughput(self) -> float:
-        return self.sizes.batch * self.sizes.new_tokens / self._generate(prompts(self.sizes, 380), self.sizes.new_tokens)
+        seconds = self._generate(prompts(self.sizes, 380), self.sizes.new_tokens)
+        return self.sizes.batch * self.sizes.new_tokens / seconds
 
     async def step_ms(self) -> float:
         one, steps = prompts(self.sizes, 380)[:1], self.sizes.latency_steps

@@ -115,7 +115,8 @@ def main() -> int:
     size = 500 if args.quick else 1000
     cluster, plan = plans[size]
     show(replan_row(f"replan fleet {size}, -1 node", cluster, plan, options, catalog))
-    window = SimConfig(warmup=30.0, duration=90.0, seed=1) if args.quick else SimConfig(warmup=60.0, duration=240.0, seed=1)
+    window = (SimConfig(warmup=30.0, duration=90.0, seed=1) if args.quick
+              else SimConfig(warmup=60.0, duration=240.0, seed=1))
     show(serving_row(f"serving fleet {size}", cluster, options, catalog, window))
     load = os.getloadavg()
     write_table("planner", f"{args.threads} threads, {limit:.0f} s per reference case; load average "

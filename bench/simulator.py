@@ -47,7 +47,6 @@ from pathlib import Path
 import numpy as np
 from results import markdown_table, write_table
 
-
 from helix_planner.models import get_model
 from helix_planner.planner import PlannerOptions
 from helix_planner.profiles import Catalog, load_catalog
@@ -95,7 +94,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short windows and plans (CI)")
     parser.add_argument("--ablation-seeds", type=int, help="seeds in the scheduler ablation (default 20, quick 5)")
     parser.add_argument("--plan-time-limit", type=float,
-                        help="seconds per planned case, shared among the serving objective's floors (default 60, quick 5)")
+                        help="seconds per planned case, shared among the serving objective's floors "
+                             "(default 60, quick 5)")
     args = parser.parse_args()
     window = SimConfig(warmup=60.0, duration=240.0 if args.quick else 600.0)
     plan_limit = args.plan_time_limit or (5.0 if args.quick else 60.0)
@@ -131,7 +131,8 @@ def main() -> int:
     setting = (f"Offline, Azure-conversation lengths, seed 0, window {window.warmup:.0f} s + {window.duration:.0f} s, "
                f"plans {plan_limit:.0f} s. Speed: single24 Helix layout + IWRR, "
                f"{window.warmup + window.duration:.0f} simulated s in {speed.wall_seconds:.1f} s wall "
-               f"({speed.sim_seconds_per_wall_second:.0f} simulated s per wall s), peak RSS {rss:.0f} MiB (whole process).")
+               f"({speed.sim_seconds_per_wall_second:.0f} simulated s per wall s), "
+               f"peak RSS {rss:.0f} MiB (whole process).")
     print(setting + "\n")
     header = (f"{'case':<9} {'layout':<9} {'scheduler':<15} {'admission':>13} {'decode tok/s':>12} {'paper':>7} "
               f"{'vs paper':>8} {'p95 TTFT s':>10} {'p50 TPOT s':>10} {'wall s':>7}")
@@ -145,7 +146,8 @@ def main() -> int:
             results[(row.case, row.layout, row.scheduler)] = result
         paper = f"{row.published:7.1f} {(result.decode_throughput / row.published - 1) * 100:+7.1f}%" \
             if row.published else f"{'-':>7} {'-':>8}"
-        admission = f"online {row.rate:.2f}/s" if row.rate else f"{row.in_flight} in flight" if row.in_flight else "KV room"
+        admission = (f"online {row.rate:.2f}/s" if row.rate else
+                     f"{row.in_flight} in flight" if row.in_flight else "KV room")
         print(f"{row.case:<9} {row.layout:<9} {row.scheduler:<15} {admission:>13} "
               f"{result.decode_throughput:12.1f} {paper} {result.ttft.p95:10.1f} {result.tpot.p50:10.2f} "
               f"{result.wall_seconds:7.1f}", flush=True)
@@ -213,7 +215,8 @@ def _verdicts(results: dict[tuple[str, str, str], SimResult], ablation: dict[str
         if row.layout == "helix" and row.scheduler == "iwrr":
             got = decode(row.case, "helix", "iwrr")
             checks.append((True, abs(got / row.published - 1) <= TOLERANCE,
-                           f"{row.case}: Helix layout + IWRR {got:.1f} tok/s within ±15% of the paper's {row.published}"))
+                           f"{row.case}: Helix layout + IWRR {got:.1f} tok/s within ±15% of the paper's "
+                           f"{row.published}"))
     for row in FIDELITY:
         if row.layout != "helix":
             helix, other = decode(row.case, "helix", "iwrr"), decode(row.case, row.layout, row.scheduler)

@@ -53,7 +53,8 @@ async def sync_deployment(api: Api, deployment: Mapping[str, Any], pods: list[di
     metadata, spec = deployment["metadata"], deployment.get("spec") or {}
     if metadata.get("deletionTimestamp"):
         return
-    owned = [p for p in pods if any(r.get("uid") == metadata["uid"] for r in p["metadata"].get("ownerReferences") or [])]
+    owned = [p for p in pods
+             if any(r.get("uid") == metadata["uid"] for r in p["metadata"].get("ownerReferences") or [])]
     live = [p for p in owned if not p["metadata"].get("deletionTimestamp")]
     failed = [p for p in live if (p.get("status") or {}).get("phase") in TERMINAL]
     running = [p for p in live if p not in failed]

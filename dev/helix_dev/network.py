@@ -132,7 +132,8 @@ class ServiceProxy:
         self._endpoints = wanted
         for key in set(wanted) - set(self._servers):
             owner, port = key
-            self._servers[key] = await asyncio.start_server(self._forwarder(key), LOOPBACK, self.ports.port(owner, port))
+            self._servers[key] = await asyncio.start_server(self._forwarder(key), LOOPBACK,
+                                                            self.ports.port(owner, port))
         for key in set(self._servers) - set(wanted):
             self._servers.pop(key).close()
 

@@ -62,7 +62,8 @@ class PlacementModel:
 
 
 def build_model(topology: Topology, model: ModelSpec, *, previous: dict[tuple[str, int, int], int] | None = None,
-                churn_weight: float = 0.0, flow_cap: float = float("inf"), conservative_links: bool = False) -> PlacementModel:
+                churn_weight: float = 0.0, flow_cap: float = float("inf"),
+                conservative_links: bool = False) -> PlacementModel:
     """The PuLP model; `previous` counts (class, start, length) of the running plan for churn.
 
     `flow_cap` is any known upper bound U on the total flow: no single node can usefully
@@ -111,9 +112,11 @@ def build_model(topology: Topology, model: ModelSpec, *, previous: dict[tuple[st
                 continue
             for l in range(1, L):
                 send = pulp.lpSum(topology.cross_out[(c.key, hh)] * v
-                                  for c in topology.classes if c.group == g for v in end_counts.get((c.key, l), []))
+                                  for c in topology.classes if c.group == g
+                                  for v in end_counts.get((c.key, l), []))
                 receive = pulp.lpSum(topology.cross_in[(g, c.key)] * v
-                                     for c in topology.classes if c.group == hh for v in start_counts.get((c.key, l), []))
+                                     for c in topology.classes if c.group == hh
+                                     for v in start_counts.get((c.key, l), []))
                 if not send or not receive:
                     continue
                 var = h[(g, hh, l)] = prob.add_variable(f"h_{g}_{hh}_{l}", 0)
@@ -126,7 +129,8 @@ def build_model(topology: Topology, model: ModelSpec, *, previous: dict[tuple[st
         for l in range(1, L):
             out = [v for (a, b, ll), v in h.items() if a == g and ll == l]
             inc = [v for (a, b, ll), v in h.items() if b == g and ll == l]
-            prob += pulp.lpSum(ends.get((g, l), [])) + pulp.lpSum(inc) == pulp.lpSum(starts.get((g, l), [])) + pulp.lpSum(out), f"bal_{g}_{l}"
+            prob += (pulp.lpSum(ends.get((g, l), [])) + pulp.lpSum(inc)
+                     == pulp.lpSum(starts.get((g, l), [])) + pulp.lpSum(out)), f"bal_{g}_{l}"
             if out:
                 prob += pulp.lpSum(out) <= pulp.lpSum(ends.get((g, l), [])), f"sendown_{g}_{l}"
             if inc:
@@ -136,7 +140,8 @@ def build_model(topology: Topology, model: ModelSpec, *, previous: dict[tuple[st
         first = [(y[key], n[key]) for key in y if key[0] == cls.key and key[1] == 0]
         last = [(y[key], n[key]) for key in y if key[0] == cls.key and key[1] + key[2] == L]
         if first:
-            prob += pulp.lpSum(v for v, _ in first) <= cls.source_cap * pulp.lpSum(c for _, c in first), f"src_{cls.key}"
+            prob += (pulp.lpSum(v for v, _ in first) <= cls.source_cap * pulp.lpSum(c for _, c in first),
+                     f"src_{cls.key}")
         if last:
             prob += pulp.lpSum(v for v, _ in last) <= cls.sink_cap * pulp.lpSum(c for _, c in last), f"snk_{cls.key}"
 
@@ -210,7 +215,8 @@ def solve(built: PlacementModel, settings: MilpSettings, *, warm_start: dict[tup
     def on_improving(event: highspy.HighsCallbackEvent) -> None:
         if progress:
             out = event.data_out
-            progress(_progress_line(out.mip_primal_bound, out.mip_dual_bound, time.monotonic() - started, "new incumbent"))
+            progress(_progress_line(out.mip_primal_bound, out.mip_dual_bound, time.monotonic() - started,
+                                    "new incumbent"))
 
     highs.cbMipInterrupt.subscribe(on_interrupt)
     highs.cbMipImprovingSolution.subscribe(on_improving)
@@ -220,7 +226,8 @@ def solve(built: PlacementModel, settings: MilpSettings, *, warm_start: dict[tup
     info = highs.getInfo()
     status_text = highs.modelStatusToString(status)
     if status == highspy.HighsModelStatus.kInfeasible:
-        raise InfeasiblePlacement("the placement problem is infeasible: no contiguous layer assignment reaches the front end")
+        raise InfeasiblePlacement("the placement problem is infeasible: no contiguous layer assignment reaches "
+                                  "the front end")
     if info.primal_solution_status != highspy.kSolutionStatusFeasible:
         raise PlanningError(
             f"HiGHS found no placement within {settings.time_limit:.0f}s ({status_text}); raise the time limit"
@@ -262,7 +269,8 @@ def _complete_warm_start(built: PlacementModel, columns: list[pulp.LpVariable], 
 
 
 def _progress_line(primal: float, dual: float, elapsed: float, note: str = "") -> str:
-    gap = (dual - primal) / dual * 100 if dual and math.isfinite(dual) and math.isfinite(primal) and dual > 0 else float("nan")
+    finite = dual and math.isfinite(dual) and math.isfinite(primal) and dual > 0
+    gap = (dual - primal) / dual * 100 if finite else float("nan")
     incumbent = f"{primal:10.1f}" if math.isfinite(primal) else "         -"
     return f"milp {elapsed:7.1f}s  incumbent {incumbent}  bound {dual:10.1f}  gap {gap:6.2f}%  {note}".rstrip()
 

@@ -61,7 +61,8 @@ def _add(cluster: Cluster, src: str, dst: str, spec: LinkSpec, network: NetworkM
         return
     override = network.link_overrides.get((src, dst))
     if override is None:
-        override = network.link_overrides.get((dst, src)) if SOURCE not in (src, dst) and SINK not in (src, dst) else None
+        override = (network.link_overrides.get((dst, src))
+                    if SOURCE not in (src, dst) and SINK not in (src, dst) else None)
     if override is None and src == SOURCE:
         override = network.link_overrides.get((SINK, dst)) or network.link_overrides.get((dst, SINK))
     cluster.add_link(Link(src, dst, (override or spec).bandwidth, (override or spec).latency))

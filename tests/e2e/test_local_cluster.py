@@ -117,7 +117,8 @@ class Scenario:
         """3a: planned, pods up with their node's slowdown, front end serving."""
         status = await until(self.serving, 150, "the HelixCluster is Running", self.explain)
         assert status["activePlan"]["pipelines"] >= 2 and status["nodes"]["byRegion"] == {"eu-west": 3, "us-east": 3}
-        configmap = await self.cluster.api.get(f"/api/v1/namespaces/{NS}/configmaps/{status['activePlan']['configMap']}")
+        configmap = await self.cluster.api.get(
+            f"/api/v1/namespaces/{NS}/configmaps/{status['activePlan']['configMap']}")
         plan = json.loads(configmap["data"]["plan.json"])
         assert plan["planHash"] == status["activePlan"]["hash"]
         assert min(len(p["stages"]) for p in plan["pipelines"]) >= 2, "every pipeline spans several nodes"
@@ -160,7 +161,8 @@ class Scenario:
         async with self.load() as load:
             await until(lambda: _true(len(load.outcomes) >= 3), 60, "requests complete before the change")
             changed = time.monotonic()
-            await self.cluster.api.patch(f"/api/v1/nodes/{RELABELLED}", {"metadata": {"labels": {GPU_PRODUCT: NEW_GPU}}})
+            await self.cluster.api.patch(f"/api/v1/nodes/{RELABELLED}",
+                                         {"metadata": {"labels": {GPU_PRODUCT: NEW_GPU}}})
             await self.cluster.api.delete(f"/api/v1/nodes/{REMOVED}")
 
             async def replanned() -> dict[str, Any] | None:
@@ -194,7 +196,8 @@ class Scenario:
         operator; traffic moves to other pipelines meanwhile and nothing fails."""
         async with self.load() as load:
             await until(lambda: _true(len(load.outcomes) >= 3), 60, "requests complete before the failures")
-            killed, evicted = [p["metadata"] for p in sorted(await self.workers(), key=lambda p: p["metadata"]["name"])][:2]
+            workers = sorted(await self.workers(), key=lambda p: p["metadata"]["name"])
+            killed, evicted = [p["metadata"] for p in workers][:2]
             run = self.cluster.agent_of(killed["name"]).find(killed["name"])
             os.kill(run.pid, signal.SIGKILL)
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-
 from fakecluster import ApiServer, Harness, running_operator
+from opkit import GFD_PRODUCT, POOL_LABEL, REGION, fleet_spec, helixcluster, node
+
 from helix_operator.control.observe import Sample, counter_value, frontend_ready, pod_ip_address, rate
 from helix_operator.control.runtime import RunOptions
 from helix_worker.metrics import FrontendMetrics
-from opkit import GFD_PRODUCT, POOL_LABEL, REGION, fleet_spec, helixcluster, node
 
 NS = "observe"
 HXC = "helix.dev/v1alpha1/helixclusters"
@@ -57,7 +57,7 @@ async def frontend() -> AsyncIterator[FakeFrontend]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    fake.address = "127.0.0.1:%d" % site._server.sockets[0].getsockname()[1]
+    fake.address = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
     yield fake
     await runner.cleanup()
 
@@ -86,7 +86,8 @@ async def test_observed_tokens_per_second_follows_the_front_end(operator: Harnes
         await operator.request("post", "/api/v1/nodes",
                                node(f"t4-{i}", {GFD_PRODUCT: "Tesla-T4", REGION: "onprem", POOL_LABEL: "obs"}))
     spec = fleet_spec(timeLimitSeconds=2)
-    spec.update(model={"name": "llama3-8b"}, nodePools=[{"name": "t4", "selector": {"matchLabels": {POOL_LABEL: "obs"}}}])
+    spec.update(model={"name": "llama3-8b"},
+                nodePools=[{"name": "t4", "selector": {"matchLabels": {POOL_LABEL: "obs"}}}])
     await operator.request("post", f"/apis/helix.dev/v1alpha1/namespaces/{NS}/helixclusters",
                            helixcluster("llama", NS, spec))
 

@@ -10,7 +10,6 @@ import json
 from typing import Any
 
 import pytest
-
 from opkit import GFD_PRODUCT, POOL_LABEL, REGION, fleet_spec, helixcluster, node
 
 NS = "rollout"
@@ -35,7 +34,8 @@ def _pods(operator) -> list[dict[str, Any]]:
 
 
 def _ready(pod: dict[str, Any]) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in (pod.get("status") or {}).get("conditions") or [])
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
 async def test_worker_image_change_rolls_through_in_batches(operator) -> None:

@@ -89,7 +89,8 @@ def test_churn_weight_keeps_the_previous_placement(tiny) -> None:
 
 
 def test_time_limit_status_comes_from_highs() -> None:
-    big_model = ModelSpec(name="toy80", num_layers=80, hidden_size=1024, bytes_per_layer=1e9, kv_bytes_per_token_layer=1e3)
+    big_model = ModelSpec(name="toy80", num_layers=80, hidden_size=1024, bytes_per_layer=1e9,
+                          kv_bytes_per_token_layer=1e3)
     caps = TableCapacity({"a": [1000.0 / k ** 1.1 for k in range(1, 13)], "b": [700.0 / k ** 1.2 for k in range(1, 8)],
                           "c": [400.0 / k ** 1.3 for k in range(1, 5)]})
     nodes = [(f"a{i}", "a", "r") for i in range(4)] + [(f"b{i}", "b", "r") for i in range(8)] + \

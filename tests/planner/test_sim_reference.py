@@ -32,7 +32,8 @@ def test_single24_helix_layout_serves_about_what_the_paper_simulated(reference, 
 
 def test_helix_layout_outserves_the_swarm_layout_on_single24(reference, catalog) -> None:
     helix = simulate(reference, catalog, "single24", "helix", "iwrr")
-    swarm = simulate(reference, catalog, "single24", "swarm", "swarm", SimConfig(warmup=60.0, duration=120.0, max_in_flight=180),
+    swarm = simulate(reference, catalog, "single24", "swarm", "swarm",
+                     SimConfig(warmup=60.0, duration=120.0, max_in_flight=180),
                      partial=True)
     assert helix.decode_throughput > 1.3 * swarm.decode_throughput
     assert swarm.in_flight_at_end <= 180

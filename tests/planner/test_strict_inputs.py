@@ -54,7 +54,8 @@ def test_a_misspelt_key_is_refused_with_a_did_you_mean(tmp_path: Path, right: st
 def test_an_unknown_top_level_key_and_model_key_are_refused(tmp_path: Path) -> None:
     with pytest.raises(PlanningError, match="unknown key `node` in the cluster file; did you mean `nodes`"):
         _load(tmp_path, GOOD.replace("nodes:", "node:"))
-    with pytest.raises(PlanningError, match="unknown key `numLayer` in the model description; did you mean `numLayers`"):
+    with pytest.raises(PlanningError,
+                       match="unknown key `numLayer` in the model description; did you mean `numLayers`"):
         _load(tmp_path, GOOD.replace("model: llama2-70b", "model: {name: m, numLayer: 4, hiddenSize: 8}"))
 
 

@@ -11,13 +11,13 @@ import torch
 
 from helix_planner.plan_format import Plan
 from helix_proto import grpc_service_pb2 as kserve
-from helix_worker.frontend.coordinator import Coordinator, GenerationRequest
-from helix_worker.fleet.launcher import LocalFleet
-from helix_worker.transport.links import StreamLink
-from helix_worker.fleet.layouts import Layout, manual_plan
-from helix_worker.protocol import SamplingParams
 from helix_worker.engine.reference import ReferenceModel
+from helix_worker.fleet.launcher import LocalFleet
+from helix_worker.fleet.layouts import Layout, manual_plan
+from helix_worker.frontend.coordinator import Coordinator, GenerationRequest
+from helix_worker.protocol import SamplingParams
 from helix_worker.security.tls import ClusterTLS
+from helix_worker.transport.links import StreamLink
 
 MODEL = "tiny-llama"
 NUM_LAYERS = 6
@@ -109,7 +109,8 @@ def bytes_tensor(*items: bytes) -> bytes:
 
 
 def penalized_greedy(reference: ReferenceModel, prompt: list[int], max_tokens: int, *, presence: float = 0.0,
-                     frequency: float = 0.0, repetition: float = 1.0, bias: dict[int, float] | None = None) -> list[int]:
+                     frequency: float = 0.0, repetition: float = 1.0,
+                     bias: dict[int, float] | None = None) -> list[int]:
     """Greedy tokens with vLLM's penalties, written out here independently of the server's code."""
     out: list[int] = []
     for _ in range(max_tokens):

@@ -56,7 +56,8 @@ VALID = {
     "seed": st.integers(0, 2**63 - 1), "stop": st.text(max_size=3) | st.lists(st.text(max_size=3), max_size=3),
     "logprobs": st.integers(0, 5), "stream": st.booleans(), "ignore_eos": st.booleans(), "model": st.just(MODEL),
     "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
-    "presence_penalty": st.floats(-2, 2), "frequency_penalty": st.floats(-2, 2), "repetition_penalty": st.floats(0.5, 2),
+    "presence_penalty": st.floats(-2, 2), "frequency_penalty": st.floats(-2, 2),
+    "repetition_penalty": st.floats(0.5, 2),
     "logit_bias": st.dictionaries(st.integers(0, 370).map(str), st.floats(-100, 100), max_size=3),
     "n": st.integers(1, 2),
 }
@@ -194,7 +195,8 @@ KSERVE_VALID = {
 @st.composite
 def kserve_requests(draw: st.DrawFn) -> kserve.ModelInferRequest:
     """A valid request with up to two inputs replaced or added by anything, and maybe odd parameters."""
-    prompt = draw(st.text(min_size=1, max_size=16).map(lambda t: ("text_input", ("BYTES", [1], bytes_tensor(t.encode()))))
+    prompt = draw(st.text(min_size=1, max_size=16).map(
+                      lambda t: ("text_input", ("BYTES", [1], bytes_tensor(t.encode()))))
                   | st.lists(st.integers(0, 370), min_size=1, max_size=8).map(
                       lambda ids: ("input_ids", ("INT64", [len(ids)], np.asarray(ids, np.int64).tobytes()))))
     inputs = dict([prompt]) | {"max_tokens": draw(_scalar("INT32", short))}
@@ -275,7 +277,8 @@ def rest_requests(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
         "parameters": json_values, "stream": json_values, "bogus": json_values}))
     generate.setdefault("max_tokens", 3)
     return draw(st.sampled_from([
-        (model + "/infer", text + b"".join(request.raw_input_contents), {"Inference-Header-Content-Length": str(len(text))}),
+        (model + "/infer", text + b"".join(request.raw_input_contents),
+         {"Inference-Header-Content-Length": str(len(text))}),
         (model + "/infer", json.dumps(draw(json_values)).encode(), {}),
         (f"/v2/models/{MODEL}/generate", json.dumps(generate, allow_nan=True).encode(), {}),
         (f"/v2/models/{MODEL}/generate_stream", json.dumps(generate, allow_nan=True).encode(), {}),

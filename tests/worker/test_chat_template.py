@@ -12,10 +12,10 @@ from transformers import AutoTokenizer
 
 from helix_worker.envs import Settings
 from helix_worker.errors import InvalidRequest
+from helix_worker.fleet.layouts import manual_plan
 from helix_worker.frontend.main import FrontendOptions, build_service
 from helix_worker.frontend.service import TextRequest
 from helix_worker.frontend.text import chat_messages
-from helix_worker.fleet.layouts import manual_plan
 from helix_worker.metrics import FrontendMetrics
 from helix_worker.model.tokenizer import Tokenizer, load_tokenizer
 
@@ -30,7 +30,8 @@ TOOLS_TEMPLATE = (
     "{% if add_generation_prompt %}[assistant] {% endif %}"
 )
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather <now> & 'here'",
-                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+                                           "parameters": {"type": "object",
+                                                          "properties": {"city": {"type": "string"}}}}}]
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +69,11 @@ def test_llama3_template_matches_transformers(llama3: Path) -> None:
 
 def test_tools_tojson_break_and_null_content_match_transformers(tools_model: Path) -> None:
     messages = [{"role": "system", "content": "Use <tools> & \"quotes\""},
-                {"role": "user", "content": [{"type": "text", "text": "Weather in"}, {"type": "text", "text": "Oslo?"}]},
+                {"role": "user",
+                 "content": [{"type": "text", "text": "Weather in"}, {"type": "text", "text": "Oslo?"}]},
                 {"role": "assistant", "content": None,
-                 "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+                 "tool_calls": [{"type": "function",
+                                 "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
                 {"role": "stop", "content": "never rendered"}]
     flattened = messages[:1] + [{"role": "user", "content": "Weather in\nOslo?"}] + messages[2:]
     ours, theirs = render(tools_model, messages, TOOLS)
@@ -83,8 +86,10 @@ def test_tools_tojson_break_and_null_content_match_transformers(tools_model: Pat
 def test_a_chat_template_jinja_file_is_used(tmp_path: Path) -> None:
     directory = llama3_style_tokenizer(tmp_path)
     config = json.loads((directory / "tokenizer_config.json").read_text())
-    (directory / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "chat_template"}))
-    (directory / "chat_template.jinja").write_text("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}")
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({k: v for k, v in config.items() if k != "chat_template"}))
+    (directory / "chat_template.jinja").write_text(
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}")
     assert render(directory, [{"role": "user", "content": "hi"}]) == ("<user>hi", "<user>hi")
 
 

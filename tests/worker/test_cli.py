@@ -13,9 +13,9 @@ import yaml
 
 from helix_planner.profiles import Catalog
 from helix_worker.commands import register, run_up
-from helix_worker.model.config import load_model_config
-from helix_worker.fleet.profile import monotone
 from helix_worker.engine.reference import ReferenceModel
+from helix_worker.fleet.profile import monotone
+from helix_worker.model.config import load_model_config
 
 FAST_ENV = {**os.environ, "HELIX_TORCH_THREADS": "1"}
 
@@ -41,8 +41,8 @@ def test_register_adds_every_subcommand() -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     assert parser.parse_args(["up", "--exit-after-sample"]).func is run_up
-    for command in (["worker", "--plan", "p", "--model", "m", "--node", "n"], ["frontend", "--plan", "p", "--model", "m"],
-                    ["model", "init", "d"], ["profile"]):
+    for command in (["worker", "--plan", "p", "--model", "m", "--node", "n"],
+                    ["frontend", "--plan", "p", "--model", "m"], ["model", "init", "d"], ["profile"]):
         assert callable(parser.parse_args(command).func)
 
 

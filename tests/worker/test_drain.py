@@ -14,8 +14,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from dataplane_helpers import MODEL, NUM_LAYERS, WORKER_ENV, start_workers, wait_http_ready, write_endpoints, write_plan
 
-from helix_worker.fleet.launcher import LocalFleet
 from helix_worker.engine.reference import ReferenceModel
+from helix_worker.fleet.launcher import LocalFleet
 from helix_worker.model.tokenizer import load_tokenizer
 
 PROMPT, MAX_TOKENS = "Helix serves", 40
@@ -50,7 +50,8 @@ async def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path, checkpoint
     plan, plan_path = write_plan(tmp_path, [[("a", 0, 3), ("b", 3, NUM_LAYERS)]])
     # Slow stages (30x) so that each request is still running when the front end is told to stop.
     with LocalFleet(tmp_path / "fleet", env=WORKER_ENV | {"HELIX_SLOWDOWN": "30"}) as fleet:
-        endpoints = write_endpoints(tmp_path, await asyncio.to_thread(start_workers, fleet, plan, plan_path, checkpoint))
+        endpoints = write_endpoints(tmp_path,
+                                    await asyncio.to_thread(start_workers, fleet, plan, plan_path, checkpoint))
         frontend = await asyncio.to_thread(fleet.wait, fleet.start_frontend(plan_path, endpoints, checkpoint,
                                                                           env={"HELIX_SLOWDOWN": "1"}))
         await asyncio.to_thread(wait_http_ready, frontend.http_url)

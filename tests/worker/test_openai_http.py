@@ -63,7 +63,8 @@ async def test_completion_matches_reference_and_stream_matches_completion(served
     counted = await _stream(served, "/v1/completions", body | {"stream_options": {"include_usage": True}})
     assert all(e["usage"] is None for _, e in counted[:-1])
     assert counted[-1][1]["choices"] == [] and counted[-1][1]["usage"] == done["usage"]
-    status, error = await _post(served, "/v1/completions", body | {"stream": True, "stream_options": {"include_usage": 1}})
+    status, error = await _post(served, "/v1/completions",
+                                body | {"stream": True, "stream_options": {"include_usage": 1}})
     assert status == 400 and "include_usage is true or false" in error["error"]["message"]
 
 
@@ -96,7 +97,8 @@ async def test_chat_completion_uses_the_chat_template(served, reference, checkpo
     assert done["choices"][0]["message"] == {"role": "assistant", "content": tokenizer.decode(expected.tokens)}
     events = await _stream(served, "/v1/chat/completions", {"messages": messages, "max_tokens": 6, "temperature": 0})
     assert events[0][1]["choices"][0]["delta"]["role"] == "assistant"
-    assert "".join(e["choices"][0]["delta"].get("content", "") for _, e in events) == done["choices"][0]["message"]["content"]
+    streamed = "".join(e["choices"][0]["delta"].get("content", "") for _, e in events)
+    assert streamed == done["choices"][0]["message"]["content"]
 
 
 async def test_completion_logprobs_match_the_reference(served, reference) -> None:

@@ -14,14 +14,14 @@ from dataplane_helpers import bytes_tensor, kserve_request
 
 from helix_proto import grpc_service_pb2_grpc as kserve_grpc
 from helix_worker.engine.model import LayerSlice
+from helix_worker.engine.reference import ReferenceModel
 from helix_worker.engine.stage_engine import StageEngine
 from helix_worker.envs import Settings
-from helix_worker.transport.links import StreamLink
+from helix_worker.model.tokenizer import load_tokenizer
 from helix_worker.protocol import Chunk, Hop, Phase, SamplingParams
-from helix_worker.engine.reference import ReferenceModel
 from helix_worker.stage.endpoint import StageEndpoint
 from helix_worker.stage.server import StageIdentity
-from helix_worker.model.tokenizer import load_tokenizer
+from helix_worker.transport.links import StreamLink
 
 PROMPTS = [[11 + i, 57 + i, 101 + i, 7 + i] for i in range(6)]
 MAX_TOKENS = 10
@@ -117,7 +117,8 @@ async def solo_stage(checkpoint: Path):
         await endpoint.stop(None)
 
 
-async def test_rows_whose_sampling_parameters_reach_the_stage_poisoned_fail_no_other_row(solo_stage, checkpoint) -> None:
+async def test_rows_whose_sampling_parameters_reach_the_stage_poisoned_fail_no_other_row(solo_stage,
+                                                                                         checkpoint) -> None:
     """Parameters no API lets through, sent straight to a stage in one batch with greedy rows:
     every row gets a token, and the greedy rows get the reference's."""
     link, events, hop = solo_stage

@@ -11,15 +11,15 @@ import torch
 from dataplane_helpers import MODEL, write_plan
 
 from helix_proto import helix_stage_pb2 as pb
-from helix_worker.transport import wire
-from helix_worker.envs import Settings
-from helix_worker.transport.links import StreamLink
-from helix_worker.protocol import Chunk, FailureKind, Hop, Phase
-from helix_worker.engine.reference import ReferenceModel
 from helix_worker.engine.model import LayerSlice
+from helix_worker.engine.reference import ReferenceModel
 from helix_worker.engine.stage_engine import StageEngine
+from helix_worker.envs import Settings
+from helix_worker.protocol import Chunk, FailureKind, Hop, Phase
 from helix_worker.stage.endpoint import StageEndpoint
 from helix_worker.stage.server import StageIdentity
+from helix_worker.transport import wire
+from helix_worker.transport.links import StreamLink
 
 
 @pytest.fixture(params=["tcp", "grpc"])
@@ -65,7 +65,8 @@ async def test_failures_come_back_per_request(stage) -> None:
     _prefill(link, hop, "big", list(range(70)))  # the stage holds only 64 tokens
     link.send_batch([Chunk("ghost", Phase.DECODE, 4, 1, (hop,), "fe")], torch.tensor([3]))
     link.send_batch([Chunk("lost", Phase.PREFILL, 0, 1, (Hop("other", "x:1", 0, 6),), "fe")], torch.tensor([3]))
-    bad_dtype = pb.StageRequest(batch=pb.ForwardBatch(chunks=[wire.chunk_to_proto(Chunk("odd", Phase.PREFILL, 0, 1, (hop,), "fe"))],
+    odd = wire.chunk_to_proto(Chunk("odd", Phase.PREFILL, 0, 1, (hop,), "fe"))
+    bad_dtype = pb.StageRequest(batch=pb.ForwardBatch(chunks=[odd],
                                                       payload=pb.Tensor(dtype="complex32", shape=[1], data=b"\0" * 4)))
     link.send(bad_dtype)
     short_chunk = wire.chunk_to_proto(Chunk("short", Phase.PREFILL, 0, 2, (hop,), "fe"))

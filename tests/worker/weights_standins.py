@@ -105,8 +105,8 @@ class _HubHandler(_Handler):
         if info := re.fullmatch(rf"/api/models/{hub.repo}/revision/(?P<rev>.+)", path):
             if (sha := hub.sha(info["rev"])) is None:
                 return self._send(404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"}, head)
-            body = ('{"id": "%s", "sha": "%s", "siblings": [%s]}' % (
-                hub.repo, sha, ", ".join(f'{{"rfilename": "{n}"}}' for n in hub.commits[sha]))).encode()
+            siblings = ", ".join(f'{{"rfilename": "{n}"}}' for n in hub.commits[sha])
+            body = f'{{"id": "{hub.repo}", "sha": "{sha}", "siblings": [{siblings}]}}'.encode()
             return self._send(200, body, {"Content-Type": "application/json"}, head)
         if file := re.fullmatch(rf"/{hub.repo}/resolve/(?P<rev>[^/]+)/(?P<name>.+)", path):
             sha = hub.sha(file["rev"])
@@ -144,7 +144,8 @@ class _S3Handler(_Handler):
         self._record()
         form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
         self.server.sts_calls.append(form)
-        if form.get("Action") != ["AssumeRoleWithWebIdentity"] or form.get("WebIdentityToken") != [self.server.web_token]:
+        if form.get("Action") != ["AssumeRoleWithWebIdentity"] \
+                or form.get("WebIdentityToken") != [self.server.web_token]:
             return self._send(403, b"<ErrorResponse><Error><Code>AccessDenied</Code></Error></ErrorResponse>")
         body = STS_RESPONSE.format(key=self.server.sts_key, role=form["RoleArn"][0]).encode()
         return self._send(200, body, {"Content-Type": "text/xml"})

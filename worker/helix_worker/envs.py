@@ -11,11 +11,11 @@ HELIX_* variable is most likely a misspelt setting, which `warn_unknown` reports
 import difflib
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 from helix_worker.errors import ServingError
-
 
 DATA_CHANNELS = ("tcp", "grpc")
 
@@ -92,7 +92,8 @@ class Settings:
                 try:
                     values[spec.name] = _parse(type(spec.default), environ[name])
                 except ValueError:
-                    raise ServingError(f"{name}={environ[name]!r} is not a valid {type(spec.default).__name__}") from None
+                    raise ServingError(f"{name}={environ[name]!r} is not a valid "
+                                       f"{type(spec.default).__name__}") from None
         settings = replace(cls(**values), **{k: v for k, v in overrides.items() if v is not None})
         if settings.data_channel not in DATA_CHANNELS:
             raise ServingError(f"{env_name('data_channel')}={settings.data_channel!r}: "

@@ -9,16 +9,16 @@ while the front end is ready.
 from typing import Any
 
 import kopf
-from helix_planner.errors import PlanningError
 
 from helix_operator.api import names
-from helix_operator.fleet.catalog import gpu_type_from_profile
-from helix_operator.control.controller import Controller
-from helix_operator.fleet.discovery import node_facts
-from helix_operator.control.inbox import NODES, PODS, PROFILES, SPEC
 from helix_operator.api.meta import MANAGED_BY
-from helix_operator.control.observe import frontend_ready
 from helix_operator.api.spec import SpecError, parse_spec
+from helix_operator.control.controller import Controller
+from helix_operator.control.inbox import NODES, PODS, PROFILES, SPEC
+from helix_operator.control.observe import frontend_ready
+from helix_operator.fleet.catalog import gpu_type_from_profile
+from helix_operator.fleet.discovery import node_facts
+from helix_planner.errors import PlanningError
 
 HELIXCLUSTERS = (names.GROUP, names.VERSION, names.HELIXCLUSTERS)
 GPUPROFILES = (names.GROUP, names.VERSION, names.GPUPROFILES)
@@ -58,7 +58,8 @@ def register(registry: kopf.OperatorRegistry, *, observe_seconds: float) -> None
     def child_changed(namespace: str | None, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
         if namespace is None:  # pods and Deployments are namespaced; kopf types cluster-scoped objects too
             return
-        owners = [ref["name"] for ref in meta.get("ownerReferences") or [] if ref.get("kind") == names.HELIXCLUSTER_KIND]
+        owners = [ref["name"] for ref in meta.get("ownerReferences") or []
+                  if ref.get("kind") == names.HELIXCLUSTER_KIND]
         for owner in owners:
             memo.context.inboxes.notify((namespace, owner), PODS)
         cluster = (meta.get("labels") or {}).get(names.LABEL_CLUSTER)

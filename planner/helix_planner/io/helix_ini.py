@@ -59,7 +59,8 @@ def _infer_regions(cluster: Cluster) -> None:
     The artifact's files carry no region names; geo24's partitions show up as cliques of
     fast links, which is what region-aware reports and pictures need.
     """
-    fastest = max((l.bandwidth for k, l in cluster.links.items() if SOURCE not in k and SINK not in k), default=0)
+    fastest = max((link.bandwidth for k, link in cluster.links.items() if SOURCE not in k and SINK not in k),
+                  default=0)
     parent = {n.name: n.name for n in cluster.nodes}
 
     def find(x: str) -> str:

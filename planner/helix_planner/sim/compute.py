@@ -40,7 +40,8 @@ def node_profile(catalog: Catalog, model: ModelSpec, gpu_name: str, layers: int)
     measured = catalog.measurement(model.name, gpu.name)
     if measured is not None:
         if layers not in measured.kv_blocks:
-            raise PlanningError(f"{gpu.name} cannot hold {layers} layers of {model.name}: at most {measured.max_layers}")
+            raise PlanningError(f"{gpu.name} cannot hold {layers} layers of {model.name}: "
+                                f"at most {measured.max_layers}")
         requests = measured.prompt_max_requests.get(layers, 1)
         return NodeProfile(measured.prompt, measured.decode, requests, requests * MAX_PROMPT_TOKENS,
                            measured.decode_max_tokens.get(layers, ROOFLINE_DECODE_SEQUENCES),

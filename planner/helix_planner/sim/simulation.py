@@ -67,7 +67,8 @@ class SimConfig:
         if self.mode == "online" and self.arrivals is None:
             raise PlanningError("online mode needs arrivals: give --rate (requests/s) and --arrivals")
         if self.warmup < 0 or self.duration <= 0:
-            raise PlanningError(f"warm-up must be >= 0 and the measured window > 0 (got {self.warmup}, {self.duration})")
+            raise PlanningError(f"warm-up must be >= 0 and the measured window > 0 "
+                                f"(got {self.warmup}, {self.duration})")
         if not 0 < self.kv_high_water <= 1:
             raise PlanningError(f"--kv-high-water must be in (0, 1], got {self.kv_high_water}")
 

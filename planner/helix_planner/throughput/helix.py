@@ -80,5 +80,6 @@ class HelixCapacityModel:
         else:
             rescale = 1 / prompt_requests
             total_tokens = rescale * (prompt_tokens + decode_tokens)
-            total_time = layers * (profile.prompt(int(prompt_tokens * rescale)) + profile.decode(decode_tokens) * rescale)
+            total_time = layers * (profile.prompt(int(prompt_tokens * rescale))
+                                   + profile.decode(decode_tokens) * rescale)
         return total_tokens / total_time

@@ -41,7 +41,9 @@ def roofline_curves(gpu: GpuType, model: ModelSpec, workload: Workload) -> tuple
     xs = (0.0, 1.0, 8.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0)
 
     def prompt(tokens: float) -> float:
-        return max(weight_time, model.flops_per_token_layer * tokens / (gpu.peak_flops * COMPUTE_EFFICIENCY)) if tokens else 0.0
+        if not tokens:
+            return 0.0
+        return max(weight_time, model.flops_per_token_layer * tokens / (gpu.peak_flops * COMPUTE_EFFICIENCY))
 
     def decode(batch: float) -> float:
         if not batch:
@@ -63,7 +65,8 @@ class ProfiledCapacityModel:
         for name in sorted(gpus):
             gpu = catalog.gpu(name)
             measured = catalog.measurement(model.name, gpu.name)
-            prompt, decode = (measured.prompt, measured.decode) if measured else roofline_curves(gpu, model, self.workload)
+            prompt, decode = ((measured.prompt, measured.decode) if measured
+                              else roofline_curves(gpu, model, self.workload))
             usable = gpu.vram_bytes * USABLE_VRAM
             k_max = min(model.num_layers, int(usable * MAX_WEIGHT_SHARE // model.bytes_per_layer))
             if measured:

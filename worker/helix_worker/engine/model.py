@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from helix_worker.model.checkpoint import CheckpointReader
 from helix_worker.engine import rotary
 from helix_worker.engine.attention import StepLayout, paged_attention
 from helix_worker.engine.kv_pool import KVPool
 from helix_worker.errors import ServingError
+from helix_worker.model.checkpoint import CheckpointReader
 from helix_worker.model.config import ModelConfig, load_model_config
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,8 @@ class LayerSlice:
             start: int, end: int) -> torch.Tensor:
         """Layers [start, end) over rows at `positions`, attention for held layer i from `attention(i)`."""
         if not self.start <= start < end <= self.end:
-            raise ServingError(f"layers [{start}, {end}) are not all on this stage, which holds [{self.start}, {self.end})")
+            raise ServingError(f"layers [{start}, {end}) are not all on this stage, "
+                               f"which holds [{self.start}, {self.end})")
         inputs = inputs.to(self.device)
         if inputs.is_floating_point():
             x = inputs.to(self.dtype)

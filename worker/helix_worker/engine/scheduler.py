@@ -147,7 +147,8 @@ class Scheduler:
         if chunk.position != sequence.cached:
             if sequence.cached == 0:
                 return FailureKind.ROUTE_BROKEN, "no KV cache for this request here (stage restarted?)"
-            return FailureKind.INVALID, f"input at position {chunk.position}, but this stage holds {sequence.cached} tokens"
+            return (FailureKind.INVALID,
+                    f"input at position {chunk.position}, but this stage holds {sequence.cached} tokens")
         need = self.allocator.blocks_for(chunk.position + chunk.length)
         if need > self.allocator.total:
             return (FailureKind.INVALID, f"{chunk.position + chunk.length} tokens need {need} KV blocks; this stage "

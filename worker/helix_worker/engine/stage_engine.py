@@ -29,10 +29,10 @@ from helix_worker.engine.attention import StepLayout
 from helix_worker.engine.grammar import Grammars
 from helix_worker.engine.kv_pool import BlockAllocator, KVPool, KVUsage
 from helix_worker.engine.model import LayerSlice
-from helix_worker.engine.scheduler import Piece, Scheduler, Step
 from helix_worker.engine.penalties import TokenHistory, problem
-from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
 from helix_worker.engine.sampling import sample_row
+from helix_worker.engine.scheduler import Piece, Scheduler, Step
+from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
 
 log = logging.getLogger(__name__)
 _WAIT_SHARE = 0.25  # wait for stragglers only while their round trip is under this share of a step
@@ -110,7 +110,8 @@ class StageEngine:
             offset += max(chunk.length, 0)
             problem = self._check(chunk, rows)
             if problem is not None:
-                self._send_failures(chunk.reply_to, [Failure(chunk.request_id, self.node, FailureKind.INVALID, problem)])
+                self._send_failures(chunk.reply_to,
+                                    [Failure(chunk.request_id, self.node, FailureKind.INVALID, problem)])
                 continue
             self.scheduler.add(Piece(chunk, rows, now))
         self._wakeup.set()

@@ -44,7 +44,7 @@ def proportional_split(num_layers: int, speeds: list[float]) -> list[tuple[int, 
     if not speeds or len(speeds) > num_layers or min(speeds) <= 0:
         raise ServingError(f"cannot split {num_layers} layers over {len(speeds)} workers with speeds {speeds}")
     total, ranges, start = sum(speeds), [], 0
-    for i, speed in enumerate(speeds):
+    for i in range(len(speeds)):
         remaining_workers = len(speeds) - i - 1
         share = round(num_layers * sum(speeds[:i + 1]) / total) - start
         end = min(max(start + 1, start + share), num_layers - remaining_workers)

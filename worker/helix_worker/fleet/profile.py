@@ -83,7 +83,8 @@ def measure(options: ProfileOptions, log: Callable[[str], object] = print) -> di
     layer_bytes = model.layers[0].nbytes
     return {
         "model": options.checkpoint.name,
-        "source": f"helix profile, {date.today().isoformat()}, torch {torch.__version__}, {str(model.dtype).removeprefix('torch.')}, "
+        "source": f"helix profile, {date.today().isoformat()}, torch {torch.__version__}, "
+                  f"{str(model.dtype).removeprefix('torch.')}, "
                   f"{layers} layers timed, decode context {context}",
         "measured": {options.gpu_name: {
             "maxLayers": max_layers(options.device, layer_bytes, config.num_layers),

@@ -14,25 +14,25 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from helix_planner.plan_format import Plan
 from helix_proto import helix_stage_pb2 as pb
-from helix_worker.transport import wire
+from helix_worker.engine.penalties import with_history
 from helix_worker.envs import Settings
 from helix_worker.errors import InvalidRequest, ServingError, Unavailable
 from helix_worker.frontend.health import Heartbeat, verdict
 from helix_worker.frontend.request_timeline import RequestTimeline
 from helix_worker.frontend.routes import Route, RouteTable
 from helix_worker.frontend.validation import check_sampling
-from helix_worker.transport.links import StreamLink
 from helix_worker.metrics import FrontendMetrics
-from helix_worker.engine.penalties import with_history
 from helix_worker.protocol import Chunk, FailureKind, Phase, Sampled, SamplingParams
 from helix_worker.security.tls import ClusterTLS
+from helix_worker.transport import wire
+from helix_worker.transport.links import StreamLink
 
 log = logging.getLogger(__name__)
 MAX_REROUTES = 8
@@ -314,7 +314,8 @@ class Coordinator:
         for error in event.errors:
             failure = wire.failure_from_proto(error)
             if failure.kind == FailureKind.INVALID:
-                self._fail(failure.request_id, ServingError(f"stage {failure.node} rejected the request: {failure.message}"))
+                self._fail(failure.request_id,
+                           ServingError(f"stage {failure.node} rejected the request: {failure.message}"))
                 continue
             if failure.kind == FailureKind.PREEMPTED:
                 self._fail(failure.request_id, _Preempted(f"{failure.node}: {failure.message}"))

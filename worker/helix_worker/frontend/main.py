@@ -31,15 +31,15 @@ from helix_worker.frontend.kserve_dataplane import KServeDataPlane
 from helix_worker.frontend.kserve_rest import add_kserve_routes
 from helix_worker.frontend.openai_http import add_openai_routes
 from helix_worker.frontend.service import GenerationService
-from helix_worker.transport.http_base import health_routes, start_site
-from helix_worker.transport.links import server_options
 from helix_worker.metrics import FrontendMetrics
 from helix_worker.model.config import ModelConfig, load_model_config
-from helix_worker.transport.readyfile import write_ready_file
+from helix_worker.model.tokenizer import Tokenizer, load_tokenizer
 from helix_worker.security.apikeys import ApiKeys, load_api_keys
 from helix_worker.security.peers import parse_pairs
 from helix_worker.security.tls import ClusterTLS, client_tls, cluster_tls
-from helix_worker.model.tokenizer import Tokenizer, load_tokenizer
+from helix_worker.transport.http_base import health_routes, start_site
+from helix_worker.transport.links import server_options
+from helix_worker.transport.readyfile import write_ready_file
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ def served_name(options: FrontendOptions) -> str:
 
 
 def stop_ids(config: ModelConfig, tokenizer: Tokenizer | None) -> tuple[int, ...]:
-    """The checkpoint's EOS ids (generation_config.json's, else config.json's) and the tokenizer's EOS, as vLLM stops."""
+    """The checkpoint's EOS ids (generation_config.json's, else config.json's) and the tokenizer's EOS, as vLLM
+    stops."""
     extra = () if tokenizer is None or tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)
     return tuple(dict.fromkeys(config.eos_token_ids + extra))
 

@@ -6,9 +6,9 @@ admits a request onto a route only while its prompt fits every stage with a wate
 blocks to spare for the running requests to grow. Other front-end replicas share the stages:
 what they hold is the stage's own count of used blocks less this front end's requests there,
 as its latest heartbeat reported (the stage is the authority on its memory; when replicas
-admit into the same room between two heartbeats, it preempts and they re-prefill). `max_tokens` is never reserved up front:
-when running requests outgrow a stage anyway, the stage preempts the youngest and the front
-end re-prefills it later. Routes are picked by the planner's interleaved weighted round robin
+admit into the same room between two heartbeats, it preempts and they re-prefill). `max_tokens`
+is never reserved up front: when running requests outgrow a stage anyway, the stage preempts the
+youngest and the front end re-prefills it later. Routes are picked by the planner's interleaved weighted round robin
 over their planned flow, among those whose stages are all up and have room now.
 """
 

@@ -86,4 +86,4 @@ def _weight_map(directory: Path) -> dict[str, str]:
     if not single.exists():
         raise ServingError(f"{directory} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
     with safe_open(single, framework="pt") as handle:
-        return {name: SINGLE_FILE for name in handle.keys()}
+        return {name: SINGLE_FILE for name in handle.keys()}  # noqa: SIM118 (safe_open has keys(), no __iter__)

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
-from helix_worker.model.checkpoint import read_json
 from helix_worker.errors import ServingError
+from helix_worker.model.checkpoint import read_json
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
@@ -65,7 +65,8 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         model_type = str(data.get("model_type", "llama"))
         if model_type not in SUPPORTED_TYPES:
-            raise ServingError(f"model_type {model_type!r} is not supported: use a {'/'.join(SUPPORTED_TYPES)} checkpoint")
+            raise ServingError(f"model_type {model_type!r} is not supported: "
+                               f"use a {'/'.join(SUPPORTED_TYPES)} checkpoint")
         missing = [key for key in REQUIRED if key not in data]
         if missing:
             raise ServingError(f"config.json lacks {', '.join(missing)}: a Llama-family config needs "

@@ -61,7 +61,8 @@ def write_demo_checkpoint(directory: Path, spec: DemoModel = DemoModel()) -> Mod
         num_kv_heads=spec.num_kv_heads, head_dim=spec.hidden_size // spec.num_heads,
         vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=spec.max_position_embeddings,
         tie_word_embeddings=spec.tie_word_embeddings, qkv_bias=spec.qkv_bias, dtype=spec.dtype,
-        bos_token_id=_special_id(tokenizer, SPECIAL_TOKENS[0]), eos_token_ids=(_special_id(tokenizer, SPECIAL_TOKENS[1]),),
+        bos_token_id=_special_id(tokenizer, SPECIAL_TOKENS[0]),
+        eos_token_ids=(_special_id(tokenizer, SPECIAL_TOKENS[1]),),
     )
     (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     tokenizer.save(str(directory / "tokenizer.json"))
@@ -118,7 +119,8 @@ def _write_weights(directory: Path, tensors: dict[str, torch.Tensor], shards: in
         save_file({n: tensors[n] for n in part}, directory / filename, metadata={"format": "pt"})
         weight_map |= {n: filename for n in part}
     total = sum(t.numel() * t.element_size() for t in tensors.values())
-    (directory / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    index_document = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / INDEX_FILE).write_text(json.dumps(index_document, indent=2))
 
 
 def _hf_order(name: str) -> tuple[int, int]:

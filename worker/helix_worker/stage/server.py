@@ -21,14 +21,13 @@ import torch
 
 from helix_proto import helix_stage_pb2 as pb
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
-from helix_worker.transport import datachannel
-from helix_worker.transport import wire
-from helix_worker.transport.links import PEER_HEADER, StreamLink
+from helix_worker.engine.stage_engine import StageEngine
 from helix_worker.errors import ServingError
 from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
 from helix_worker.security.peers import PlanPeers
 from helix_worker.security.tls import ClusterTLS
-from helix_worker.engine.stage_engine import StageEngine
+from helix_worker.transport import datachannel, wire
+from helix_worker.transport.links import PEER_HEADER, StreamLink
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[pb.StageRequest, pb.StageEvent]
@@ -165,8 +164,9 @@ class StageServicer(pb_grpc.StageServiceServicer):
                 try:
                     await link.connect()
                 except (grpc.aio.AioRpcError, TimeoutError) as err:
+                    why = err.code() if isinstance(err, grpc.aio.AioRpcError) else err
                     self._broken(hop.node, {c.request_id: c.reply_to for c in chunks},
-                                 f"cannot reach {hop.node} at {hop.address}: {getattr(err, 'code', lambda: err)()}")
+                                 f"cannot reach {hop.node} at {hop.address}: {why}")
                     return
                 self._links[hop.address], self._nodes[hop.address] = link, hop.node
         self._send(link, chunks, hidden)

@@ -1,1 +1,2 @@
-"""How stages and the front end talk: protocol value objects, proto conversions, gRPC links, the data channel, the shared HTTP side."""
+"""How stages and the front end talk: protocol value objects, proto conversions, gRPC links, the data channel,
+the shared HTTP side."""

@@ -94,7 +94,8 @@ class S3:
         except ClientError as err:
             code = str(err.response.get("Error", {}).get("Code", ""))
             if operation == "head_object" and code in ABSENT:
-                raise _Missing(f"no object s3://{self.bucket}/{params['Key']} (or no read access to it: {code})")
+                raise _Missing(f"no object s3://{self.bucket}/{params['Key']} (or no read access to it: {code})") \
+                    from None
             raise ServingError(f"{self.uri}: {operation} {params.get('Key', '')}: {code}: {_advice(code, self)}") \
                 from None
         except (BotoCoreError, OSError) as err:  # OSError: e.g. an IRSA token file that is not mounted
