@@ -109,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mode = QUICK if args.quick else FULL
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="helix-closed-loop-"))
-    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     checkpoint = workdir / MODEL
     write_demo_checkpoint(checkpoint, mode.shape)
     spec = model_spec(load_model_config(checkpoint), MODEL)
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     slowdowns = {name: slowdown for slowdown, name in types.items()}
     cluster, _ = load_cluster_yaml(FLEET)
     lengths = load_lengths(f"fixed:{mode.load.prompt},{mode.load.output}", workdir)
-    rows = []
+    rows: list[Row] = []
     with EmulatedNetwork(cluster, [n.name for n in cluster.nodes] + [FRONTEND], workdir / "net") as net:
         portals = start_relays(net, cluster.node_names)
         for placement in mode.placements:
@@ -134,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     write_table("closed_loop", text)
     return 0
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def measured_catalog(checkpoint: Path, spec: ModelSpec, max_layers: int, workdir: Path,
