@@ -1,6 +1,7 @@
-"""OpenAI `response_format` JSON modes through the real `openai` client: xgrammar masks the
-logits on the last stage of the served two-stage fleet (a random model, which left alone
-writes no JSON), and a request without a format in the same batches samples as before."""
+"""OpenAI `response_format` JSON modes and `tool_choice` "required"/named through the real
+`openai` client: xgrammar masks the logits on the last stage of the served two-stage fleet (a
+random model, which left alone writes no JSON), and a request without a format in the same
+batches samples as before."""
 
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +90,39 @@ def test_greedy_json_schema_is_the_reference_argmax_under_the_grammar(client, ch
     jsonschema.validate(json.loads(done.choices[0].text), PERSON)
 
 
+WEATHER = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]},
+                                            "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+           "required": ["city", "days"]}
+CLOCK = {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"]}
+TOOLS = [{"type": "function", "function": {"name": "weather", "description": "forecast", "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "clock", "parameters": CLOCK}}]
+
+
+def test_tool_choice_required_and_named_give_tool_calls(client, checkpoint) -> None:
+    """The calls come back as vLLM's OpenAI server gives them, arguments valid for their function."""
+    (bracket,) = load_tokenizer(checkpoint).encode("]", add_special=False)
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "weather in Rome?"}], "tools": TOOLS,
+           "max_tokens": 150, "temperature": 0, "logit_bias": {str(bracket): 14}}  # a nudge to end the list
+    required = client.chat.completions.create(**ask, tool_choice="required").choices[0]
+    named = client.chat.completions.create(**ask, tool_choice={"type": "function",
+                                                               "function": {"name": "clock"}}).choices[0]
+    assert (required.finish_reason, named.finish_reason) == ("tool_calls", "stop")
+    assert required.message.tool_calls and [c.function.name for c in named.message.tool_calls] == ["clock"]
+    schemas = {"weather": WEATHER, "clock": CLOCK}
+    for call in required.message.tool_calls + named.message.tool_calls:
+        assert call.type == "function" and call.id.startswith("chatcmpl-tool-")
+        jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
+    assert required.message.content == named.message.content == ""
+    for choice, words in [("auto", "`tool_choice` \"auto\""), ({"type": "function", "function": {"name": "nope"}},
+                                                                 "names function 'nope', which is not in `tools`")]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(**ask, tool_choice=choice)
+        assert words in refused.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(**ask, tool_choice="required", stream=True)
+    assert "`stream` with `tool_choice`" in refused.value.body["message"]
+
+
 @pytest.mark.parametrize("response_format, extra, words", [
     ({"type": "regex"}, {}, "`response_format` type 'regex'"),
     ({"type": "json_schema"}, {}, "`response_format.json_schema` must be an object"),
@@ -97,6 +131,7 @@ def test_greedy_json_schema_is_the_reference_argmax_under_the_grammar(client, ch
     ({"type": "json_schema", "json_schema": {"name": "x", "schema": {}, "extra": 1}}, {},
      "`response_format.json_schema.extra`"),
     ({"type": "json_object"}, {"ignore_eos": True}, "`ignore_eos` cannot go with a JSON `response_format`"),
+    ({"type": "json_object"}, {"tools": TOOLS, "tool_choice": "required"}, "`response_format` cannot go with"),
 ])
 def test_bad_response_formats_are_refused_by_name(client, response_format, extra, words) -> None:
     with pytest.raises(openai.BadRequestError) as refused:

@@ -25,6 +25,7 @@ from helix_worker.frontend import validation as check
 from helix_worker.frontend.coordinator import GenerationRequest
 from helix_worker.frontend.openai_request import OpenAIRequest, parse_body
 from helix_worker.frontend.service import Completion, GenerationService, TextPiece
+from helix_worker.frontend.tool_calls import tool_calls
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,12 @@ class _OpenAI:
         for index, one in enumerate(done):
             logprobs = self._logprobs(one.token_ids, one.logprobs, one.top_logprobs, chat) if wants_logprobs else None
             choice: dict[str, Any] = {"index": index, "finish_reason": one.finish_reason, "logprobs": logprobs}
-            choices.append(choice | ({"message": {"role": "assistant", "content": one.text}} if chat
-                                     else {"text": one.text}))
+            choice |= {"message": {"role": "assistant", "content": one.text}} if chat else {"text": one.text}
+            if parsed.tool_choice and (calls := tool_calls(one.text, parsed.tool_choice)):
+                choice["message"] = {"role": "assistant", "content": "", "tool_calls": calls}  # as vLLM answers
+                if parsed.tool_choice.name is None and one.finish_reason == "stop":
+                    choice["finish_reason"] = "tool_calls"
+            choices.append(choice)
         completion_tokens = sum(len(one.token_ids) for one in done)
         usage = {"prompt_tokens": done[0].prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": done[0].prompt_tokens + completion_tokens}

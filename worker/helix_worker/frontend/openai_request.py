@@ -1,8 +1,9 @@
 """OpenAI request bodies -> `OpenAIRequest`: every field is honoured or refused by name.
 
-A client that sends a field this server would ignore (tool calling, suffix) gets a 400 naming
-it instead of an answer that silently lacks it; `response_format` JSON modes constrain the
-output by grammar (`response_format`). Defaults follow vLLM's OpenAI
+A client that sends a field this server would ignore (`suffix`, `tool_choice` "auto") gets a 400
+naming it instead of an answer that silently lacks it; `response_format` JSON modes and
+`tool_choice` "required" or a named function constrain the output by grammar
+(`response_format`, `tool_calls`). Defaults follow vLLM's OpenAI
 server: max_tokens absent means as many as the context leaves; `top_k`, `ignore_eos` and
 `repetition_penalty` are its extensions. `user` is accepted as OpenAI's end-user tag, which
 changes nothing in the answer.
@@ -15,6 +16,7 @@ from helix_worker.errors import InvalidRequest
 from helix_worker.frontend import validation as check
 from helix_worker.frontend.response_format import json_schema_of
 from helix_worker.frontend.service import TextRequest
+from helix_worker.frontend.tool_calls import ToolChoice, tool_choice_of
 
 MAX_CHOICES = 16
 _COMMON = frozenset({"model", "stream", "stream_options", "max_tokens", "n", "temperature", "top_p", "top_k", "seed",
@@ -30,6 +32,7 @@ class OpenAIRequest:
     n: int = 1
     stream: bool = False
     include_usage: bool = False
+    tool_choice: ToolChoice | None = None  # the answer is a tool call, parsed from the constrained output
 
 
 def parse_body(body: Any, *, chat: bool) -> OpenAIRequest:
@@ -58,16 +61,26 @@ def parse_body(body: Any, *, chat: bool) -> OpenAIRequest:
                               repetition_penalty=check.given(body, "repetition_penalty", 1.0),
                               logit_bias=body.get("logit_bias"))
     ignore_eos = check.flag("ignore_eos", check.given(body, "ignore_eos", False))
-    if schema := json_schema_of(check.given(body, "response_format", {"type": "text"})):
+    schema = json_schema_of(check.given(body, "response_format", {"type": "text"}))
+    tool = tool_choice_of(body.get("tools"), body.get("tool_choice")) if chat else None
+    if tool:
+        if schema:
+            raise InvalidRequest("`response_format` cannot go with `tool_choice` \"required\" or a named function: "
+                                 "both constrain the output")
+        if stream:
+            raise InvalidRequest("`stream` with `tool_choice` \"required\" or a named function is not supported: "
+                                 "the calls are parsed from the whole output; ask without stream")
+        schema = tool.schema
+    if schema:
         if ignore_eos:
-            raise InvalidRequest("`ignore_eos` cannot go with a JSON `response_format`: the output ends with the "
-                                 "end-of-sequence token once the JSON value is complete")
+            raise InvalidRequest("`ignore_eos` cannot go with a JSON `response_format` or a tool call: the output "
+                                 "ends with the end-of-sequence token once the JSON value is complete")
         sampling = replace(sampling, json_schema=schema)
     common: dict[str, Any] = {
         "max_tokens": None if max_tokens is None else check.integer("max_tokens", max_tokens, 1, check.MAX_TOKENS_MAX),
         "sampling": sampling, "stop": check.stop_strings(body.get("stop")), "ignore_eos": ignore_eos}
     text = _chat(body, common) if chat else _completion(body, common)
-    return OpenAIRequest(text, n, stream, _include_usage(body, stream))
+    return OpenAIRequest(text, n, stream, _include_usage(body, stream), tool)
 
 
 def _refuse_unsupported(body: dict[str, Any], n: int) -> None:
@@ -79,14 +92,6 @@ def _refuse_unsupported(body: dict[str, Any], n: int) -> None:
         raise InvalidRequest("`best_of` other than n is not supported: this server does not rank samples; use n")
     if body.get("suffix") is not None:
         raise InvalidRequest("`suffix` is not supported: this server does not fill in between a prompt and a suffix")
-    tools, choice = body.get("tools"), body.get("tool_choice")
-    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
-        raise InvalidRequest("`tools` must be a list of objects")
-    if tools and choice != "none":
-        raise InvalidRequest("`tools` need `tool_choice` \"none\": this server parses no tool calls from the "
-                             "output, so it can only show the tools to the model through the chat template")
-    if choice not in (None, "none"):
-        raise InvalidRequest(f"`tool_choice` {_shown(choice)} is not supported: this server parses no tool calls")
 
 
 def _chat(body: dict[str, Any], common: dict[str, Any]) -> TextRequest:
@@ -119,8 +124,3 @@ def _include_usage(body: dict[str, Any], stream: bool) -> bool:
     if not stream:
         raise InvalidRequest("`stream_options` is only allowed with stream true")
     return options.get("include_usage", False)
-
-
-def _shown(value: Any) -> str:
-    shown = ascii(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
