@@ -94,7 +94,7 @@ def _node_pool() -> Schema:
         "tolerationSeconds": integer(),
     })
     return obj({
-        "name": string(pattern=DNS_LABEL, maxLength=40),
+        "name": string("Pool name, unique in the cluster.", pattern=DNS_LABEL, maxLength=40),
         "selector": obj({"matchLabels": string_map(), "matchExpressions": array(expression)},
                         "Label selector of the pool's nodes, as in a Deployment."),
         "gpuType": string("GPU type of every node in the pool: A100, L4, T4x2, or a GPUProfile's type.", minLength=1),
@@ -118,13 +118,15 @@ def _model() -> Schema:
     return obj({
         "name": string("Built-in model (llama2-70b, llama3-8b, llama3-70b, qwen2.5-72b, mistral-7b) or a custom name.",
                        minLength=1, maxLength=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"),
-        "numLayers": integer(minimum=1, maximum=1024),
-        "hiddenSize": integer(minimum=64, maximum=131072),
-        "intermediateSize": integer(minimum=64, maximum=524288),
-        "numHeads": integer(minimum=1, maximum=1024),
-        "numKvHeads": integer(minimum=1, maximum=1024),
-        "vocabSize": integer(minimum=1, maximum=4194304),
-        "dtype": enum(["float16", "bfloat16", "float32", "fp8", "int8"]),
+        "numLayers": integer("Custom model: transformer layers.", minimum=1, maximum=1024),
+        "hiddenSize": integer("Custom model: hidden size.", minimum=64, maximum=131072),
+        "intermediateSize": integer("Custom model: MLP intermediate size.", minimum=64, maximum=524288),
+        "numHeads": integer("Custom model: attention heads.", minimum=1, maximum=1024),
+        "numKvHeads": integer("Custom model: key/value heads (GQA). Unset: numHeads.", minimum=1, maximum=1024),
+        "vocabSize": integer("Custom model: vocabulary size. Unset: 32000.", minimum=1, maximum=4194304),
+        "dtype": enum(["float16", "bfloat16", "float32", "fp8", "int8"],
+                      "Weight dtype. Unset: the built-in model's, else float16; a built-in model is served only "
+                      "in its own."),
         "weightsUri": string("Checkpoint (config.json, tokenizer, safetensors): pvc://claim/path mounts a "
                              "PersistentVolumeClaim, file:///path is in the image or mounted by worker.template; "
                              "hf://org/repo[@revision] (Hugging Face) and s3://bucket/prefix are downloaded by an "
@@ -150,7 +152,8 @@ def _model() -> Schema:
 
 
 def _network() -> Schema:
-    pair = obj({"from": string(minLength=1), "to": string(minLength=1),
+    pair = obj({"from": string("One region of the pair.", minLength=1),
+                "to": string("The other region of the pair.", minLength=1),
                 "bandwidth": _bandwidth(), "latency": _latency(),
                 "disabled": boolean("No links at all between the two regions.")}, required=["from", "to"])
     return obj({
@@ -169,7 +172,8 @@ def _planner() -> Schema:
                      "approvedPlanHash names.", default="Auto"),
         "approvedPlanHash": string("Manual mode: the proposed plan (status.proposedPlan.hash) to roll out.",
                                    pattern=PLAN_HASH),
-        "throughputModel": enum(["profiled", "helix"], default="profiled"),
+        "throughputModel": enum(["profiled", "helix"], "Node capacity model: the project's own (profiled) or "
+                                "Helix's T_i(k).", default="profiled"),
         "objective": enum(OBJECTIVES, "MaxFlow plans for the most tokens/s the flow network carries (Helix's "
                           "objective); Serving plans once per stage floor and keeps the plan with the best "
                           "simulated decode throughput (the time limit is shared among the floors).",
@@ -177,9 +181,10 @@ def _planner() -> Schema:
         "sloTtftSeconds": number("Serving objective: the p95 time to first token the chosen plan must meet in "
                                  "simulation (if any candidate does); unset: the best decode throughput.",
                                  minimum=0.01, maximum=3600),
-        "timeLimitSeconds": number(minimum=0.5, maximum=3600, default=60),
-        "mipGap": number(minimum=0, maximum=1, default=0.01),
-        "threads": integer(minimum=1, maximum=64, default=2),
+        "timeLimitSeconds": number("Planning time limit per plan.", minimum=0.5, maximum=3600, default=60),
+        "mipGap": number("Stop planning once the certified relative gap is below this.", minimum=0, maximum=1,
+                         default=0.01),
+        "threads": integer("Solver threads.", minimum=1, maximum=64, default=2),
         "churnWeight": number("Penalty on moving layers when replanning (0 ignores the active plan).",
                               minimum=0, maximum=1, default=0.1),
         "debounceSeconds": number("Quiet time after a node change before replanning.", minimum=0, maximum=3600,
@@ -203,12 +208,16 @@ def _template(into: str) -> Schema:
 
 def _worker() -> Schema:
     return obj({
-        "image": string(minLength=1, pattern=IMAGE),
+        "image": string("Worker image (the front end uses it too unless frontend.image is set).", minLength=1,
+                        pattern=IMAGE),
         "imagePullPolicy": enum(["Always", "IfNotPresent", "Never"], default="IfNotPresent"),
-        "port": integer(minimum=1, maximum=65535, default=50051),
-        "gpuResourceName": string(default="nvidia.com/gpu", pattern=r"^([a-z0-9.-]+/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        "port": integer("Stage gRPC port of the worker pods.", minimum=1, maximum=65535, default=50051),
+        "gpuResourceName": string("Extended resource the device plugin hands out GPUs as.", default="nvidia.com/gpu",
+                                  pattern=r"^([a-z0-9.-]+/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
         "resources": _resources(),
-        "env": array(free_form() | {"required": ["name"], "properties": {"name": string(minLength=1)}}),
+        "env": array(free_form() | {"required": ["name"], "properties": {"name": string(minLength=1)}},
+                     "Environment variables of the worker containers, as in a Pod (HELIX_* settings: see "
+                     "docs/configuration.md)."),
         "template": _template("every worker pod"),
     }, required=["image"])
 
@@ -216,12 +225,13 @@ def _worker() -> Schema:
 def _frontend() -> Schema:
     service = obj({
         "type": enum(["ClusterIP", "NodePort", "LoadBalancer"], default="ClusterIP"),
-        "httpPort": integer(minimum=1, maximum=65535, default=8000),
-        "grpcPort": integer(minimum=1, maximum=65535, default=8001),
-        "annotations": string_map(),
-    }, default={})
+        "httpPort": integer("OpenAI HTTP port of the Service.", minimum=1, maximum=65535, default=8000),
+        "grpcPort": integer("KServe v2 gRPC port of the Service.", minimum=1, maximum=65535, default=8001),
+        "annotations": string_map("Annotations of the Service (for a cloud load balancer, say)."),
+    }, "The front end's Service.", default={})
     return obj({
-        "replicas": integer(minimum=0, maximum=100, default=1),
+        "replicas": integer("Front-end pods; each admits requests into the KV room the stages report left.",
+                            minimum=0, maximum=100, default=1),
         "image": string("Defaults to the worker image.", pattern=IMAGE),
         "resources": _resources(),
         "service": service,
