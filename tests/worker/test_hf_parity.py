@@ -19,8 +19,8 @@ from transformers import LlamaForCausalLM, PreTrainedModel
 
 from helix_worker.engine.reference import ReferenceModel, causal_attention
 from helix_worker.errors import ServingError
-from helix_worker.frontend.main import stop_ids
 from helix_worker.model.config import ModelConfig, load_model_config
+from helix_worker.model.tokenizer import stop_ids
 
 IDS = torch.randint(0, SHAPE["vocab_size"], (40,), generator=torch.Generator().manual_seed(1))
 

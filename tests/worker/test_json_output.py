@@ -17,7 +17,7 @@ from dataplane_helpers import MODEL
 from helix_worker.engine.grammar import JSON_OBJECT, Grammars
 from helix_worker.engine.reference import ReferenceModel
 from helix_worker.model.config import load_model_config
-from helix_worker.model.tokenizer import load_tokenizer
+from helix_worker.model.tokenizer import load_tokenizer, stop_ids
 from helix_worker.protocol import SamplingParams
 
 PERSON = {"type": "object", "properties": {
@@ -74,7 +74,7 @@ def test_greedy_json_schema_is_the_reference_argmax_under_the_grammar(client, ch
     """Independently: greedy over the whole model's logits, masked by xgrammar's matcher here."""
     tokenizer, config = load_tokenizer(checkpoint), load_model_config(checkpoint)
     info = xgr.TokenizerInfo.from_huggingface(tokenizer.hf, vocab_size=config.vocab_size,
-                                              stop_token_ids=list(config.eos_token_ids))
+                                              stop_token_ids=list(stop_ids(config, tokenizer)))
     matcher = xgr.GrammarMatcher(xgr.GrammarCompiler(info).compile_json_schema(json.dumps(PERSON),
                                                                                any_whitespace=False))
     reference, ids, mask = ReferenceModel(checkpoint), list(PROMPT), xgr.allocate_token_bitmask(1, config.vocab_size)
@@ -144,7 +144,7 @@ def test_a_re_prefill_replays_the_generated_tokens_into_a_new_matcher(checkpoint
     """After a preemption the request returns under a new id with its tokens so far; its mask
     then equals the one the first matcher would give, and nothing else is masked."""
     config, tokenizer = load_model_config(checkpoint), load_tokenizer(checkpoint)
-    grammars = Grammars(checkpoint, config.vocab_size, config.eos_token_ids)
+    grammars = Grammars(checkpoint, config)
     params = SamplingParams(json_schema=JSON_OBJECT)
     logits, generated = torch.zeros(config.vocab_size), tokenizer.encode('{"ab": [1, ', add_special=False)
     for token in generated:

@@ -10,9 +10,8 @@ from tokenizers import Tokenizer as RawTokenizer
 from transformers import AutoTokenizer
 
 from helix_worker.errors import ServingError
-from helix_worker.frontend.main import stop_ids
 from helix_worker.model.config import load_model_config
-from helix_worker.model.tokenizer import StreamDecoder, Tokenizer, load_tokenizer
+from helix_worker.model.tokenizer import StreamDecoder, Tokenizer, load_tokenizer, stop_ids
 
 BUILDERS = {"byte-level-bpe": llama3_style_tokenizer, "sentencepiece-bpe": sentencepiece_style_tokenizer}
 

@@ -7,7 +7,7 @@ says which tokens may come next, and advances with each token sampled. A re-pref
 preemption or on another route) arrives under a new request id with the tokens generated so
 far (`seen_output_ids`), which the new matcher replays. JSON is compact (no free whitespace
 between tokens, which a weak model would otherwise fill until max_tokens); once the value is
-complete only the model's end-of-sequence tokens are allowed.
+complete only the model's end-of-sequence tokens (the ones the front end stops on) are allowed.
 """
 
 import logging
@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import xgrammar as xgr
 
-from helix_worker.model.tokenizer import load_tokenizer
+from helix_worker.model.config import ModelConfig
+from helix_worker.model.tokenizer import load_tokenizer, stop_ids
 from helix_worker.protocol import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ class Grammars:
     vocabulary is read from the checkpoint's tokenizer on first use, so stages that never see
     a JSON request never load it."""
 
-    def __init__(self, checkpoint: Path, vocab_size: int, stop_token_ids: tuple[int, ...]) -> None:
-        self._checkpoint, self._vocab_size, self._stop = checkpoint, vocab_size, list(stop_token_ids)
+    def __init__(self, checkpoint: Path, config: ModelConfig) -> None:
+        self._checkpoint, self._config, self._vocab_size = checkpoint, config, config.vocab_size
         self._compiler: xgr.GrammarCompiler | None = None
         self._lock = threading.Lock()
         self._matchers: dict[str, xgr.GrammarMatcher] = {}
@@ -51,7 +52,7 @@ class Grammars:
             if self._compiler is None:
                 tokenizer = load_tokenizer(self._checkpoint)
                 info = xgr.TokenizerInfo.from_huggingface(tokenizer.hf, vocab_size=self._vocab_size,
-                                                          stop_token_ids=self._stop or None)
+                                                          stop_token_ids=list(stop_ids(self._config, tokenizer)))
                 self._compiler = xgr.GrammarCompiler(info, max_threads=1)
         return self._compiler.compile_json_schema(schema, any_whitespace=False)
 

@@ -32,8 +32,8 @@ from helix_worker.frontend.kserve_rest import add_kserve_routes
 from helix_worker.frontend.openai_http import add_openai_routes
 from helix_worker.frontend.service import GenerationService
 from helix_worker.metrics import FrontendMetrics
-from helix_worker.model.config import ModelConfig, load_model_config
-from helix_worker.model.tokenizer import Tokenizer, load_tokenizer
+from helix_worker.model.config import load_model_config
+from helix_worker.model.tokenizer import load_tokenizer, stop_ids
 from helix_worker.security.apikeys import ApiKeys, load_api_keys
 from helix_worker.security.peers import parse_pairs
 from helix_worker.security.tls import ClusterTLS, client_tls, cluster_tls
@@ -101,13 +101,6 @@ def build_service(options: FrontendOptions, settings: Settings, metrics: Fronten
 def served_name(options: FrontendOptions) -> str:
     """The model's name in the APIs and in the metrics' model_name label."""
     return options.model_name or str(options.plan.model.get("name") or options.checkpoint.name)
-
-
-def stop_ids(config: ModelConfig, tokenizer: Tokenizer | None) -> tuple[int, ...]:
-    """The checkpoint's EOS ids (generation_config.json's, else config.json's) and the tokenizer's EOS, as vLLM
-    stops."""
-    extra = () if tokenizer is None or tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)
-    return tuple(dict.fromkeys(config.eos_token_ids + extra))
 
 
 async def serve_frontend(options: FrontendOptions, settings: Settings) -> None:

@@ -17,6 +17,7 @@ from tokenizers.decoders import DecodeStream
 from transformers import PreTrainedTokenizerFast
 
 from helix_worker.errors import InvalidRequest, ServingError
+from helix_worker.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
 CONTEXT_TOKENS = 4  # prompt tokens a stream decoder starts from, so a first word keeps its leading space
@@ -90,6 +91,13 @@ class StreamDecoder:
         text = self.tokenizer.decode(self._held) if self._held else ""
         self._held.clear()
         return text
+
+
+def stop_ids(config: ModelConfig, tokenizer: Tokenizer | None) -> tuple[int, ...]:
+    """The checkpoint's EOS ids (generation_config.json's, else config.json's) and the tokenizer's EOS, as vLLM
+    stops (the front end ends a request on them; JSON grammars end with them)."""
+    extra = () if tokenizer is None or tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)
+    return tuple(dict.fromkeys(config.eos_token_ids + extra))
 
 
 def load_tokenizer(directory: Path) -> Tokenizer:

@@ -134,7 +134,7 @@ def _grammars(checkpoint: Path, model: LayerSlice) -> Grammars | None:
     config = model.config
     if model.end < config.num_layers or not (checkpoint / "tokenizer.json").exists():
         return None
-    return Grammars(checkpoint, config.vocab_size, config.eos_token_ids)
+    return Grammars(checkpoint, config)
 
 
 def _engine_stopped(node: str, task: asyncio.Task, ready: asyncio.Event, broken: asyncio.Event) -> None:
