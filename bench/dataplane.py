@@ -30,19 +30,19 @@ import os
 
 # Idle OpenMP threads sleep instead of spinning, in this process and the workers alike: on
 # shared cores, spinning threads steal the time slices of the ones doing the work.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP, so above its import
 
-import argparse  # noqa: E402 (the variable above must be set before torch loads OpenMP)
-import asyncio  # noqa: E402
-import multiprocessing  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import asyncio
+import multiprocessing
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from results import markdown_table, write_table

@@ -23,15 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "operator"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "operator"))  # fakecluster, opkit
 
-import kopf  # noqa: E402
-from fakecluster import Harness, api_server  # noqa: E402 (path above)
-from kubernetes.client import Configuration  # noqa: E402
-from opkit import GFD_PRODUCT, GKE_ACCELERATOR, POOL_LABEL, REGION, node  # noqa: E402
-from results import markdown_table, write_table  # noqa: E402 (bench/ is the script's directory)
+import kopf
+from fakecluster import Harness, api_server
+from kubernetes.client import Configuration
+from opkit import GFD_PRODUCT, GKE_ACCELERATOR, POOL_LABEL, REGION, node
+from results import markdown_table, write_table  # bench/ is the script's directory
 
-from helix_operator.control.runtime import RunOptions, start  # noqa: E402
+from helix_operator.control.runtime import RunOptions, start
 
 NS, NAME = "bench", "bench"
 HXC = "helix.dev/v1alpha1/helixclusters"

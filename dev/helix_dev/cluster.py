@@ -143,7 +143,7 @@ class LocalCluster:
         while True:
             try:
                 await self._tick()
-            except Exception:  # noqa: BLE001 - keep playing the cluster through API hiccups
+            except Exception:  # keep playing the cluster through API hiccups
                 log.exception("stand-in cluster tick failed")
             await asyncio.sleep(TICK_SECONDS)
 

@@ -135,7 +135,7 @@ class PodRun:
             self.phase, self.reason = "Failed", (err.reason, str(err))
             self.state = {"terminated": {"exitCode": 1, "reason": err.reason}}
             await self.report()
-        except Exception:  # noqa: BLE001 - a bug here must show, not silently stall the pod
+        except Exception:  # a bug here must show, not silently stall the pod
             log.exception("pod %s: the node agent failed", self.name)
             raise
 

@@ -121,12 +121,12 @@ class Files:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def Glob(self, pattern: str) -> dict[str, str]:  # noqa: N802 - Helm's name
+    def Glob(self, pattern: str) -> dict[str, str]:  # Helm's name
         paths = (p for p in sorted(self.root.rglob("*")) if p.is_file())
         return {str(p.relative_to(self.root)): p.read_text() for p in paths
                 if fnmatch.fnmatch(str(p.relative_to(self.root)), pattern)}
 
-    def Get(self, path: str) -> str:  # noqa: N802 - Helm's name
+    def Get(self, path: str) -> str:  # Helm's name
         return (self.root / path).read_text()
 
 

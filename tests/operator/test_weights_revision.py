@@ -11,7 +11,7 @@ import pytest
 from opkit import GFD_PRODUCT, POOL_LABEL, REGION, fleet_spec, node
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker"))  # the Hub stand-in of the fetcher's tests
-from weights_standins import HubServer, serving  # noqa: E402
+from weights_standins import HubServer, serving
 
 NS = "inference"
 BASE = f"/apis/helix.dev/v1alpha1/namespaces/{NS}/helixclusters"

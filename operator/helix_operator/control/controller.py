@@ -139,7 +139,7 @@ class Controller:
         """Reconcile; on an unexpected error log it and return the backoff before retrying."""
         try:
             await self._reconcile(wake)
-        except Exception as err:  # noqa: BLE001 - the loop must outlive API hiccups and bugs alike
+        except Exception as err:  # the loop must outlive API hiccups and bugs alike
             self.failures += 1
             backoff = min(MAX_BACKOFF, 2.0 ** self.failures)
             self.logger.exception("reconcile failed (%s); retrying in %.0fs", err, backoff)
