@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from helix_planner.bound import position_free_bound
 from helix_planner.cluster import SINK, SOURCE, Cluster
+from helix_planner.config_bound import configuration_bound
 from helix_planner.errors import InfeasiblePlacement, ModelDoesNotFit, PlanningError
 from helix_planner.fleet import FLEET_NODES, fleet_bound, fleet_classes, fleet_layouts, layers_moved, repair
 from helix_planner.flow import FlowResult, evaluate
@@ -27,6 +28,7 @@ from helix_planner.pipelines import decompose
 from helix_planner.plan_format import Plan, PlannedEdge, PlannedNode, SolverReport
 from helix_planner.profiles import Catalog, load_catalog
 from helix_planner.regional import chain_layout
+from helix_planner.stage_mix import stage_mix_layout
 from helix_planner.throughput import CapacityModel
 from helix_planner.throughput.helix import HelixCapacityModel
 from helix_planner.throughput.min_layers import MinLayersCapacityModel
@@ -36,6 +38,8 @@ from helix_planner.topology import Topology, build_topology
 Layout = dict[str, tuple[int, int]]
 METHODS = ("auto", "milp", "chain", "sweep", *BASELINES)
 PARTIAL_INFERENCE_METHODS = ("petals", "swarm")
+STAGE_MIX_SHARE = 0.15  # of the time limit, at most, for mixed-stage chains (counted from the start)
+CONFIGURATION_SHARE = 0.2  # of the time limit, at most, for the configuration bound
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,17 @@ def plan_cluster(
 
     bound = position_free_bound(topology, model.num_layers, threads=1)
     say(f"bound      position-free {bound:12.1f} tok/s")
+    if options.method in ("auto", "milp") and _gap(best.value, bound) > options.mip_gap:
+        share = started + STAGE_MIX_SHARE * options.time_limit
+        layout, _ = stage_mix_layout(topology.classes, model.num_layers, best.value, bound, share)
+        if layout:
+            result = evaluate(cluster, model, capacity_model, layout)
+            say(f"heuristic {'stage-mix':10s} {result.value:12.1f} tok/s")
+            if result.value > best.value * (1 + 1e-9):
+                best_name, best_layout, best = "stage-mix", layout, result
+        share = time.monotonic() + CONFIGURATION_SHARE * options.time_limit
+        bound = configuration_bound(topology.classes, model.num_layers, best.value, bound, deadline=share)
+        say(f"bound      configurations {bound:11.1f} tok/s")
     method, status = best_name, "heuristic"
     if options.method in ("auto", "milp") and _gap(best.value, bound) > options.mip_gap:
         # Leave a little of the budget for placing nodes, evaluating and decomposing the result.
@@ -229,7 +244,8 @@ def _build_plan(cluster: Cluster, model: ModelSpec, capacity_model: CapacityMode
              for (a, b), flow in sorted(result.edge_flow.items()) if flow > 1e-9]
     pipelines = decompose(result.edge_flow, {k: v for k, v in layout.items() if k in used})
     return Plan(
-        model={"name": model.name, "numLayers": model.num_layers, "hiddenSize": model.hidden_size, "dtype": model.dtype},
+        model={"name": model.name, "numLayers": model.num_layers, "hiddenSize": model.hidden_size,
+               "dtype": model.dtype},
         cluster=cluster.name,
         throughput_model=capacity_model.name,
         nodes=nodes,

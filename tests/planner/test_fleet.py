@@ -1,4 +1,5 @@
-"""The fleet planner: sweep, fleet bound, repair, region-mesh links and synthetic fleets.
+"""The fleet planner (sweep, fleet bound, repair, region-mesh links, synthetic fleets) and the
+configuration bound and mixed-stage chains.
 
 Each test would fail if the piece it covers were wrong: a bound below a proven optimum or a
 brute-force one, a sweep whose layout the exact evaluator does not carry at its claimed
@@ -6,6 +7,7 @@ flow, a replan that moves most layers, a mesh that answers differently from a di
 """
 
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -13,12 +15,14 @@ from plankit import TableCapacity, mesh, reference_case
 from test_milp_and_bound import CAPS, MODEL, NODES, brute_force_optimum
 
 from helix_planner.cluster import Cluster, Link, Node, RegionMesh
+from helix_planner.config_bound import _types, configuration_bound, coverable_layers
 from helix_planner.fleet import fleet_bound, fleet_classes, layers_moved
 from helix_planner.flow import evaluate, handovers
 from helix_planner.models import ModelSpec, get_model
 from helix_planner.plan_format import Plan
 from helix_planner.planner import PlannerOptions, capacity_model_for, plan_cluster
 from helix_planner.profiles import Catalog
+from helix_planner.stage_mix import stage_mix_layout
 from helix_planner.sweep import sweep, sweep_layout
 from helix_planner.synthetic import FLEETS, FleetSpec, fleet_cluster
 
@@ -34,10 +38,14 @@ def fleet500(catalog: Catalog) -> Fleet:
     return cluster, model, plan
 
 
-def test_fleet_bound_is_never_below_a_brute_force_optimum() -> None:
-    cluster = mesh(NODES)
-    bound = fleet_bound(fleet_classes(cluster, MODEL, CAPS), MODEL.num_layers)
-    assert bound >= brute_force_optimum(cluster, MODEL, CAPS) * (1 - 1e-6)
+@pytest.fixture(scope="module")
+def tiny_optimum() -> float:
+    return brute_force_optimum(mesh(NODES), MODEL, CAPS)
+
+
+def test_fleet_bound_is_never_below_a_brute_force_optimum(tiny_optimum: float) -> None:
+    bound = fleet_bound(fleet_classes(mesh(NODES), MODEL, CAPS), MODEL.num_layers)
+    assert bound >= tiny_optimum * (1 - 1e-6)
 
 
 @pytest.mark.parametrize("case", ["small10", "single24", "geo24"])
@@ -132,3 +140,34 @@ def test_table_capacity_fleet_of_one_type_splits_the_model_evenly() -> None:
     assert target == pytest.approx(200.0, rel=1e-5)  # 8 nodes x 100 layer-tokens/s over 4 layers
     assert fleet_bound(classes, model.num_layers) == pytest.approx(200.0, rel=1e-4)
     assert len(pieces) == 8
+
+
+def test_configuration_bound_holds_on_tiny_clusters(tiny_optimum: float) -> None:
+    other = [("f0", "fast", "r"), ("m0", "mid", "r"), ("m1", "mid", "r"), ("s0", "slow", "r")]
+    for nodes, optimum in ((NODES, tiny_optimum), (other, brute_force_optimum(mesh(other), MODEL, CAPS))):
+        cluster = mesh(nodes)
+        classes = fleet_classes(cluster, MODEL, CAPS)
+        high = fleet_bound(classes, MODEL.num_layers)
+        bound = configuration_bound(classes, MODEL.num_layers, 0.0, high)
+        assert optimum * (1 - 1e-6) <= bound <= high
+
+
+@pytest.mark.parametrize("case", ["small10", "geo24"])
+def test_configuration_bound_is_never_below_a_proven_optimum(reference: Path, catalog: Catalog, case: str) -> None:
+    cluster, model, capacity, _ = reference_case(reference, catalog, case)
+    plan = plan_cluster(cluster, model, HELIX, catalog=catalog)
+    assert plan.solver.status == "optimal"
+    classes = fleet_classes(cluster, model, capacity)
+    bound = configuration_bound(classes, model.num_layers, 0.0, fleet_bound(classes, model.num_layers))
+    assert bound >= plan.throughput * (1 - 1e-6)
+
+
+def test_hetero42_mixed_stages_beat_single_type_stages_and_the_bound_certifies(reference: Path,
+                                                                               catalog: Catalog) -> None:
+    cluster, model, capacity, _ = reference_case(reference, catalog, "hetero42")
+    classes = fleet_classes(cluster, model, capacity)
+    layout, target = stage_mix_layout(classes, model.num_layers, 5813.7, 6281.3, time.monotonic() + 8)
+    assert target > 5813.7  # the single-type stage chain's flow
+    assert evaluate(cluster, model, capacity, layout).value >= target * (1 - 1e-6)
+    counts, items = _types(classes)
+    assert coverable_layers(counts, items, 6100.0) < model.num_layers  # so no placement carries 6,100
