@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import torch
+import xgrammar as xgr
 
 from helix_planner.plan_format import Plan
 from helix_proto import grpc_service_pb2 as kserve
@@ -15,6 +16,8 @@ from helix_worker.engine.reference import ReferenceModel
 from helix_worker.fleet.launcher import LocalFleet
 from helix_worker.fleet.layouts import Layout, manual_plan
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest
+from helix_worker.model.config import load_model_config
+from helix_worker.model.tokenizer import load_tokenizer, stop_ids
 from helix_worker.protocol import SamplingParams
 from helix_worker.security.tls import ClusterTLS
 from helix_worker.transport.links import StreamLink
@@ -122,4 +125,21 @@ def penalized_greedy(reference: ReferenceModel, prompt: list[int], max_tokens: i
         for token in set(out):
             logits[token] -= frequency * out.count(token) + presence
         out.append(int(torch.argmax(logits)))
+    return out
+
+
+def grammar_greedy(reference: ReferenceModel, checkpoint: Path, prompt: list[int], schema: str) -> list[int]:
+    """Greedy tokens under a JSON Schema, masked here by xgrammar's own matcher (compact JSON, as the
+    server compiles it), up to and with the end-of-sequence token that ends the value."""
+    tokenizer, config = load_tokenizer(checkpoint), load_model_config(checkpoint)
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer.hf, vocab_size=config.vocab_size,
+                                              stop_token_ids=list(stop_ids(config, tokenizer)))
+    matcher = xgr.GrammarMatcher(xgr.GrammarCompiler(info).compile_json_schema(schema, any_whitespace=False))
+    mask, out = xgr.allocate_token_bitmask(1, config.vocab_size), []
+    while not matcher.is_terminated():
+        logits = reference.next_logits(prompt + out).clone().unsqueeze(0)
+        matcher.fill_next_token_bitmask(mask)
+        xgr.apply_token_bitmask_inplace(logits, mask)
+        out.append(int(logits.argmax()))
+        assert matcher.accept_token(out[-1])
     return out

@@ -3,6 +3,7 @@
 random model, which left alone writes no JSON), and a request without a format in the same
 batches samples as before."""
 
+import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -11,14 +12,16 @@ import jsonschema
 import openai
 import pytest
 import torch
-import xgrammar as xgr
-from dataplane_helpers import MODEL
+from dataplane_helpers import MODEL, grammar_greedy
 
 from helix_worker.engine.grammar import JSON_OBJECT, Grammars
+from helix_worker.engine.model import LayerSlice
+from helix_worker.engine.penalties import with_history
 from helix_worker.engine.reference import ReferenceModel
+from helix_worker.engine.stage_engine import StageEngine
 from helix_worker.model.config import load_model_config
-from helix_worker.model.tokenizer import load_tokenizer, stop_ids
-from helix_worker.protocol import SamplingParams
+from helix_worker.model.tokenizer import load_tokenizer
+from helix_worker.protocol import Chunk, Failure, Hop, Phase, Sampled, SamplingParams
 
 PERSON = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 6},
@@ -26,6 +29,9 @@ PERSON = {"type": "object", "properties": {
     "role": {"enum": ["admin", "user"]},
     "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 2}},
     "required": ["name", "age", "role", "tags"]}
+SMALL = json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"},
+                                                    "n": {"type": "integer", "minimum": 0, "maximum": 99}},
+                    "required": ["ok", "n"]})
 AS_PERSON = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
 PROMPT = [40, 41, 42, 43, 44]
 
@@ -64,7 +70,7 @@ def test_json_modes_hold_and_a_cobatched_free_request_is_unaffected(client, chec
 
     expected = ReferenceModel(checkpoint).greedy(PROMPT, 24).tokens
     assert free.choices[0].text == tokenizer.decode(expected)
-    plain = _together(*[lambda o=o: chat(**o) for o in objects])
+    plain = _together(*[lambda o=o: chat(**(o | {"max_tokens": 20})) for o in objects])
     assert not any(_is_json(p.choices[0].message.content) for p in plain), "without the grammar, no JSON"
     streamed = chat(**people[0], response_format=AS_PERSON, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == done[3].choices[0].message.content
@@ -72,21 +78,11 @@ def test_json_modes_hold_and_a_cobatched_free_request_is_unaffected(client, chec
 
 def test_greedy_json_schema_is_the_reference_argmax_under_the_grammar(client, checkpoint) -> None:
     """Independently: greedy over the whole model's logits, masked by xgrammar's matcher here."""
-    tokenizer, config = load_tokenizer(checkpoint), load_model_config(checkpoint)
-    info = xgr.TokenizerInfo.from_huggingface(tokenizer.hf, vocab_size=config.vocab_size,
-                                              stop_token_ids=list(stop_ids(config, tokenizer)))
-    matcher = xgr.GrammarMatcher(xgr.GrammarCompiler(info).compile_json_schema(json.dumps(PERSON),
-                                                                               any_whitespace=False))
-    reference, ids, mask = ReferenceModel(checkpoint), list(PROMPT), xgr.allocate_token_bitmask(1, config.vocab_size)
-    while not matcher.is_terminated():
-        logits = reference.next_logits(ids).clone().unsqueeze(0)
-        matcher.fill_next_token_bitmask(mask)
-        xgr.apply_token_bitmask_inplace(logits, mask)
-        ids.append(int(logits.argmax()))
-        assert matcher.accept_token(ids[-1])
+    expected = grammar_greedy(ReferenceModel(checkpoint), checkpoint, PROMPT, json.dumps(PERSON))
     done = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=80, temperature=0,
                                      extra_body={"response_format": AS_PERSON})  # vLLM's completions extension
-    assert done.choices[0].text == tokenizer.decode(ids[len(PROMPT):]) and done.choices[0].finish_reason == "stop"
+    assert done.choices[0].text == load_tokenizer(checkpoint).decode(expected)
+    assert done.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(done.choices[0].text), PERSON)
 
 
@@ -167,3 +163,51 @@ def _is_json(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+class _Delivered:
+    """The stage engine's outputs for a front end that is this test."""
+
+    def __init__(self) -> None:
+        self.sampled: asyncio.Queue[Sampled] = asyncio.Queue()
+
+    def forward(self, hop: Hop, chunks: list[Chunk], hidden: torch.Tensor) -> None:
+        raise AssertionError("one stage holds every layer: nothing goes on")
+
+    def deliver(self, reply_to: str, results: list[Sampled], failures: list[Failure]) -> None:
+        assert not failures, failures
+        for result in results:
+            self.sampled.put_nowait(result)
+
+
+async def test_a_preempted_json_request_resumes_its_grammar_on_the_stage(checkpoint) -> None:
+    """In process, one stage with every layer: a request stopped after a few tokens and
+    re-prefilled under a new id (as the front end does after a preemption) with its tokens on
+    the prefill (`with_history`) ends exactly as one that ran through, and as the reference."""
+    config = load_model_config(checkpoint)
+    model = LayerSlice.load(checkpoint, 0, config.num_layers)
+    engine = StageEngine("n", model, model.new_pool(16, 16), max_batch_tokens=64,
+                         grammars=Grammars(checkpoint, config))
+    engine.outputs = outputs = _Delivered()
+    route, params = (Hop("n", "local", 0, config.num_layers),), SamplingParams(json_schema=SMALL)
+    stop = config.eos_token_ids
+
+    async def generate(wire_id: str, prompt: list[int], before: list[int], upto: int) -> list[int]:
+        out, ids, phase, position = list(before), prompt + before, Phase.PREFILL, 0
+        while len(out) < upto and not (out and out[-1] in stop):
+            sampling = with_history(params, tuple(prompt), out) if phase == Phase.PREFILL else params
+            engine.submit([Chunk(wire_id, phase, position, len(ids), route, "test", sampling)], torch.tensor(ids))
+            out.append((await asyncio.wait_for(outputs.sampled.get(), 30)).token_id)
+            position, ids, phase = position + len(ids), [out[-1]], Phase.DECODE
+        return out
+
+    running = asyncio.create_task(engine.run())
+    try:
+        through = await generate("a.0", PROMPT, [], 64)
+        cut = await generate("b.0", PROMPT, [], 7)
+        engine.release(["b.0"])
+        resumed = await generate("b.1", PROMPT, cut, 64)
+    finally:
+        running.cancel()
+    assert len(cut) == 7 and resumed == through == grammar_greedy(ReferenceModel(checkpoint), checkpoint, PROMPT, SMALL)
+    assert isinstance(json.loads(load_tokenizer(checkpoint).decode(through)), dict)
