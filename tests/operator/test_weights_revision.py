@@ -3,12 +3,15 @@ stand-in Hub the fetcher's tests use, with the token and endpoint of the credent
 and every pod of the plan fetches that commit until the next replan."""
 
 import base64
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from opkit import GFD_PRODUCT, POOL_LABEL, REGION, fleet_spec, node
+
+from helix_operator.planning.revision import HubAccess, WeightsUnresolved, resolve_revision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker"))  # the Hub stand-in of the fetcher's tests
 from weights_standins import HubServer, serving
@@ -80,3 +83,19 @@ async def test_hf_revision_is_resolved_once_per_plan_and_kept_until_a_replan(ope
         planned = next(c for c in _status(operator, "missing")["conditions"] if c["type"] == "Planned")
         assert (planned["status"], planned["reason"]) == ("False", "WeightsUnresolved")
         assert "has no repository tiny/nothing" in planned["message"] and hub.url in planned["message"]
+
+
+def test_resolution_errors_say_what_to_change() -> None:
+    with serving(HubServer(REPO, {OLD: {}}, {"main": OLD}, TOKEN, gated=True)) as hub:
+        assert resolve_revision(f"hf://{REPO}", HubAccess(hub.url, TOKEN)) == OLD
+        assert resolve_revision(f"hf://{REPO}@{OLD}", HubAccess(hub.url, TOKEN)) == OLD
+        with pytest.raises(WeightsUnresolved, match="tiny/llama is gated; put HF_TOKEN"):
+            resolve_revision(f"hf://{REPO}", HubAccess(hub.url))
+        with pytest.raises(WeightsUnresolved, match="has no branch, tag or commit 'v9'"):
+            resolve_revision(f"hf://{REPO}@v9", HubAccess(hub.url, TOKEN))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"  # a port no one listens on
+    with pytest.raises(WeightsUnresolved, match=f"{nobody} did not answer"):
+        resolve_revision(f"hf://{REPO}", HubAccess(nobody, TOKEN))
+    assert resolve_revision("s3://bucket/model", HubAccess()) is None and resolve_revision(None, HubAccess()) is None

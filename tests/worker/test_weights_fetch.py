@@ -144,6 +144,9 @@ def test_hf_errors_say_what_to_change(checkpoint: Path, tmp_path: Path) -> None:
         del hub.commits[OLD][SHARD.format(2)]
         with pytest.raises(ServingError, match=f"at commit {OLD[:12]} has no file {SHARD.format(2)}"):
             fetch(parse_source(f"hf://{REPO}", env), tmp_path / "d", (1, 2), **QUIET)
+        hub.gated = True
+        with pytest.raises(ServingError, match="tiny/llama is gated; set HF_TOKEN"):
+            fetch(parse_source(f"hf://{REPO}", {"HF_ENDPOINT": hub.url}), tmp_path / "e", None, **QUIET)
 
 
 def _objects(checkpoint: Path, bucket: str) -> dict[str, bytes]:

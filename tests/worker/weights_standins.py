@@ -83,11 +83,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 class HubServer(Server):
     """`/api/models/REPO/revision/REV` (sha and file list) and `/REPO/resolve/REV/FILE`; `refs`
-    maps branch names to commit shas (move one to play a push during a download)."""
+    maps branch names to commit shas (move one to play a push during a download); a `gated` repo
+    answers a request without the token as the Hub does for one whose terms were not accepted."""
 
-    def __init__(self, repo: str, commits: Commits, refs: dict[str, str], token: str | None = None) -> None:
+    def __init__(self, repo: str, commits: Commits, refs: dict[str, str], token: str | None = None,
+                 gated: bool = False) -> None:
         super().__init__(_HubHandler)
-        self.repo, self.commits, self.refs, self.token = repo, commits, refs, token
+        self.repo, self.commits, self.refs, self.token, self.gated = repo, commits, refs, token, gated
 
     def sha(self, revision: str) -> str | None:
         revision = unquote(revision)
@@ -101,6 +103,9 @@ class _HubHandler(_Handler):
         self._record()
         hub, path = self.server, self.path.split("?")[0]
         if hub.token and self.headers.get("Authorization") != f"Bearer {hub.token}":
+            if hub.gated:
+                return self._send(401, b'{"error": "Access to this model is restricted"}',
+                                  {"X-Error-Code": "GatedRepo"}, head)
             return self._send(401, b'{"error": "Invalid credentials"}', {"X-Error-Code": "RepoNotFound"}, head)
         if info := re.fullmatch(rf"/api/models/{hub.repo}/revision/(?P<rev>.+)", path):
             if (sha := hub.sha(info["rev"])) is None:

@@ -15,6 +15,7 @@ from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNot
 from helix_operator.api.weights_uri import hf_parts
 
 HF_ENDPOINT = "https://huggingface.co"
+LOOKUP_SECONDS = 30.0  # a Hub that does not answer fails the plan (retried later) instead of holding the planner
 
 
 class WeightsUnresolved(Exception):
@@ -39,7 +40,8 @@ def resolve_revision(uri: str | None, access: HubAccess) -> str | None:
     repo, revision = parts
     where = f"{uri}: {access.endpoint}"
     try:
-        info = HfApi(endpoint=access.endpoint, token=access.token or False).model_info(repo, revision=revision)
+        info = HfApi(endpoint=access.endpoint, token=access.token or False).model_info(repo, revision=revision,
+                                                                                      timeout=LOOKUP_SECONDS)
     except GatedRepoError:
         raise WeightsUnresolved(f"{uri}: {repo} is gated; put HF_TOKEN of an account that accepted its terms in "
                                 "spec.model.credentialsSecret") from None
