@@ -1,7 +1,7 @@
 """Closed loop: what an emulated multi-region fleet serves against what the simulator predicts for it.
 
     sudo python bench/closed_loop.py            # five placements, a 12-layer model, 8 streams of 128/64
-    sudo python bench/closed_loop.py --quick    # CI: max flow and Swarm, an 8-layer model, 4 streams of 32/16
+    sudo python bench/closed_loop.py --quick    # CI: max flow, Swarm, separate; 8 layers, 4 streams of 32/16
 
 The fleet is bench/closed_loop-fleet.yaml: six workers in three regions, of three speeds. Its GPU
 types are this machine's CPU, measured here on the benchmark's checkpoint with one torch thread (the
@@ -81,7 +81,7 @@ class Mode:
 
 
 QUICK = Mode(DemoModel(num_layers=8, hidden_size=128, intermediate_size=352, num_heads=4, num_kv_heads=2), 3,
-             Load(concurrency=4, prompt=32, output=16, requests=8), ("max-flow", "swarm"), 2.0, 30.0)
+             Load(concurrency=4, prompt=32, output=16, requests=8), ("max-flow", "swarm", "separate"), 2.0, 30.0)
 FULL = Mode(DemoModel(num_layers=12, hidden_size=512, intermediate_size=1408, num_heads=8, num_kv_heads=4), 4,
             Load(concurrency=8, prompt=128, output=64, requests=32), PLACEMENTS, 10.0, 240.0)
 
@@ -101,7 +101,7 @@ class Row:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="CI: two placements, a smaller model and load")
+    parser.add_argument("--quick", action="store_true", help="CI: three placements, a smaller model and load")
     parser.add_argument("--workdir", type=Path, help="plans, logs and the checkpoint (default: a temp dir)")
     args = parser.parse_args(argv)
     try:
