@@ -24,7 +24,7 @@ from helix_planner.network import LinkSpec, NetworkModel, build_cluster
 from helix_worker.engine.reference import ReferenceModel
 from helix_worker.errors import ServingError
 from helix_worker.fleet import netns
-from helix_worker.fleet.emulated import hosts_of, start_emulated
+from helix_worker.fleet.emulated import hosts_of, start_emulated, start_relays
 from helix_worker.fleet.launcher import LocalFleet
 from helix_worker.fleet.netem import FRONTEND, EmulatedNetwork
 from helix_worker.model.tokenizer import load_tokenizer
@@ -173,7 +173,8 @@ def test_a_request_crosses_regions_with_the_reference_tokens(tmp_path: Path, che
     plan, plan_path = write_plan(tmp_path, [[("east-0", 0, 3), ("west-0", 3, NUM_LAYERS)]])
     with EmulatedNetwork(two_regions(), hosts_of(plan), tmp_path / "net") as network, \
             LocalFleet(tmp_path / "fleet", env=WORKER_ENV) as fleet:
-        served = start_emulated(fleet, network, plan, plan_path, checkpoint, {n.name: {} for n in plan.nodes},
+        portals = start_relays(network, [n.name for n in plan.nodes])
+        served = start_emulated(fleet, network, portals, plan, plan_path, checkpoint, {n.name: {} for n in plan.nodes},
                                 timeout=60)
         assert served.endpoints == {"east-0": "10.90.0.2:50051", "west-0": "10.90.0.3:50051"}
         wait_http_ready(served.http_url)

@@ -9,6 +9,7 @@ emulated network).
 """
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,13 @@ from helix_worker.fleet.netem import FRONTEND, EmulatedNetwork
 
 WORKER_PORT, DATA_PORT = 50051, 50052
 FRONTEND_GRPC_PORT, FRONTEND_HTTP_PORT = 8001, 8000
+
+
+@dataclass(frozen=True)
+class Portals:
+    """Where this machine reaches the emulated front end."""
+    grpc_address: str
+    http_url: str
 
 
 @dataclass(frozen=True)
@@ -33,15 +41,20 @@ def hosts_of(plan: Plan) -> list[str]:
     return [node.name for node in plan.nodes] + [FRONTEND]
 
 
-def start_emulated(fleet: LocalFleet, net: EmulatedNetwork, plan: Plan, plan_path: Path, checkpoint: Path,
-                   node_env: dict[str, dict[str, str]], *, model_name: str = "", grpc_port: int = 0,
-                   http_port: int = 0, timeout: float = 180.0) -> Served:
-    """Relays, then every plan node in its namespace with `node_env[node]` and the front end at once
-    (the addresses are fixed, so nobody waits for another to start); the front end's portals listen
-    on `grpc_port` and `http_port` of 127.0.0.1 (0: any free port)."""
-    relays = [relay for node in plan.nodes for relay in net.relays(node.name, (WORKER_PORT, DATA_PORT))]
+def start_relays(net: EmulatedNetwork, nodes: Sequence[str], *, grpc_port: int = 0, http_port: int = 0) -> Portals:
+    """The latency relays of every node in `nodes` and the front end's portals, which listen on `grpc_port`
+    and `http_port` of 127.0.0.1 (0: any free port). One set serves any plan over these nodes."""
+    relays = [relay for node in nodes for relay in net.relays(node, (WORKER_PORT, DATA_PORT))]
     portals = [net.portal(FRONTEND, FRONTEND_GRPC_PORT, grpc_port), net.portal(FRONTEND, FRONTEND_HTTP_PORT, http_port)]
-    grpc_portal, http_portal = net.start_relays(relays + portals)[-2:]
+    grpc, http = net.start_relays(relays + portals)[-2:]
+    return Portals(f"127.0.0.1:{grpc}", f"http://127.0.0.1:{http}")
+
+
+def start_emulated(fleet: LocalFleet, net: EmulatedNetwork, portals: Portals, plan: Plan, plan_path: Path,
+                   checkpoint: Path, node_env: dict[str, dict[str, str]], *, model_name: str = "",
+                   timeout: float = 180.0) -> Served:
+    """Every plan node in its namespace with `node_env[node]`, and the front end, all at once (the
+    addresses are fixed, so nobody waits for another to start); `start_relays` ran before."""
     endpoints = {node.name: f"{net.hosts[node.name].address}:{WORKER_PORT}" for node in plan.nodes}
     endpoints_path = fleet.workdir / "endpoints.json"
     endpoints_path.write_text(json.dumps(endpoints, indent=2))
@@ -55,4 +68,4 @@ def start_emulated(fleet: LocalFleet, net: EmulatedNetwork, plan: Plan, plan_pat
                                          env=node_env.get(FRONTEND), netns=frontend.netns, host=frontend.address))
     for child in children:
         fleet.wait(child, timeout)
-    return Served(endpoints, f"http://127.0.0.1:{http_portal}", f"127.0.0.1:{grpc_portal}")
+    return Served(endpoints, portals.http_url, portals.grpc_address)

@@ -29,7 +29,7 @@ from helix_planner.plan_format import PlannedNode
 from helix_planner.report import plan_table
 from helix_worker.envs import Settings, env_name
 from helix_worker.errors import ServingError
-from helix_worker.fleet.emulated import Served, hosts_of, start_emulated
+from helix_worker.fleet.emulated import Served, hosts_of, start_emulated, start_relays
 from helix_worker.fleet.launcher import LocalFleet
 from helix_worker.fleet.netem import EmulatedNetwork
 from helix_worker.fleet.netns import require_net_admin
@@ -160,8 +160,9 @@ def up(options: UpOptions, out: Callable[[str], None] = print) -> int:
             if net is None:
                 served = start_loopback(fleet, plan_path, plan.nodes, checkpoint, node_env, name, options)
             else:
-                served = start_emulated(fleet, net, plan, plan_path, checkpoint, node_env, model_name=name,
-                                        grpc_port=options.grpc_port, http_port=options.http_port,
+                portals = start_relays(net, [n.name for n in plan.nodes], grpc_port=options.grpc_port,
+                                       http_port=options.http_port)
+                served = start_emulated(fleet, net, portals, plan, plan_path, checkpoint, node_env, model_name=name,
                                         timeout=options.ready_timeout)
             endpoints = served.endpoints
             wait_ready(served.http_url, fleet, options.ready_timeout)
