@@ -4,7 +4,7 @@
     python -m helix_worker.transport.codegen --out DIR  # write elsewhere (the staleness test does)
 
 Beside each `.py` stub goes its `.pyi` type stub, written by mypy-protobuf's protoc plugins
-(`protoc-gen-mypy`, `protoc-gen-mypy_grpc`, installed next to this Python by the `test` extra),
+(`protoc-gen-mypy`, `protoc-gen-mypy_grpc`, installed next to this Python by the `codegen` extra),
 so that `mypy --strict` checks every message field and gRPC call.
 
 Two rewrites follow protoc: generated `import x_pb2` lines become package imports
@@ -36,7 +36,7 @@ def _plugin(name: str) -> str:
     beside = Path(sys.executable).with_name(name)
     found = str(beside) if beside.is_file() else shutil.which(name)
     if found is None:
-        raise RuntimeError(f"{name} not found: install mypy-protobuf (pip install -e '.[test]')")
+        raise RuntimeError(f"{name} not found: install mypy-protobuf (the codegen extra)")
     return found
 
 
