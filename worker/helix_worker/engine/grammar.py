@@ -10,19 +10,17 @@ between tokens, which a weak model would otherwise fill until max_tokens); once 
 complete only the model's end-of-sequence tokens (the ones the front end stops on) are allowed.
 """
 
-import logging
 import re
-import threading
 from pathlib import Path
 
 import torch
 import xgrammar as xgr
 
+from helix_worker.errors import ServingError
 from helix_worker.model.config import ModelConfig
 from helix_worker.model.tokenizer import load_tokenizer, stop_ids
 from helix_worker.protocol import SamplingParams
 
-log = logging.getLogger(__name__)
 JSON_OBJECT = '{"type": "object"}'  # OpenAI's json_object, as vLLM compiles it
 _NOISE = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # xgrammar's "[time] file.cc:line: " before its message
 
@@ -44,16 +42,15 @@ class Grammars:
     def __init__(self, checkpoint: Path, config: ModelConfig) -> None:
         self._checkpoint, self._config, self._vocab_size = checkpoint, config, config.vocab_size
         self._compiler: xgr.GrammarCompiler | None = None
-        self._lock = threading.Lock()
         self._matchers: dict[str, xgr.GrammarMatcher] = {}
 
     def _compile(self, schema: str) -> xgr.CompiledGrammar:
-        with self._lock:
-            if self._compiler is None:
-                tokenizer = load_tokenizer(self._checkpoint)
-                info = xgr.TokenizerInfo.from_huggingface(tokenizer.hf, vocab_size=self._vocab_size,
-                                                          stop_token_ids=list(stop_ids(self._config, tokenizer)))
-                self._compiler = xgr.GrammarCompiler(info, max_threads=1)
+        """The schema against the vocabulary (on the compute thread, the only caller; cached by schema)."""
+        if self._compiler is None:
+            tokenizer = load_tokenizer(self._checkpoint)
+            info = xgr.TokenizerInfo.from_huggingface(tokenizer.hf, vocab_size=self._vocab_size,
+                                                      stop_token_ids=list(stop_ids(self._config, tokenizer)))
+            self._compiler = xgr.GrammarCompiler(info, max_threads=1)
         return self._compiler.compile_json_schema(schema, any_whitespace=False)
 
     def constrain(self, request_id: str, logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -66,7 +63,7 @@ class Grammars:
         if matcher is None:
             try:
                 matcher = xgr.GrammarMatcher(self._compile(params.json_schema))
-            except RuntimeError as err:
+            except (RuntimeError, ServingError) as err:  # a schema xgrammar refuses, an unreadable tokenizer
                 raise ValueError(f"json_schema: {_NOISE.sub('', str(err)).strip()}") from None
             if not all(matcher.accept_token(t) for t in params.seen_output_ids):
                 raise ValueError("the tokens generated before the re-prefill do not fit the json_schema")

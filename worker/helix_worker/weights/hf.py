@@ -98,7 +98,7 @@ class HuggingFace:
 
     def download(self, name: str, directory: Path) -> None:
         if self.cache is None:
-            self._get(name, directory / name)
+            self._get(name, directory / name, *self._metadata(name))
             return
         pointer = self._storage() / "snapshots" / self.resolve() / name
         if not pointer.exists():
@@ -107,19 +107,19 @@ class HuggingFace:
 
     def _into_cache(self, name: str, pointer: Path) -> None:
         """The blob (fetched unless there) and the snapshot's link to it."""
-        storage = self._storage()
-        etag = self._metadata(name)[1].etag
-        blob = storage / "blobs" / str(etag)
-        lock = storage.parent / ".locks" / storage.name / f"{etag}.lock"
+        storage, (url, meta) = self._storage(), self._metadata(name)
+        blob = storage / "blobs" / str(meta.etag)
+        lock = storage.parent / ".locks" / storage.name / f"{meta.etag}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         blob.parent.mkdir(parents=True, exist_ok=True)
         with WeakFileLock(lock):
             if not blob.exists():
-                self._get(name, blob)
+                self._get(name, blob, url, meta)
         _link(pointer, Path(os.path.relpath(blob, pointer.parent)))
-        if self.revision != self.resolve():
-            (storage / "refs").mkdir(exist_ok=True)
-            (storage / "refs" / self.revision).write_text(self.resolve())
+        if self.revision != self.resolve():  # a branch or tag: which commit it named, as huggingface_hub notes it
+            ref = storage / "refs" / self.revision
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            ref.write_text(self.resolve())
 
     def _storage(self) -> Path:
         """This repository's folder of the cache (only called with a cache)."""
@@ -134,9 +134,8 @@ class HuggingFace:
         except (HfHubHTTPError, httpx2.HTTPError, OSError) as err:
             raise ServingError(f"cannot fetch {name} from {self.uri} (run again to continue): {err}") from None
 
-    def _get(self, name: str, target: Path) -> None:
-        """`name` into `target`, through a partial file a restarted run continues."""
-        url, meta = self._metadata(name)
+    def _get(self, name: str, target: Path, url: str, meta: HfFileMetadata) -> None:
+        """`name` (at `url`, described by `meta`) into `target`, through a partial file a restarted run continues."""
         try:
             size = int(meta.size or 0)
             partial, have = resume_from(target, str(meta.etag), size, self.log)
