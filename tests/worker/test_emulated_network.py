@@ -60,9 +60,10 @@ def dial(net: EmulatedNetwork, src: str, dst: str, port: int) -> socket.socket:
     return sock
 
 
-def throughput(net: EmulatedNetwork, src: str, dst: str, seconds: float) -> float:
-    """Bytes/s a bulk TCP transfer gets from `src` to `dst`, until the last byte is received."""
-    server, received = listen(net, dst, net.hosts[dst].address, 9000), [0]
+def throughput(net: EmulatedNetwork, src: str, dst: str, seconds: float, *, behind_relay: bool = False) -> float:
+    """Bytes/s a bulk TCP transfer gets from `src` to `dst`, until the last byte is received (by a server
+    on `dst`'s address, or on its 127.0.0.1 behind a relay on port 9000)."""
+    server, received = listen(net, dst, "127.0.0.1" if behind_relay else net.hosts[dst].address, 9000), [0]
 
     def drain() -> None:
         conn, _ = server.accept()
@@ -88,6 +89,12 @@ def test_paths_are_shaped_to_the_cluster_links(net: EmulatedNetwork) -> None:
     within = throughput(net, "east-0", "east-1", 0.5)
     assert across == pytest.approx(INTER.bandwidth, rel=0.25)
     assert within > 8 * across  # 50 MB/s configured; less on a loaded CI machine, still far above 1.5
+
+
+@needs_root
+def test_relays_keep_the_paths_bandwidth(net: EmulatedNetwork) -> None:
+    net.start_relays(net.relays("west-0", [9000]))
+    assert throughput(net, "east-0", "west-0", 1.5, behind_relay=True) == pytest.approx(INTER.bandwidth, rel=0.25)
 
 
 @needs_root
