@@ -126,6 +126,8 @@ def test_tool_choice_required_and_named_give_tool_calls(client, checkpoint) -> N
      "`response_format.json_schema.schema` cannot constrain the output: Unsupported type \"integr\""),
     ({"type": "json_schema", "json_schema": {"name": "x", "schema": {}, "extra": 1}}, {},
      "`response_format.json_schema.extra`"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {}, "strict": 1}}, {},
+     "`response_format.json_schema.strict` must be true or false"),
     ({"type": "json_object"}, {"ignore_eos": True}, "`ignore_eos` cannot go with a JSON `response_format`"),
     ({"type": "json_object"}, {"tools": TOOLS, "tool_choice": "required"}, "`response_format` cannot go with"),
 ])

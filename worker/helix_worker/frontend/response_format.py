@@ -34,8 +34,10 @@ def json_schema_of(response_format: Any) -> str:
                              f"{', '.join(sorted(_SCHEMA_FIELDS))}")
     if not isinstance(spec.get("name"), str) or not spec["name"]:
         raise InvalidRequest("`response_format.json_schema.name` must be a non-empty string")
-    if spec.get("strict") not in (None, True, False):
+    if not isinstance(spec.get("strict", False), bool) and spec["strict"] is not None:
         raise InvalidRequest("`response_format.json_schema.strict` must be true or false")
+    if not isinstance(spec.get("description") or "", str):
+        raise InvalidRequest("`response_format.json_schema.description` must be a string")
     schema = spec.get("schema")
     if not isinstance(schema, dict):
         raise InvalidRequest("`response_format.json_schema.schema` must be a JSON Schema object")
