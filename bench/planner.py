@@ -187,11 +187,16 @@ def replan_row(label: str, cluster: Cluster, running: Plan, options: PlannerOpti
     lost = max(running.nodes, key=lambda n: (n.flow, n.name))
     smaller = cluster.without({lost.name})
     model = get_model("llama2-70b")
+    lines: list[str] = []
     plan, seconds = timed(lambda: plan_cluster(smaller, model, replace(options, churn_weight=CHURN_WEIGHT),
-                                               previous=running, catalog=catalog))
+                                               previous=running, catalog=catalog, progress=lines.append))
     moved = layers_moved(running.layout, plan.layout)
-    note = (f"lost {lost.name} ({lost.gpu_type}, {lost.flow:.0f} tok/s); {moved} layers moved "
-            f"of {sum(e - s for s, e in running.layout.values())} placed; {plan.solver.method}")
+    # the planner's candidate lines: "fleet      NAME  VALUE tok/s  MOVED layers moved"
+    candidates = [line.split() for line in lines if line.startswith("fleet ") and "repair" in line]
+    others = ", ".join(f"{c[1]} {float(c[2]):,.0f} tok/s with {c[4]} moved" for c in candidates)
+    note = (f"lost {lost.name} ({lost.gpu_type}, {lost.flow:.0f} tok/s); chose {plan.solver.method} "
+            f"(churn weight {CHURN_WEIGHT:g} tok/s per layer): {moved} layers moved of "
+            f"{sum(e - s for s, e in running.layout.values())} placed; {others}")
     return Row(label, len(smaller.nodes), len(smaller.regions()), seconds, plan, "<= 10 s, layers moved in note",
                seconds <= 10, note)
 

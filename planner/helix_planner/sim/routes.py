@@ -63,13 +63,19 @@ def build_routes(cluster: Cluster, nodes: dict[str, GpuNode], num_layers: int, p
 
     finishing: set[str] = set()
     successors: dict[str, tuple[GpuNode, ...]] = {}
+    # Without partial inference only nodes starting where `a` ends can follow it: index them,
+    # so that a fleet's routes cost its handovers, not all pairs of nodes.
+    starting: dict[int, list[GpuNode]] = {}
+    for node in nodes.values():
+        starting.setdefault(node.start, []).append(node)
     for a in sorted(nodes.values(), key=lambda n: -n.end):
         if a.end == num_layers:
             successors[a.name] = ()
             if cluster.link(a.name, SINK) is not None:
                 finishing.add(a.name)
             continue
-        successors[a.name] = tuple(b for b in nodes.values() if b.name in finishing and hands_over(a, b)
+        following = nodes.values() if partial_inference else starting.get(a.end, [])
+        successors[a.name] = tuple(b for b in following if b.name in finishing and hands_over(a, b)
                                    and cluster.link(a.name, b.name) is not None)
         if successors[a.name]:
             finishing.add(a.name)
