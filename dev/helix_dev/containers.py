@@ -10,7 +10,7 @@ port become the local address standing for them.
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ def translate_container(pod: Mapping[str, Any], container: Mapping[str, Any], mo
     def text(value: str) -> str:
         value = ports.translate(value)
         for mount in sorted(mounts, key=len, reverse=True):
-            value = re.sub(rf"(^|=){re.escape(mount)}(?=/|$)", lambda m: m.group(1) + str(mounts[mount]), value)
+            value = re.sub(rf"(^|=){re.escape(mount)}(?=/|$)", _after_prefix(str(mounts[mount])), value)
         return LOOPBACK if value == ANY_ADDRESS else value
 
     argv = [text(a) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
@@ -65,6 +65,12 @@ def translate_container(pod: Mapping[str, Any], container: Mapping[str, Any], mo
                 value = str(own[int(value)])
             env[item["name"]] = value
     return LocalCommand(argv, env)
+
+
+
+def _after_prefix(target: str) -> Callable[[re.Match[str]], str]:
+    """A re.sub replacement: the match's first group, then `target`."""
+    return lambda match: match.group(1) + target
 
 
 def probe_target(pod: Mapping[str, Any], probe: Mapping[str, Any],

@@ -8,7 +8,7 @@ from pathlib import Path
 from helix_operator.api import crd
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = subparsers.add_parser("operator", help="the Kubernetes operator for HelixCluster objects")
     commands = parser.add_subparsers(dest="operator_command", metavar="COMMAND", required=True)
 

@@ -198,7 +198,8 @@ def _readme_manifests() -> list[dict[str, Any]]:
     """Every YAML block of the README and docs/ that is a HelixCluster or GPUProfile."""
     text = "\n".join(path.read_text() for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     blocks = [block.split("```", 1)[0] for block in text.split("```yaml\n")[1:]]
-    documents = [doc for block in blocks for doc in yaml.load_all(block, Loader=KubeYamlLoader) if isinstance(doc, dict)]
+    documents = [doc for block in blocks for doc in yaml.load_all(block, Loader=KubeYamlLoader)
+                 if isinstance(doc, dict)]
     return [doc for doc in documents if doc.get("kind") in ("HelixCluster", "GPUProfile")]
 
 

@@ -114,7 +114,8 @@ def test_operator_image_is_non_root_and_installs_the_pinned_project() -> None:
     assert re.search(r"^USER 10001", dockerfile, re.M)
     assert re.search(r"pip install [^\n]*'\.\[operator\]'", dockerfile)
     assert 'ENTRYPOINT ["helix", "operator", "run"]' in dockerfile
-    assert _render().documents("deployment.yaml")[0]["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
+    pod_spec = _render().documents("deployment.yaml")[0]["spec"]["template"]["spec"]
+    assert pod_spec["securityContext"]["runAsUser"] == 10001
 
 
 def test_crds_command_writes_what_is_committed(tmp_path: Path) -> None:

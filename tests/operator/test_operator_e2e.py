@@ -26,8 +26,8 @@ def helixcluster(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def add_nodes(operator, nodes) -> None:
-    for node in nodes:
-        await operator.request("post", "/api/v1/nodes", node)
+    for body in nodes:
+        await operator.request("post", "/api/v1/nodes", body)
 
 
 def replans(operator) -> int:

@@ -6,14 +6,16 @@ code, and user errors surface as one `ServingError` line (the CLI prints it).
 
 import argparse
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from helix_planner.plan_format import Plan, load_plan
 from helix_worker.envs import REMOTE_STORAGE, Settings, describe, warn_unknown
 from helix_worker.errors import ServingError
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     env_help = "environment variables:\n" + describe()
     worker = subparsers.add_parser("worker", help="serve one pipeline stage of a plan",
                                    epilog=env_help, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,7 +115,10 @@ def _plan_and_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ready-file", type=Path, help="write the bound ports here as JSON once serving")
 
 
-def _numbers(kind: type, text: str) -> tuple:
+_Number = TypeVar("_Number", int, float)
+
+
+def _numbers(kind: Callable[[str], _Number], text: str) -> tuple[_Number, ...]:
     try:
         values = tuple(kind(v) for v in text.split(",") if v.strip())
     except ValueError:
@@ -210,8 +215,8 @@ def run_profile(args: argparse.Namespace) -> int:
     import sys
     import tempfile
 
-    from helix_worker.model.random_checkpoint import write_demo_checkpoint
     from helix_worker.fleet.profile import ProfileOptions, device_name, measure, write_profile
+    from helix_worker.model.random_checkpoint import write_demo_checkpoint
     from helix_worker.stage.main import resolve_device
 
     device = resolve_device(args.device)

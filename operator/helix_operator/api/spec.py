@@ -246,7 +246,8 @@ def _network(data: dict[str, Any]) -> dict[str, Any]:
 def _planner(data: dict[str, Any]) -> PlannerSpec:
     return PlannerSpec(
         mode=data["mode"], approved_plan_hash=data.get("approvedPlanHash"), throughput_model=data["throughputModel"],
-        objective=data["objective"], slo_ttft=data.get("sloTtftSeconds"), time_limit=float(data["timeLimitSeconds"]), mip_gap=float(data["mipGap"]), threads=int(data["threads"]),
+        objective=data["objective"], slo_ttft=data.get("sloTtftSeconds"), time_limit=float(data["timeLimitSeconds"]),
+        mip_gap=float(data["mipGap"]), threads=int(data["threads"]),
         churn_weight=float(data["churnWeight"]), debounce=float(data["debounceSeconds"]),
         replan_min_interval=float(data["replanMinIntervalSeconds"]),
         min_improvement_percent=float(data["minImprovementPercent"]),

@@ -7,6 +7,7 @@ finish in it. TTFT includes time spent waiting for admission (KV room) at the fr
 """
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class SimResult:
     in_flight_at_end: int
     rejected: int  # requests too long for every route's KV cache
     nodes: list[NodeStats]
-    series: dict[str, list] = field(default_factory=dict)
+    series: dict[str, list[float] | dict[str, list[float]]] = field(default_factory=dict)
     ttft_values: list[float] = field(default_factory=list)
     tpot_values: list[float] = field(default_factory=list)
     wall_seconds: float = 0.0
@@ -71,16 +72,16 @@ class SimResult:
     def sim_seconds_per_wall_second(self) -> float:
         return (self.warmup + self.duration) / self.wall_seconds if self.wall_seconds > 0 else float("inf")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON, camelCase like the plan document; undefined figures become None."""
         data = _camel(asdict(self))
         data["ttft"], data["tpot"] = _camel(data["ttft"]), _camel(data["tpot"])
         data["nodes"] = [_camel(n) for n in data["nodes"]]
         data["simSecondsPerWallSecond"] = self.sim_seconds_per_wall_second
-        return _finite(data)
+        return {key: _finite(value) for key, value in data.items()}
 
 
-def _camel(data: dict) -> dict:
+def _camel(data: dict[str, Any]) -> dict[str, Any]:
     return {k.split("_")[0] + "".join(p.title() for p in k.split("_")[1:]): v for k, v in data.items()}
 
 

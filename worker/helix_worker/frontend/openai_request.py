@@ -123,4 +123,4 @@ def _include_usage(body: dict[str, Any], stream: bool) -> bool:
         raise InvalidRequest("`stream_options` must be an object whose include_usage is true or false")
     if not stream:
         raise InvalidRequest("`stream_options` is only allowed with stream true")
-    return options.get("include_usage", False)
+    return options.get("include_usage", False) is True

@@ -17,21 +17,21 @@ import torch
 from aiohttp import web
 
 from helix_planner.plan_format import Plan
-from helix_worker.envs import Settings, env_name
-from helix_worker.errors import ServingError
-from helix_worker.transport.http_base import health_routes, start_site
-from helix_worker.metrics import StageMetrics
-from helix_worker.model.config import parse_dtype
-from helix_worker.transport.readyfile import write_ready_file
 from helix_worker.engine import cpu_kernels
 from helix_worker.engine.grammar import Grammars
 from helix_worker.engine.model import LayerSlice
-from helix_worker.stage.endpoint import StageEndpoint
 from helix_worker.engine.stage_engine import StageEngine
-from helix_worker.stage.lease import LeaseKeeper
-from helix_worker.stage.server import StageIdentity
+from helix_worker.envs import Settings, env_name
+from helix_worker.errors import ServingError
+from helix_worker.metrics import StageMetrics
+from helix_worker.model.config import parse_dtype
 from helix_worker.security.peers import PlanPeers
 from helix_worker.security.tls import cluster_tls
+from helix_worker.stage.endpoint import StageEndpoint
+from helix_worker.stage.lease import LeaseKeeper
+from helix_worker.stage.server import StageIdentity
+from helix_worker.transport.http_base import health_routes, start_site
+from helix_worker.transport.readyfile import write_ready_file
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def _grammars(checkpoint: Path, model: LayerSlice) -> Grammars | None:
     return Grammars(checkpoint, config)
 
 
-def _engine_stopped(node: str, task: asyncio.Task, ready: asyncio.Event, broken: asyncio.Event) -> None:
+def _engine_stopped(node: str, task: asyncio.Task[None], ready: asyncio.Event, broken: asyncio.Event) -> None:
     """The engine task ended while serving: say so loudly and turn unready (readiness, liveness
     and Describe fail), so front ends take this stage out of rotation and a supervisor restarts it."""
     if task.cancelled():

@@ -19,7 +19,7 @@ _DTYPES = {str(d).removeprefix("torch."): d for d in
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The tensor's raw bytes without copying them (the view keeps the tensor alive)."""
     data = tensor.detach().contiguous().cpu()
-    return memoryview(data.reshape(-1).view(torch.uint8).numpy())
+    return data.reshape(-1).view(torch.uint8).numpy().data
 
 
 def describe_tensor(target: pb.Tensor, tensor: torch.Tensor) -> None:
@@ -42,7 +42,8 @@ def tensor_from_proto(message: pb.Tensor, data: torch.Tensor | None = None) -> t
         raise ValueError(f"unsupported tensor dtype {message.dtype!r}")
     shape = tuple(message.shape)
     if data is None:
-        data = torch.frombuffer(bytearray(message.data), dtype=torch.uint8) if message.data else torch.empty(0, dtype=torch.uint8)
+        data = (torch.frombuffer(bytearray(message.data), dtype=torch.uint8) if message.data
+                else torch.empty(0, dtype=torch.uint8))
     if data.numel() != math.prod(shape) * dtype.itemsize:
         raise ValueError(f"{data.numel()} bytes do not hold a {message.dtype} tensor of shape {list(shape)}")
     return data.view(dtype).reshape(shape)
@@ -62,7 +63,7 @@ def sampling_to_proto(params: SamplingParams) -> pb.Sampling:
 
 
 def chunk_to_proto(chunk: Chunk) -> pb.Chunk:
-    return pb.Chunk(request_id=chunk.request_id, phase=int(chunk.phase), start_position=chunk.position,
+    return pb.Chunk(request_id=chunk.request_id, phase=pb.Phase.ValueType(chunk.phase), start_position=chunk.position,
                     num_tokens=chunk.length, route=[hop_to_proto(h) for h in chunk.route],
                     sampling=sampling_to_proto(chunk.sampling), reply_to=chunk.reply_to, partial=chunk.partial)
 
@@ -111,7 +112,8 @@ def sampled_from_proto(message: pb.TokenResult) -> Sampled:
 
 
 def failure_to_proto(item: Failure) -> pb.RequestError:
-    return pb.RequestError(request_id=item.request_id, node=item.node, kind=int(item.kind), message=item.message)
+    return pb.RequestError(request_id=item.request_id, node=item.node, kind=pb.RequestError.Kind.ValueType(item.kind),
+                           message=item.message)
 
 
 def failure_from_proto(message: pb.RequestError) -> Failure:

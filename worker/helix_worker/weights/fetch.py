@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from helix_worker.model.checkpoint import INDEX_FILE, SINGLE_FILE, index_weight_map, read_json
 from helix_worker.errors import ServingError
+from helix_worker.model.checkpoint import INDEX_FILE, SINGLE_FILE, index_weight_map, read_json
 from helix_worker.weights.hf import HF_ENDPOINT, HuggingFace
 from helix_worker.weights.s3 import S3
 
@@ -55,9 +55,9 @@ def parse_source(uri: str, environ: Mapping[str, str], log: Log = print, cache: 
     if cache is not None:
         raise ServingError(f"{uri!r}: a weights cache holds hf:// checkpoints only (huggingface_hub's layout)")
     if match := S3_URI.fullmatch(uri):
-        endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+        s3_endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
         return S3(uri, match["bucket"], (match["prefix"] or "").strip("/"),
-                  environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION"), endpoint, log)
+                  environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION"), s3_endpoint, log)
     raise ServingError(f"{uri!r} is neither hf://ORG/REPO[@REVISION] (a Hugging Face repository id) nor "
                        "s3://BUCKET[/PREFIX] (a bucket name of 3-63 lowercase letters, digits, '-' and '.')")
 
