@@ -1,12 +1,14 @@
 """The node agent: what a kubelet does for the pods bound to one fake node, with local processes.
 
-For each pod: its volumes become directories (ConfigMaps and Secrets written out, emptyDirs empty), its
-init containers run one after the other to completion, then its container runs as a process
-on 127.0.0.1 with the node's device variables under the pod's env (see `containers`). The
-readiness probe the pod declares decides Ready. A container that exits is restarted as
-`restartPolicy` says (Always: in place, after a back-off, shortened here to seconds); with
-Never the pod goes Failed. Status goes back through the API server, so the operator sees
-what it would see in a cluster. A pod marked for deletion gets SIGTERM, SIGKILL after its
+For each pod: its volumes become directories (ConfigMaps and Secrets written out as the kubelet
+writes them, and written again when their source changes: at once after a change to the pod,
+else every `REFRESH_SECONDS`; emptyDirs empty), its init containers run one after the other to
+completion, then its container runs as a process on 127.0.0.1 with the node's device variables
+under the pod's env (see `containers`). In-cluster addresses in ConfigMaps become local ones,
+as in the container's arguments. The readiness probe the pod declares decides Ready. A
+container that exits is restarted as `restartPolicy` says (Always: in place, after a back-off,
+shortened here to seconds); with Never the pod goes Failed. Status goes back through the API
+server, so the operator sees what it would see in a cluster. A pod marked for deletion gets SIGTERM, SIGKILL after its
 grace period, and is then deleted for good; eviction stops the pod and marks it Failed.
 """
 
@@ -16,8 +18,10 @@ import contextlib
 import datetime
 import logging
 import os
+import shutil
 import signal
 import ssl
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from helix_dev.network import LOOPBACK, PortBook
 log = logging.getLogger(__name__)
 BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0)  # the kubelet's is 10 s doubling to 5 min
 PROBE_SECONDS = 0.25                      # faster than the pods' periodSeconds, to keep demos quick
+REFRESH_SECONDS = 10.0                    # the kubelet's periodic sync of a pod is a minute
 TERMINAL = ("Failed", "Succeeded")
 
 
@@ -63,6 +68,8 @@ class PodRun:
         self.reason: tuple[str, str] | None = None
         self.stopping = False
         self._reported: dict[str, Any] | None = None
+        self._sources: dict[str, tuple[str, str, str]] = {}  # volume -> (plural, kind, name) of its ConfigMap or Secret
+        self._refresh: asyncio.Task[None] | None = None
         self.task = asyncio.create_task(self._run(), name=f"pod {self.name}")
 
     @property
@@ -111,7 +118,9 @@ class PodRun:
                 _signal(process, signal.SIGKILL)
                 await process.wait()
         self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        if self._refresh is not None:
+            self._refresh.cancel()
+        await asyncio.gather(self.task, *([self._refresh] if self._refresh else []), return_exceptions=True)
 
     async def fail(self, reason: str, message: str) -> None:
         self.phase, self.ready, self.reason = "Failed", False, (reason, message)
@@ -122,6 +131,7 @@ class PodRun:
         try:
             await self.report()
             volumes = await self._volumes()
+            self._refresh = asyncio.create_task(self._refresh_volumes(), name=f"volumes of pod {self.name}")
             for container in self.spec.get("initContainers") or []:
                 self.state = {"waiting": {"reason": "PodInitializing"}}
                 await self.report()
@@ -202,18 +212,49 @@ class PodRun:
             directory = self.dir / "volumes" / volume["name"]
             directory.mkdir(parents=True, exist_ok=True)
             if "configMap" in volume:
-                configmap = await self._source("configmaps", "ConfigMap", volume["configMap"]["name"])
-                for key, text in (configmap.get("data") or {}).items():
-                    (directory / key).write_text(text)
+                self._sources[volume["name"]] = ("configmaps", "ConfigMap", volume["configMap"]["name"])
             elif "secret" in volume:
-                secret = await self._source("secrets", "Secret", volume["secret"]["secretName"])
-                for key, encoded in (secret.get("data") or {}).items():
-                    (directory / key).write_bytes(base64.b64decode(encoded))
+                self._sources[volume["name"]] = ("secrets", "Secret", volume["secret"]["secretName"])
             elif "emptyDir" not in volume:
                 raise PodError("UnsupportedVolume", f"volume {volume['name']}: only configMap, secret and emptyDir "
                                                     "volumes run on the local stand-in cluster")
+            if volume["name"] in self._sources:
+                plural, kind, name = self._sources[volume["name"]]
+                project(directory, self._files(plural, await self._source(plural, kind, name)))
             directories[volume["name"]] = directory
         return directories
+
+    def _files(self, plural: str, source: Mapping[str, Any]) -> dict[str, bytes]:
+        if plural == "secrets":
+            return {key: base64.b64decode(encoded) for key, encoded in (source.get("data") or {}).items()}
+        return {key: self.agent.ports.translate(text).encode() for key, text in (source.get("data") or {}).items()}
+
+    async def refresh_volumes(self) -> None:
+        """Write each ConfigMap and Secret volume again if its source changed (a sync of the pod)."""
+        namespace = self.pod["metadata"]["namespace"]
+        for volume, (plural, _, name) in self._sources.items():
+            found = await self.agent.api.get(path_of("v1", plural, namespace, name))
+            if found is not None:
+                project(self.dir / "volumes" / volume, self._files(plural, found))
+
+    async def _refresh_volumes(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            await self.refresh_volumes()
+
+    def changed(self, pod: Mapping[str, Any]) -> None:
+        """The pod's labels or annotations changed: the kubelet syncs it, volumes included."""
+        def marks(p: Mapping[str, Any]) -> tuple[Any, Any]:
+            return p["metadata"].get("labels"), p["metadata"].get("annotations")
+
+        if marks(pod) != marks(self.pod) and self._refresh is not None:
+            self.pod = pod
+            self._refresh.cancel()
+            self._refresh = asyncio.create_task(self._refresh_now(), name=f"volumes of pod {self.name}")
+
+    async def _refresh_now(self) -> None:
+        await self.refresh_volumes()
+        await self._refresh_volumes()
 
     async def _source(self, plural: str, kind: str, name: str) -> dict[str, Any]:
         """The object a volume is made from, once it exists."""
@@ -223,6 +264,31 @@ class PodRun:
             await self.report()
             await asyncio.sleep(PROBE_SECONDS)
         return found
+
+
+def project(directory: Path, files: Mapping[str, bytes]) -> None:
+    """Write `files` into a volume's `directory` as the kubelet does: into a fresh folder, then one
+    atomic swap of the `..data` symlink, every file a link through `..data`; a reader sees the old
+    set or the new one, never a mix. Nothing is written when the files are unchanged."""
+    data = directory / "..data"
+    if data.exists() and {p.name: p.read_bytes() for p in data.iterdir()} == dict(files):
+        return
+    old = data.resolve() if data.is_symlink() else None
+    fresh = Path(tempfile.mkdtemp(prefix="..", dir=directory))
+    for name, content in files.items():
+        (fresh / name).write_bytes(content)
+    scratch = directory / "..data_tmp"
+    scratch.unlink(missing_ok=True)
+    scratch.symlink_to(fresh.name)
+    scratch.replace(data)
+    for name in files:
+        if not (directory / name).is_symlink():
+            (directory / name).symlink_to(Path("..data") / name)
+    for link in directory.iterdir():
+        if link.is_symlink() and link.name != "..data" and link.name not in files:
+            link.unlink()
+    if old is not None and old != fresh:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _signal(process: asyncio.subprocess.Process, sig: int) -> None:
@@ -282,6 +348,8 @@ class NodeAgent:
             elif uid not in self.runs and (pod.get("status") or {}).get("phase") not in TERMINAL:
                 self.ports.name_pod(pod)
                 self.runs[uid] = PodRun(self, pod)
+            elif uid in self.runs:
+                self.runs[uid].changed(pod)
         for uid in set(self.runs) - seen - set(self._stopping):  # deleted outright (force, or its node lost)
             grace = self.runs[uid].spec.get("terminationGracePeriodSeconds", 30)
             self._stopping[uid] = asyncio.create_task(self._terminate(uid, None, grace))

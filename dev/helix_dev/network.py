@@ -92,9 +92,15 @@ class PortBook:
         self._names[f"{name}.{CLUSTER_DOMAIN}"] = owner
 
     def translate(self, text: str) -> str:
-        """`text` with every known `NAME.svc:PORT` replaced by its local address."""
+        """`text` with every known `NAME.svc:PORT` replaced by its local address. A pod's name
+        (hostname.subdomain.namespace.svc) stands for that pod identity even before such a pod is
+        seen, as DNS would resolve it once the pod runs."""
         def local(match: re.Match[str]) -> str:
-            owner = self._names.get(match.group(1))
+            name = match.group(1).removesuffix(f".{CLUSTER_DOMAIN}")
+            owner = self._names.get(name)
+            labels = name.split(".")
+            if owner is None and len(labels) == 4:  # hostname, subdomain, namespace, "svc"
+                owner = ("pod", labels[2], labels[1], labels[0])
             if owner is None:
                 return match.group(0)
             return f"{LOOPBACK}:{self.port(owner, int(match.group(2)))}"

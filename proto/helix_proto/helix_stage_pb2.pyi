@@ -437,16 +437,22 @@ class DescribeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PEER_FIELD_NUMBER: _builtins.int
+    NEXT_HOPS_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
     """the asking front end's peer name: StageInfo.kv_peer_tokens counts its requests"""
+    @_builtins.property
+    def next_hops(self) -> _containers.RepeatedCompositeFieldContainer[Global___Hop]:
+        """hops the asker's routes take after this stage: StageInfo.next_hop_problems"""
+
     def __init__(
         self,
         *,
         peer: _builtins.str = ...,
+        next_hops: _abc.Iterable[Global___Hop] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_hops", b"next_hops", "peer", b"peer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -455,6 +461,26 @@ Global___DescribeRequest: _TypeAlias = DescribeRequest  # noqa: Y015
 @_typing.final
 class StageInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class NextHopProblemsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     NODE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
@@ -472,6 +498,7 @@ class StageInfo(_message.Message):
     KV_PEER_TOKENS_FIELD_NUMBER: _builtins.int
     STALLED_SECONDS_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
+    NEXT_HOP_PROBLEMS_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     model: _builtins.str
     start: _builtins.int
@@ -493,6 +520,12 @@ class StageInfo(_message.Message):
     """how long the engine has held runnable work without finishing a step"""
     problem: _builtins.str
     """why the stage is not ready (its engine stopped), empty when it is"""
+    @_builtins.property
+    def next_hop_problems(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Of DescribeRequest.next_hops, those this stage would not forward to now, by node, and why: not
+        in its peer list (or at another address), or its link there broke and has not come back.
+        """
+
     def __init__(
         self,
         *,
@@ -512,10 +545,11 @@ class StageInfo(_message.Message):
         kv_peer_tokens: _builtins.int = ...,
         stalled_seconds: _builtins.float = ...,
         problem: _builtins.str = ...,
+        next_hop_problems: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "end", b"end", "hidden_size", b"hidden_size", "kv_block_tokens", b"kv_block_tokens", "kv_capacity_tokens", b"kv_capacity_tokens", "kv_peer_tokens", b"kv_peer_tokens", "kv_used_tokens", b"kv_used_tokens", "model", b"model", "node", b"node", "num_layers", b"num_layers", "plan_hash", b"plan_hash", "problem", b"problem", "ready", b"ready", "stalled_seconds", b"stalled_seconds", "start", b"start", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "end", b"end", "hidden_size", b"hidden_size", "kv_block_tokens", b"kv_block_tokens", "kv_capacity_tokens", b"kv_capacity_tokens", "kv_peer_tokens", b"kv_peer_tokens", "kv_used_tokens", b"kv_used_tokens", "model", b"model", "next_hop_problems", b"next_hop_problems", "node", b"node", "num_layers", b"num_layers", "plan_hash", b"plan_hash", "problem", b"problem", "ready", b"ready", "stalled_seconds", b"stalled_seconds", "start", b"start", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -40,7 +40,12 @@ def test_containers_run_on_loopback_with_translated_paths_ports_and_names(tmp_pa
                                         "--endpoint=b=w-b.demo-workers.ns.svc:50051"]}]}}
     argv = translate_container(frontend, frontend["spec"]["containers"][0], {}, ports, {}).argv
     assert argv[2] == f"--endpoint=a=127.0.0.1:{grpc}", "a known pod's DNS name becomes its local port"
-    assert argv[3] == "--endpoint=b=w-b.demo-workers.ns.svc:50051", "an unknown name stays unresolvable"
+    later = {"metadata": {"name": "demo-w-b", "namespace": "ns", "uid": "u3"},
+             "spec": {"hostname": "w-b", "subdomain": "demo-workers", "containers": pod["spec"]["containers"]}}
+    assert argv[3] == f"--endpoint=b=127.0.0.1:{ports.pod_port(later, 'grpc')}", \
+        "a pod's DNS name is the port of the pod that will answer it, before that pod is seen: " \
+        "addresses compared as text (a peer list against a route) translate alike whenever translated"
+    assert ports.translate("api.ns.svc:443") == "api.ns.svc:443", "an unknown Service stays unresolvable"
     replacement = {**pod, "metadata": {**pod["metadata"], "name": "demo-w-a-2", "uid": "u2"}}
     assert ports.pod_port(replacement, "grpc") == grpc, "the same DNS name answers on the same port"
 

@@ -94,16 +94,15 @@ async def test_the_secret_is_issued_once_and_never_when_the_spec_names_one() -> 
     assert kube.created == []
 
 
-def test_workers_mount_the_secret_and_may_dial_only_the_plans_nodes() -> None:
+def test_workers_mount_the_secret_and_may_dial_only_the_peer_list() -> None:
     spec = parse_spec(fleet_spec())
-    pod = build_worker_pod(OWNER, spec, Assignment("a", 0, 40), "h", "cm", peers=["a", "b"])
+    pod = build_worker_pod(OWNER, spec, Assignment("a", 0, 40), "h", "cm")
     container = pod["spec"]["containers"][0]
     assert {"name": "cluster-tls", "secret": {"secretName": "llama-tls"}} in pod["spec"]["volumes"]
     assert {"name": "cluster-tls", "mountPath": "/var/run/helix/tls", "readOnly": True} in container["volumeMounts"]
     assert TLS_ENV.items() <= {e["name"]: e["value"] for e in container["env"]}.items()
-    endpoints = [arg for arg in container["command"] if arg.startswith("--endpoint=")]
-    assert endpoints == ["--endpoint=a=w-a.llama-workers.inference.svc:50051",
-                         "--endpoint=b=w-b.llama-workers.inference.svc:50051"]
+    command = container["command"]
+    assert command[command.index("--peers") + 1] == "/var/run/helix/peers/endpoints.json"  # see test_peer_list
     raw = fleet_spec()
     raw["security"] = {"tlsSecret": {"name": "from-cert-manager"}}
     named = parse_spec(raw)

@@ -75,6 +75,7 @@ def test_minimal_example_gets_crd_defaults() -> None:
     assert (spec.rollout.max_surge_nodes, spec.rollout.drain_timeout) == (8, 300)
     assert spec.frontend.image == spec.worker.image
     assert spec.model.num_layers == 32
+    assert (spec.liveness.heartbeat, spec.liveness.hung, spec.liveness.lease) == (1.0, 10.0, 30.0)
 
 
 def _minimal() -> dict[str, Any]:
@@ -104,6 +105,12 @@ BAD_SPECS = [
      "'Ingress' is not one of"),
     ("approved hash", lambda s: s.update(planner={"approvedPlanHash": "xyz"}), "spec.planner.approvedPlanHash",
      "does not match"),
+    ("heartbeat too short", lambda s: s.update(liveness={"heartbeatSeconds": 0.05}), "spec.liveness.heartbeatSeconds",
+     "less than the minimum of 0.1"),
+    ("hung time too long", lambda s: s.update(liveness={"hungSeconds": 3600}), "spec.liveness.hungSeconds",
+     "greater than the maximum of 600"),
+    ("lease as text", lambda s: s.update(liveness={"leaseSeconds": "30s"}), "spec.liveness.leaseSeconds",
+     "is not of type 'number'"),
 ]
 
 
@@ -141,6 +148,8 @@ CROSS_FIELD = [
      "not a valid hf:// URI: use hf://ORG/REPO[@REVISION]"),
     ("s3 bucket", lambda s: s["model"].update(weightsUri="s3://ab"), "spec.model.weightsUri",
      "bucket name of 3-63 lowercase letters"),
+    ("lease within the hung bound", lambda s: s.update(liveness={"hungSeconds": 30}), "spec.liveness.leaseSeconds",
+     "30 must exceed heartbeatSeconds + hungSeconds (31)"),
 ]
 
 
@@ -173,6 +182,9 @@ def test_cel_rules_accompany_cross_field_checks() -> None:
     messages = [rule["message"] for rule in pool["x-kubernetes-validations"]]
     assert any("gpuType or gpuTypeLabel" in m for m in messages)
     assert any("maxNodes" in m for m in messages)
+    liveness = _schema("HelixCluster")["properties"]["spec"]["properties"]["liveness"]
+    assert [rule["rule"] for rule in liveness["x-kubernetes-validations"]] == [
+        "self.leaseSeconds > self.heartbeatSeconds + self.hungSeconds"]
 
 
 def test_examples_keep_every_field() -> None:

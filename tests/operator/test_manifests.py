@@ -55,7 +55,7 @@ def test_worker_pod_is_pinned_and_told_its_layers() -> None:
     container = pod["spec"]["containers"][0]
     assert container["command"] == ["helix", "worker", "--plan", "/etc/helix/plan.json", "--node", "dc-t4-3",
                                     "--model", "/models/random", "--host", "0.0.0.0", "--port", "50051",
-                                    "--http-port", "8081"]
+                                    "--http-port", "8081", "--peers", "/var/run/helix/peers/endpoints.json"]
     assert container["ports"] == [{"name": "grpc", "containerPort": 50051}, {"name": "http", "containerPort": 8081},
                                   {"name": "data", "containerPort": 8082}]
     assert {"name": "HELIX_DATA_PORT", "value": "8082"} in container["env"]
@@ -64,6 +64,7 @@ def test_worker_pod_is_pinned_and_told_its_layers() -> None:
     assert (env["HELIX_LAYER_START"], env["HELIX_LAYER_END"], env["HELIX_PLAN_HASH"]) == ("10", "14", "abc123")
     assert container["resources"]["limits"] == {"nvidia.com/gpu": 2}
     assert pod["spec"]["volumes"] == [{"name": "plan", "configMap": {"name": "llama-plan-abc"}},
+                                      {"name": "peers", "configMap": {"name": "llama-peers"}},
                                       {"name": "weights", "emptyDir": {}},
                                       {"name": "cluster-tls", "secret": {"secretName": "llama-tls"}}]
     init = pod["spec"]["initContainers"][0]["command"]

@@ -119,7 +119,9 @@ async def test_fleet_plan_rollout_replan_and_deletion(operator) -> None:
     assert status_of(operator)["lastReplan"]["outcome"] == "Applied" and replans(operator) == before + 1
     assert pruned_fields(helixcluster_status_schema(), status_of(operator)) == []
     await operator.eventually(lambda: rolled_out(without=used[0]))
-    assert len(operator.live("v1/configmaps", NS)) == 1, "superseded plan ConfigMaps are collected"
+    plans = [c for c in operator.live("v1/configmaps", NS) if c["metadata"]["labels"]["app.kubernetes.io/component"]
+             == "plan"]
+    assert len(plans) == 1, "superseded plan ConfigMaps are collected"
 
     # A new worker image replaces the pods without replanning.
     before = replans(operator)

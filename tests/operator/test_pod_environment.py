@@ -29,7 +29,7 @@ def test_the_operators_pods_carry_only_known_helix_variables() -> None:
     raw["security"] = {"apiKeysSecret": {"name": "keys", "key": "tokens"}, "clientTlsSecret": {"name": "public"}}
     spec = parse_spec(raw)
     plan = plan_from_dict(plan_document({"a": ("A100", "us-central1", 0, 80)}, [["a"]], 100.0))
-    worker = build_worker_pod(OWNER, spec, Assignment("a", 0, 80), plan.plan_hash, "cm", peers=["a"])["spec"]
+    worker = build_worker_pod(OWNER, spec, Assignment("a", 0, 80), plan.plan_hash, "cm")["spec"]
     frontend = build_frontend_deployment(OWNER, spec, plan, "cm")["spec"]["template"]["spec"]
     env = _every_env(worker) | _every_env(frontend)
     assert {"HELIX_NODE", "HELIX_WEIGHTS_URI", "HELIX_API_KEYS_FILE", "HELIX_CLIENT_TLS_CERT"} <= set(env)

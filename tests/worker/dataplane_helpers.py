@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import xgrammar as xgr
 
+from helix_dev.kubelet import project
 from helix_planner.plan_format import Plan
 from helix_proto import grpc_service_pb2 as kserve
 from helix_worker.engine.reference import ReferenceModel
@@ -39,6 +40,15 @@ def start_workers(fleet: LocalFleet, plan: Plan, plan_path: Path, checkpoint: Pa
     """Start one worker per plan node; returns node -> gRPC address."""
     children = [fleet.start_worker(plan_path, node.name, checkpoint) for node in plan.nodes]
     return {child.name: fleet.wait(child).grpc_address for child in children}
+
+
+def write_volume(directory: Path, files: dict[str, str | bytes]) -> Path:
+    """Write `files` into `directory` as the kubelet updates a ConfigMap or Secret volume (one
+    atomic symlink swap); returns the directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    project(directory, {name: content.encode() if isinstance(content, str) else content
+                        for name, content in files.items()})
+    return directory
 
 
 def write_endpoints(directory: Path, endpoints: dict[str, str]) -> Path:

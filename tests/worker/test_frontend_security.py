@@ -1,8 +1,11 @@
 """The front end's client endpoints with API keys and TLS on, and a worker process's ports,
 as an outsider meets them: without a key (or the cluster's certificate) nothing but health,
-readiness and metrics answers; with one, generation works over HTTPS and KServe gRPC."""
+readiness and metrics answers; with one, generation works over HTTPS and KServe gRPC. Renewed
+client certificate files serve the next connection without a restart."""
 
+import asyncio
 import json
+import socket
 import ssl
 import time
 import urllib.error
@@ -13,15 +16,20 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from dataplane_helpers import MODEL, WORKER_ENV, start_workers, write_endpoints, write_plan
+from aiohttp import web
+from cryptography import x509
+from dataplane_helpers import MODEL, WORKER_ENV, start_workers, write_endpoints, write_plan, write_volume
 from tritonclient.utils import InferenceServerException
 
 from helix_proto import helix_stage_pb2 as pb
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
+from helix_worker.envs import Settings
 from helix_worker.fleet.launcher import LocalFleet
 from helix_worker.security.apikeys import ApiKeys
 from helix_worker.security.issuing import issue, new_ca, write_bundle
-from helix_worker.security.tls import ClusterTLS
+from helix_worker.security.tls import ClientTLS, ClusterTLS
+from helix_worker.transport.grpcserver import new_server
+from helix_worker.transport.http_base import start_site
 
 KEY = "sk-helix-test-0123456789"
 
@@ -155,3 +163,34 @@ def test_api_keys_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
     assert not keys.allows("Bearer # a comment") and not keys.allows("Bearer") and not keys.allows(None)
     path.write_text("second-key\n")
     assert keys.allows("Bearer second-key") and not keys.allows("Bearer first")
+
+
+def _client_port_serial(port: int, ca: bytes) -> int:
+    """The serial number of the certificate a client port presents (a blocking handshake)."""
+    context = ssl.create_default_context(cadata=ca.decode())
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as connection:
+            return x509.load_der_x509_certificate(connection.getpeercert(binary_form=True)).serial_number
+
+
+async def test_renewed_client_tls_serves_new_connections_without_a_restart(tmp_path: Path) -> None:
+    """A renewed HELIX_CLIENT_TLS_* Secret (cert-manager's) reaches HTTPS and KServe gRPC clients
+    on their next connection."""
+    public = new_ca("public")
+    first, renewed = (issue(public, "frontend", ["localhost"], ["127.0.0.1"]) for _ in range(2))
+    volume = write_volume(tmp_path / "client-tls", {"tls.crt": first.cert_pem, "tls.key": first.key_pem})
+    tls = ClientTLS(volume / "tls.crt", volume / "tls.key")
+    runner, http_port = await start_site(web.Application(), "127.0.0.1", 0, ssl_context=tls.server_context())
+    server = new_server(Settings(), clients=True)
+    grpc_port = server.add_secure_port("127.0.0.1:0", tls.server_credentials())
+    await server.start()
+    try:
+        for issued in (first, renewed):
+            write_volume(volume, {"tls.crt": issued.cert_pem, "tls.key": issued.key_pem})
+            served = await asyncio.gather(*(asyncio.to_thread(_client_port_serial, port, public.cert_pem)
+                                            for port in (http_port, grpc_port)))
+            assert served == [x509.load_pem_x509_certificate(issued.cert_pem).serial_number] * 2
+    finally:
+        await server.stop(None)
+        await runner.cleanup()

@@ -5,10 +5,12 @@ import asyncio
 import grpc
 import pytest
 
-from helix_worker.transport.links import channel_options, server_options
+from helix_worker.envs import Settings
+from helix_worker.transport.grpcserver import server_options
+from helix_worker.transport.links import Keepalive, channel_options
 
 pytestmark = pytest.mark.timeout(30)
-KEEPALIVE_MS = 300  # the real interval is 10 s; the servers' tolerance scales with it
+KEEPALIVE = Keepalive(0.3, 5.0)  # links ping every heartbeat (1 s by default); the servers' tolerance scales with it
 IDLE_SECONDS = 6.0  # a default server answers GOAWAY too_many_pings after about 3.6 s
 
 
@@ -31,7 +33,7 @@ async def _idle_stream(server_opts: list[tuple[str, int]]) -> bool:
         while (item := await outbox.get()) is not None:
             yield item
 
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=channel_options(1 << 20, KEEPALIVE_MS))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=channel_options(1 << 20, KEEPALIVE))
     try:
         call = channel.stream_stream("/test.Idle/Hold")(requests())
         await call.initial_metadata()
@@ -46,6 +48,6 @@ async def _idle_stream(server_opts: list[tuple[str, int]]) -> bool:
 async def test_idle_streams_survive_keepalive_pings() -> None:
     """With the server options an idle stream stays open; with gRPC's default server policy
     (what the options fix) it is closed by GOAWAY too_many_pings. Both run at once."""
-    fixed, default = await asyncio.gather(_idle_stream(server_options(1 << 20, KEEPALIVE_MS)),
-                                          _idle_stream(channel_options(1 << 20, KEEPALIVE_MS)))
+    fixed, default = await asyncio.gather(_idle_stream(server_options(Settings(heartbeat_seconds=KEEPALIVE.interval))),
+                                          _idle_stream(channel_options(1 << 20, KEEPALIVE)))
     assert fixed and not default

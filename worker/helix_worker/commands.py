@@ -28,6 +28,10 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                         help="address of a plan node's worker (repeat): the only next hops this stage dials")
     worker.add_argument("--endpoints", action="append", type=Path, default=[], metavar="FILE",
                         help="JSON file mapping node names to HOST:PORT, read again when a next hop is not in it")
+    worker.add_argument("--peers", type=Path, metavar="FILE",
+                        help="JSON file mapping node names to HOST:PORT: the only next hops this stage dials, "
+                             "whatever its plan lists; read again whenever it changes (the operator keeps one "
+                             "current for every plan in service)")
     worker.set_defaults(func=run_worker)
 
     frontend = subparsers.add_parser("frontend", help="serve KServe v2 gRPC and OpenAI HTTP over a plan's workers",
@@ -157,7 +161,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from helix_worker.stage.main import StageOptions, serve_stage
 
     options = StageOptions(plan, args.node, args.model, args.host, args.port, args.http_port,
-                           args.ready_file, parse_pairs(args.endpoint), tuple(args.endpoints))
+                           args.ready_file, parse_pairs(args.endpoint), tuple(args.endpoints), args.peers)
     asyncio.run(serve_stage(options, Settings.from_env(slowdown=args.slowdown)))
     return 0
 

@@ -56,13 +56,31 @@ class Settings:
     route_wait_seconds: float = _setting(60.0, "how long a request waits for a usable pipeline before failing")
     step_timeout_seconds: float = _setting(120.0, "a step with no answer by then is re-routed (a lost message)")
     heartbeat_seconds: float = _setting(1.0, "how often the front end asks every stage it uses for its health "
-                                             "(Describe: answers, readiness, engine progress, KV room)")
+                                             "(Describe: answers, readiness, engine progress, KV room, the next hops "
+                                             "it cannot reach), and how often every link (front end to stage, stage "
+                                             "to stage) pings its peer; at least 0.1")
     hung_seconds: float = _setting(10.0, "a stage that does not answer a heartbeat within this, or holds runnable work "
-                                         "without finishing a step for this long, is declared hung: its pipelines "
-                                         "leave rotation (within heartbeat + hung seconds) and its requests re-prefill "
-                                         "elsewhere; it rejoins when a probe finds it healthy")
+                                         "without finishing a step for this long, is declared hung, and a link whose "
+                                         "ping has no answer within this is given up (cut on the way): the pipelines "
+                                         "over it leave rotation (within heartbeat + hung seconds) and their requests "
+                                         "re-prefill elsewhere; they rejoin when the stage answers healthy, or the "
+                                         "stage before the link reaches the next one again")
     lease_seconds: float = _setting(30.0, "a stage releases the KV of a front end's requests when that front end has "
                                           "had no stream to it for this long (killed, or its connection gone)")
+    grpc_idle_seconds: float = _setting(300.0, "a gRPC server (a stage's, the front end's KServe port) closes a client "
+                                               "connection that has had no call open for this long (GOAWAY; the "
+                                               "client reconnects when it next calls); 0: never")
+    grpc_unary_seconds: float = _setting(600.0, "a unary gRPC call (KServe ModelInfer, ServerReady, a stage's "
+                                                "Describe) ends DEADLINE_EXCEEDED unless its request has arrived and "
+                                                "its answer is sent within this: a client that sends its request "
+                                                "slowly, or never, holds nothing longer (stream long generations: "
+                                                "ModelStreamInfer); 0: no limit")
+    grpc_max_connection_age_seconds: float = _setting(0.0, "the front end's KServe port closes client connections "
+                                                           "this old (GOAWAY: calls in flight get "
+                                                           "HELIX_DRAIN_SECONDS to finish; clients reconnect, through "
+                                                           "a load balancer perhaps to another replica); 0: never. "
+                                                           "Stage connections are never aged: their streams live "
+                                                           "as long as the pipeline")
     max_queue: int = _setting(1024, "requests the front end holds waiting for KV cache before refusing more")
     max_in_flight: int = _setting(0, "requests the front end runs at once (more wait in its queue); 0: the plan's "
                                      "maxInFlight, or KV room alone when the plan sets none")
@@ -105,6 +123,13 @@ class Settings:
                      "hung_seconds", "lease_seconds"):
             if getattr(settings, name) <= 0:
                 raise ServingError(f"{env_name(name)}={getattr(settings, name)}: give a positive number")
+        for name in ("grpc_idle_seconds", "grpc_unary_seconds", "grpc_max_connection_age_seconds"):
+            if getattr(settings, name) < 0:
+                raise ServingError(f"{env_name(name)}={getattr(settings, name)}: give a number of seconds, or 0 for "
+                                   "no limit")
+        if settings.heartbeat_seconds < 0.1:
+            raise ServingError(f"{env_name('heartbeat_seconds')}={settings.heartbeat_seconds}: give at least 0.1 s "
+                               "(links ping their peers that often, and stages allow no more)")
         if not 0.0 <= settings.kv_watermark < 1.0:
             raise ServingError(f"{env_name('kv_watermark')}={settings.kv_watermark}: give a share in [0, 1)")
         if settings.max_in_flight < 0:

@@ -250,6 +250,29 @@ def _rollout() -> Schema:
     }, default={})
 
 
+def _liveness() -> Schema:
+    return obj({
+        "heartbeatSeconds": number("How often the front end asks every stage for its health, and how often every "
+                                   "link (front end to stage, stage to stage) pings its peer "
+                                   "(HELIX_HEARTBEAT_SECONDS).", minimum=0.1, maximum=60, default=1),
+        "hungSeconds": number("A stage that does not answer a heartbeat within this, or holds work without finishing "
+                              "a step for this long, and a link whose ping goes unanswered this long, take their "
+                              "pipelines out of rotation within heartbeatSeconds + hungSeconds; their requests "
+                              "re-prefill on other pipelines (HELIX_HUNG_SECONDS).", minimum=0.5, maximum=600,
+                              default=10),
+        "leaseSeconds": number("A stage frees the KV cache of a front end that has had no stream to it for this "
+                               "long (HELIX_LEASE_SECONDS).", minimum=1, maximum=86400, default=30),
+    }, "How fast the data plane gives up on a stage, a link or a front end that stopped answering. A change "
+       "replaces the worker pods (in batches) and rolls the front end.", default={}, cel=[LEASE_AFTER_HUNG])
+
+
+# A front end cut off from a stage notices within heartbeat + hung seconds and moves its requests away; a
+# shorter lease would free them first, and a request's next step would wait out the step timeout instead.
+LEASE_AFTER_HUNG = ("self.leaseSeconds > self.heartbeatSeconds + self.hungSeconds",
+                    "leaseSeconds must exceed heartbeatSeconds + hungSeconds, so that a front end cut off from a "
+                    "stage moves its requests away before the stage frees their KV cache")
+
+
 def _security() -> Schema:
     def secret(description: str, **extra: Schema) -> Schema:
         return obj({"name": string(pattern=DNS_SUBDOMAIN, maxLength=253), **extra}, description, required=["name"])
@@ -279,6 +302,7 @@ def helixcluster_spec_schema() -> Schema:
         "frontend": _frontend(),
         "rollout": _rollout(),
         "security": _security(),
+        "liveness": _liveness(),
     }, required=["model", "nodePools", "worker"])
 
 

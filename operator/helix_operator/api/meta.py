@@ -70,3 +70,7 @@ def child_metadata(owner: Mapping[str, Any], name: str, component: str, **extra:
 
 def plan_configmap_name(cluster: str, plan_hash: str) -> str:
     return dns_name(cluster, "plan", plan_hash, limit=253)
+
+
+def peers_configmap_name(cluster: str) -> str:
+    return dns_name(cluster, "peers", limit=253)

@@ -25,9 +25,11 @@ COMPONENT_WORKER = "worker"
 COMPONENT_FRONTEND = "frontend"
 COMPONENT_PLAN = "plan"
 COMPONENT_TLS = "tls"  # the cluster's certificate Secret
+COMPONENT_PEERS = "peers"  # the workers' peer list ConfigMap
 
 ANNOTATION_NODE = "helix.dev/node"
 ANNOTATION_LAYERS = "helix.dev/layers"
+ANNOTATION_PEERS = "helix.dev/peers"  # digest of the peer list a worker pod was last told about
 
 WORKER_HTTP_PORT = 8081  # the worker's /healthz, /readyz and /metrics
 WORKER_DATA_PORT = 8082  # the worker's data-channel listener (activations from the previous stage)
@@ -35,3 +37,7 @@ WORKER_DATA_PORT = 8082  # the worker's data-channel listener (activations from 
 PLAN_KEY = "plan.json"
 PLAN_MOUNT_DIR = "/etc/helix"
 PLAN_PATH = f"{PLAN_MOUNT_DIR}/{PLAN_KEY}"
+
+PEERS_KEY = "endpoints.json"
+PEERS_MOUNT_DIR = "/var/run/helix/peers"  # a directory mount (no subPath), so that the kubelet updates it
+PEERS_PATH = f"{PEERS_MOUNT_DIR}/{PEERS_KEY}"

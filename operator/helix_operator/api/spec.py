@@ -104,6 +104,23 @@ class SecuritySpec:
 
 
 @dataclass(frozen=True)
+class LivenessSpec:
+    """The data plane's liveness bounds in seconds (HELIX_HEARTBEAT_SECONDS, HELIX_HUNG_SECONDS,
+    HELIX_LEASE_SECONDS in the pods); the defaults are the CRD's and the data plane's."""
+
+    heartbeat: float = 1.0
+    hung: float = 10.0
+    lease: float = 30.0
+
+    def env(self, *, lease: bool) -> list[dict[str, str]]:
+        """The pods' variables; the lease is the workers' alone (stages keep it)."""
+        values = {"HELIX_HEARTBEAT_SECONDS": self.heartbeat, "HELIX_HUNG_SECONDS": self.hung}
+        if lease:
+            values["HELIX_LEASE_SECONDS"] = self.lease
+        return [{"name": name, "value": f"{value:g}"} for name, value in values.items()]
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     model: ModelSpec
     weights_uri: str | None
@@ -117,6 +134,7 @@ class ClusterSpec:
     suspend: bool = False
     security: SecuritySpec = SecuritySpec()
     weights_cache: str | None = None  # PersistentVolumeClaim the workers keep hf:// files in (huggingface_hub's cache)
+    liveness: LivenessSpec = LivenessSpec()
 
 
 def parse_spec(spec: Mapping[str, Any]) -> ClusterSpec:
@@ -139,6 +157,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ClusterSpec:
         rollout=RolloutSpec(int(data["rollout"]["maxSurgeNodes"]), int(data["rollout"]["drainTimeoutSeconds"])),
         suspend=bool(data["suspend"]),
         security=_security(data["security"]),
+        liveness=_liveness(data["liveness"]),
     )
 
 
@@ -147,6 +166,16 @@ def _security(data: dict[str, Any]) -> SecuritySpec:
     return SecuritySpec(tls_secret=(data.get("tlsSecret") or {}).get("name"), api_keys_secret=keys.get("name"),
                         api_keys_key=keys.get("key", "api-keys"),
                         client_tls_secret=(data.get("clientTlsSecret") or {}).get("name"))
+
+
+def _liveness(data: dict[str, Any]) -> LivenessSpec:
+    liveness = LivenessSpec(float(data["heartbeatSeconds"]), float(data["hungSeconds"]), float(data["leaseSeconds"]))
+    if liveness.lease <= liveness.heartbeat + liveness.hung:
+        raise SpecError("spec.liveness.leaseSeconds",
+                        f"{liveness.lease:g} must exceed heartbeatSeconds + hungSeconds "
+                        f"({liveness.heartbeat + liveness.hung:g}): a front end cut off from a stage moves its "
+                        "requests away within that time, and the stage must not free their KV cache first")
+    return liveness
 
 
 def _plain(value: Any) -> Any:

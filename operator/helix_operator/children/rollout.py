@@ -33,6 +33,7 @@ class PodView:
     deleting: bool
     failed: bool
     template: str = ""
+    peers: str = ""  # digest of the peer list the pod was last stamped with
 
 
 def pod_view(pod: Mapping[str, Any]) -> PodView | None:
@@ -46,6 +47,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
         name=metadata["name"], key=key, plan_hash=labels.get(names.LABEL_PLAN_HASH, ""), ready=ready,
         deleting=bool(metadata.get("deletionTimestamp")), failed=status.get("phase") in ("Failed", "Succeeded"),
         template=labels.get(names.LABEL_TEMPLATE_HASH, ""),
+        peers=(metadata.get("annotations") or {}).get(names.ANNOTATION_PEERS, ""),
     )
 
 

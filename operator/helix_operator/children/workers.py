@@ -7,12 +7,12 @@ the kubelet would reject it outright).
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from helix_operator.api import names, weights_uri
-from helix_operator.api.meta import child_metadata, dns_name, selector
+from helix_operator.api.meta import child_metadata, dns_name, peers_configmap_name, selector
 from helix_operator.api.podsecurity import restrict
 from helix_operator.api.spec import ClusterSpec
 from helix_operator.children.certificates import cluster_tls_env, cluster_tls_mount, cluster_tls_volume
@@ -24,6 +24,7 @@ from helix_planner.plan_format import Plan
 
 CONTAINER = "worker"
 PLAN_VOLUME = "plan"
+PEERS_VOLUME = "peers"
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def template_hash(spec: ClusterSpec, revision: str | None = None) -> str:
     worker = spec.worker
     body = [worker.image, worker.image_pull_policy, worker.port, worker.gpu_resource_name, worker.resources,
             worker.env, worker.template, spec.model.name, spec.weights_uri, spec.credentials_secret,
-            spec.rollout.drain_timeout, spec.security.tls_secret]
+            spec.rollout.drain_timeout, spec.security.tls_secret, spec.liveness]
     if spec.weights_cache:
         body.append(spec.weights_cache)
     if revision:
@@ -102,18 +103,20 @@ def build_workers_service(owner: Mapping[str, Any], spec: ClusterSpec) -> dict[s
 
 
 def build_worker_pod(owner: Mapping[str, Any], spec: ClusterSpec, assignment: Assignment, plan_hash: str,
-                     configmap: str, *, peers: Sequence[str] = (), revision: str | None = None) -> dict[str, Any]:
-    """`peers`: the plan's nodes, whose workers are this one's only possible next hops (an
-    --endpoint each); the cluster's TLS Secret is mounted for mutual TLS on every hop.
-    `revision`: the plan's commit of hf:// weights."""
-    cluster, namespace = owner["metadata"]["name"], owner["metadata"]["namespace"]
+                     configmap: str, *, peers_digest: str = "", revision: str | None = None) -> dict[str, Any]:
+    """The worker dials only the next hops of the cluster's peer list (`children.peers`, mounted
+    so that it follows replans; `peers_digest` names the list's current content), and the
+    cluster's TLS Secret is mounted for mutual TLS on every hop. `revision`: the plan's commit
+    of hf:// weights."""
+    cluster = owner["metadata"]["name"]
     worker, template = spec.worker, template_hash(spec, revision)
     weights = weights_source(spec, worker.image, (assignment.start, assignment.end), revision)
     metadata = child_metadata(
         owner, worker_pod_name(cluster, assignment, template), names.COMPONENT_WORKER,
         labels={names.LABEL_PLAN_HASH: plan_hash, names.LABEL_NODE: dns_name(assignment.node),
                 names.LABEL_TEMPLATE_HASH: template},
-        annotations={names.ANNOTATION_NODE: assignment.node, names.ANNOTATION_LAYERS: assignment.layers},
+        annotations={names.ANNOTATION_NODE: assignment.node, names.ANNOTATION_LAYERS: assignment.layers,
+                     names.ANNOTATION_PEERS: peers_digest},
     )
     container: dict[str, Any] = {
         "name": CONTAINER,
@@ -121,15 +124,15 @@ def build_worker_pod(owner: Mapping[str, Any], spec: ClusterSpec, assignment: As
         "imagePullPolicy": worker.image_pull_policy,
         "command": ["helix", "worker", "--plan", names.PLAN_PATH, "--node", assignment.node,
                     "--model", weights.path, "--host", "0.0.0.0", "--port", str(worker.port),
-                    "--http-port", str(names.WORKER_HTTP_PORT),
-                    *[f"--endpoint={n}={worker_endpoint(namespace, cluster, n, worker.port)}" for n in peers]],
+                    "--http-port", str(names.WORKER_HTTP_PORT), "--peers", names.PEERS_PATH],
         "env": [*_env(spec, assignment, plan_hash, worker.port, revision), *cluster_tls_env()],
         "ports": [{"name": "grpc", "containerPort": worker.port},
                   {"name": "http", "containerPort": names.WORKER_HTTP_PORT},
                   {"name": "data", "containerPort": names.WORKER_DATA_PORT}],
         "resources": _resources(worker.resources, worker.gpu_resource_name, assignment.gpus),
         **http_probes("http"),  # /readyz: its layers are loaded and it serves; this port has no TLS
-        "volumeMounts": [{"name": PLAN_VOLUME, "mountPath": names.PLAN_MOUNT_DIR, "readOnly": True}, *weights.mounts,
+        "volumeMounts": [{"name": PLAN_VOLUME, "mountPath": names.PLAN_MOUNT_DIR, "readOnly": True},
+                         {"name": PEERS_VOLUME, "mountPath": names.PEERS_MOUNT_DIR, "readOnly": True}, *weights.mounts,
                          cluster_tls_mount()],
     }
     pod_spec: dict[str, Any] = {
@@ -140,7 +143,8 @@ def build_worker_pod(owner: Mapping[str, Any], spec: ClusterSpec, assignment: As
         "restartPolicy": "Always",
         "terminationGracePeriodSeconds": spec.rollout.drain_timeout,
         "containers": [container],
-        "volumes": [{"name": PLAN_VOLUME, "configMap": {"name": configmap}}, *weights.volumes,
+        "volumes": [{"name": PLAN_VOLUME, "configMap": {"name": configmap}},
+                    {"name": PEERS_VOLUME, "configMap": {"name": peers_configmap_name(cluster)}}, *weights.volumes,
                     cluster_tls_volume(cluster, spec)],
     }
     if weights.init_containers:
@@ -166,6 +170,7 @@ def _env(spec: ClusterSpec, assignment: Assignment, plan_hash: str, port: int,
     }
     if spec.weights_uri:
         values["HELIX_WEIGHTS_URI"] = weights_uri.pinned(spec.weights_uri, revision)
+    values |= {e["name"]: e["value"] for e in spec.liveness.env(lease=True)}
     given = {e["name"] for e in spec.worker.env}
     return [{"name": k, "value": v} for k, v in values.items() if k not in given] + [dict(e) for e in spec.worker.env]
 

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from helix_operator.api import names
-from helix_operator.api.meta import selector
+from helix_operator.api.meta import peers_configmap_name, selector
 from helix_operator.api.spec import ClusterSpec
 from helix_operator.children.certificates import build_tls_secret, tls_secret_name
 from helix_operator.children.frontend import build_frontend_deployment, build_frontend_service, deployment_ready
 from helix_operator.children.networkpolicy import build_network_policies
+from helix_operator.children.peers import build_peers_configmap, digest, listed_nodes, peer_nodes
 from helix_operator.children.planmap import ANNOTATION_INPUTS, build_plan_configmap
 from helix_operator.children.rollout import RolloutStep, next_step, pod_view
 from helix_operator.children.weights import plan_revision
@@ -98,14 +99,33 @@ async def sync_workers(kube: Kube, owner: Owner, spec: ClusterSpec, discovery: D
                      template_hash(spec, revision), frontend_current, pipelines=pipelines,
                      max_replace=spec.rollout.max_surge_nodes)
     namespace, grace = _ns(owner), spec.rollout.drain_timeout
-    relabel = {"metadata": {"labels": {names.LABEL_PLAN_HASH: target.hash}}}
-    peers = [node.name for node in target.plan.nodes]
-    pods = [build_worker_pod(owner, spec, a, target.hash, target.configmap, peers=peers, revision=revision)
+    peers = await sync_peers(kube, owner, spec, target.plan, frontend_current)
+    patches: dict[str, dict[str, Any]] = {}
+    for name in step.relabel:
+        patches.setdefault(name, {})["labels"] = {names.LABEL_PLAN_HASH: target.hash}
+    for view in views:  # a change to a pod makes its kubelet refresh the mounted peer list now
+        if view.peers != peers and not view.deleting and view.name not in step.delete:
+            patches.setdefault(view.name, {})["annotations"] = {names.ANNOTATION_PEERS: peers}
+    pods = [build_worker_pod(owner, spec, a, target.hash, target.configmap, peers_digest=peers, revision=revision)
             for a in step.create]
     await each([kube.create_missing(pod) for pod in pods]
                + [kube.delete(Ref("v1", "pods", namespace, name), grace_seconds=grace) for name in step.delete]
-               + [kube.patch(Ref("v1", "pods", namespace, name), relabel) for name in step.relabel])
+               + [kube.patch(Ref("v1", "pods", namespace, name), {"metadata": patch})
+                  for name, patch in patches.items()])
     return step
+
+
+async def sync_peers(kube: Kube, owner: Owner, spec: ClusterSpec, target: Plan, frontend_current: bool) -> str:
+    """Publish the peer list for `target` (see `children.peers`) before any pod is created for
+    it; returns the digest of its content."""
+    listed: set[str] = set()
+    if not frontend_current:  # front ends of older plans run: what the list names stays
+        ref = Ref("v1", "configmaps", _ns(owner), peers_configmap_name(owner["metadata"]["name"]))
+        listed = listed_nodes(await kube.get(ref))
+    nodes = peer_nodes((node.name for node in target.nodes), listed, frontend_current)
+    configmap = build_peers_configmap(owner, spec, nodes)
+    await kube.ensure(configmap)
+    return digest(configmap)
 
 
 async def stop_workers(kube: Kube, owner: Owner, spec: ClusterSpec) -> None:

@@ -71,12 +71,14 @@ class LocalFleet:
         self.stop()
 
     def start_worker(self, plan: Path, node: str, checkpoint: Path, *, port: int = 0,
-                     env: dict[str, str] | None = None, netns: str | None = None, host: str = LOOPBACK) -> Child:
+                     env: dict[str, str] | None = None, netns: str | None = None, host: str = LOOPBACK,
+                     peers: Path | None = None) -> Child:
         """Start a stage; `port` 0 binds any free port (a restarted stage reuses its old one). With
-        `netns` it runs in that network namespace, where peers reach it at `host` (see `netem`)."""
+        `netns` it runs in that network namespace, where peers reach it at `host` (see `netem`).
+        Its next hops are the fleet's endpoints of its plan's nodes, or those `peers` lists."""
+        hops = ["--peers", str(peers)] if peers is not None else ["--endpoints", str(self.endpoints_path)]
         child = self._spawn(node, ["worker", "--plan", str(plan), "--node", node, "--model", str(checkpoint),
-                                   "--port", str(port), "--http-port", "0", "--endpoints", str(self.endpoints_path)],
-                            env, netns, host)
+                                   "--port", str(port), "--http-port", "0", *hops], env, netns, host)
         child.worker = True
         return child
 

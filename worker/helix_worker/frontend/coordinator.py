@@ -5,9 +5,11 @@ sampled tokens, any stage reports failures), admits each request onto a route wh
 have KV room for its prompt (see `routes`), keeps it there for all its decode steps, and
 re-prefills it (prompt + tokens so far) when it cannot go on there: on another route when a
 stage dies, hangs (see `health`) or a stream breaks, and after waiting for room, ahead of new requests, when a
-stage preempted it for KV blocks. Under greedy decoding it so finishes with exactly the tokens
-of an uninterrupted run. Sends from requests that step together are coalesced into one batch
-per stage.
+stage preempted it for KV blocks. A link between two stages that breaks while both still
+answer takes only the routes over it out of rotation: the stage before it reports the next hop
+it cannot reach (a ROUTE_BROKEN failure, then in each heartbeat answer) until it reaches it
+again. Under greedy decoding it so finishes with exactly the tokens of an uninterrupted run.
+Sends from requests that step together are coalesced into one batch per stage.
 """
 
 import asyncio
@@ -32,7 +34,7 @@ from helix_worker.metrics import FrontendMetrics
 from helix_worker.protocol import Chunk, FailureKind, Phase, Sampled, SamplingParams
 from helix_worker.security.tls import ClusterTLS
 from helix_worker.transport import wire
-from helix_worker.transport.links import StreamLink
+from helix_worker.transport.links import Keepalive, StreamLink
 
 log = logging.getLogger(__name__)
 MAX_REROUTES = 8
@@ -103,7 +105,7 @@ class Coordinator:
             address = next(h.address for r in self.routes.routes for h in r.hops if h.node == node)
             self._links[node] = StreamLink(address, self.peer_name, max_message_bytes=self.settings.max_message_bytes,
                                            data_channel=self.settings.data_channel == "tcp", on_event=self._on_event,
-                                           tls=self.tls,
+                                           tls=self.tls, keepalive=Keepalive.of(self.settings),
                                            on_down=self._on_down_of(node))
         await asyncio.gather(*(self._try_up(node) for node in self.routes.nodes))
         for node in self.routes.nodes:
@@ -320,9 +322,10 @@ class Coordinator:
             if failure.kind == FailureKind.PREEMPTED:
                 self._fail(failure.request_id, _Preempted(f"{failure.node}: {failure.message}"))
                 continue
+            route = self._active.get(failure.request_id)
             self._fail(failure.request_id, _Reroute(f"{failure.node}: {failure.message}"))
             if failure.kind == FailureKind.ROUTE_BROKEN and failure.node in self.routes.up:
-                self._mark_down(failure.node)
+                self._route_broken(route, failure.node, failure.message)
 
     def _fail(self, wire_id: str, error: Exception) -> None:
         future = self._waiting.get(wire_id)
@@ -332,11 +335,41 @@ class Coordinator:
     # Stage health --------------------------------------------------------------------------
 
     async def _describe(self, node: str, timeout: float) -> pb.StageInfo:
-        return await self._links[node].describe(timeout=timeout)
+        return await self._links[node].describe(timeout=timeout, next_hops=self.routes.next_hops.get(node, ()))
 
     def _healthy(self, node: str, info: pb.StageInfo) -> None:
         if self.routes.observe(node, int(info.kv_used_tokens), int(info.kv_peer_tokens)):
             self._notify()  # other front ends freed (or took) KV there
+        self._hop_problems(node, dict(info.next_hop_problems))
+
+    def _route_broken(self, route: Route | None, node: str, why: str) -> None:
+        """A stage of a request's `route` could not pass it on to `node`: the link into `node` is
+        out (the stage before it says so at each heartbeat until it reaches `node` again), while
+        `node` may serve other routes. A request already gone (`route` None) says nothing new;
+        this front end's own link to `node` tells whether `node` itself is down."""
+        if route is None:
+            return
+        before = next((a for a, b in zip(route.nodes, route.nodes[1:]) if b == node), None)
+        if before is None:
+            self._mark_down(node)  # not a next hop of this route: nothing to single out
+        else:
+            self._hop_problems(before, {**self.routes.hop_problems[before], node: why})
+
+    def _hop_problems(self, node: str, problems: dict[str, str]) -> None:
+        """What `node` says it cannot forward to now (next node -> why): the routes over those
+        links leave rotation, and come back when it says they are good again."""
+        known = self.routes.hop_problems[node]
+        if problems == known:
+            return
+        for after in problems.keys() - known.keys():
+            log.warning("stage %s cannot forward to %s (%s); the pipelines over that link leave rotation until it can",
+                        node, after, problems[after])
+        for after in known.keys() - problems.keys():
+            log.info("stage %s forwards to %s again", node, after)
+        self.routes.hop_problems[node] = problems
+        self._reroute_unusable(f"stage {node} cannot forward to {', '.join(problems) or 'its next hops'}")
+        self._show_health()
+        self._notify()
 
     def _hung(self, node: str, problem: str) -> None:
         self._mark_down(node, f"hung ({problem})")
@@ -351,10 +384,14 @@ class Coordinator:
         log.warning("stage %s is %s; its pipelines leave rotation until it is back", node, why)
         self.routes.up[node] = False
         self._show_health()
-        for wire_id, route in list(self._active.items()):
-            if node in route.nodes:
-                self._fail(wire_id, _Reroute(f"stage {node} went down"))
+        self._reroute_unusable(f"stage {node} went down")
         self._probe(node)
+
+    def _reroute_unusable(self, why: str) -> None:
+        """Re-prefill elsewhere the requests whose route left rotation."""
+        for wire_id, route in list(self._active.items()):
+            if not self.routes.usable(route):
+                self._fail(wire_id, _Reroute(why))
 
     def _probe(self, node: str) -> None:
         if node not in self._probes or self._probes[node].done():
@@ -367,7 +404,7 @@ class Coordinator:
     async def _try_up(self, node: str) -> bool:
         link = self._links[node]
         try:
-            info = await link.describe(timeout=2.0)
+            info = await self._describe(node, 2.0)
             self._check_holds(node, info)
             if (problem := verdict(info, self.settings.hung_seconds)) is not None:
                 raise ServingError(problem)
@@ -379,6 +416,7 @@ class Coordinator:
             link.send(wire.release_to_proto(sorted(stale)))
         self.routes.set_capacity(node, int(info.kv_capacity_tokens), int(info.kv_block_tokens))
         self.routes.observe(node, int(info.kv_used_tokens), int(info.kv_peer_tokens))
+        self._hop_problems(node, dict(info.next_hop_problems))
         self.routes.up[node] = True
         self._show_health()
         self._notify()

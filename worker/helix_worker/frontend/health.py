@@ -9,7 +9,8 @@ for `hung_seconds` without finishing a step (a hung compute thread or device, wh
 its event loop answering) is declared hung; the coordinator then takes its pipelines out of
 rotation and re-prefills their requests elsewhere, within `heartbeat_seconds + hung_seconds`
 of the hang, and its probe brings it back once `verdict` finds it healthy again. Each answer
-also carries the stage's KV use, which the admission ledger reads (see `routes`).
+also carries the stage's KV use, which the admission ledger reads (see `routes`), and which of
+the next hops the asking front end's routes take from there it cannot forward to now.
 """
 
 import asyncio

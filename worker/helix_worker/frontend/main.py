@@ -9,14 +9,12 @@ and require an API key with HELIX_API_KEYS_FILE.
 """
 
 import asyncio
-import json
 import logging
 import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from aiohttp import web
 
 from helix_planner.plan_format import Plan
@@ -35,10 +33,10 @@ from helix_worker.metrics import FrontendMetrics
 from helix_worker.model.config import load_model_config
 from helix_worker.model.tokenizer import load_tokenizer, stop_ids
 from helix_worker.security.apikeys import ApiKeys, load_api_keys
-from helix_worker.security.peers import parse_pairs
+from helix_worker.security.peers import parse_pairs, read_endpoints
 from helix_worker.security.tls import ClusterTLS, client_tls, cluster_tls
+from helix_worker.transport.grpcserver import new_server
 from helix_worker.transport.http_base import health_routes, start_site
-from helix_worker.transport.links import server_options
 from helix_worker.transport.readyfile import write_ready_file
 
 log = logging.getLogger(__name__)
@@ -61,8 +59,8 @@ def parse_endpoints(pairs: list[str], files: list[Path]) -> dict[str, str]:
     endpoints: dict[str, str] = {}
     for path in files:
         try:
-            endpoints |= {str(k): str(v) for k, v in json.loads(Path(path).read_text()).items()}
-        except (OSError, ValueError, AttributeError) as err:
+            endpoints |= read_endpoints(Path(path))
+        except (OSError, ValueError) as err:
             raise ServingError(f"cannot read endpoints file {path}: {err}") from None
     return endpoints | parse_pairs(pairs)
 
@@ -112,9 +110,8 @@ async def serve_frontend(options: FrontendOptions, settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.coordinator.start()
-    server = grpc.aio.server(interceptors=([RequireKey(keys)] if keys else []) + [RefuseUndecodable()],
-                             options=server_options(settings.max_message_bytes,
-                                                    max_receive_bytes=settings.max_request_bytes))
+    interceptors = ([RequireKey(keys)] if keys else []) + [RefuseUndecodable()]
+    server = new_server(settings, clients=True, interceptors=interceptors, max_receive_bytes=settings.max_request_bytes)
     plane = KServeDataPlane(service)
     kserve_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(plane), server)
     address = f"{options.host}:{options.grpc_port}"

@@ -9,7 +9,9 @@ as its latest heartbeat reported (the stage is the authority on its memory; when
 admit into the same room between two heartbeats, it preempts and they re-prefill). `max_tokens`
 is never reserved up front: when running requests outgrow a stage anyway, the stage preempts the
 youngest and the front end re-prefills it later. Routes are picked by the planner's interleaved weighted round robin
-over their planned flow, among those whose stages are all up and have room now.
+over their planned flow, among those whose stages are all up, whose stages can each forward
+to the next (a stage says which next hops it cannot reach or may not dial, see
+`hop_problems`), and that have room now.
 """
 
 from dataclasses import dataclass
@@ -47,15 +49,22 @@ class RouteTable:
         weights = [r.weight if r.weight > 0 else 1.0 for r in self.routes]
         self._iwrr = InterleavedWeightedRoundRobin(weights)
         self.nodes = sorted({n for r in self.routes for n in r.nodes})
+        self.next_hops: dict[str, tuple[Hop, ...]] = {}  # node -> the hops routes take after it
+        for route in self.routes:
+            for here, after in zip(route.hops, route.hops[1:]):
+                self.next_hops[here.node] = tuple(dict.fromkeys((*self.next_hops.get(here.node, ()), after)))
         self.watermark = watermark
         self.up = {n: False for n in self.nodes}
+        self.hop_problems: dict[str, dict[str, str]] = {n: {} for n in self.nodes}  # node -> next node -> why not
         self.capacity = {n: 0 for n in self.nodes}  # KV tokens of each stage's pool (from Describe)
         self.block_tokens = {n: 1 for n in self.nodes}
         self.held = {n: 0 for n in self.nodes}  # blocks this front end's requests hold there
         self.others = {n: 0 for n in self.nodes}  # blocks other front ends' requests hold there (heartbeats)
 
     def usable(self, route: Route) -> bool:
-        return all(self.up[n] for n in route.nodes)
+        """Every stage up, and each able to forward to the next."""
+        return (all(self.up[n] for n in route.nodes)
+                and not any(b in self.hop_problems[a] for a, b in zip(route.nodes, route.nodes[1:])))
 
     def set_capacity(self, node: str, tokens: int, block_tokens: int) -> None:
         self.capacity[node], self.block_tokens[node] = tokens, max(1, block_tokens)

@@ -9,10 +9,10 @@ nothing about how much of a key was right.
 
 import hashlib
 import hmac
-import os
 from pathlib import Path
 
 from helix_worker.errors import ServingError
+from helix_worker.security.reloading import Reloading
 
 SCHEME = "bearer"
 
@@ -20,34 +20,25 @@ SCHEME = "bearer"
 class ApiKeys:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stamp: tuple[int, int] | None = None
-        self._digests: tuple[bytes, ...] = ()
-        self._refresh()
-        if not self._digests:
+        self._digests = Reloading((path,), self._load, "the API keys")
+        try:
+            keys = self._digests.current()
+        except (OSError, ValueError) as err:
+            raise ServingError(f"cannot read the API keys file {path}: {err}") from None
+        if not keys:
             raise ServingError(f"the API keys file {path} holds no key; write one a line")
 
-    def _refresh(self) -> None:
-        try:
-            stat = os.stat(self.path)
-            if (stat.st_mtime_ns, stat.st_size) == self._stamp:
-                return
-            lines = self.path.read_text().splitlines()
-        except OSError as err:
-            if self._stamp is None:
-                raise ServingError(f"cannot read the API keys file {self.path}: {err}") from None
-            return  # keep the keys last read (a Secret is being swapped)
-        keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-        self._digests = tuple(_digest(k) for k in keys)
-        self._stamp = (stat.st_mtime_ns, stat.st_size)
+    def _load(self) -> tuple[bytes, ...]:
+        lines = self.path.read_text().splitlines()
+        return tuple(_digest(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#"))
 
     def allows(self, authorization: str | None) -> bool:
         """Whether an `Authorization` value carries a valid bearer key."""
         scheme, _, key = (authorization or "").strip().partition(" ")
         if scheme.lower() != SCHEME or not key.strip():
             return False
-        self._refresh()
         presented = _digest(key.strip())
-        return any([hmac.compare_digest(presented, d) for d in self._digests])
+        return any([hmac.compare_digest(presented, d) for d in self._digests.current()])
 
 
 def _digest(key: str) -> bytes:

@@ -1,6 +1,8 @@
 """A stage's network endpoint: its gRPC server and, unless disabled, the data-channel
 listener beside it, started and stopped together (the worker and the benchmark use this).
-With the cluster's `tls` both accept only peers holding a certificate from the cluster CA."""
+With the cluster's `tls` both accept only peers holding a certificate from the cluster CA.
+The gRPC server keeps the limits of `grpcserver`; links to next stages ping as the liveness
+bounds of `settings` say (`links.Keepalive`)."""
 
 from dataclasses import dataclass
 
@@ -13,7 +15,8 @@ from helix_worker.security.peers import PlanPeers
 from helix_worker.security.tls import ClusterTLS
 from helix_worker.stage.server import StageIdentity, StageServicer
 from helix_worker.transport.datachannel import DataListener
-from helix_worker.transport.links import server_options
+from helix_worker.transport.grpcserver import new_server
+from helix_worker.transport.links import Keepalive
 
 
 @dataclass
@@ -32,8 +35,8 @@ class StageEndpoint:
             listener = DataListener(settings.max_message_bytes, tls)
             await listener.start(host, settings.data_port)
         servicer = StageServicer(engine, identity, max_message_bytes=settings.max_message_bytes, data_listener=listener,
-                                 tls=tls, peers=peers)
-        server = grpc.aio.server(options=server_options(settings.max_message_bytes))
+                                 tls=tls, peers=peers, keepalive=Keepalive.of(settings))
+        server = new_server(settings)
         pb_grpc.add_StageServiceServicer_to_server(servicer, server)
         try:
             address = f"{host}:{port}"

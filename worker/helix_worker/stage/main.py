@@ -47,6 +47,7 @@ class StageOptions:
     ready_file: Path | None = None
     endpoints: dict[str, str] = field(default_factory=dict)  # plan nodes' addresses: the next hops it may dial
     endpoint_files: tuple[Path, ...] = ()
+    peer_list: Path | None = None  # with it, the only next hops it may dial (kept current by the operator)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,7 +79,8 @@ def kv_blocks(settings: Settings, model: LayerSlice) -> int:
 async def serve_stage(options: StageOptions, settings: Settings) -> None:
     start, end = layer_range(options.plan, options.node)
     tls = cluster_tls(settings)
-    peers = PlanPeers((n.name for n in options.plan.nodes), options.endpoints, options.endpoint_files)
+    peers = PlanPeers((n.name for n in options.plan.nodes), options.endpoints, options.endpoint_files,
+                      peer_list=options.peer_list)
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     metrics = StageMetrics(options.node, str(options.plan.model.get("name", "")))

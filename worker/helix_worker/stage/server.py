@@ -5,14 +5,17 @@ names itself in call metadata; the stage writes events addressed to that peer (s
 tokens, request failures) onto its stream. A peer that offers a data channel and gets one
 sends its messages there; they are handled exactly as those read from the stream, and the
 stream ends when the channel does. Hidden states for the next hop go out through one
-`StreamLink` per next-hop address. If such a link breaks, every request it carried gets a
-ROUTE_BROKEN failure at its front end, which re-routes it. A next hop outside the stage's
-plan (`PlanPeers`) is never dialled: its requests fail as INVALID, saying so.
+`StreamLink` per next-hop address, which pings as the liveness bounds say (`Keepalive`). If
+such a link breaks, or cannot be made, every request it carried gets a ROUTE_BROKEN failure at
+its front end, which re-routes it and leaves that link out of its routes while this stage,
+asked at each heartbeat (`next_hop_problems`), says it still cannot reach the next stage; it
+tries again each time it is asked. A next hop the stage may not dial (`PlanPeers`) is never
+dialled: its requests fail as INVALID, saying so, and the heartbeat answer names it too.
 """
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +25,12 @@ import torch
 from helix_proto import helix_stage_pb2 as pb
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
 from helix_worker.engine.stage_engine import StageEngine
-from helix_worker.errors import ServingError
+from helix_worker.envs import Settings
 from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
 from helix_worker.security.peers import PlanPeers
 from helix_worker.security.tls import ClusterTLS
 from helix_worker.transport import datachannel, wire
-from helix_worker.transport.links import PEER_HEADER, StreamLink
+from helix_worker.transport.links import PEER_HEADER, Keepalive, StreamLink
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[pb.StageRequest, pb.StageEvent]
@@ -45,19 +48,22 @@ class StageServicer(pb_grpc.StageServiceServicer):
 
     def __init__(self, engine: StageEngine, identity: StageIdentity, *, max_message_bytes: int,
                  data_listener: datachannel.DataListener | None = None, tls: ClusterTLS | None = None,
-                 peers: PlanPeers | None = None) -> None:
-        """Links to next stages use `tls` and go only to `peers` (none: no next hop at all).
-        With `data_listener`, peers may open data channels to this stage, and its own links
-        to next stages offer them too."""
+                 peers: PlanPeers | None = None, keepalive: Keepalive | None = None) -> None:
+        """Links to next stages use `tls` and `keepalive` (the default Settings' bounds unless
+        given) and go only to `peers` (none: no next hop at all). With `data_listener`, peers
+        may open data channels to this stage, and its own links to next stages offer them too."""
         self.engine, self.identity = engine, identity
         self.max_message_bytes = max_message_bytes
         self.data_listener = data_listener
         self.tls, self.peers = tls, peers or PlanPeers()
+        self.keepalive = keepalive or Keepalive.of(Settings())
         self._peers: dict[str, asyncio.Queue[pb.StageEvent]] = {}
         self._links: dict[str, StreamLink] = {}
         self._carried: dict[str, dict[str, str]] = {}  # link address -> request id -> reply_to
         self._nodes: dict[str, str] = {}  # link address -> node name
         self._locks: dict[str, asyncio.Lock] = {}
+        self._unreachable: dict[str, str] = {}  # next-hop address -> why its link broke or could not be made
+        self._retries: dict[str, asyncio.Task[StreamLink | None]] = {}  # next-hop address -> a reconnection
         engine.outputs = self
 
     # grpc.aio also serves a stream method that is a coroutine reading and writing through its
@@ -120,7 +126,8 @@ class StageServicer(pb_grpc.StageServiceServicer):
         self.engine.submit(chunks, payload)
 
     async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.StageInfo:
-        """Also the front ends' heartbeat: readiness, progress, and the KV the asking peer holds here."""
+        """Also the front ends' heartbeat: readiness, progress, the KV the asking peer holds here,
+        and which of the next hops its routes take from here this stage cannot forward to now."""
         model, usage = self.engine.model, self.engine.usage()
         mine = self.engine.held_tokens(self.engine.requests_by_peer().get(request.peer, [])) if request.peer else 0
         return pb.StageInfo(node=self.identity.node, model=self.identity.model, start=model.start, end=model.end,
@@ -129,7 +136,29 @@ class StageServicer(pb_grpc.StageServiceServicer):
                             kv_capacity_tokens=usage.capacity_tokens, kv_used_tokens=usage.used_tokens,
                             kv_block_tokens=usage.block_tokens, plan_hash=self.identity.plan_hash,
                             ready=self.engine.failure is None, problem=self.engine.failure or "",
-                            kv_peer_tokens=mine, stalled_seconds=self.engine.stalled_seconds())
+                            kv_peer_tokens=mine, stalled_seconds=self.engine.stalled_seconds(),
+                            next_hop_problems=self.next_hop_problems(map(wire.hop_from_proto, request.next_hops)))
+
+    def next_hop_problems(self, hops: Iterable[Hop]) -> dict[str, str]:
+        """Why this stage would not forward to each of `hops` now, by node (absent: it would): the
+        hop is not one it may dial, or its link there broke or could not be made. An unreachable
+        hop is tried again in the background, so that a later answer says when it is back."""
+        problems: dict[str, str] = {}
+        for hop in hops:
+            refused = self.peers.problem(hop.node, hop.address)
+            problem = refused or self._unreachable.get(hop.address)
+            if problem is None:
+                continue
+            problems[hop.node] = problem
+            if refused is None and hop.address not in self._retries:
+                self._retry(hop)
+        return problems
+
+    def _retry(self, hop: Hop) -> None:
+        """Try to reach `hop` again, in the background (one attempt at a time)."""
+        address = hop.address
+        self._retries[address] = asyncio.get_running_loop().create_task(self._reach(hop))
+        self._retries[address].add_done_callback(lambda _: self._retries.pop(address, None))
 
     # Outputs of the engine -------------------------------------------------------------
 
@@ -149,27 +178,37 @@ class StageServicer(pb_grpc.StageServiceServicer):
                                         errors=[wire.failure_to_proto(f) for f in failures]))
 
     async def _connect_and_send(self, hop: Hop, chunks: list[Chunk], hidden: torch.Tensor) -> None:
-        try:
-            self.peers.check(hop.node, hop.address)
-        except ServingError as err:
-            log.warning("refused a route: %s", err)
+        if (refused := self.peers.problem(hop.node, hop.address)) is not None:
+            log.warning("refused a route: %s", refused)
             for c in chunks:
-                self.deliver(c.reply_to, [], [Failure(c.request_id, self.identity.node, FailureKind.INVALID, str(err))])
+                self.deliver(c.reply_to, [], [Failure(c.request_id, self.identity.node, FailureKind.INVALID, refused)])
             return
+        link = await self._reach(hop)
+        if link is None:
+            self._broken(hop.node, {c.request_id: c.reply_to for c in chunks}, self._unreachable[hop.address])
+            return
+        self._send(link, chunks, hidden)
+
+    async def _reach(self, hop: Hop) -> StreamLink | None:
+        """The link to `hop`, connected first if it is not up (within the keepalive's timeout);
+        None when that fails, with the reason in `_unreachable` until a connection succeeds."""
         async with self._locks.setdefault(hop.address, asyncio.Lock()):
             link = self._links.get(hop.address)
-            if link is None or not link.up:
-                link = StreamLink(hop.address, self.identity.node, max_message_bytes=self.max_message_bytes,
-                                  data_channel=self.data_listener is not None, on_down=self._link_down, tls=self.tls)
-                try:
-                    await link.connect()
-                except (grpc.aio.AioRpcError, TimeoutError) as err:
-                    why = err.code() if isinstance(err, grpc.aio.AioRpcError) else err
-                    self._broken(hop.node, {c.request_id: c.reply_to for c in chunks},
-                                 f"cannot reach {hop.node} at {hop.address}: {why}")
-                    return
-                self._links[hop.address], self._nodes[hop.address] = link, hop.node
-        self._send(link, chunks, hidden)
+            if link is not None and link.up:
+                return link
+            link = StreamLink(hop.address, self.identity.node, max_message_bytes=self.max_message_bytes,
+                              data_channel=self.data_listener is not None, on_down=self._link_down, tls=self.tls,
+                              keepalive=self.keepalive)
+            try:
+                await link.connect(timeout=self.keepalive.timeout)
+            except (grpc.aio.AioRpcError, TimeoutError) as err:
+                why = err.code().name if isinstance(err, grpc.aio.AioRpcError) else "no answer in time"
+                self._unreachable[hop.address] = f"cannot reach {hop.node} at {hop.address}: {why}"
+                return None
+            self._links[hop.address], self._nodes[hop.address] = link, hop.node
+            if self._unreachable.pop(hop.address, None) is not None:
+                log.info("link to next stage %s at %s is back", hop.node, hop.address)
+            return link
 
     def _send(self, link: StreamLink, chunks: list[Chunk], hidden: torch.Tensor) -> None:
         carried = self._carried.setdefault(link.address, {})
@@ -181,9 +220,13 @@ class StageServicer(pb_grpc.StageServiceServicer):
     def _link_down(self, link: StreamLink) -> None:
         if self._links.get(link.address) is link:
             del self._links[link.address]
+        node = self._nodes.get(link.address, link.address)
+        why = f"stream to next stage {node} at {link.address} broke"
+        log.warning("%s", why)
+        self._unreachable[link.address] = why
         carried = self._carried.pop(link.address, {})
         alive = {rid: to for rid, to in carried.items() if self.engine.holds(rid)}
-        self._broken(self._nodes.get(link.address, link.address), alive, f"stream to next stage {link.address} broke")
+        self._broken(node, alive, why)
 
     def _broken(self, node: str, requests: dict[str, str], message: str) -> None:
         by_peer: dict[str, list[Failure]] = {}
@@ -208,6 +251,9 @@ class StageServicer(pb_grpc.StageServiceServicer):
                 carried.pop(request_id, None)
 
     async def close(self) -> None:
+        for task in list(self._retries.values()):
+            task.cancel()
+        await asyncio.gather(*self._retries.values(), return_exceptions=True)
         for link in list(self._links.values()):
             await link.close()
         self._links.clear()

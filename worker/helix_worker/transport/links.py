@@ -7,18 +7,22 @@ side channel (`datachannel`) and, once it is open, sends every message there ins
 on the gRPC stream, which then carries only events back; when the stage does not answer
 the offer or the channel cannot connect, messages go on the gRPC stream as before. With
 `tls` (the cluster's, see `security.tls`) the stream and the data channel use mutual TLS.
+Each link pings its peer as `Keepalive` says, so that a link cut on the way is noticed within
+the same bound as a hung stage.
 """
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 
 import grpc
 import torch
 
 from helix_proto import helix_stage_pb2 as pb
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
-from helix_worker.protocol import Chunk
+from helix_worker.envs import Settings
+from helix_worker.protocol import Chunk, Hop
 from helix_worker.security.tls import ClusterTLS
 from helix_worker.transport import datachannel, wire
 
@@ -26,37 +30,48 @@ log = logging.getLogger(__name__)
 PEER_HEADER = "helix-peer"
 
 
-KEEPALIVE_MS = 10_000
+@dataclass(frozen=True)
+class Keepalive:
+    """How a link notices a peer it can no longer reach: a ping every `interval` seconds, even on
+    an idle stream, and the connection given up when one has no answer within `timeout`. A link
+    cut on the way (a partition, a dead NAT entry) sends no RST; without this only the kernel's
+    retransmissions would end it, after minutes. Links use the liveness bounds
+    (HELIX_HEARTBEAT_SECONDS, HELIX_HUNG_SECONDS), so a cut stage-to-stage link is noticed within
+    heartbeat + hung seconds, like a hung stage; servers accept pings that often (`grpcserver`)."""
+
+    interval: float
+    timeout: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> "Keepalive":
+        return cls(settings.heartbeat_seconds, settings.hung_seconds)
 
 
-def channel_options(max_message_bytes: int, keepalive_ms: int = KEEPALIVE_MS) -> list[tuple[str, int]]:
-    """Client side: ping every `keepalive_ms`, even on an idle stream, to notice a dead peer."""
+def milliseconds(seconds: float) -> int:
+    """A duration as gRPC's channel arguments take it (at least 1 ms)."""
+    return max(1, round(seconds * 1000))
+
+
+def channel_options(max_message_bytes: int, keepalive: Keepalive) -> list[tuple[str, int]]:
+    """Client side: message limits, and pings as `keepalive` says. gRPC ends a connection on an
+    unanswered ping after `grpc.http2.ping_timeout_ms` (a minute unless set), whatever
+    `grpc.keepalive_timeout_ms` says, so both are set."""
+    timeout = milliseconds(keepalive.timeout)
     return [("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.keepalive_time_ms", keepalive_ms), ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_time_ms", milliseconds(keepalive.interval)),
+            ("grpc.keepalive_timeout_ms", timeout), ("grpc.http2.ping_timeout_ms", timeout),
             ("grpc.http2.max_pings_without_data", 0), ("grpc.keepalive_permit_without_calls", 1)]
-
-
-def server_options(max_message_bytes: int, keepalive_ms: int = KEEPALIVE_MS, *,
-                   max_receive_bytes: int | None = None) -> list[tuple[str, int]]:
-    """Server side: accept the clients' keepalive pings. gRPC servers by default allow one ping
-    without data per 5 minutes and answer the third early one with GOAWAY too_many_pings, which
-    broke every idle front-end and stage-to-stage stream after about 30 seconds.
-    `max_receive_bytes` caps what clients send when that is less than what the server sends."""
-    receive = max_message_bytes if max_receive_bytes is None else max_receive_bytes
-    options = [(k, receive if k == "grpc.max_receive_message_length" else v)
-               for k, v in channel_options(max_message_bytes, keepalive_ms)]
-    return options + [
-        ("grpc.http2.min_ping_interval_without_data_ms", keepalive_ms // 2),
-        ("grpc.http2.min_time_between_pings_ms", keepalive_ms // 2)]
 
 
 class StreamLink:
     def __init__(self, address: str, peer_name: str, *, max_message_bytes: int, data_channel: bool = True,
                  on_event: Callable[[pb.StageEvent], None] | None = None,
-                 on_down: Callable[["StreamLink"], None] | None = None, tls: ClusterTLS | None = None) -> None:
+                 on_down: Callable[["StreamLink"], None] | None = None, tls: ClusterTLS | None = None,
+                 keepalive: Keepalive | None = None) -> None:
+        """`keepalive`: the liveness bounds of the default Settings unless given."""
         self.address, self.peer_name = address, peer_name
-        self._options = channel_options(max_message_bytes)
+        self._options = channel_options(max_message_bytes, keepalive or Keepalive.of(Settings()))
         self._tls = tls
         self._offer_data = data_channel
         self._on_event, self._on_down = on_event, on_down
@@ -100,11 +115,12 @@ class StreamLink:
             log.warning("data channel to %s unavailable (%s); sending on the gRPC stream", self.address,
                         err or type(err).__name__)
 
-    async def describe(self, timeout: float = 5.0) -> pb.StageInfo:
+    async def describe(self, timeout: float = 5.0, next_hops: Iterable[Hop] = ()) -> pb.StageInfo:
+        """The stage's StageInfo; for each of `next_hops` it says whether it would forward there."""
         channel = self._channel or self._new_channel()
+        request = pb.DescribeRequest(peer=self.peer_name, next_hops=[wire.hop_to_proto(h) for h in next_hops])
         try:
-            return await pb_grpc.StageServiceStub(channel).Describe(pb.DescribeRequest(peer=self.peer_name),
-                                                                  timeout=timeout)
+            return await pb_grpc.StageServiceStub(channel).Describe(request, timeout=timeout)
         finally:
             if channel is not self._channel:
                 await channel.close()

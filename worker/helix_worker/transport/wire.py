@@ -53,6 +53,10 @@ def hop_to_proto(hop: Hop) -> pb.Hop:
     return pb.Hop(node=hop.node, address=hop.address, start=hop.start, end=hop.end)
 
 
+def hop_from_proto(message: pb.Hop) -> Hop:
+    return Hop(message.node, message.address, message.start, message.end)
+
+
 def sampling_to_proto(params: SamplingParams) -> pb.Sampling:
     return pb.Sampling(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
                        seed=params.seed or 0, has_seed=params.seed is not None, logprobs=params.logprobs,
@@ -73,7 +77,7 @@ def chunk_from_proto(message: pb.Chunk) -> Chunk:
     return Chunk(
         request_id=message.request_id, phase=Phase(message.phase), position=message.start_position,
         length=message.num_tokens, reply_to=message.reply_to, partial=message.partial,
-        route=tuple(Hop(h.node, h.address, h.start, h.end) for h in message.route),
+        route=tuple(hop_from_proto(h) for h in message.route),
         sampling=SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                 seed=s.seed if s.has_seed else None, logprobs=s.logprobs,
                                 return_logits=s.return_logits, presence_penalty=s.presence_penalty,
