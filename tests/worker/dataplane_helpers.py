@@ -5,6 +5,7 @@ import json
 import struct
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -72,12 +73,29 @@ def wait_http_ready(url: str, timeout: float = 60.0) -> None:
 
 
 async def generate_with_logits(coordinator: Coordinator, prompt: list[int], max_tokens: int,
-                               delay: float = 0.0) -> tuple[list[int], list[torch.Tensor]]:
-    """Greedy tokens of one request and the logits each was sampled from."""
+                               delay: float = 0.0, times: list[float] | None = None
+                               ) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy tokens of one request and the logits each was sampled from; with `times`, the
+    monotonic time each token arrived is appended there as it comes."""
     await asyncio.sleep(delay)
     request = GenerationRequest(tuple(prompt), max_tokens, SamplingParams(return_logits=True))
-    events = [e async for e in coordinator.generate(request)]
-    return [e.token_id for e in events], [e.logits for e in events]
+    tokens, logits = [], []
+    async for event in coordinator.generate(request):
+        if times is not None:
+            times.append(time.monotonic())
+        tokens.append(event.token_id)
+        logits.append(event.logits)
+    return tokens, logits
+
+
+async def wait_for(condition: Callable[[], object], timeout: float) -> float:
+    """Poll until `condition()` is true; returns the seconds it took."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    while not condition():
+        assert loop.time() - began < timeout, "condition not met in time"
+        await asyncio.sleep(0.01)
+    return loop.time() - began
 
 
 def assert_reference_runs(checkpoint: Path, prompts: list[list[int]], runs: list[tuple[list[int], list[torch.Tensor]]],

@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 from dataplane_helpers import (
     MODEL,
     NUM_LAYERS,
@@ -23,6 +22,7 @@ from dataplane_helpers import (
     generate_with_logits,
     kv_used,
     start_workers,
+    wait_for,
     write_plan,
 )
 
@@ -32,7 +32,6 @@ from helix_worker.errors import Unavailable
 from helix_worker.fleet.layouts import manual_plan
 from helix_worker.frontend.coordinator import Coordinator, GenerationRequest, ModelLimits
 from helix_worker.frontend.health import verdict
-from helix_worker.protocol import SamplingParams
 from helix_worker.stage.main import StageOptions, serve_stage
 from helix_worker.transport.links import StreamLink
 
@@ -47,16 +46,6 @@ def test_verdict_names_what_is_wrong() -> None:
     assert "not ready: the engine stopped" in verdict(pb.StageInfo(ready=False, problem="the engine stopped"), HUNG)
 
 
-async def _wait_for(condition, timeout: float) -> float:
-    """Poll until `condition()`; returns the seconds it took."""
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    while not condition():
-        assert loop.time() - began < timeout, "condition not met in time"
-        await asyncio.sleep(0.01)
-    return loop.time() - began
-
-
 @pytest.mark.timeout(240)
 async def test_stopped_stage_leaves_rotation_and_rejoins(tmp_path: Path, checkpoint: Path, fleet) -> None:
     # Two pipelines that differ only in their middle stage.
@@ -67,27 +56,18 @@ async def test_stopped_stage_leaves_rotation_and_rejoins(tmp_path: Path, checkpo
     coordinator = Coordinator(plan, endpoints, ModelLimits(380, 2048),
                               Settings(reconnect_seconds=0.2, heartbeat_seconds=HEARTBEAT, hung_seconds=HUNG), tls=tls)
     victim = next(c for c in fleet.children if c.name == "m1")
-    progress: dict[int, list[tuple[float, int]]] = {i: [] for i in range(len(PROMPTS))}
-
-    async def run(index: int) -> tuple[list[int], list[torch.Tensor]]:
-        request = GenerationRequest(tuple(PROMPTS[index]), MAX_TOKENS, SamplingParams(return_logits=True))
-        tokens, logits = [], []
-        async for event in coordinator.generate(request):
-            progress[index].append((time.monotonic(), event.token_id))
-            tokens.append(event.token_id)
-            logits.append(event.logits)
-        return tokens, logits
-
+    progress: dict[int, list[float]] = {i: [] for i in range(len(PROMPTS))}  # when each token arrived
     await coordinator.start()
     try:
         await coordinator.wait_ready(30)
-        tasks = [asyncio.create_task(run(i)) for i in range(len(PROMPTS))]
-        await _wait_for(lambda: all(len(p) >= 2 for p in progress.values()), 60)
+        tasks = [asyncio.create_task(generate_with_logits(coordinator, p, MAX_TOKENS, times=progress[i]))
+                 for i, p in enumerate(PROMPTS)]
+        await wait_for(lambda: all(len(p) >= 2 for p in progress.values()), 60)
         on_victim = [i for i, t in enumerate(tasks) if not t.done()]  # IWRR put every other request on m1
         stopped = time.monotonic()
         os.kill(victim.process.pid, signal.SIGSTOP)
         try:
-            left = await _wait_for(lambda: not coordinator.routes.up["m1"], HEARTBEAT + HUNG + 5)
+            left = await wait_for(lambda: not coordinator.routes.up["m1"], HEARTBEAT + HUNG + 5)
             runs = await asyncio.wait_for(asyncio.gather(*tasks), 120)
             assert coordinator.routes.choose(10).nodes == ("a", "m2", "z")
             assert coordinator.routes.choose(10).nodes == ("a", "m2", "z")
@@ -95,7 +75,7 @@ async def test_stopped_stage_leaves_rotation_and_rejoins(tmp_path: Path, checkpo
             assert not coordinator.routes.up["m1"]
         finally:
             os.kill(victim.process.pid, signal.SIGCONT)
-        await _wait_for(lambda: coordinator.routes.up["m1"], 30)
+        await wait_for(lambda: coordinator.routes.up["m1"], 30)
         assert {coordinator.routes.choose(10).nodes for _ in range(4)} == {("a", "m1", "z"), ("a", "m2", "z")}
         after = await asyncio.gather(*(generate_with_logits(coordinator, p, MAX_TOKENS) for p in PROMPTS[:2]))
         # What the stopped stage held for the requests moved away is released once it is back.
@@ -109,8 +89,8 @@ async def test_stopped_stage_leaves_rotation_and_rejoins(tmp_path: Path, checkpo
     assert failovers(coordinator) >= 1
     assert held == 0
     # Requests that were stalled on m1 got their next token elsewhere within the bound (+ a re-prefill).
-    resumed = [min(t for t, _ in progress[i] if t > stopped) - stopped for i in on_victim
-               if any(t > stopped for t, _ in progress[i])]
+    resumed = [min(t for t in progress[i] if t > stopped) - stopped for i in on_victim
+               if any(t > stopped for t in progress[i])]
     assert resumed and max(resumed) <= HEARTBEAT + HUNG + 2.0, resumed
     assert_reference_runs(checkpoint, PROMPTS + [PROMPTS[0]] + PROMPTS[:2], runs + [during] + after, MAX_TOKENS)
 
@@ -125,7 +105,7 @@ async def test_engine_crash_turns_stage_unready(tmp_path: Path, checkpoint: Path
     stage = asyncio.create_task(serve_stage(StageOptions(plan, "solo", checkpoint, ready_file=ready_file), settings))
     coordinator = None
     try:
-        await _wait_for(lambda: ready_file.exists() or stage.done(), 120)
+        await wait_for(lambda: ready_file.exists() or stage.done(), 120)
         ports = json.loads(ready_file.read_text())
         address, http = f"127.0.0.1:{ports['grpc']}", f"http://127.0.0.1:{ports['http']}"
         settings = Settings(heartbeat_seconds=HEARTBEAT, hung_seconds=HUNG, route_wait_seconds=1)
