@@ -5,6 +5,7 @@ without a restart."""
 
 import asyncio
 import json
+import pickle
 import socket
 import ssl
 from pathlib import Path
@@ -323,5 +324,7 @@ def test_a_process_refuses_to_run_plaintext_unless_told(identities) -> None:
     tls = cluster_tls(Settings(tls_cert=str(identities["peer"].cert), tls_key=str(identities["peer"].key),
                                tls_ca=str(identities["peer"].ca)))
     assert tls == identities["peer"]
+    handed = pickle.loads(pickle.dumps(tls))  # to a process of its own (bench/dataplane.py)
+    assert handed == tls and handed.client_context() is not tls.client_context()
     assert Settings.from_env({"HELIX_PLAINTEXT": "0"}).plaintext is False
     assert Settings.from_env({"HELIX_PLAINTEXT": "true"}).plaintext is True

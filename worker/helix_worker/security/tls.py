@@ -74,6 +74,10 @@ class ClusterTLS:
         files = Reloading((self.cert, self.key, self.ca), self._load, "the cluster's TLS files")
         object.__setattr__(self, "_files", files)
 
+    def __reduce__(self) -> tuple[type["ClusterTLS"], tuple[Path, Path, Path]]:
+        """Pickled as its paths (a process it is handed to loads the files itself)."""
+        return type(self), (self.cert, self.key, self.ca)
+
     @classmethod
     def from_dir(cls, directory: Path) -> "ClusterTLS":
         """The files of a cert-manager style directory (tls.crt, tls.key, ca.crt)."""
@@ -169,6 +173,10 @@ class ClientTLS:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_files", Reloading((self.cert, self.key), self._load, "the client TLS files"))
+
+    def __reduce__(self) -> tuple[type["ClientTLS"], tuple[Path, Path]]:
+        """Pickled as its paths, like `ClusterTLS`."""
+        return type(self), (self.cert, self.key)
 
     def _load(self) -> _Material:
         server = _server_context(self.cert, self.key, None, lambda: self._files.current().server)
