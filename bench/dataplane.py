@@ -195,7 +195,8 @@ class HungStage:
             await asyncio.gather(*tasks)
         finally:
             os.kill(self.victim.process.pid, signal.SIGCONT)
-        while not self.coordinator.routes.up["f1"]:
+        routes = self.coordinator.routes  # f1 back, and every pipeline through it (its links too)
+        while not all(routes.usable(route) for route in routes.routes):
             await asyncio.sleep(0.05)
         return max(min(t for t in s if t > stopped) - stopped for s in stamps if s[-1] > stopped)
 

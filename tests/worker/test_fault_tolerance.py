@@ -57,6 +57,10 @@ async def test_killed_stage_requests_finish_with_reference_tokens(tmp_path: Path
         restarted = fleet.start_worker(plan_path, "tail-1", checkpoint, port=victim.ports["grpc"])
         await asyncio.to_thread(fleet.wait, restarted)
         await _wait_for(lambda: coordinator.routes.up["tail-1"], 30)
+        # head lost its link to tail-1 with it: the pipeline rejoins once head says it reaches tail-1
+        # again (it tries when a heartbeat asks), within a heartbeat or two of tail-1's return.
+        rejoined = next(r for r in coordinator.routes.routes if r.nodes == ("head", "tail-1"))
+        await _wait_for(lambda: coordinator.routes.usable(rejoined), 10)
         chosen = {coordinator.routes.choose(10).nodes for _ in range(4)}
         assert chosen == {("head", "tail-1"), ("head", "tail-2")}
         after = [t async for t in _tokens(coordinator, PROMPTS[0])]

@@ -76,6 +76,10 @@ async def test_stopped_stage_leaves_rotation_and_rejoins(tmp_path: Path, checkpo
         finally:
             os.kill(victim.process.pid, signal.SIGCONT)
         await wait_for(lambda: coordinator.routes.up["m1"], 30)
+        # A stop longer than HELIX_HUNG_SECONDS also cuts a's link to m1: that pipeline rejoins once a
+        # reaches m1 again (it tries when a heartbeat asks).
+        through_m1 = next(r for r in coordinator.routes.routes if "m1" in r.nodes)
+        await wait_for(lambda: coordinator.routes.usable(through_m1), 10)
         assert {coordinator.routes.choose(10).nodes for _ in range(4)} == {("a", "m1", "z"), ("a", "m2", "z")}
         after = await asyncio.gather(*(generate_with_logits(coordinator, p, MAX_TOKENS) for p in PROMPTS[:2]))
         # What the stopped stage held for the requests moved away is released once it is back.
