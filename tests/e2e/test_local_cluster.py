@@ -141,6 +141,14 @@ class Scenario:
         """3b: tritonclient unary and streaming, OpenAI HTTP plain and streaming, all equal the reference."""
         expected = self.expected
 
+        def server_ready() -> bool:
+            with grpcclient.InferenceServerClient(url=self.grpc) as client:
+                return bool(client.is_server_ready())
+
+        # The front-end pod is Ready once it answers (/healthz); KServe's ServerReady says a pipeline
+        # is up, which follows within its probe interval of the last worker's readiness.
+        await until(lambda: asyncio.to_thread(server_ready), 30, "the front end has a pipeline up", self.explain)
+
         def call() -> None:
             with grpcclient.InferenceServerClient(url=self.grpc) as client:
                 assert client.is_server_ready() and client.is_model_ready(MODEL)
