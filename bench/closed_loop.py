@@ -51,6 +51,7 @@ from helix_planner.sim.inputs import scenario_from_plan
 from helix_planner.sim.metrics import SimResult
 from helix_planner.sim.simulation import SimConfig, Simulation
 from helix_planner.sim.workload import LengthTrace, load_lengths
+from helix_worker.envs import Settings
 from helix_worker.errors import ServingError
 from helix_worker.fleet.emulated import Portals, start_emulated, start_relays
 from helix_worker.fleet.launcher import LocalFleet
@@ -66,7 +67,7 @@ FLEET = Path(__file__).with_name("closed_loop-fleet.yaml")
 MODEL = "closed-loop"
 SLOWDOWNS = (1.0, 2.0, 3.0)  # CPU, CPU-x2, CPU-x3 of the fleet file
 WORKER_ENV = {"HELIX_TORCH_THREADS": "1", "HELIX_KV_CACHE_TOKENS": "8192", "HELIX_RECONNECT_SECONDS": "0.2"}
-KV_BLOCK_TOKENS = 16  # the workers' default HELIX_KV_BLOCK_TOKENS
+KV_BLOCK_TOKENS = Settings().kv_block_tokens  # the workers' default HELIX_KV_BLOCK_TOKENS
 PLACEMENTS = ("max-flow", "serving", "swarm", "petals", "separate")
 
 
