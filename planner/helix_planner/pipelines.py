@@ -6,6 +6,7 @@ pick a pipeline per request by IWRR over those shares, so traffic follows the fl
 """
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from helix_planner.cluster import SINK, SOURCE
@@ -125,7 +126,7 @@ class InterleavedWeightedRoundRobin:
         self._round = 1
         self._index = -1
 
-    def next(self, available: list[bool] | None = None) -> int:
+    def next(self, available: Sequence[bool] | None = None) -> int:
         """Index of the next item, skipping items marked unavailable (LookupError if none is left)."""
         if available is not None and not any(a and w > 0 for a, w in zip(available, self.weights)):
             raise LookupError("no available item with positive weight")

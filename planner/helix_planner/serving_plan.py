@@ -16,6 +16,11 @@ more time to first token (bigger decode batches ahead of every prompt, at every 
 decode throughput. So a placement that misses the TTFT target is also judged with the front
 end admitting fewer requests at once (`CAP_FRACTIONS` of what it held saturated), and the
 plan carries the cap that met the target (`Plan.max_in_flight`).
+
+A fleet's saturated simulation costs minutes (its work is every decode step of tens of
+thousands of requests at every stage), so clusters of `ServingObjective.estimate_from_nodes`
+nodes or more are judged by the analytical model of `serving_model` instead, which follows
+the same protocol in milliseconds per candidate; the benchmark simulates the chosen plan.
 """
 
 import math
@@ -27,10 +32,12 @@ from dataclasses import dataclass, field, replace
 
 from helix_planner.cluster import Cluster
 from helix_planner.errors import InfeasiblePlacement, PlanningError
+from helix_planner.fleet import FLEET_NODES
 from helix_planner.models import ModelSpec
 from helix_planner.plan_format import Plan
 from helix_planner.planner import PlannerOptions, plan_cluster
 from helix_planner.profiles import Catalog
+from helix_planner.serving_model import estimate_serving
 from helix_planner.sim.inputs import scenario_from_plan
 from helix_planner.sim.metrics import SimResult
 from helix_planner.sim.schedulers import scheduler_class
@@ -54,6 +61,7 @@ class ServingObjective:
     window: SimConfig = field(default_factory=lambda: SimConfig(warmup=60.0, duration=240.0, seed=1))
     ttft_slo: float | None = None  # seconds of p95 TTFT a candidate must meet (None: throughput alone)
     seeds: int = 1  # runs per candidate (seeds window.seed, +1, ...): one run's p95 TTFT moves by about ±10%
+    estimate_from_nodes: int = FLEET_NODES  # clusters this large are judged by `serving_model`, not simulated
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class Candidate:
     decode_throughput: float
     ttft_p95: float
     in_flight: float  # requests admitted at the end of a saturated run
+    judged_by: str = "simulator"  # or "model": then ttft_p95 is the model's typical time to first token
 
 
 def plan_for_serving(cluster: Cluster, model: ModelSpec, options: PlannerOptions, lengths: LengthTrace,
@@ -94,8 +103,7 @@ def plan_for_serving(cluster: Cluster, model: ModelSpec, options: PlannerOptions
         if any(c.plan.layout == plan.layout for c in candidates):
             continue
         saturated = judge(plan, floor, objective, cluster, model, catalog, lengths)
-        say(f"serving    floor {floor:.2f}: max flow {plan.throughput:9.1f}  simulated decode "
-            f"{saturated.decode_throughput:8.1f} tok/s  p95 TTFT {saturated.ttft_p95:6.1f} s  "
+        say(f"serving    floor {floor:.2f}: max flow {plan.throughput:9.1f}  {_judged(saturated)}  "
             f"{max(len(p.stages) for p in plan.pipelines)} stages deep")
         candidates.append(saturated)
         if objective.ttft_slo is None or saturated.ttft_p95 <= objective.ttft_slo:
@@ -103,8 +111,7 @@ def plan_for_serving(cluster: Cluster, model: ModelSpec, options: PlannerOptions
         held = round(saturated.in_flight)
         for cap in sorted({max(1, round(f * held)) for f in CAP_FRACTIONS} - {held}, reverse=True):
             capped = judge(replace(plan, max_in_flight=cap), floor, objective, cluster, model, catalog, lengths)
-            say(f"serving    floor {floor:.2f}, at most {cap} in flight: simulated decode "
-                f"{capped.decode_throughput:8.1f} tok/s  p95 TTFT {capped.ttft_p95:6.1f} s")
+            say(f"serving    floor {floor:.2f}, at most {cap} in flight: {_judged(capped)}")
             candidates.append(capped)
             if capped.ttft_p95 <= objective.ttft_slo:
                 break
@@ -124,8 +131,13 @@ def plan_for_serving(cluster: Cluster, model: ModelSpec, options: PlannerOptions
 
 def judge(plan: Plan, floor: float, objective: ServingObjective, cluster: Cluster, model: ModelSpec,
           catalog: Catalog, lengths: LengthTrace) -> Candidate:
-    """`plan` simulated saturated with the objective's scheduler, window and seeds."""
+    """`plan` simulated saturated with the objective's scheduler, window and seeds (estimated
+    by `serving_model` on clusters of `objective.estimate_from_nodes` nodes or more)."""
     scenario = scenario_from_plan(plan, cluster, model, catalog, f"{cluster.name}: floor {floor:.2f}")
+    if len(cluster.nodes) >= objective.estimate_from_nodes:
+        estimate = estimate_serving(scenario, float(lengths.inputs.mean()), float(lengths.outputs.mean()),
+                                    objective.window.kv_high_water)
+        return Candidate(floor, plan, estimate.decode_throughput, estimate.ttft, estimate.in_flight, "model")
     runs = judging_runs(scenario, objective, lengths)
     return Candidate(floor, plan, statistics.mean(r.decode_throughput for r in runs),
                      statistics.mean(r.ttft.p95 for r in runs), statistics.mean(r.in_flight_at_end for r in runs))
@@ -135,6 +147,13 @@ def judging_runs(scenario: Scenario, objective: ServingObjective, lengths: Lengt
     """`scenario` run with the objective's scheduler and window, once per judging seed."""
     return [Simulation(scenario, objective.scheduler, replace(objective.window, seed=objective.window.seed + i),
                        lengths).run() for i in range(objective.seeds)]
+
+
+def _judged(candidate: Candidate) -> str:
+    if candidate.judged_by == "model":
+        return (f"estimated decode {candidate.decode_throughput:8.1f} tok/s  TTFT {candidate.ttft_p95:6.1f} s "
+                "(analytical model)")
+    return f"simulated decode {candidate.decode_throughput:8.1f} tok/s  p95 TTFT {candidate.ttft_p95:6.1f} s"
 
 
 def choose(candidates: list[Candidate], ttft_slo: float | None) -> Candidate:

@@ -17,8 +17,8 @@ the max-flow pipelines; hop-by-hop ones pick each next node among the layout's s
   grows with the requests already routed through the node).
 """
 
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol, overload
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from helix_planner.errors import PlanningError
 from helix_planner.pipelines import InterleavedWeightedRoundRobin
 from helix_planner.sim.compute import GpuNode
 from helix_planner.sim.request import Hop, Request
-from helix_planner.sim.routes import Route, RouteGraph, route_fits
+from helix_planner.sim.routes import Route, RouteGraph
 
 
 class Scheduler(Protocol):
@@ -82,12 +82,51 @@ class IwrrScheduler(_Quiet):
         _pipelines(graph, self.name)
         self.routes = graph.pipelines
         self.iwrr = InterleavedWeightedRoundRobin(list(graph.weights), resolution=100)
+        self.blocking = [0] * len(self.routes)  # per route, the hop that last had no KV room
 
     def choose(self, request: Request, now: float) -> Route | None:
-        available = [route_fits(route, request) for route in self.routes]
+        available = _RoomOnRoutes(self.routes, request, self.blocking)
         if not any(available):
             return None
         return self.routes[self.iwrr.next(available)]
+
+
+class _RoomOnRoutes(Sequence[bool]):
+    """Whether each route has KV room for a request, found only for the routes IWRR looks at,
+    trying first the hop that was full last time: a saturated fleet has hundreds of routes,
+    mostly full, and an admission would otherwise check every hop of every one."""
+
+    def __init__(self, routes: tuple[Route, ...], request: Request, blocking: list[int]) -> None:
+        self.routes, self.need, self.blocking = routes, request.worst_case_tokens, blocking
+        self.known: dict[int, bool] = {}
+
+    def __len__(self) -> int:
+        return len(self.routes)
+
+    @overload
+    def __getitem__(self, index: int) -> bool: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[bool]: ...
+
+    def __getitem__(self, index: int | slice) -> bool | Sequence[bool]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        fits = self.known.get(index)
+        if fits is None:
+            fits = self.known[index] = self._fits(index)
+        return fits
+
+    def _fits(self, index: int) -> bool:
+        route, need = self.routes[index], self.need
+        hop = route[self.blocking[index]]
+        if not hop.node.kv.fits(need * hop.layers):
+            return False
+        for position, hop in enumerate(route):
+            if not hop.node.kv.fits(need * hop.layers):
+                self.blocking[index] = position
+                return False
+        return True
 
 
 class RandomScheduler(_Quiet):
