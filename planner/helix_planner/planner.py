@@ -29,6 +29,7 @@ from helix_planner.plan_format import Plan, PlannedEdge, PlannedNode, SolverRepo
 from helix_planner.profiles import Catalog, load_catalog
 from helix_planner.regional import chain_layout
 from helix_planner.stage_mix import stage_mix_layout
+from helix_planner.sweep_search import beam_sweep, beam_sweep_targets
 from helix_planner.throughput import CapacityModel
 from helix_planner.throughput.helix import HelixCapacityModel
 from helix_planner.throughput.min_layers import MinLayersCapacityModel
@@ -40,6 +41,7 @@ METHODS = ("auto", "milp", "chain", "sweep", *BASELINES)
 PARTIAL_INFERENCE_METHODS = ("petals", "swarm")
 STAGE_MIX_SHARE = 0.15  # of the time limit, at most, for mixed-stage chains (counted from the start)
 CONFIGURATION_SHARE = 0.2  # of the time limit, at most, for the configuration bound
+BEAM_SHARE = 0.75  # of the time limit, at most, for staggered sweeps in one group (counted from the start)
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,17 @@ def plan_cluster(
         share = time.monotonic() + CONFIGURATION_SHARE * options.time_limit
         bound = configuration_bound(topology.classes, model.num_layers, best.value, bound, deadline=share)
         say(f"bound      configurations {bound:11.1f} tok/s")
+        if len(topology.groups) == 1 and _gap(best.value, bound) > options.mip_gap:
+            share = started + BEAM_SHARE * options.time_limit
+            for target in beam_sweep_targets(best.value, bound):
+                layout = beam_sweep(topology.classes, model.num_layers, target, share) or {}
+                if layout:
+                    result = evaluate(cluster, model, capacity_model, layout)
+                    say(f"heuristic {'beam-sweep':10s} {result.value:12.1f} tok/s (target {target:.1f})")
+                    if result.value > best.value * (1 + 1e-9):
+                        best_name, best_layout, best = "beam-sweep", layout, result
+                if time.monotonic() > share:
+                    break
     method, status = best_name, "heuristic"
     if options.method in ("auto", "milp") and _gap(best.value, bound) > options.mip_gap:
         # Leave a little of the budget for placing nodes, evaluating and decomposing the result.
