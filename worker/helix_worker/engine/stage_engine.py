@@ -32,6 +32,7 @@ from helix_worker.engine.model import LayerSlice
 from helix_worker.engine.penalties import TokenHistory, problem
 from helix_worker.engine.sampling import sample_row
 from helix_worker.engine.scheduler import Piece, Scheduler, Step
+from helix_worker.engine.slowdown import Slowdown
 from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
 
 log = logging.getLogger(__name__)
@@ -59,12 +60,12 @@ class _StepResult:
 
 class StageEngine:
     def __init__(self, node: str, model: LayerSlice, pool: KVPool, *, max_batch_tokens: int,
-                 slowdown: float = 1.0, observer: StepObserver | None = None,
+                 slowdown: Slowdown | None = None, observer: StepObserver | None = None,
                  grammars: Grammars | None = None) -> None:
         self.node, self.model, self.pool = node, model, pool
         self.allocator = BlockAllocator(pool.blocks, pool.block_tokens)
         self.scheduler = Scheduler(node, self.allocator, max_batch_tokens)
-        self.slowdown, self.observer = slowdown, observer
+        self.slowdown, self.observer = slowdown or Slowdown(), observer
         self.outputs: Outputs | None = None
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{node}")
@@ -218,8 +219,9 @@ class StageEngine:
                 failed += refused
             else:
                 forwards += _split_by_next_hop(pieces, hidden)
-        if self.slowdown > 1.0:
-            time.sleep((time.perf_counter() - started) * (self.slowdown - 1.0))
+        factor = self.slowdown.factor()
+        if factor > 1.0:
+            time.sleep((time.perf_counter() - started) * (factor - 1.0))
         return _StepResult(forwards, sampled, failed)
 
     def _sample(self, pieces: list[Piece],

@@ -16,9 +16,7 @@ network closes; those of crashed runs when the next one starts (`netns.remove_st
 import itertools
 import json
 import os
-import signal
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +24,7 @@ from pathlib import Path
 from helix_planner.cluster import SINK, SOURCE, Cluster, Link
 from helix_worker.errors import ServingError
 from helix_worker.fleet import netns
-from helix_worker.fleet.delayline import Relay
-from helix_worker.transport.readyfile import wait_ready_file
+from helix_worker.fleet.delayline import Relay, start_relays, stop_relays
 
 FRONTEND = "frontend"
 SUBNET = "10.90.0."  # per run: each run has its own bridge, so runs never see each other's addresses
@@ -92,27 +89,12 @@ class EmulatedNetwork:
         """Run `relays` in one child process (which dies with this one); their bound ports."""
         if self._relays is not None:
             raise ServingError("this network's relays are already running")
-        spec, ready = self.workdir / "relays.json", self.workdir / "relays.ready.json"
-        spec.write_text(json.dumps([relay.to_json() for relay in relays], indent=2))
-        ready.unlink(missing_ok=True)
-        log_path = self.workdir / "relays.log"
-        with open(log_path, "wb") as log:
-            self._relays = subprocess.Popen([sys.executable, "-m", "helix_worker.fleet.delayline", str(spec),
-                                             str(ready)], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            ports: list[int] = wait_ready_file(ready, self._relays, timeout, "the delay relays")["ports"]
-        except ServingError as err:
-            raise ServingError(f"{err}\n--- {log_path} ---\n{log_path.read_text(errors='replace')[-2000:]}") from None
+        self._relays, ports = start_relays(relays, self.workdir, timeout)
         return ports
 
     def close(self) -> None:
-        if self._relays is not None and self._relays.poll() is None:
-            self._relays.send_signal(signal.SIGTERM)
-            try:
-                self._relays.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._relays.kill()
-                self._relays.wait()
+        if self._relays is not None:
+            stop_relays(self._relays)
         mine = {host.netns for host in self.hosts.values()} | {self.hub}
         netns.delete([name for name in netns.namespaces() if name in mine])
 

@@ -1,0 +1,107 @@
+"""`helix up` replans from observed capacity: poll the serving front end's observed-capacity
+document, track drift, and when it persists plan again with the capacity as observed.
+
+Every `poll_seconds` the replanner reads `GET /v2/helix/observed` of the serving front end
+(`helix_planner.observed`: the stages' recent step times and the links' measured throughput)
+and turns it into ratios against the inputs the plan was made from: a node's step time over its
+profile, a link's bandwidth over its description. The first document that measures every node of
+the plan is the reference (`DriftTracker.settle`): the fleet as it first served, contention and
+all, so only a change from there counts. A change beyond the tracker's threshold that lasts its
+debounce is a sustained drift; the replanner then plans the effective inputs (drifted nodes on
+slowed-down types, drifted links at their observed bandwidth) and returns the new plan if it
+carries at least `min_gain` more than the serving one on those same inputs. Either way it says
+what it saw and what it decided, and that drift is settled, so it does not trigger again.
+"""
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from helix_planner.errors import PlanningError
+from helix_planner.observed import (
+    PATH,
+    DriftTracker,
+    effective_inputs,
+    measured_ratios,
+    parse_observed,
+    plan_value,
+    restore_gpu_types,
+)
+from helix_planner.planner import PlannerOptions
+from helix_worker.fleet.plans import FleetPlan, plan_with
+from helix_worker.fleet.rollout import Generation
+
+POLL_SECONDS = 2.0
+
+
+def fetch_observed(http_url: str) -> Any:
+    """The observed-capacity document of the front end at `http_url`."""
+    with urllib.request.urlopen(http_url + PATH, timeout=5) as response:
+        return json.loads(response.read())
+
+
+@dataclass
+class Replanner:
+    tracker: DriftTracker = field(default_factory=DriftTracker)
+    poll_seconds: float = POLL_SECONDS
+    source: Callable[[str], Any] = fetch_observed
+    clock: Callable[[], float] = time.monotonic
+    out: Callable[[str], None] = print
+    detected: list[float] = field(default_factory=list)  # when each sustained drift was seen (`clock`)
+    _referenced: str = ""  # the plan whose reference ratios are settled
+    _next_poll: float = 0.0
+    _unreadable: str = ""  # why the last poll could not read the document
+
+    @property
+    def referenced(self) -> bool:
+        """Whether the serving plan's reference is taken (drift counts from then on)."""
+        return bool(self._referenced)
+
+    def check(self, serving: Generation) -> FleetPlan | None:
+        """Poll if due; a better plan for the capacity observed, or None."""
+        now = self.clock()
+        inputs = serving.fleet_plan.inputs
+        if now < self._next_poll or inputs is None:
+            return None
+        self._next_poll = now + self.poll_seconds
+        plan = serving.fleet_plan.plan
+        try:
+            observed = parse_observed(self.source(serving.served.http_url))
+        except (OSError, ValueError, PlanningError) as err:
+            if str(err) != self._unreadable:  # said once, not at every poll
+                self.out(f"observed capacity: cannot read it ({err}); polling on")
+            self._unreadable = str(err)
+            return None
+        self._unreadable = ""
+        if observed.plan_hash != plan.plan_hash:  # a front end of another plan answered
+            return None
+        ratios = measured_ratios(inputs.cluster, inputs.catalog, inputs.spec, observed)
+        if not self._referenced:
+            if {n.name for n in plan.nodes} <= {r.key for r in ratios}:
+                self.tracker.update(ratios, now)
+                self.tracker.settle()
+                self._referenced = plan.plan_hash
+                self.out("observed capacity, the reference from now on: "
+                         + ", ".join(f"{r.key} {r.ratio:.2f}x" for r in ratios))
+            return None
+        sustained = self.tracker.update(ratios, now)
+        if sustained is None:
+            return None
+        self.detected.append(now)
+        self.out(f"observed drift: {sustained.message}")
+        effective = effective_inputs(inputs.cluster, inputs.catalog, inputs.spec, observed, self.tracker.threshold)
+        candidate = plan_with(effective.cluster, inputs.spec, inputs.time_limit, effective.catalog, lambda _: None)
+        options = PlannerOptions(throughput_model="profiled")
+        now_value = plan_value(plan, effective.cluster, effective.catalog, inputs.spec, options)
+        new_value = plan_value(candidate, effective.cluster, effective.catalog, inputs.spec, options)
+        self.tracker.settle()
+        if not self.tracker.worth_replanning(now_value, new_value):
+            self.out(f"  not replanning: on the observed capacity the serving plan carries {now_value:.1f} tok/s, "
+                     f"a new one {new_value:.1f} (less than {self.tracker.min_gain:.0%} more)")
+            return None
+        self.out(f"  replanning: on the observed capacity the serving plan carries {now_value:.1f} tok/s, "
+                 f"plan {candidate.plan_hash} {new_value:.1f}")
+        return FleetPlan(restore_gpu_types(candidate, inputs.cluster), serving.fleet_plan.slowdowns, inputs)
