@@ -132,7 +132,35 @@ class FrontendMetrics:
                                   [*m, "pipeline"], registry=r)
         self._kv_held = Gauge("helix_kv_held_tokens", "KV tokens (whole blocks) this front end's requests hold per "
                               "stage", [*m, "node"], registry=r)
+        self._observed_step = Gauge("helix_observed_step_seconds_per_layer", "median seconds per layer of a stage's "
+                                    "recent steps, by phase (decode: decode rows only; prefill: with prompt tokens)",
+                                    [*m, "node", "phase"], registry=r)
+        self._observed_link = Gauge("helix_observed_link_bytes_per_second", "what activation frames from one stage "
+                                    "to the next move per second on the wire (recent median)",
+                                    [*m, "from", "to"], registry=r)
         self.model_name = model_name
+
+    def observed_step(self, node: str, phase: str, seconds_per_layer: float | None) -> None:
+        """A stage's recent step time; None (no recent steps) drops the series."""
+        labels = (self.model_name, node, phase)
+        if seconds_per_layer is None:
+            self._remove(self._observed_step, labels)
+        else:
+            self._observed_step.labels(*labels).set(seconds_per_layer)
+
+    def observed_link(self, src: str, dst: str, bytes_per_second: float | None) -> None:
+        labels = (self.model_name, src, dst)
+        if bytes_per_second is None:
+            self._remove(self._observed_link, labels)
+        else:
+            self._observed_link.labels(*labels).set(bytes_per_second)
+
+    @staticmethod
+    def _remove(gauge: Gauge, labels: tuple[str, ...]) -> None:
+        try:
+            gauge.remove(*labels)
+        except KeyError:
+            pass
 
     def succeeded(self, reason: str) -> None:
         self._success.labels(self.model_name, reason).inc()
