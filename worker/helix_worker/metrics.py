@@ -142,25 +142,10 @@ class FrontendMetrics:
 
     def observed_step(self, node: str, phase: str, seconds_per_layer: float | None) -> None:
         """A stage's recent step time; None (no recent steps) drops the series."""
-        labels = (self.model_name, node, phase)
-        if seconds_per_layer is None:
-            self._remove(self._observed_step, labels)
-        else:
-            self._observed_step.labels(*labels).set(seconds_per_layer)
+        _set_or_drop(self._observed_step, (self.model_name, node, phase), seconds_per_layer)
 
     def observed_link(self, src: str, dst: str, bytes_per_second: float | None) -> None:
-        labels = (self.model_name, src, dst)
-        if bytes_per_second is None:
-            self._remove(self._observed_link, labels)
-        else:
-            self._observed_link.labels(*labels).set(bytes_per_second)
-
-    @staticmethod
-    def _remove(gauge: Gauge, labels: tuple[str, ...]) -> None:
-        try:
-            gauge.remove(*labels)
-        except KeyError:
-            pass
+        _set_or_drop(self._observed_link, (self.model_name, src, dst), bytes_per_second)
 
     def succeeded(self, reason: str) -> None:
         self._success.labels(self.model_name, reason).inc()
@@ -179,3 +164,14 @@ class FrontendMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _set_or_drop(gauge: Gauge, labels: tuple[str, ...], value: float | None) -> None:
+    """Set a labelled gauge, or remove its series when there is no value (rather than a stale one)."""
+    if value is not None:
+        gauge.labels(*labels).set(value)
+        return
+    try:
+        gauge.remove(*labels)
+    except KeyError:
+        pass

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from fakecluster import ApiServer, Harness, running_operator
-from opkit import GFD_PRODUCT, POOL_LABEL, REGION, fleet_spec, helixcluster, node
+from opkit import GFD_PRODUCT, POOL_LABEL, REGION, fleet_spec, frontend_pod, helixcluster, local_http, node
 
 from helix_operator.control.runtime import RunOptions
 from helix_planner.models import get_model
@@ -53,15 +53,8 @@ class FakeFrontend:
 @pytest.fixture
 async def frontend() -> AsyncIterator[FakeFrontend]:
     fake = FakeFrontend()
-    app = web.Application()
-    app.router.add_get(PATH, fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.address = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    yield fake
-    await runner.cleanup()
+    async with local_http(PATH, fake.handle) as fake.address:
+        yield fake
 
 
 @pytest.fixture
@@ -72,14 +65,6 @@ async def operator(api: ApiServer, frontend: FakeFrontend) -> AsyncIterator[Harn
     async with running_operator(api, RunOptions(resync_seconds=30, observe_seconds=INTERVAL,
                                                 frontend_address=address)) as harness:
         yield harness
-
-
-def frontend_pod() -> dict[str, Any]:
-    labels = {"helix.dev/cluster": "llama", "app.kubernetes.io/component": "frontend",
-              "app.kubernetes.io/managed-by": "helix-operator"}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "llama-frontend-0", "namespace": NS,
-                                                           "labels": labels},
-            "spec": {"containers": [{"name": "frontend", "image": "helix/worker:test"}]}}
 
 
 async def test_sustained_drift_replans_once_and_says_why(operator: Harness, frontend: FakeFrontend) -> None:
@@ -106,7 +91,7 @@ async def test_sustained_drift_replans_once_and_says_why(operator: Harness, fron
     await operator.eventually(lambda: status().get("phase") == "Running", explain=status)
     first = status()["activePlan"]
     frontend.plan_hash = first["hash"]
-    await operator.request("post", f"/api/v1/namespaces/{NS}/pods", frontend_pod())
+    await operator.request("post", f"/api/v1/namespaces/{NS}/pods", frontend_pod(NS))
 
     # Within the threshold: effective profiles in status, no drift, no replan.
     frontend.slowdown = lambda now: 1.2
