@@ -96,7 +96,7 @@ class Observer:
             return
         try:
             pods = [p for p in await self.kube.list_objects(
-                Ref("v1", "pods", key[0]), selector(key[1], names.COMPONENT_FRONTEND)) if _serving(p)]
+                Ref("v1", "pods", key[0]), selector(key[1], names.COMPONENT_FRONTEND)) if serving(p)]
         except ApiError as err:
             logger.debug("cannot list front-end pods: %s", err)
             return
@@ -152,6 +152,6 @@ class Observer:
         return uid, Sample(value, time.monotonic())
 
 
-def _serving(pod: Mapping[str, Any]) -> bool:
+def serving(pod: Mapping[str, Any]) -> bool:
     """Ready and not terminating: the pods clients reach through the Service."""
     return not (pod.get("metadata") or {}).get("deletionTimestamp") and condition_true(pod.get("status"), "Ready")

@@ -29,6 +29,7 @@ from helix_worker.engine.attention import StepLayout
 from helix_worker.engine.grammar import Grammars
 from helix_worker.engine.kv_pool import BlockAllocator, KVPool, KVUsage
 from helix_worker.engine.model import LayerSlice
+from helix_worker.engine.observations import PieceShape, StepWindow
 from helix_worker.engine.penalties import TokenHistory, problem
 from helix_worker.engine.sampling import sample_row
 from helix_worker.engine.scheduler import Piece, Scheduler, Step
@@ -77,6 +78,7 @@ class StageEngine:
         self._round_trip = 0.0  # average time from a step's end to a request's next input
         self._step_seconds = 0.0  # average step time
         self._progress: float | None = None  # last step's end while busy; None while waiting for input or room
+        self.steps = StepWindow()  # recent step times, reported as observed capacity
         self.failure: str | None = None  # why run() stopped, if it did by an error
 
     def usage(self) -> KVUsage:
@@ -255,6 +257,8 @@ class StageEngine:
     def _finish_step(self, step: Step, result: _StepResult, seconds: float) -> None:
         gone = self.scheduler.is_gone
         self._step_seconds += _EMA * (seconds - self._step_seconds)
+        self.steps.record([PieceShape(p.chunk.phase, p.chunk.length, p.chunk.route[0].end - p.chunk.route[0].start)
+                           for p in step.pieces], seconds)
         ended = time.perf_counter()
         for piece in step.pieces:
             if not piece.chunk.partial and not gone(piece.chunk.request_id):

@@ -28,6 +28,7 @@ from helix_worker.frontend.grpc_decode import RefuseUndecodable
 from helix_worker.frontend.kserve import KServeServicer
 from helix_worker.frontend.kserve_dataplane import KServeDataPlane
 from helix_worker.frontend.kserve_rest import add_kserve_routes
+from helix_worker.frontend.observed_capacity import add_observed_route
 from helix_worker.frontend.openai_http import add_openai_routes
 from helix_worker.frontend.service import GenerationService
 from helix_worker.metrics import FrontendMetrics
@@ -70,7 +71,7 @@ def parse_endpoints(pairs: list[str], files: list[Path]) -> dict[str, str]:
 def http_app(service: GenerationService, metrics: FrontendMetrics, settings: Settings,
              keys: ApiKeys | None = None, plane: KServeDataPlane | None = None,
              drain: HttpDrain | None = None) -> web.Application:
-    """Health, metrics, the OpenAI API and KServe v2 REST (over `plane`, which the gRPC server
+    """Health, metrics, observed capacity, the OpenAI API and KServe v2 REST (over `plane`, which the gRPC server
     shares, so its statistics count both); bodies above HELIX_MAX_REQUEST_BYTES get 413, and
     with `keys` API calls without one of them 401. With `drain`, it can hand its clients over."""
     app = web.Application(client_max_size=settings.max_request_bytes)
@@ -81,6 +82,7 @@ def http_app(service: GenerationService, metrics: FrontendMetrics, settings: Set
     health_routes(app, lambda: service.coordinator.ready, metrics.render)
     add_openai_routes(app, service, body_seconds=settings.http_body_seconds)
     add_kserve_routes(app, plane or KServeDataPlane(service), body_seconds=settings.http_body_seconds)
+    add_observed_route(app, service.coordinator.observed)
     return app
 
 
