@@ -144,7 +144,7 @@ def run(mode: Mode, workdir: Path, quick: bool) -> int:
             client = traffic.start()
             replanner = Replanner(DriftTracker(debounce_seconds=DEBOUNCE_SECONDS), poll_seconds=1.0, out=say)
             began = time.monotonic() + windows.warmup
-            wait_until(lambda: time.monotonic() >= began + windows.measure and replanner.referenced,
+            wait_until(lambda: time.monotonic() >= began + windows.measure and replanner.referenced(serving),
                        lambda: replanner.check(serving), "the replanner's reference")
             phases.append(Phase("baseline", first.plan, began, began + windows.measure))
             say(f"baseline: {traffic.rate(began, began + windows.measure):.1f} tok/s")

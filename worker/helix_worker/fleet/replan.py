@@ -5,25 +5,32 @@ Every `poll_seconds` the replanner reads `GET /v2/helix/observed` of the serving
 (`helix_planner.observed`: the stages' recent step times and the links' measured throughput)
 and turns it into ratios against the inputs the plan was made from: a node's step time over its
 profile, a link's bandwidth over its description. The first document that measures every node of
-the plan is the reference (`DriftTracker.settle`): the fleet as it first served, contention and
-all, so only a change from there counts. A change beyond the tracker's threshold that lasts its
+the plan once it has served for the debounce time (past a rollout's overlap with the plan before)
+is the reference (`DriftTracker.settle`): the fleet as it served then, contention and all, so only
+a change from there counts. A change beyond the tracker's threshold that lasts its
 debounce is a sustained drift; the replanner then plans the effective inputs (drifted nodes on
 slowed-down types, drifted links at their observed bandwidth) and returns the new plan if it
-carries at least `min_gain` more than the serving one on those same inputs. Either way it says
+carries at least `min_gain` more than the serving one on those same inputs. The effective inputs
+scale the plan's inputs by the change since the reference (`relative_to`), not by the ratio to
+the catalog: where workers share cores, as on a machine emulating a fleet, every step time
+carries the others' load, which moves with the placement and is no property of a node. Either way it says
 what it saw and what it decided, and that drift is settled, so it does not trigger again.
 """
 
 import json
 import time
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from helix_planner.errors import PlanningError
 from helix_planner.observed import (
+    LINK_SEPARATOR,
     PATH,
     DriftTracker,
+    Observed,
+    StepSample,
     effective_inputs,
     measured_ratios,
     parse_observed,
@@ -43,6 +50,22 @@ def fetch_observed(http_url: str) -> Any:
         return json.loads(response.read())
 
 
+def relative_to(observed: Observed, baselines: Mapping[str, float]) -> Observed:
+    """`observed` as if each node and link had matched its description at the reference: step times
+    divided by the node's reference ratio, frame times multiplied by the link's (its share of the
+    described bandwidth), so that only the change since the reference remains."""
+    def steps(samples: tuple[StepSample, ...], ratio: float) -> tuple[StepSample, ...]:
+        return tuple(replace(s, seconds=s.seconds / ratio) for s in samples)
+
+    nodes = {name: replace(n, decode=steps(n.decode, baselines.get(name, 1.0)),
+                           prefill=steps(n.prefill, baselines.get(name, 1.0)))
+             for name, n in observed.nodes.items()}
+    links = {(src, dst): tuple(replace(s, seconds=s.seconds * baselines.get(f"{src}{LINK_SEPARATOR}{dst}", 1.0))
+                               for s in samples)
+             for (src, dst), samples in observed.links.items()}
+    return replace(observed, nodes=nodes, links=links)
+
+
 @dataclass
 class Replanner:
     tracker: DriftTracker = field(default_factory=DriftTracker)
@@ -52,13 +75,13 @@ class Replanner:
     out: Callable[[str], None] = print
     detected: list[float] = field(default_factory=list)  # when each sustained drift was seen (`clock`)
     _referenced: str = ""  # the plan whose reference ratios are settled
+    _first_seen: dict[str, float] = field(default_factory=dict)  # plan hash -> when it was first polled
     _next_poll: float = 0.0
     _unreadable: str = ""  # why the last poll could not read the document
 
-    @property
-    def referenced(self) -> bool:
+    def referenced(self, serving: Generation) -> bool:
         """Whether the serving plan's reference is taken (drift counts from then on)."""
-        return bool(self._referenced)
+        return self._referenced == serving.fleet_plan.plan.plan_hash
 
     def check(self, serving: Generation) -> FleetPlan | None:
         """Poll if due; a better plan for the capacity observed, or None."""
@@ -79,8 +102,9 @@ class Replanner:
         if observed.plan_hash != plan.plan_hash:  # a front end of another plan answered
             return None
         ratios = measured_ratios(inputs.cluster, inputs.catalog, inputs.spec, observed)
-        if not self._referenced:
-            if {n.name for n in plan.nodes} <= {r.key for r in ratios}:
+        if self._referenced != plan.plan_hash:
+            settled = now - self._first_seen.setdefault(plan.plan_hash, now) >= self.tracker.debounce_seconds
+            if settled and {n.name for n in plan.nodes} <= {r.key for r in ratios}:
                 self.tracker.update(ratios, now)
                 self.tracker.settle()
                 self._referenced = plan.plan_hash
@@ -92,7 +116,8 @@ class Replanner:
             return None
         self.detected.append(now)
         self.out(f"observed drift: {sustained.message}")
-        effective = effective_inputs(inputs.cluster, inputs.catalog, inputs.spec, observed, self.tracker.threshold)
+        effective = effective_inputs(inputs.cluster, inputs.catalog, inputs.spec,
+                                     relative_to(observed, self.tracker.baselines), self.tracker.threshold)
         candidate = plan_with(effective.cluster, inputs.spec, inputs.time_limit, effective.catalog, lambda _: None)
         options = PlannerOptions(throughput_model="profiled")
         now_value = plan_value(plan, effective.cluster, effective.catalog, inputs.spec, options)

@@ -144,11 +144,15 @@ def roll_out(launch: Launch, serving: Generation, fleet_plan: FleetPlan,
         raise ServingError("a rollout needs the public entry in front of the front end")
     began = time.monotonic()
     new = start_generation(launch, serving.number + 1, fleet_plan)
-    switch(launch, new)
-    started = time.monotonic() - began
-    out(f"plan {new.fleet_plan.plan.plan_hash} serves (up in {started:.1f}s); draining plan "
-        f"{serving.fleet_plan.plan.plan_hash}")
-    retire(serving, Settings.from_env(os.environ | launch.shared).drain_seconds)
+    try:
+        switch(launch, new)
+        started = time.monotonic() - began
+        out(f"plan {new.fleet_plan.plan.plan_hash} serves (up in {started:.1f}s); draining plan "
+            f"{serving.fleet_plan.plan.plan_hash}")
+        retire(serving, Settings.from_env(os.environ | launch.shared).drain_seconds)
+    except BaseException:  # stopped midway (Ctrl-C): the caller stops `serving`, this stops the new one
+        new.fleet.stop()
+        raise
     out(f"rolled out plan {new.fleet_plan.plan.plan_hash} in {time.monotonic() - began:.1f}s; the old plan's "
         "processes are stopped")
     return new
