@@ -7,17 +7,19 @@ On closed_loop's emulated fleet (bench/closed_loop-fleet.yaml, real namespaces a
 this CPU measured), `helix up`'s own machinery serves the planner's max-flow plan behind its public
 entry (`helix_worker.fleet.entry`), and closed-loop streams run through every phase without pause
 (keep-alive HTTP, streamed, greedy, ignore_eos; every streamed token timed where it arrives):
-  1. baseline: the plan as made; the replanner (`helix_worker.fleet.replan`) takes its reference;
-  2. degraded: the busiest fastest worker turns 2x slower (its HELIX_SLOWDOWN_FILE) until the
-     replanner reports the drift sustained and returns a plan made on the observed capacity;
+  1. baseline: the plan as made; at its end the replanner (`helix_worker.fleet.replan`) takes
+     its reference (it is not asked earlier, so that the baseline is one plan);
+  2. degraded: the busiest fastest worker turns 2x slower (its HELIX_SLOWDOWN_FILE); the
+     replanner, polled every second, reports the drift sustained and returns a plan made on the
+     observed capacity, which is held until the degraded window has been measured;
   3. recovered: that plan rolled out blue/green (`rollout`), measured once the old one is gone;
   4. fresh: a plan made from scratch for the degraded fleet (the slowed worker on a 2x slower
      type), rolled out the same way and measured alone.
 Tok/s is streamed tokens over each window. The ratio recovered / fresh is what the replan
 recovered of what planning with the truth gives (target >= 0.90); failed requests count every
 request of every phase that raised, answered non-200 or came back short (target 0). Time to
-detect: slowdown to the sustained drift (its debounce included); time to recover: slowdown to
-the new plan serving alone.
+detect: slowdown to the sustained drift (its debounce included); time to recover: that plus the
+rollout's own time, to the new plan serving alone.
 """
 
 import asyncio
@@ -112,6 +114,18 @@ class Traffic:
 
 
 @dataclass(frozen=True)
+class Timing:
+    detect: float  # slowdown -> sustained drift reported
+    switch: float  # rollout start -> the new plan's front end on the entry
+    rollout: float  # rollout start -> the old plan drained and stopped
+
+    @property
+    def recover(self) -> float:
+        """Slowdown -> the new plan serving alone, had the rollout started at detection."""
+        return self.detect + self.rollout
+
+
+@dataclass(frozen=True)
 class Phase:
     name: str
     plan: Plan
@@ -143,24 +157,29 @@ def run(mode: Mode, workdir: Path, quick: bool) -> int:
             traffic = Traffic(portals.http_url, mode.load)
             client = traffic.start()
             replanner = Replanner(DriftTracker(debounce_seconds=DEBOUNCE_SECONDS), poll_seconds=1.0, out=say)
+            replanner.check(serving)  # the plan is seen serving; its reference is taken at the baseline's end
             began = time.monotonic() + windows.warmup
-            wait_until(lambda: time.monotonic() >= began + windows.measure and replanner.referenced(serving),
-                       lambda: replanner.check(serving), "the replanner's reference")
+            wait_until(lambda: time.monotonic() >= began + windows.measure, lambda: None, "the baseline's end")
+            wait_until(lambda: replanner.referenced(serving), lambda: replanner.check(serving),
+                       "the replanner's reference")
             phases.append(Phase("baseline", first.plan, began, began + windows.measure))
             say(f"baseline: {traffic.rate(began, began + windows.measure):.1f} tok/s")
 
             slowed_at = time.monotonic()
             launch.slowdown_file(slowed).write_text(str(slowdowns[slowed] * FACTOR))
             say(f"{slowed}: slowdown {slowdowns[slowed] * FACTOR:g} from now on")
+            degraded_end = slowed_at + SETTLE_SECONDS + windows.measure
             better: list[FleetPlan] = []
-            wait_until(lambda: bool(better), lambda: better.extend(filter(None, [replanner.check(serving)])),
-                       "a replan")
+            wait_until(lambda: bool(better) and time.monotonic() >= degraded_end,
+                       lambda: better or better.extend(filter(None, [replanner.check(serving)])), "a replan")
             detected = replanner.detected[-1]
-            phases.append(Phase("degraded", first.plan, slowed_at + SETTLE_SECONDS, detected))
+            phases.append(Phase("degraded", first.plan, slowed_at + SETTLE_SECONDS, degraded_end))
+            rollout_began = time.monotonic()
             serving, switched = roll_out(launch, serving, better[0])
-            recovered_at = time.monotonic()
-            say(f"detected {detected - slowed_at:.1f}s after the slowdown; new plan serving "
-                f"{switched - slowed_at:.1f}s after it, alone {recovered_at - slowed_at:.1f}s after it")
+            alone = time.monotonic()
+            timing = Timing(detected - slowed_at, switched - rollout_began, alone - rollout_began)
+            say(f"detected {timing.detect:.1f}s after the slowdown; the rollout put the new plan on the entry after "
+                f"{timing.switch:.1f}s and had it serving alone after {timing.rollout:.1f}s")
             phases.append(measure(traffic, "recovered", serving.fleet_plan.plan, windows))
 
             degraded = Cluster(nodes=[Node(n.name, degraded_type(n, slowed, slowdowns, types), n.region)
@@ -173,7 +192,7 @@ def run(mode: Mode, workdir: Path, quick: bool) -> int:
             client.join(PHASE_TIMEOUT)
         finally:
             serving.fleet.stop()
-    text = report(phases, traffic, slowed, mode, slowed_at, detected, switched, recovered_at)
+    text = report(phases, traffic, slowed, mode, timing)
     print(text)
     write_table("closed_loop-replan", text)
     return 0
@@ -222,8 +241,7 @@ def measure(traffic: Traffic, name: str, plan: Plan, windows: Windows) -> Phase:
     return Phase(name, plan, start, start + windows.measure)
 
 
-def report(phases: list[Phase], traffic: Traffic, slowed: str, mode: Mode, slowed_at: float, detected: float,
-           switched: float, recovered_at: float) -> str:
+def report(phases: list[Phase], traffic: Traffic, slowed: str, mode: Mode, timing: Timing) -> str:
     rates = {p.name: traffic.rate(p.start, p.end) for p in phases}
     table = markdown_table(
         ("phase", "plan", "window s", "served decode tok/s", "p95 TTFT s", "planned tok/s"),
@@ -233,8 +251,9 @@ def report(phases: list[Phase], traffic: Traffic, slowed: str, mode: Mode, slowe
     load = mode.load
     return (f"{slowed} turned {FACTOR:g}x slower under {load.concurrency} closed-loop streams ({load.prompt}-token "
             f"prompts, {load.output} output tokens; model {mode.shape.num_layers} layers, hidden "
-            f"{mode.shape.hidden_size}). Time to detect {detected - slowed_at:.1f} s (debounce "
-            f"{DEBOUNCE_SECONDS:g} s included); new plan took the entry {switched - slowed_at:.1f} s and served "
-            f"alone {recovered_at - slowed_at:.1f} s after the slowdown. Recovered / fresh plan: {ratio:.2f} "
+            f"{mode.shape.hidden_size}). Time to detect {timing.detect:.1f} s (debounce {DEBOUNCE_SECONDS:g} s "
+            f"included); the rollout put the new plan on the entry after {timing.switch:.1f} s and had it serving "
+            f"alone after {timing.rollout:.1f} s (the old plan drained), so time to recover {timing.recover:.1f} s "
+            f"(held until the degraded window ended, the rollout started later). Recovered / fresh plan: {ratio:.2f} "
             f"(target >= 0.90). Failed requests: {len(traffic.failures)} (target 0)"
             + (f", e.g. {traffic.failures[0]}" if traffic.failures else "") + ".\n\n" + table + "\n")

@@ -117,7 +117,7 @@ class EmulatedNetwork:
         """tc commands for `host`'s eth0: an htb class per peer at its path's bandwidth, the rest unshaped."""
         lines = ["qdisc add dev eth0 root handle 1: htb default 1",
                  f"class add dev eth0 parent 1: classid 1:1 htb rate {DEFAULT_RATE_BITS}bit"]
-        for j, peer in enumerate(self.hosts.values()):
+        for peer in self.hosts.values():
             if peer.name == host.name:
                 continue
             match = f"filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst {peer.address}/32"
@@ -125,13 +125,26 @@ class EmulatedNetwork:
             if link is None:
                 lines.append(f"{match} action drop")
                 continue
-            classid = f"1:{j + 10:x}"
+            classid = self._classid(peer.name)
             queue = max(MIN_QUEUE_BYTES, int(link.bandwidth * QUEUE_SECONDS))
             lines += [f"class add dev eth0 parent 1: classid {classid} htb rate {int(link.bandwidth * 8)}bit "
                       f"quantum 65536",
                       f"qdisc add dev eth0 parent {classid} bfifo limit {queue}",
                       f"{match} flowid {classid}"]
         return "\n".join(lines) + "\n"
+
+    def _classid(self, dst: str) -> str:
+        """The htb class that shapes traffic to host `dst` on every sender."""
+        return f"1:{list(self.hosts).index(dst) + 10:x}"
+
+    def set_bandwidth(self, src: str, dst: str, bytes_per_s: float) -> None:
+        """Shape the path from host `src` to host `dst` to `bytes_per_s` from now on, traffic in flight
+        included (a region link losing bandwidth under load). The cluster's description stays: the
+        planner learns of it only by observing."""
+        if self.path(src, dst) is None:
+            raise ServingError(f"the path {src} -> {dst} is disabled: there is no bandwidth to change")
+        netns.sh("tc", "-n", self.hosts[src].netns, "class", "change", "dev", "eth0", "parent", "1:", "classid",
+                 self._classid(dst), "htb", "rate", f"{int(bytes_per_s * 8)}bit", "quantum", "65536")
 
     def describe(self) -> dict[str, object]:
         """Hosts and paths as built (written to network.json in the work directory)."""

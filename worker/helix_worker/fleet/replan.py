@@ -118,11 +118,16 @@ class Replanner:
         self.out(f"observed drift: {sustained.message}")
         effective = effective_inputs(inputs.cluster, inputs.catalog, inputs.spec,
                                      relative_to(observed, self.tracker.baselines), self.tracker.threshold)
-        candidate = plan_with(effective.cluster, inputs.spec, inputs.time_limit, effective.catalog, lambda _: None)
+        self.tracker.settle()
+        try:
+            candidate = plan_with(effective.cluster, inputs.spec, inputs.time_limit, effective.catalog,
+                                  lambda _: None)
+        except PlanningError as err:
+            self.out(f"  not replanning: the observed capacity cannot be planned ({err})")
+            return None
         options = PlannerOptions(throughput_model="profiled")
         now_value = plan_value(plan, effective.cluster, effective.catalog, inputs.spec, options)
         new_value = plan_value(candidate, effective.cluster, effective.catalog, inputs.spec, options)
-        self.tracker.settle()
         if not self.tracker.worth_replanning(now_value, new_value):
             self.out(f"  not replanning: on the observed capacity the serving plan carries {now_value:.1f} tok/s, "
                      f"a new one {new_value:.1f} (less than {self.tracker.min_gain:.0%} more)")

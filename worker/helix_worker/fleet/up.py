@@ -191,10 +191,13 @@ def up(options: UpOptions, out: Callable[[str], None] = print) -> int:
 
 def serve(launch: Launch, serving: list[Generation], replanner: Replanner | None, out: Callable[[str], None]) -> None:
     """Until the serving front end exits: ask `replanner` for a better plan now and then, roll each
-    one out (appended to `serving`)."""
+    one out (appended to `serving`); a rollout that fails leaves the serving plan serving."""
     while serving[-1].served.frontend.process.poll() is None:
         time.sleep(0.5)
-        if replanner is not None:
-            better = replanner.check(serving[-1])
-            if better is not None:
+        better = replanner.check(serving[-1]) if replanner is not None else None
+        if better is not None:
+            try:
                 serving.append(roll_out(launch, serving[-1], better, out))
+            except ServingError as err:
+                out(f"rolling out plan {better.plan.plan_hash} failed, plan {serving[-1].fleet_plan.plan.plan_hash} "
+                    f"serves on: {err}")
