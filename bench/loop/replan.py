@@ -118,6 +118,7 @@ class Timing:
     detect: float  # slowdown -> sustained drift reported
     switch: float  # rollout start -> the new plan's front end on the entry
     rollout: float  # rollout start -> the old plan drained and stopped
+    trigger: str  # the sustained drift, as the replanner said it
 
     @property
     def recover(self) -> float:
@@ -172,12 +173,12 @@ def run(mode: Mode, workdir: Path, quick: bool) -> int:
             better: list[FleetPlan] = []
             wait_until(lambda: bool(better) and time.monotonic() >= degraded_end,
                        lambda: better or better.extend(filter(None, [replanner.check(serving)])), "a replan")
-            detected = replanner.detected[-1]
+            detected, trigger = replanner.detected[-1]
             phases.append(Phase("degraded", first.plan, slowed_at + SETTLE_SECONDS, degraded_end))
             rollout_began = time.monotonic()
             serving, switched = roll_out(launch, serving, better[0])
             alone = time.monotonic()
-            timing = Timing(detected - slowed_at, switched - rollout_began, alone - rollout_began)
+            timing = Timing(detected - slowed_at, switched - rollout_began, alone - rollout_began, trigger)
             say(f"detected {timing.detect:.1f}s after the slowdown; the rollout put the new plan on the entry after "
                 f"{timing.switch:.1f}s and had it serving alone after {timing.rollout:.1f}s")
             phases.append(measure(traffic, "recovered", serving.fleet_plan.plan, windows))
@@ -244,7 +245,7 @@ def measure(traffic: Traffic, name: str, plan: Plan, windows: Windows) -> Phase:
 def report(phases: list[Phase], traffic: Traffic, slowed: str, mode: Mode, timing: Timing) -> str:
     rates = {p.name: traffic.rate(p.start, p.end) for p in phases}
     table = markdown_table(
-        ("phase", "plan", "window s", "served decode tok/s", "p95 TTFT s", "planned tok/s"),
+        ("phase", "plan", "window s", "served decode tok/s", "p95 TTFT s", "planned tok/s (on its own inputs)"),
         [(p.name, p.plan.plan_hash[:8], f"{p.end - p.start:.0f}", f"{rates[p.name]:.1f}",
           f"{traffic.ttft_p95(p.start, p.end):.2f}", f"{p.plan.throughput:.1f}") for p in phases])
     ratio = rates["recovered"] / rates["fresh plan"] if rates.get("fresh plan") else float("nan")
@@ -254,6 +255,7 @@ def report(phases: list[Phase], traffic: Traffic, slowed: str, mode: Mode, timin
             f"{mode.shape.hidden_size}). Time to detect {timing.detect:.1f} s (debounce {DEBOUNCE_SECONDS:g} s "
             f"included); the rollout put the new plan on the entry after {timing.switch:.1f} s and had it serving "
             f"alone after {timing.rollout:.1f} s (the old plan drained), so time to recover {timing.recover:.1f} s "
-            f"(held until the degraded window ended, the rollout started later). Recovered / fresh plan: {ratio:.2f} "
+            f"(held until the degraded window ended, the rollout started later). The drift that triggered the "
+            f"replan: {timing.trigger}. Recovered / fresh plan: {ratio:.2f} "
             f"(target >= 0.90). Failed requests: {len(traffic.failures)} (target 0)"
             + (f", e.g. {traffic.failures[0]}" if traffic.failures else "") + ".\n\n" + table + "\n")

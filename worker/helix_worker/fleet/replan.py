@@ -73,7 +73,7 @@ class Replanner:
     source: Callable[[str], Any] = fetch_observed
     clock: Callable[[], float] = time.monotonic
     out: Callable[[str], None] = print
-    detected: list[float] = field(default_factory=list)  # when each sustained drift was seen (`clock`)
+    detected: list[tuple[float, str]] = field(default_factory=list)  # each sustained drift: when (`clock`), what
     _referenced: str = ""  # the plan whose reference ratios are settled
     _first_seen: dict[str, float] = field(default_factory=dict)  # plan hash -> when it was first polled
     _next_poll: float = 0.0
@@ -114,7 +114,7 @@ class Replanner:
         sustained = self.tracker.update(ratios, now)
         if sustained is None:
             return None
-        self.detected.append(now)
+        self.detected.append((now, sustained.message))
         self.out(f"observed drift: {sustained.message}")
         effective = effective_inputs(inputs.cluster, inputs.catalog, inputs.spec,
                                      relative_to(observed, self.tracker.baselines), self.tracker.threshold)
