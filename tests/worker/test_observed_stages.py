@@ -90,6 +90,9 @@ async def test_stages_report_step_times_and_frames(tmp_path: Path, checkpoint: P
     # on both stages it is about 1).
     ratio = quartile(s.seconds for s in b.decode) / quartile(s.seconds for s in a.decode)
     assert 1.4 < ratio < 3.5, ratio
+    gauges = coordinator.metrics.render().decode()
+    assert 'helix_observed_step_seconds_per_layer{model_name="tiny-llama",node="b",phase="decode"}' in gauges
+    assert 'helix_observed_link_bytes_per_second{from="a",model_name="tiny-llama",to="b"}' in gauges
     frames = observed.links[("a", "b")]
     assert frames and all(isinstance(f, LinkSample) and f.bytes >= TIMED_BYTES and f.seconds > 0 for f in frames)
     assert set(observed.links) <= {("a", "b"), ("b", "c")}  # the front end's own frames name no link of the plan
