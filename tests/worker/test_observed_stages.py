@@ -4,6 +4,7 @@ windows, and the front end's `GET /v2/helix/observed` read back through the plan
 
 import asyncio
 import statistics
+from collections.abc import Iterable
 from pathlib import Path
 
 import aiohttp
@@ -27,6 +28,10 @@ from helix_worker.transport.http_base import start_site
 pytestmark = pytest.mark.timeout(60)
 STAGES = [("a", 0, 2, 1.0), ("b", 2, 4, 2.0), ("c", 4, NUM_LAYERS, 1.0)]
 HEARTBEAT = 0.2
+
+
+def quartile(values: Iterable[float]) -> float:
+    return statistics.quantiles(values, n=4)[0]
 
 
 def test_the_window_keeps_recent_items_only() -> None:
@@ -61,7 +66,7 @@ async def test_stages_report_step_times_and_frames(tmp_path: Path, checkpoint: P
         await coordinator.wait_ready(20)
         long_prompt = [(7 * i) % 380 for i in range(300)]  # 300 rows of 64 floats: a frame worth timing
         await asyncio.gather(generate_with_logits(coordinator, long_prompt, 4),
-                             *(generate_with_logits(coordinator, [i + 1, i + 2, i + 3], 24) for i in range(4)))
+                             *(generate_with_logits(coordinator, [i + 1, i + 2, i + 3], 24) for i in range(6)))
         await wait_for(lambda: len(coordinator.observed.observed().nodes) == 3, 10 * HEARTBEAT + 5)
         await asyncio.sleep(2 * HEARTBEAT)  # an answer given after the last step
         async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}{PATH}") as response:
@@ -79,10 +84,15 @@ async def test_stages_report_step_times_and_frames(tmp_path: Path, checkpoint: P
     assert len(a.decode) >= 10 and len(b.decode) >= 10 and a.prefill and b.prefill
     assert {s.layers for s in a.decode + b.decode} == {2.0}
     assert max(s.size for s in b.prefill) >= 300
-    # The slow stage's steps take about twice as long. Each is compute plus a sleep of the same
-    # length, so the ratio holds on a loaded machine too; the bounds leave room for noise.
-    ratio = statistics.median(s.seconds for s in b.decode) / statistics.median(s.seconds for s in a.decode)
-    assert 1.4 < ratio < 3.0, ratio
+    # The slow stage's steps take about twice as long. Each is its compute plus a sleep of the same
+    # length, so the ratio holds on a loaded machine too, in the faster steps that other processes
+    # did not preempt (their lower quartile); the bounds leave room for noise (with HELIX_SLOWDOWN 1
+    # on both stages it is about 1).
+    ratio = quartile(s.seconds for s in b.decode) / quartile(s.seconds for s in a.decode)
+    assert 1.4 < ratio < 3.5, ratio
+    gauges = coordinator.metrics.render().decode()
+    assert 'helix_observed_step_seconds_per_layer{model_name="tiny-llama",node="b",phase="decode"}' in gauges
+    assert 'helix_observed_link_bytes_per_second{from="a",model_name="tiny-llama",to="b"}' in gauges
     frames = observed.links[("a", "b")]
     assert frames and all(isinstance(f, LinkSample) and f.bytes >= TIMED_BYTES and f.seconds > 0 for f in frames)
     assert set(observed.links) <= {("a", "b"), ("b", "c")}  # the front end's own frames name no link of the plan

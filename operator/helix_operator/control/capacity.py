@@ -16,12 +16,10 @@ from typing import Any
 
 import aiohttp
 
-from helix_operator.api import names
-from helix_operator.api.meta import selector
-from helix_operator.api.spec import SpecError, parse_spec
+from helix_operator.api.spec import SpecError
 from helix_operator.control import events
-from helix_operator.control.kube import ApiError, Kube, Ref
-from helix_operator.control.observe import SCRAPE_TIMEOUT, PodAddress, frontend_ready, serving
+from helix_operator.control.kube import ApiError, Kube
+from helix_operator.control.observe import SCRAPE_TIMEOUT, PodAddress, frontend_ready, serving_frontends
 from helix_planner.errors import PlanningError
 from helix_planner.observed import PATH, Observed, parse_observed
 
@@ -57,9 +55,7 @@ class CapacityPoller:
         metadata = body["metadata"]
         key = (metadata["namespace"], metadata["name"])
         try:
-            port = parse_spec(body.get("spec") or {}).frontend.http_port
-            pods = [p for p in await self.kube.list_objects(
-                Ref("v1", "pods", key[0]), selector(key[1], names.COMPONENT_FRONTEND)) if serving(p)]
+            port, pods = await serving_frontends(self.kube, body)
         except (SpecError, ApiError) as err:
             logger.debug("cannot look for front-end pods: %s", err)
             return False

@@ -232,7 +232,8 @@ class Controller:
         if not settings.enabled:
             self.capacity = CapacityWatch()
             return None
-        self.capacity.configure(settings)
+        if (self.capacity.spec, self.capacity.model) != (settings, spec.model):
+            self.capacity = CapacityWatch.start(settings, spec.model)
         reading = self.ctx.capacity.latest.get((self.namespace, self.name))
         active, target = self.state.active, self.state.target
         if (reading is None or reading.monotonic <= self.capacity_read or active is None

@@ -2,7 +2,7 @@
 
 The control layer polls the front end's observed-capacity document (`helix_planner.observed`)
 and hands each new one to `CapacityWatch.observe`, with the cluster the planner would see. The
-watch keeps a `DriftTracker` with the spec's settings (recreated when they change) and the
+watch keeps a `DriftTracker` with the spec's settings (a new watch when they or the model change) and the
 latest ratios, the *effective profiles*, which the status shows (`summary`). A sustained drift
 makes the controller replan with the effective inputs (trigger `CapacityDrift`); whatever the
 outcome, `acted` settles the drift, so the same drift does not replan again.
@@ -21,15 +21,12 @@ from helix_planner.profiles import Catalog
 NOT_OBSERVED, AS_PROFILED, DRIFTING = "NotObserved", "AsProfiled", "Drifting"
 
 
-def _tracker(spec: ObservedCapacitySpec) -> DriftTracker:
-    return DriftTracker(spec.drift_threshold, spec.debounce, spec.min_gain_percent / 100)
-
-
 @dataclass
 class CapacityWatch:
     """One HelixCluster's observed capacity between reconciles."""
 
     spec: ObservedCapacitySpec = ObservedCapacitySpec()
+    model: ModelSpec | None = None  # what the ratios were judged for
     tracker: DriftTracker = field(default_factory=DriftTracker)
     observed: Observed | None = None  # the latest document of the active plan
     ratios: list[Drift] = field(default_factory=list)
@@ -37,10 +34,11 @@ class CapacityWatch:
     sustained: Sustained | None = None
     outcome: tuple[str, str] | None = None  # (reason, message) of the last drift replan
 
-    def configure(self, spec: ObservedCapacitySpec) -> None:
-        """New settings start a new tracker (the old one's clocks and baselines used other numbers)."""
-        if spec != self.spec:
-            self.spec, self.tracker, self.sustained = spec, _tracker(spec), None
+    @classmethod
+    def start(cls, spec: ObservedCapacitySpec, model: ModelSpec) -> "CapacityWatch":
+        """A watch for these settings and this model (another of either starts a new one: the old
+        one's clocks and baselines used other numbers, its observations timed other layers)."""
+        return cls(spec, model, DriftTracker(spec.drift_threshold, spec.debounce, spec.min_gain_percent / 100))
 
     def observe(self, observed: Observed, at: str, now: float, cluster: Cluster, catalog: Catalog,
                 model: ModelSpec) -> Sustained | None:

@@ -57,6 +57,7 @@ class _StepResult:
     forwards: list[tuple[Hop, list[Chunk], torch.Tensor]]
     sampled: list[tuple[str, Sampled]]
     failed: list[tuple[str, Failure]]  # requests whose output grammar could not go on
+    seconds: float = 0.0  # the layers' time on the compute thread (emulated slowdown included); 0: failed
 
 
 class StageEngine:
@@ -224,7 +225,7 @@ class StageEngine:
         factor = self.slowdown.factor()
         if factor > 1.0:
             time.sleep((time.perf_counter() - started) * (factor - 1.0))
-        return _StepResult(forwards, sampled, failed)
+        return _StepResult(forwards, sampled, failed, time.perf_counter() - started)
 
     def _sample(self, pieces: list[Piece],
                 hidden: torch.Tensor) -> tuple[list[tuple[str, Sampled]], list[tuple[str, Failure]]]:
@@ -257,8 +258,9 @@ class StageEngine:
     def _finish_step(self, step: Step, result: _StepResult, seconds: float) -> None:
         gone = self.scheduler.is_gone
         self._step_seconds += _EMA * (seconds - self._step_seconds)
-        self.steps.record([PieceShape(p.chunk.phase, p.chunk.length, p.chunk.route[0].end - p.chunk.route[0].start)
-                           for p in step.pieces], seconds)
+        if result.seconds > 0:  # compute time alone: what a profile measures, without the thread hand-off
+            self.steps.record([PieceShape(p.chunk.phase, p.chunk.length, p.chunk.route[0].end - p.chunk.route[0].start)
+                               for p in step.pieces], result.seconds)
         ended = time.perf_counter()
         for piece in step.pieces:
             if not piece.chunk.partial and not gone(piece.chunk.request_id):
