@@ -62,12 +62,13 @@ class _StepResult:
 
 class StageEngine:
     def __init__(self, node: str, model: LayerSlice, pool: KVPool, *, max_batch_tokens: int,
-                 slowdown: Slowdown | None = None, observer: StepObserver | None = None,
+                 slowdown: Slowdown | float = 1.0, observer: StepObserver | None = None,
                  grammars: Grammars | None = None) -> None:
         self.node, self.model, self.pool = node, model, pool
         self.allocator = BlockAllocator(pool.blocks, pool.block_tokens)
         self.scheduler = Scheduler(node, self.allocator, max_batch_tokens)
-        self.slowdown, self.observer = slowdown or Slowdown(), observer
+        self.slowdown = slowdown if isinstance(slowdown, Slowdown) else Slowdown(slowdown)  # a factor: fixed
+        self.observer = observer
         self.outputs: Outputs | None = None
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{node}")
