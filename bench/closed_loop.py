@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI: three placements, a smaller model and load")
     parser.add_argument("--workdir", type=Path, help="plans, logs and the checkpoint (default: a temp dir)")
+    parser.add_argument("--part", choices=("placements", "replan"), default="placements",
+                        help="placements: served vs simulated per placement; replan: slow a worker down under load "
+                             "and watch the fleet replan (bench/loop/replan.py)")
     args = parser.parse_args(argv)
     try:
         require_net_admin()
@@ -112,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mode = QUICK if args.quick else FULL
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="helix-closed-loop-"))
+    if args.part == "replan":
+        from loop.replan import run
+
+        return run(mode, workdir, args.quick)
     checkpoint = workdir / MODEL
     write_demo_checkpoint(checkpoint, mode.shape)
     spec = model_spec(load_model_config(checkpoint), MODEL)

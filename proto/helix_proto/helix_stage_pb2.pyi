@@ -459,6 +459,65 @@ class DescribeRequest(_message.Message):
 Global___DescribeRequest: _TypeAlias = DescribeRequest  # noqa: Y015
 
 @_typing.final
+class StepSample(_message.Message):
+    """A recent engine step (StageInfo.decode_steps / prefill_steps): its size (decode: the batch
+    of rows; with prompt tokens: all its token rows), the layers it ran (mean over its rows) and
+    its compute time. The front end serves them as observed capacity (helix_planner.observed).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_FIELD_NUMBER: _builtins.int
+    LAYERS_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    size: _builtins.float
+    layers: _builtins.float
+    seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        size: _builtins.float = ...,
+        layers: _builtins.float = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["layers", b"layers", "seconds", b"seconds", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepSample: _TypeAlias = StepSample  # noqa: Y015
+
+@_typing.final
+class FrameSample(_message.Message):
+    """An activation frame that came in on a data channel from `peer` (its helix-peer name), timed
+    from its first byte to its last: what the link from that peer carries.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    peer: _builtins.str
+    bytes: _builtins.int
+    seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        peer: _builtins.str = ...,
+        bytes: _builtins.int = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "peer", b"peer", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FrameSample: _TypeAlias = FrameSample  # noqa: Y015
+
+@_typing.final
 class StageInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -499,6 +558,9 @@ class StageInfo(_message.Message):
     STALLED_SECONDS_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
     NEXT_HOP_PROBLEMS_FIELD_NUMBER: _builtins.int
+    DECODE_STEPS_FIELD_NUMBER: _builtins.int
+    PREFILL_STEPS_FIELD_NUMBER: _builtins.int
+    INBOUND_FRAMES_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     model: _builtins.str
     start: _builtins.int
@@ -526,6 +588,18 @@ class StageInfo(_message.Message):
         in its peer list (or at another address), or its link there broke and has not come back.
         """
 
+    @_builtins.property
+    def decode_steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepSample]:
+        """20-29: observed capacity, the stage's recent window (bounded in count and age).
+        steps of decode rows only
+        """
+
+    @_builtins.property
+    def prefill_steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepSample]:
+        """steps with prompt tokens"""
+
+    @_builtins.property
+    def inbound_frames(self) -> _containers.RepeatedCompositeFieldContainer[Global___FrameSample]: ...
     def __init__(
         self,
         *,
@@ -546,10 +620,13 @@ class StageInfo(_message.Message):
         stalled_seconds: _builtins.float = ...,
         problem: _builtins.str = ...,
         next_hop_problems: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        decode_steps: _abc.Iterable[Global___StepSample] | None = ...,
+        prefill_steps: _abc.Iterable[Global___StepSample] | None = ...,
+        inbound_frames: _abc.Iterable[Global___FrameSample] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "end", b"end", "hidden_size", b"hidden_size", "kv_block_tokens", b"kv_block_tokens", "kv_capacity_tokens", b"kv_capacity_tokens", "kv_peer_tokens", b"kv_peer_tokens", "kv_used_tokens", b"kv_used_tokens", "model", b"model", "next_hop_problems", b"next_hop_problems", "node", b"node", "num_layers", b"num_layers", "plan_hash", b"plan_hash", "problem", b"problem", "ready", b"ready", "stalled_seconds", b"stalled_seconds", "start", b"start", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_steps", b"decode_steps", "dtype", b"dtype", "end", b"end", "hidden_size", b"hidden_size", "inbound_frames", b"inbound_frames", "kv_block_tokens", b"kv_block_tokens", "kv_capacity_tokens", b"kv_capacity_tokens", "kv_peer_tokens", b"kv_peer_tokens", "kv_used_tokens", b"kv_used_tokens", "model", b"model", "next_hop_problems", b"next_hop_problems", "node", b"node", "num_layers", b"num_layers", "plan_hash", b"plan_hash", "prefill_steps", b"prefill_steps", "problem", b"problem", "ready", b"ready", "stalled_seconds", b"stalled_seconds", "start", b"start", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,11 +2,16 @@
 repo shares sys.path, so a plain `conftest` import could find another folder's).
 
 Fake fleets: Node objects labelled as GKE and NVIDIA GPU feature discovery label them, and
-plan documents, and YAML read the way kubectl reads it.
+plan documents, and YAML read the way kubectl reads it; a front-end pod and a stand-in for
+its HTTP server on 127.0.0.1.
 """
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 from helix_dev.fleet import KubeYamlLoader  # noqa: F401 (YAML 1.2 numbers, as kubectl reads them)
 from helix_dev.fleet import load_manifests as load_documents  # noqa: F401
@@ -99,3 +104,30 @@ def pruned_fields(schema: dict[str, Any], value: Any, path: str = "") -> list[st
     if isinstance(value, list) and "items" in schema:
         return [p for i, v in enumerate(value) for p in pruned_fields(schema["items"], v, f"{path}[{i}]")]
     return []
+
+
+# --- the front end as the operator reads it: its pod, and a local HTTP server standing in for it ---
+
+def frontend_pod(namespace: str) -> dict[str, Any]:
+    """A front-end pod of HelixCluster "llama" (the kubelet stand-in marks it ready)."""
+    labels = {"helix.dev/cluster": "llama", "app.kubernetes.io/component": "frontend",
+              "app.kubernetes.io/managed-by": "helix-operator"}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "llama-frontend-0", "namespace": namespace,
+                                                           "labels": labels},
+            "spec": {"containers": [{"name": "frontend", "image": "helix/worker:test"}]}}
+
+
+@asynccontextmanager
+async def local_http(path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                     ) -> AsyncIterator[str]:
+    """Serve GET `path` on 127.0.0.1; yields "127.0.0.1:port"."""
+    app = web.Application()
+    app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    finally:
+        await runner.cleanup()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from fakecluster import ApiServer, Harness, running_operator
-from opkit import GFD_PRODUCT, POOL_LABEL, REGION, fleet_spec, helixcluster, node
+from opkit import GFD_PRODUCT, POOL_LABEL, REGION, fleet_spec, frontend_pod, helixcluster, local_http, node
 
 from helix_operator.control.observe import Sample, counter_value, frontend_ready, pod_ip_address, rate
 from helix_operator.control.runtime import RunOptions
@@ -51,15 +51,8 @@ class FakeFrontend:
 @pytest.fixture
 async def frontend() -> AsyncIterator[FakeFrontend]:
     fake = FakeFrontend()
-    app = web.Application()
-    app.router.add_get("/metrics", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.address = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    yield fake
-    await runner.cleanup()
+    async with local_http("/metrics", fake.handle) as fake.address:
+        yield fake
 
 
 @pytest.fixture
@@ -71,14 +64,6 @@ async def operator(api: ApiServer, frontend: FakeFrontend) -> AsyncIterator[Harn
     options = RunOptions(resync_seconds=30, observe_seconds=INTERVAL, frontend_address=address)
     async with running_operator(api, options) as harness:
         yield harness
-
-
-def frontend_pod() -> dict[str, Any]:
-    labels = {"helix.dev/cluster": "llama", "app.kubernetes.io/component": "frontend",
-              "app.kubernetes.io/managed-by": "helix-operator"}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "llama-frontend-0", "namespace": NS,
-                                                           "labels": labels},
-            "spec": {"containers": [{"name": "frontend", "image": "helix/worker:test"}]}}
 
 
 async def test_observed_tokens_per_second_follows_the_front_end(operator: Harness, frontend: FakeFrontend) -> None:
@@ -95,7 +80,7 @@ async def test_observed_tokens_per_second_follows_the_front_end(operator: Harnes
         return (operator.get(HXC, NS, "llama") or {}).get("status") or {}
 
     await operator.eventually(lambda: status().get("phase") == "Running", explain=status)
-    await operator.request("post", f"/api/v1/namespaces/{NS}/pods", frontend_pod())
+    await operator.request("post", f"/api/v1/namespaces/{NS}/pods", frontend_pod(NS))
     observed = await operator.eventually(lambda: status().get("observedTokensPerSecond"), explain=status)
     assert 25 <= observed <= 55, observed
     assert status()["observedAt"].endswith("Z")

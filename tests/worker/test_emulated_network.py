@@ -92,6 +92,13 @@ def test_paths_are_shaped_to_the_cluster_links(net: EmulatedNetwork) -> None:
 
 
 @needs_root
+def test_a_paths_bandwidth_can_be_cut_while_the_network_runs(net: EmulatedNetwork) -> None:
+    net.set_bandwidth("east-0", "west-0", INTER.bandwidth / 2)
+    assert throughput(net, "east-0", "west-0", 1.5) == pytest.approx(INTER.bandwidth / 2, rel=0.25)
+    assert throughput(net, "east-1", "west-0", 1.0) == pytest.approx(INTER.bandwidth, rel=0.25)  # only that path
+
+
+@needs_root
 def test_relays_keep_the_paths_bandwidth(net: EmulatedNetwork) -> None:
     net.start_relays(net.relays("west-0", [9000]))
     assert throughput(net, "east-0", "west-0", 1.5, behind_relay=True) == pytest.approx(INTER.bandwidth, rel=0.25)

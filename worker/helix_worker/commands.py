@@ -66,6 +66,11 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     up.add_argument("--emulate-network", action="store_true",
                     help="with --cluster: run each node and the front end in a network namespace of its own, joined "
                          "by paths shaped to the file's bandwidths and latencies (needs root)")
+    up.add_argument("--no-replan", dest="replan", action="store_false",
+                    help="serve the first plan only: no replanning from observed capacity, and the front end "
+                         "listens on the public ports itself (no entry relays in front of it)")
+    up.add_argument("--replan-debounce", type=float, default=30.0, metavar="SECONDS",
+                    help="how long observed capacity must stay off before a replan (default 30)")
     up.set_defaults(func=run_up)
 
     profile = subparsers.add_parser("profile", help="measure per-layer prompt/decode latency curves (catalog YAML)")
@@ -212,7 +217,8 @@ def run_up(args: argparse.Namespace) -> int:
                         slowdowns=args.slowdown, workdir=args.workdir,
                         grpc_port=args.grpc_port, http_port=args.http_port, prompt=args.prompt,
                         max_tokens=args.max_tokens, exit_after_sample=args.exit_after_sample,
-                        plan_seconds=args.plan_seconds, emulate_network=args.emulate_network))
+                        plan_seconds=args.plan_seconds, emulate_network=args.emulate_network,
+                        replan=args.replan, replan_debounce=args.replan_debounce))
 
 
 def run_profile(args: argparse.Namespace) -> int:

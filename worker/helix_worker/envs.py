@@ -37,6 +37,9 @@ class Settings:
                                          "room for running requests to grow before a stage must preempt")
     torch_threads: int = _setting(0, "torch intra-op threads; 0: torch's default")
     slowdown: float = _setting(1.0, "emulate a slower GPU: each step takes this many times its compute time")
+    slowdown_file: str = _setting("", "file holding the slowdown factor, re-read when it changes while the worker "
+                                      "runs (emulates a GPU that turns slower under load); while it is missing, "
+                                      "HELIX_SLOWDOWN holds")
     max_message_bytes: int = _setting(256 << 20, "largest gRPC message (activations of a long prefill)")
     max_request_bytes: int = _setting(4 << 20, "largest request the front end takes, an HTTP body or a KServe gRPC "
                                                "message (128k tokens of text are well under 1 MiB); larger ones get "

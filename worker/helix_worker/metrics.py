@@ -132,7 +132,20 @@ class FrontendMetrics:
                                   [*m, "pipeline"], registry=r)
         self._kv_held = Gauge("helix_kv_held_tokens", "KV tokens (whole blocks) this front end's requests hold per "
                               "stage", [*m, "node"], registry=r)
+        self._observed_step = Gauge("helix_observed_step_seconds_per_layer", "median seconds per layer of a stage's "
+                                    "recent steps, by phase (decode: decode rows only; prefill: with prompt tokens)",
+                                    [*m, "node", "phase"], registry=r)
+        self._observed_link = Gauge("helix_observed_link_bytes_per_second", "what activation frames from one stage "
+                                    "to the next move per second on the wire (recent median)",
+                                    [*m, "from", "to"], registry=r)
         self.model_name = model_name
+
+    def observed_step(self, node: str, phase: str, seconds_per_layer: float | None) -> None:
+        """A stage's recent step time; None (no recent steps) drops the series."""
+        _set_or_drop(self._observed_step, (self.model_name, node, phase), seconds_per_layer)
+
+    def observed_link(self, src: str, dst: str, bytes_per_second: float | None) -> None:
+        _set_or_drop(self._observed_link, (self.model_name, src, dst), bytes_per_second)
 
     def succeeded(self, reason: str) -> None:
         self._success.labels(self.model_name, reason).inc()
@@ -151,3 +164,14 @@ class FrontendMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _set_or_drop(gauge: Gauge, labels: tuple[str, ...], value: float | None) -> None:
+    """Set a labelled gauge, or remove its series when there is no value (rather than a stale one)."""
+    if value is not None:
+        gauge.labels(*labels).set(value)
+        return
+    try:
+        gauge.remove(*labels)
+    except KeyError:
+        pass

@@ -42,7 +42,7 @@ PHASES = ["Pending", "Planning", "Deploying", "Running", "Degraded", "Failed", "
           "AwaitingApproval"]
 MODES = ["Auto", "DryRun", "Manual"]
 OBJECTIVES = ["MaxFlow", "Serving"]
-REPLAN_TRIGGERS = ["Created", "SpecChanged", "NodesChanged", "PlanInfeasible", "Approved"]
+REPLAN_TRIGGERS = ["Created", "SpecChanged", "NodesChanged", "PlanInfeasible", "Approved", "CapacityDrift"]
 REPLAN_OUTCOMES = ["Applied", "Proposed", "Kept", "Failed"]
 ROLLOUT_STATES = ("Surging", "Switching", "Draining", "Replacing", "Complete")
 
@@ -193,7 +193,24 @@ def _planner() -> Schema:
                                             minimum=0, maximum=86400, default=300),
         "minImprovementPercent": number("A replan is applied only if planned tokens/s grows this much "
                                         "(or the active plan broke).", minimum=0, maximum=1000, default=5),
+        "observedCapacity": _observed_capacity(),
     }, default={})
+
+
+def _observed_capacity() -> Schema:
+    return obj({
+        "enabled": boolean("Read the stages' measured step times and link throughput from the front end "
+                           "(GET /v2/helix/observed), keep effective profiles in status.observedCapacity and "
+                           "replan with them when they drift.", default=False),
+        "driftThreshold": number("A node's observed/profiled step time (or a link's observed/described "
+                                 "bandwidth) drifts when it moves by more than this share: 0.25 is 1.25x slower "
+                                 "or faster.", minimum=0.01, maximum=10, default=0.25),
+        "debounceSeconds": number("Drift must persist this long, seen at every poll, before it replans.",
+                                  minimum=0, maximum=86400, default=60),
+        "minGainPercent": number("A drift replan is applied only if the new plan beats the active one, both "
+                                 "scored on the effective profiles, by this much.", minimum=0, maximum=1000,
+                                 default=5),
+    }, "Observed capacity: replan when measured capacity drifts from the profiles.", default={})
 
 
 def _template(into: str) -> Schema:
@@ -349,6 +366,16 @@ def helixcluster_status_schema() -> Schema:
                                           "each ready front-end pod's vllm:generation_tokens counter between "
                                           "two reads by the operator, summed over the pods."),
         "observedAt": string("When observedTokensPerSecond was last measured.", format="date-time"),
+        "observedCapacity": obj({
+            "time": string("When the front end's observed-capacity document was read.", format="date-time"),
+            "planHash": string("The plan the stages ran when they measured."),
+            "nodes": {"type": "object", "description": "Per node with enough recent steps: slowdown, its "
+                      "observed step time over its GPU type's profile (2 is twice as slow).",
+                      "additionalProperties": obj({"slowdown": number()})},
+            "links": {"type": "object", "description": "Per link \"from>to\" with enough timed frames: "
+                      "bandwidthShare, its observed over its described bandwidth (at most 1).",
+                      "additionalProperties": obj({"bandwidthShare": number()})},
+        }, "Effective profiles (spec.planner.observedCapacity): what the stages measure, against the catalog."),
     })
 
 

@@ -48,6 +48,14 @@ class PoolSpec:
 
 
 @dataclass(frozen=True)
+class ObservedCapacitySpec:
+    enabled: bool = False
+    drift_threshold: float = 0.25
+    debounce: float = 60.0
+    min_gain_percent: float = 5.0
+
+
+@dataclass(frozen=True)
 class PlannerSpec:
     mode: str
     approved_plan_hash: str | None
@@ -61,6 +69,7 @@ class PlannerSpec:
     debounce: float
     replan_min_interval: float
     min_improvement_percent: float
+    observed_capacity: ObservedCapacitySpec = ObservedCapacitySpec()
 
 
 @dataclass(frozen=True)
@@ -280,6 +289,9 @@ def _planner(data: dict[str, Any]) -> PlannerSpec:
         churn_weight=float(data["churnWeight"]), debounce=float(data["debounceSeconds"]),
         replan_min_interval=float(data["replanMinIntervalSeconds"]),
         min_improvement_percent=float(data["minImprovementPercent"]),
+        observed_capacity=ObservedCapacitySpec(
+            bool(data["observedCapacity"]["enabled"]), float(data["observedCapacity"]["driftThreshold"]),
+            float(data["observedCapacity"]["debounceSeconds"]), float(data["observedCapacity"]["minGainPercent"])),
     )
 
 

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 from helix_operator.api.meta import dns_name
+from helix_operator.control.capacity import CapacityPoller
 from helix_operator.control.inbox import Inbox
 from helix_operator.control.kube import Kube
 from helix_operator.control.observe import Observer
@@ -58,6 +59,7 @@ class OperatorContext:
     catalog: Catalog
     metrics: Metrics
     observer: Observer
+    capacity: CapacityPoller
     inboxes: Inboxes = field(default_factory=Inboxes)
     node_changes: NodeChanges = field(default_factory=NodeChanges)
     resync_seconds: float = 300.0

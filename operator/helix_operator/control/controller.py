@@ -1,8 +1,9 @@
 """One HelixCluster's controller loop, run by a kopf daemon for as long as the object exists.
 
-Level-triggered: every wake-up (spec, node, pod or profile change, timer) re-reads the spec
-and the node index, replans only when the planning inputs moved (see `replan`), takes one
-rollout step, and writes the status if it changed. Planning runs in a thread; a wake-up
+Level-triggered: every wake-up (spec, node, pod or profile change, new observed capacity,
+timer) re-reads the spec and the node index, replans only when the planning inputs moved
+(see `replan`) or observed capacity drifted for long enough (see `planning.capacity`), takes
+one rollout step, and writes the status if it changed. Planning runs in a thread; a wake-up
 that changes the inputs meanwhile supersedes it.
 """
 
@@ -39,14 +40,27 @@ from helix_operator.control.reconcile import (
 )
 from helix_operator.fleet.catalog import with_profiles
 from helix_operator.fleet.discovery import Discovery, NodeFacts, discover, nodes_problem
-from helix_operator.planning.inputs import InputsKey, inputs_key, memory_shortfall
-from helix_operator.planning.replan import APPLIED, APPROVED, FAILED, PROPOSED, broken_nodes, decide, replan_due
+from helix_operator.planning.capacity import CapacityWatch
+from helix_operator.planning.inputs import InputsKey, build_cluster, inputs_key, memory_shortfall
+from helix_operator.planning.replan import (
+    APPLIED,
+    APPROVED,
+    CAPACITY_DRIFT,
+    FAILED,
+    PROPOSED,
+    Decision,
+    broken_nodes,
+    decide,
+    replan_due,
+)
 from helix_operator.planning.revision import WeightsUnresolved
-from helix_operator.planning.runner import PlanRequest
+from helix_operator.planning.runner import PlanRequest, value_on_inputs
 from helix_operator.status.build import OWNED, Observation, build_status, conditions, plan_summary
 from helix_operator.status.conditions import transitions
 from helix_planner.errors import PlanningError
+from helix_planner.observed import Sustained
 from helix_planner.plan_format import Plan
+from helix_planner.profiles import Catalog
 
 DEFAULT_DEBOUNCE = 15.0
 MAX_BACKOFF = 60.0
@@ -86,6 +100,8 @@ class Controller:
         self.debounce = DEFAULT_DEBOUNCE
         self.deferred: float | None = None
         self.failures = 0
+        self.capacity = CapacityWatch()
+        self.capacity_read = 0.0  # monotonic time of the last observed-capacity reading judged
 
     @property
     def namespace(self) -> str:
@@ -125,6 +141,7 @@ class Controller:
             if self.body["metadata"].get("deletionTimestamp"):
                 self.ctx.metrics.forget(self.namespace, self.name)
                 self.ctx.observer.forget(key)
+                self.ctx.capacity.forget(key)
 
     def _deadline(self, retry_in: float | None) -> float:
         now = time.monotonic()
@@ -191,11 +208,12 @@ class Controller:
             obs.degraded = ("NodesLost", f"{len(lost)} node(s) of plan {serving.hash} are gone, NotReady, cordoned "
                                          f"or relabelled: {', '.join(lost[:5])}")
         self.deferred = None
+        drift = self._judge_capacity(spec, discovery, catalog)
         if obs.nodes_problem is None and not spec.suspend:
             shortfall = memory_shortfall(spec, discovery, catalog)
             if shortfall:
                 obs.plan_problem = ("InsufficientMemory", shortfall)
-            elif not await self._maybe_plan(spec, discovery, catalog, obs, bool(lost)):
+            elif not await self._maybe_plan(spec, discovery, catalog, obs, bool(lost), drift):
                 return  # superseded: the newer inputs get their own reconcile
         self._adopt_proposal(spec)
         await self._converge(spec, discovery, obs)
@@ -207,15 +225,41 @@ class Controller:
     def _profiles(self) -> list[tuple[str, Any]]:
         return [(name, spec) for name, store in self.profiles.items() for spec in store]
 
+    def _judge_capacity(self, spec: ClusterSpec, discovery: Discovery, catalog: Catalog) -> Sustained | None:
+        """Take the front end's latest observed capacity, if new and of the plan that runs
+        (not mid-rollout); the drift that persisted long enough, if any."""
+        settings = spec.planner.observed_capacity
+        if not settings.enabled:
+            self.capacity = CapacityWatch()
+            return None
+        if (self.capacity.spec, self.capacity.model) != (settings, spec.model):
+            self.capacity = CapacityWatch.start(settings, spec.model)
+        reading = self.ctx.capacity.latest.get((self.namespace, self.name))
+        active, target = self.state.active, self.state.target
+        if (reading is None or reading.monotonic <= self.capacity_read or active is None
+                or target is not None and target.hash != active.hash or reading.observed.plan_hash != active.hash):
+            return self.capacity.sustained
+        self.capacity_read = reading.monotonic
+        try:
+            cluster = build_cluster(self.name, spec, discovery)
+            return self.capacity.observe(reading.observed, reading.at, reading.monotonic, cluster, catalog, spec.model)
+        except PlanningError as err:  # a node's GPU type left the catalog meanwhile: the next reading tries again
+            self.logger.debug("cannot judge observed capacity: %s", err)
+            return None
+
     async def _maybe_plan(self, spec: ClusterSpec, discovery: Discovery, catalog: Any, obs: Observation,
-                          broken: bool) -> bool:
-        """Plan if the inputs moved; False if a newer change superseded the run."""
+                          broken: bool, drift: Sustained | None) -> bool:
+        """Plan if the inputs moved or capacity drifted; False if a newer change superseded the run."""
         state = self.state
         key = inputs_key(spec, discovery, catalog)
-        due = replan_due(key, state.attempted, broken, state.last_replan, time.monotonic(),
-                         spec.planner.replan_min_interval)
+        now = time.monotonic()
+        due = replan_due(key, state.attempted, broken, state.last_replan, now, spec.planner.replan_min_interval)
         self.deferred = due.not_before
-        if due.trigger is None:
+        trigger = due.trigger
+        rested = state.last_replan is None or now - state.last_replan >= spec.planner.replan_min_interval
+        if trigger is None and drift is not None and state.active is not None and rested:
+            trigger = CAPACITY_DRIFT
+        if trigger is None:
             return True
         obs.planning = True
         await self._publish(obs)
@@ -223,14 +267,23 @@ class Controller:
         started = time.monotonic()
         try:
             request = PlanRequest(self.name, spec, discovery, catalog, previous=previous.plan if previous else None,
-                                  hub=await hub_access(self.ctx.kube, self.namespace, spec))
+                                  hub=await hub_access(self.ctx.kube, self.namespace, spec),
+                                  observed=self.capacity.observed)
             plan = await self._solve(request, key)
             if plan is None:
                 return False
             self.ctx.metrics.plan_seconds.labels(self.namespace, self.name).observe(time.monotonic() - started)
-            await self._decide(spec, key, due.trigger, plan)
+            if trigger == CAPACITY_DRIFT and drift is not None and previous is not None:
+                active_tps = await asyncio.to_thread(value_on_inputs, request, previous.plan)
+                decision = await self._decide(spec, key, trigger, plan, active_tps=active_tps, why=drift.message,
+                                              min_gain=spec.planner.observed_capacity.min_gain_percent)
+                self.capacity.acted(f"Plan{decision.outcome}", decision.message)
+            else:
+                await self._decide(spec, key, trigger, plan)
         except (PlanningError, PlanTooLarge, WeightsUnresolved) as err:
-            self._record_failure(key, due.trigger, str(err), getattr(err, "reason", "PlanningFailed"))
+            self._record_failure(key, trigger, str(err), getattr(err, "reason", "PlanningFailed"))
+            if trigger == CAPACITY_DRIFT:
+                self.capacity.acted("PlanFailed", str(err))
             if isinstance(err, WeightsUnresolved):
                 state.attempted = previous_attempt  # the Hub may answer later (or the Secret appear): retry at resync
         finally:
@@ -280,23 +333,30 @@ class Controller:
         self.ctx.metrics.replans.labels(self.namespace, self.name, trigger, FAILED).inc()
         events.post(self.body, "PlanFailed", message, warning=True)
 
-    async def _decide(self, spec: ClusterSpec, key: InputsKey, trigger: str, plan: Plan) -> None:
+    async def _decide(self, spec: ClusterSpec, key: InputsKey, trigger: str, plan: Plan, *,
+                      active_tps: float | None = None, why: str = "", min_gain: float | None = None) -> Decision:
+        """Apply, keep or propose `plan` against the current one: its planned tokens/s unless
+        `active_tps` scores it otherwise (on effective profiles); `why` joins the message."""
         state = self.state
         current = state.target or state.active
-        decision = decide(spec.planner.mode, trigger, current.plan.throughput if current else None, plan.throughput,
-                          spec.planner.min_improvement_percent)
+        if active_tps is None and current is not None:
+            active_tps = current.plan.throughput
+        decision = decide(spec.planner.mode, trigger, active_tps, plan.throughput,
+                          spec.planner.min_improvement_percent if min_gain is None else min_gain)
+        message = f"{decision.message}; {why}" if why else decision.message
         state.attempted, state.last_replan, state.plan_problem = key, time.monotonic(), None
         if decision.outcome == APPLIED:
             self._retarget(await save_plan(self.ctx.kube, self.owner, plan, key))
         elif decision.outcome == PROPOSED:
             state.proposed = await save_plan(self.ctx.kube, self.owner, plan, key, proposed=True)
         state.last_record = {"time": _now(), "trigger": trigger, "outcome": decision.outcome,
-                             "toTokensPerSecond": round(plan.throughput, 1), "message": decision.message,
+                             "toTokensPerSecond": round(plan.throughput, 1), "message": message,
                              "inputs": key.encode()}
-        if current:
-            state.last_record["fromTokensPerSecond"] = round(current.plan.throughput, 1)
+        if active_tps is not None:
+            state.last_record["fromTokensPerSecond"] = round(active_tps, 1)
         self.ctx.metrics.replans.labels(self.namespace, self.name, trigger, decision.outcome).inc()
-        events.post(self.body, f"Plan{decision.outcome}", f"plan {plan.plan_hash} ({trigger}): {decision.message}")
+        events.post(self.body, f"Plan{decision.outcome}", f"plan {plan.plan_hash} ({trigger}): {message}")
+        return decision
 
     def _retarget(self, plan: PlanRef) -> None:
         self.state.target = plan
@@ -356,6 +416,8 @@ class Controller:
         obs.awaiting_approval = obs.mode == "Manual" and state.proposed is not None
         obs.rollout, obs.workers, obs.frontend = state.rollout, state.workers, state.frontend
         obs.last_replan = state.last_record
+        if self.capacity.spec.enabled:
+            obs.capacity, obs.observed_capacity = self.capacity.condition(), self.capacity.summary()
 
     async def _publish(self, obs: Observation) -> None:
         """Write the status if it changed, with one event per condition transition."""

@@ -2,8 +2,9 @@
 
 Watches wake controllers (nodes, GPU profiles, owned pods and Deployments), indices keep the
 node and profile facts controllers read, the spec handler validates, one daemon per
-HelixCluster runs its `Controller`, and a timer reads its front end's observed throughput
-while the front end is ready.
+HelixCluster runs its `Controller`, and timers read its front end's observed throughput
+while the front end is ready, and its observed capacity where the spec asks for it (waking
+the controller to judge drift).
 """
 
 from typing import Any
@@ -13,8 +14,9 @@ import kopf
 from helix_operator.api import names
 from helix_operator.api.meta import MANAGED_BY
 from helix_operator.api.spec import SpecError, parse_spec
+from helix_operator.control.capacity import capacity_enabled
 from helix_operator.control.controller import Controller
-from helix_operator.control.inbox import NODES, PODS, PROFILES, SPEC
+from helix_operator.control.inbox import CAPACITY, NODES, PODS, PROFILES, SPEC
 from helix_operator.control.observe import frontend_ready
 from helix_operator.fleet.catalog import gpu_type_from_profile
 from helix_operator.fleet.discovery import node_facts
@@ -88,3 +90,10 @@ def register(registry: kopf.OperatorRegistry, *, observe_seconds: float) -> None
     @kopf.timer(*HELIXCLUSTERS, id="observe", interval=observe_seconds, when=frontend_ready, registry=registry)
     async def observe_throughput(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
         await memo.context.observer.observe(body, logger)
+
+    @kopf.timer(*HELIXCLUSTERS, id="observe-capacity", interval=observe_seconds, when=capacity_enabled,
+                registry=registry)
+    async def observe_capacity(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        if await memo.context.capacity.poll(body, logger):
+            metadata = body["metadata"]
+            memo.context.inboxes.notify((metadata["namespace"], metadata["name"]), CAPACITY)

@@ -1,6 +1,6 @@
 """Wake-ups of one HelixCluster's controller loop.
 
-Spec, pod and GPU-profile changes wake it at once; node changes only after `debounce`
+Spec, pod and GPU-profile changes and new observed capacity wake it at once; node changes only after `debounce`
 seconds without another node change, so a node pool scaling by ten is one replan, not ten.
 """
 
@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-SPEC, NODES, PODS, PROFILES, TIMER = "spec", "nodes", "pods", "profiles", "timer"
+SPEC, NODES, PODS, PROFILES, TIMER, CAPACITY = "spec", "nodes", "pods", "profiles", "timer", "capacity"
 
 
 class Inbox:

@@ -91,13 +91,8 @@ class Observer:
         metadata = body["metadata"]
         key = (metadata["namespace"], metadata["name"])
         try:
-            port = parse_spec(body.get("spec") or {}).frontend.http_port
-        except SpecError:
-            return
-        try:
-            pods = [p for p in await self.kube.list_objects(
-                Ref("v1", "pods", key[0]), selector(key[1], names.COMPONENT_FRONTEND)) if _serving(p)]
-        except ApiError as err:
+            port, pods = await serving_frontends(self.kube, body)
+        except (SpecError, ApiError) as err:
             logger.debug("cannot list front-end pods: %s", err)
             return
         if not pods:
@@ -152,6 +147,12 @@ class Observer:
         return uid, Sample(value, time.monotonic())
 
 
-def _serving(pod: Mapping[str, Any]) -> bool:
-    """Ready and not terminating: the pods clients reach through the Service."""
-    return not (pod.get("metadata") or {}).get("deletionTimestamp") and condition_true(pod.get("status"), "Ready")
+async def serving_frontends(kube: Kube, body: Mapping[str, Any]) -> tuple[int, list[Mapping[str, Any]]]:
+    """The front end's HTTP port and its pods that are ready and not terminating (those clients
+    reach through the Service); SpecError for a spec without one, ApiError if the pods cannot be listed."""
+    metadata = body["metadata"]
+    port = parse_spec(body.get("spec") or {}).frontend.http_port
+    pods = await kube.list_objects(Ref("v1", "pods", metadata["namespace"]),
+                                   selector(metadata["name"], names.COMPONENT_FRONTEND))
+    return port, [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")
+                  and condition_true(p.get("status"), "Ready")]

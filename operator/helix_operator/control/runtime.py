@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 from kubernetes.client import Configuration
 
+from helix_operator.control.capacity import CapacityPoller
 from helix_operator.control.context import OperatorContext
 from helix_operator.control.handlers import register
 from helix_operator.control.kube import Kube
@@ -34,7 +35,7 @@ class RunOptions:
     metrics_port: int | None = None
     liveness: str | None = None           # e.g. http://0.0.0.0:8081/healthz
     resync_seconds: float = 300.0
-    observe_seconds: float = 30.0         # how often front-end pods' token counters are read
+    observe_seconds: float = 30.0         # how often front-end pods' token counters (and observed capacity) are read
     frontend_address: PodAddress = pod_ip_address  # where a pod's port answers (tests map it to 127.0.0.1)
 
 
@@ -101,6 +102,7 @@ async def start(options: RunOptions, configuration: Configuration, *, login: Cal
     kube = Kube(configuration)
     context = OperatorContext(kube=kube, planner=PlanRunner(executor), catalog=load_catalog(), metrics=Metrics(),
                               observer=Observer(kube, options.frontend_address, options.observe_seconds),
+                              capacity=CapacityPoller(kube, options.frontend_address),
                               resync_seconds=options.resync_seconds)
     if options.metrics_port is not None:
         context.metrics.serve(options.metrics_port)

@@ -4,6 +4,8 @@ Planning is level-triggered on input fingerprints (see `inputs`): a spec change 
 once, a node change after the debounce and no sooner than `replanMinIntervalSeconds` after
 the last replan, unless the active plan lost a node. A node-triggered plan replaces the
 active one only if it is at least `minImprovementPercent` better or the active one broke.
+Sustained drift of observed capacity (`capacity`) replans too; that plan replaces the active
+one only if it beats it, both scored on the effective profiles, by `minGainPercent`.
 """
 
 from collections.abc import Iterable
@@ -12,8 +14,8 @@ from dataclasses import dataclass
 from helix_operator.fleet.discovery import Discovery
 from helix_operator.planning.inputs import InputsKey
 
-CREATED, SPEC_CHANGED, NODES_CHANGED, PLAN_INFEASIBLE, APPROVED = (
-    "Created", "SpecChanged", "NodesChanged", "PlanInfeasible", "Approved")
+CREATED, SPEC_CHANGED, NODES_CHANGED, PLAN_INFEASIBLE, APPROVED, CAPACITY_DRIFT = (
+    "Created", "SpecChanged", "NodesChanged", "PlanInfeasible", "Approved", "CapacityDrift")
 APPLIED, PROPOSED, KEPT, FAILED = "Applied", "Proposed", "Kept", "Failed"
 
 

@@ -2,7 +2,10 @@
 
 A plan for inputs that have since changed is superseded: its cancel flag interrupts the
 solver, the controller stops waiting for it and throws its result away. hf:// weights are
-pinned to a commit here too, before solving (`revision`): the plan carries the sha.
+pinned to a commit here too, before solving (`revision`): the plan carries the sha. With an
+observed-capacity document the planner sees the effective inputs (`helix_planner.observed`):
+drifted nodes on derived GPU types, drifted links at their observed bandwidth; the plan it
+returns names the nodes' real GPU types again.
 """
 
 import asyncio
@@ -17,6 +20,8 @@ from helix_operator.api.weights_uri import REVISION_KEY
 from helix_operator.fleet.discovery import Discovery
 from helix_operator.planning.inputs import build_cluster
 from helix_operator.planning.revision import HubAccess, resolve_revision
+from helix_planner.cluster import Cluster
+from helix_planner.observed import Observed, effective_inputs, plan_value, restore_gpu_types
 from helix_planner.plan_format import Plan
 from helix_planner.planner import PlannerOptions, plan_cluster
 from helix_planner.profiles import Catalog
@@ -32,6 +37,23 @@ class PlanRequest:
     catalog: Catalog
     previous: Plan | None = None
     hub: HubAccess = HubAccess()
+    observed: Observed | None = None  # plan for the effective profiles it shows
+
+
+def planning_inputs(request: PlanRequest) -> tuple[Cluster, Catalog]:
+    """The cluster and catalog the planner sees: as described, or as observed."""
+    cluster = build_cluster(request.name, request.spec, request.discovery)
+    if request.observed is None:
+        return cluster, request.catalog
+    effective = effective_inputs(cluster, request.catalog, request.spec.model, request.observed,
+                                 request.spec.planner.observed_capacity.drift_threshold)
+    return effective.cluster, effective.catalog
+
+
+def value_on_inputs(request: PlanRequest, plan: Plan) -> float:
+    """Tokens/s `plan`'s placement carries on the request's planning inputs (blocking)."""
+    cluster, catalog = planning_inputs(request)
+    return plan_value(plan, cluster, catalog, request.spec.model, planner_options(request.spec.planner))
 
 
 def planner_options(spec: PlannerSpec) -> PlannerOptions:
@@ -50,16 +72,18 @@ def solve(request: PlanRequest, cancel: threading.Event, logger: logging.Logger)
     revision = resolve_revision(spec.weights_uri, request.hub)
     if revision:
         logger.info("%s is commit %s for this plan", spec.weights_uri, revision)
-    cluster = build_cluster(request.name, spec, request.discovery)
+    cluster, catalog = planning_inputs(request)
     options = planner_options(spec.planner)
     if spec.planner.objective == "Serving":
         lengths = load_lengths(DEFAULT_LENGTHS, Path("."))
         objective = ServingObjective(ttft_slo=spec.planner.slo_ttft)
         plan, _ = plan_for_serving(cluster, spec.model, options, lengths, objective, previous=request.previous,
-                                   catalog=request.catalog, progress=progress, cancel=cancel)
+                                   catalog=catalog, progress=progress, cancel=cancel)
     else:
         plan = plan_cluster(cluster, spec.model, options, previous=request.previous,
-                            catalog=request.catalog, progress=progress, cancel=cancel)
+                            catalog=catalog, progress=progress, cancel=cancel)
+    if request.observed is not None:
+        plan = restore_gpu_types(plan, build_cluster(request.name, spec, request.discovery))
     return replace(plan, model={**plan.model, REVISION_KEY: revision}) if revision else plan
 
 

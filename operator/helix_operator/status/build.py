@@ -59,6 +59,8 @@ class Observation:
     last_replan: Mapping[str, Any] | None = None
     revision: str | None = None             # the commit of hf:// weights the active plan's pods fetch
     url: str | None = None                  # the front-end Service's address, once it exists
+    capacity: tuple[bool | None, str, str] | None = None  # CapacityDrift (status, reason, message); None: off
+    observed_capacity: Mapping[str, Any] | None = None     # the effective profiles
 
 
 def conditions(obs: Observation) -> list[Condition]:
@@ -66,6 +68,10 @@ def conditions(obs: Observation) -> list[Condition]:
            _children("WorkersReady", obs.workers, obs, "workers are stopped", "workers"),
            _children("FrontendReady", obs.frontend, obs, "the front end is scaled to zero", "front end")]
     out.append(aggregate_ready(out))
+    if obs.capacity is not None:
+        drifted, reason, message = obs.capacity
+        out.append(Condition("CapacityDrift", UNKNOWN if drifted is None else TRUE if drifted else FALSE, reason,
+                             message))
     degraded = obs.degraded
     out.append(Condition("Degraded", TRUE, *degraded) if degraded else
                Condition("Degraded", FALSE, "AsPlanned", "every node of the active plan is usable"))
@@ -152,7 +158,7 @@ def phase(obs: Observation, conds: list[Condition]) -> str:
 
 # Status fields the controller writes; observedTokensPerSecond and observedAt are the observation timer's.
 OWNED = ("observedGeneration", "phase", "conditions", "nodes", "activePlan", "proposedPlan", "lastReplan", "rollout",
-         "model", "url")
+         "model", "url", "observedCapacity")
 
 
 def build_status(obs: Observation, old: Mapping[str, Any], now: str) -> dict[str, Any]:
@@ -170,7 +176,7 @@ def build_status(obs: Observation, old: Mapping[str, Any], now: str) -> dict[str
     elif old.get("nodes"):
         status["nodes"] = dict(old["nodes"])
     for key, value in (("activePlan", obs.active), ("proposedPlan", obs.proposed), ("rollout", obs.rollout),
-                       ("lastReplan", obs.last_replan)):
+                       ("lastReplan", obs.last_replan), ("observedCapacity", obs.observed_capacity)):
         if value:
             status[key] = dict(value)
     if obs.revision:

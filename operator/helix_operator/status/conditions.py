@@ -13,7 +13,7 @@ TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 # Ready needs these True; Degraded and Progressing are informative, not required.
 REQUIRED_FOR_READY = ("Validated", "NodesDiscovered", "Planned", "WorkersReady", "FrontendReady")
 # A True value of these is bad news (a Warning event).
-NEGATIVE = ("Degraded",)
+NEGATIVE = ("Degraded", "CapacityDrift")
 # Reasons of a condition that is not (yet) True as a step of ordinary work: a rollout under way,
 # the planner running, nothing planned yet, a user's suspend, DryRun or Manual approval. Their
 # events are Normal; a Warning is kept for what someone may have to act on.

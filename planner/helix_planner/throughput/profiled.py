@@ -54,6 +54,15 @@ def roofline_curves(gpu: GpuType, model: ModelSpec, workload: Workload) -> tuple
     return Curve(xs, tuple(prompt(x) for x in xs)), Curve(xs, tuple(decode(x) for x in xs))
 
 
+def layer_curves(catalog: Catalog, model: ModelSpec, gpu: GpuType,
+                 workload: Workload | None = None) -> tuple[Curve, Curve]:
+    """(prompt, decode) per-layer latency of `model` on `gpu`: measured where the catalog has it, else roofline."""
+    measured = catalog.measurement(model.name, gpu.name)
+    if measured:
+        return measured.prompt, measured.decode
+    return roofline_curves(gpu, model, workload or Workload())
+
+
 class ProfiledCapacityModel:
     name = "profiled"
 
@@ -65,8 +74,7 @@ class ProfiledCapacityModel:
         for name in sorted(gpus):
             gpu = catalog.gpu(name)
             measured = catalog.measurement(model.name, gpu.name)
-            prompt, decode = ((measured.prompt, measured.decode) if measured
-                              else roofline_curves(gpu, model, self.workload))
+            prompt, decode = layer_curves(catalog, model, gpu, self.workload)
             usable = gpu.vram_bytes * USABLE_VRAM
             k_max = min(model.num_layers, int(usable * MAX_WEIGHT_SHARE // model.bytes_per_layer))
             if measured:

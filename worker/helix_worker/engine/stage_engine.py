@@ -29,9 +29,11 @@ from helix_worker.engine.attention import StepLayout
 from helix_worker.engine.grammar import Grammars
 from helix_worker.engine.kv_pool import BlockAllocator, KVPool, KVUsage
 from helix_worker.engine.model import LayerSlice
+from helix_worker.engine.observations import PieceShape, StepWindow
 from helix_worker.engine.penalties import TokenHistory, problem
 from helix_worker.engine.sampling import sample_row
 from helix_worker.engine.scheduler import Piece, Scheduler, Step
+from helix_worker.engine.slowdown import Slowdown
 from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
 
 log = logging.getLogger(__name__)
@@ -55,16 +57,18 @@ class _StepResult:
     forwards: list[tuple[Hop, list[Chunk], torch.Tensor]]
     sampled: list[tuple[str, Sampled]]
     failed: list[tuple[str, Failure]]  # requests whose output grammar could not go on
+    seconds: float = 0.0  # the layers' time on the compute thread (emulated slowdown included); 0: failed
 
 
 class StageEngine:
     def __init__(self, node: str, model: LayerSlice, pool: KVPool, *, max_batch_tokens: int,
-                 slowdown: float = 1.0, observer: StepObserver | None = None,
+                 slowdown: Slowdown | float = 1.0, observer: StepObserver | None = None,
                  grammars: Grammars | None = None) -> None:
         self.node, self.model, self.pool = node, model, pool
         self.allocator = BlockAllocator(pool.blocks, pool.block_tokens)
         self.scheduler = Scheduler(node, self.allocator, max_batch_tokens)
-        self.slowdown, self.observer = slowdown, observer
+        self.slowdown = slowdown if isinstance(slowdown, Slowdown) else Slowdown(slowdown)  # a factor: fixed
+        self.observer = observer
         self.outputs: Outputs | None = None
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{node}")
@@ -76,6 +80,7 @@ class StageEngine:
         self._round_trip = 0.0  # average time from a step's end to a request's next input
         self._step_seconds = 0.0  # average step time
         self._progress: float | None = None  # last step's end while busy; None while waiting for input or room
+        self.steps = StepWindow()  # recent step times, reported as observed capacity
         self.failure: str | None = None  # why run() stopped, if it did by an error
 
     def usage(self) -> KVUsage:
@@ -218,9 +223,10 @@ class StageEngine:
                 failed += refused
             else:
                 forwards += _split_by_next_hop(pieces, hidden)
-        if self.slowdown > 1.0:
-            time.sleep((time.perf_counter() - started) * (self.slowdown - 1.0))
-        return _StepResult(forwards, sampled, failed)
+        factor = self.slowdown.factor()
+        if factor > 1.0:
+            time.sleep((time.perf_counter() - started) * (factor - 1.0))
+        return _StepResult(forwards, sampled, failed, time.perf_counter() - started)
 
     def _sample(self, pieces: list[Piece],
                 hidden: torch.Tensor) -> tuple[list[tuple[str, Sampled]], list[tuple[str, Failure]]]:
@@ -253,6 +259,9 @@ class StageEngine:
     def _finish_step(self, step: Step, result: _StepResult, seconds: float) -> None:
         gone = self.scheduler.is_gone
         self._step_seconds += _EMA * (seconds - self._step_seconds)
+        if result.seconds > 0:  # compute time alone: what a profile measures, without the thread hand-off
+            self.steps.record([PieceShape(p.chunk.phase, p.chunk.length, p.chunk.route[0].end - p.chunk.route[0].start)
+                               for p in step.pieces], result.seconds)
         ended = time.perf_counter()
         for piece in step.pieces:
             if not piece.chunk.partial and not gone(piece.chunk.request_id):

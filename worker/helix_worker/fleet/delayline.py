@@ -6,8 +6,11 @@ A chunk read at time t is written out at t + delay; reading goes on meanwhile, s
 latency without limiting throughput (a queue of deadlines, not a sleep per chunk), up to a bound
 on the bytes held, past which it stops reading (back-pressure, as a full TCP window would). The
 delay of each direction is looked up by the connecting peer's address, so one relay in front of
-a worker delays each upstream by the latency of its own path. `python -m helix_worker.fleet.delayline
-SPEC READY` runs the relays of a spec file and writes their bound ports to READY.
+a worker delays each upstream by the latency of its own path. A relay with a `target_file` takes
+its target port from that file for each new connection, so that `helix up` can move its public
+ports to a new front end (connections already open stay with the old one).
+`python -m helix_worker.fleet.delayline SPEC READY` runs the relays of a spec file and writes
+their bound ports to READY; `start_relays` starts that process.
 """
 
 import asyncio
@@ -17,13 +20,16 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helix_worker.errors import ServingError
 from helix_worker.fleet.netns import entered
-from helix_worker.transport.readyfile import write_ready_file
+from helix_worker.transport.readyfile import wait_ready_file, write_ready_file
 
 CHUNK = 64 * 1024
 _PR_SET_PDEATHSIG = 1
@@ -33,23 +39,38 @@ HELD_CHUNKS = 512  # at most ~32 MiB in flight per direction: above any path's b
 @dataclass(frozen=True)
 class Relay:
     """Listen on `listen` in namespace `listen_ns` and forward to `target` in `target_ns` (None: this
-    process's namespace); `delays` maps a peer address to its (to target, back to peer) seconds."""
+    process's namespace); `delays` maps a peer address to its (to target, back to peer) seconds;
+    `target_file`, when set, names the target's port instead (`retarget`), read for each connection."""
 
     listen: tuple[str, int]
     target: tuple[str, int]
     listen_ns: str | None = None
     target_ns: str | None = None
     delays: dict[str, tuple[float, float]] = field(default_factory=dict)
+    target_file: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"listen": list(self.listen), "target": list(self.target), "listen_ns": self.listen_ns,
-                "target_ns": self.target_ns, "delays": {peer: list(d) for peer, d in self.delays.items()}}
+                "target_ns": self.target_ns, "delays": {peer: list(d) for peer, d in self.delays.items()},
+                "target_file": self.target_file}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Relay":
         return cls((data["listen"][0], int(data["listen"][1])), (data["target"][0], int(data["target"][1])),
                    data["listen_ns"], data["target_ns"],
-                   {peer: (float(d[0]), float(d[1])) for peer, d in data["delays"].items()})
+                   {peer: (float(d[0]), float(d[1])) for peer, d in data["delays"].items()}, data.get("target_file"))
+
+    def current_target(self) -> tuple[str, int]:
+        if self.target_file is None:
+            return self.target
+        return self.target[0], int(json.loads(Path(self.target_file).read_text())["port"])
+
+
+def retarget(target_file: Path, port: int) -> None:
+    """Send the new connections of the relays reading `target_file` to `port` (written whole, never half)."""
+    scratch = target_file.with_suffix(".tmp")
+    scratch.write_text(json.dumps({"port": port}))
+    scratch.replace(target_file)
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
@@ -94,8 +115,8 @@ async def _connect(relay: Relay) -> tuple[asyncio.StreamReader, asyncio.StreamWr
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
-        await asyncio.get_running_loop().sock_connect(sock, relay.target)
-    except OSError:
+        await asyncio.get_running_loop().sock_connect(sock, relay.current_target())
+    except (OSError, ValueError, KeyError):
         sock.close()
         raise
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -145,6 +166,34 @@ async def serve_all(relays: list[Relay], ready: Path) -> None:
         server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 1.0)
+
+
+def start_relays(relays: Sequence[Relay], workdir: Path, timeout: float = 30.0) -> tuple[subprocess.Popen[bytes],
+                                                                                   list[int]]:
+    """Run `relays` in one child process (which dies with this one): the process and their bound ports."""
+    spec, ready = workdir / "relays.json", workdir / "relays.ready.json"
+    spec.write_text(json.dumps([relay.to_json() for relay in relays], indent=2))
+    ready.unlink(missing_ok=True)
+    log_path = workdir / "relays.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "helix_worker.fleet.delayline", str(spec), str(ready)],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        ports: list[int] = wait_ready_file(ready, process, timeout, "the delay relays")["ports"]
+    except ServingError as err:
+        stop_relays(process)
+        raise ServingError(f"{err}\n--- {log_path} ---\n{log_path.read_text(errors='replace')[-2000:]}") from None
+    return process, ports
+
+
+def stop_relays(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _die_with_parent() -> None:

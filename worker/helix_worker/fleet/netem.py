@@ -16,9 +16,7 @@ network closes; those of crashed runs when the next one starts (`netns.remove_st
 import itertools
 import json
 import os
-import signal
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +24,7 @@ from pathlib import Path
 from helix_planner.cluster import SINK, SOURCE, Cluster, Link
 from helix_worker.errors import ServingError
 from helix_worker.fleet import netns
-from helix_worker.fleet.delayline import Relay
-from helix_worker.transport.readyfile import wait_ready_file
+from helix_worker.fleet.delayline import Relay, start_relays, stop_relays
 
 FRONTEND = "frontend"
 SUBNET = "10.90.0."  # per run: each run has its own bridge, so runs never see each other's addresses
@@ -92,27 +89,12 @@ class EmulatedNetwork:
         """Run `relays` in one child process (which dies with this one); their bound ports."""
         if self._relays is not None:
             raise ServingError("this network's relays are already running")
-        spec, ready = self.workdir / "relays.json", self.workdir / "relays.ready.json"
-        spec.write_text(json.dumps([relay.to_json() for relay in relays], indent=2))
-        ready.unlink(missing_ok=True)
-        log_path = self.workdir / "relays.log"
-        with open(log_path, "wb") as log:
-            self._relays = subprocess.Popen([sys.executable, "-m", "helix_worker.fleet.delayline", str(spec),
-                                             str(ready)], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            ports: list[int] = wait_ready_file(ready, self._relays, timeout, "the delay relays")["ports"]
-        except ServingError as err:
-            raise ServingError(f"{err}\n--- {log_path} ---\n{log_path.read_text(errors='replace')[-2000:]}") from None
+        self._relays, ports = start_relays(relays, self.workdir, timeout)
         return ports
 
     def close(self) -> None:
-        if self._relays is not None and self._relays.poll() is None:
-            self._relays.send_signal(signal.SIGTERM)
-            try:
-                self._relays.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._relays.kill()
-                self._relays.wait()
+        if self._relays is not None:
+            stop_relays(self._relays)
         mine = {host.netns for host in self.hosts.values()} | {self.hub}
         netns.delete([name for name in netns.namespaces() if name in mine])
 
@@ -135,7 +117,7 @@ class EmulatedNetwork:
         """tc commands for `host`'s eth0: an htb class per peer at its path's bandwidth, the rest unshaped."""
         lines = ["qdisc add dev eth0 root handle 1: htb default 1",
                  f"class add dev eth0 parent 1: classid 1:1 htb rate {DEFAULT_RATE_BITS}bit"]
-        for j, peer in enumerate(self.hosts.values()):
+        for peer in self.hosts.values():
             if peer.name == host.name:
                 continue
             match = f"filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst {peer.address}/32"
@@ -143,13 +125,26 @@ class EmulatedNetwork:
             if link is None:
                 lines.append(f"{match} action drop")
                 continue
-            classid = f"1:{j + 10:x}"
+            classid = self._classid(peer.name)
             queue = max(MIN_QUEUE_BYTES, int(link.bandwidth * QUEUE_SECONDS))
             lines += [f"class add dev eth0 parent 1: classid {classid} htb rate {int(link.bandwidth * 8)}bit "
                       f"quantum 65536",
                       f"qdisc add dev eth0 parent {classid} bfifo limit {queue}",
                       f"{match} flowid {classid}"]
         return "\n".join(lines) + "\n"
+
+    def _classid(self, dst: str) -> str:
+        """The htb class that shapes traffic to host `dst` on every sender."""
+        return f"1:{list(self.hosts).index(dst) + 10:x}"
+
+    def set_bandwidth(self, src: str, dst: str, bytes_per_s: float) -> None:
+        """Shape the path from host `src` to host `dst` to `bytes_per_s` from now on, traffic in flight
+        included (a region link losing bandwidth under load). The cluster's description stays: the
+        planner learns of it only by observing."""
+        if self.path(src, dst) is None:
+            raise ServingError(f"the path {src} -> {dst} is disabled: there is no bandwidth to change")
+        netns.sh("tc", "-n", self.hosts[src].netns, "class", "change", "dev", "eth0", "parent", "1:", "classid",
+                 self._classid(dst), "htb", "rate", f"{int(bytes_per_s * 8)}bit", "quantum", "65536")
 
     def describe(self) -> dict[str, object]:
         """Hosts and paths as built (written to network.json in the work directory)."""

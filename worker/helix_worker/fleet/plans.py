@@ -52,9 +52,19 @@ QUICK_PROFILE: _QuickProfile = {"layers": 1, "prompt_tokens": (16, 128, 512), "d
 
 
 @dataclass(frozen=True)
+class PlanInputs:
+    """What the planner placed: a replan from observed capacity starts from these."""
+    cluster: Cluster
+    catalog: Catalog
+    spec: ModelSpec
+    time_limit: float
+
+
+@dataclass(frozen=True)
 class FleetPlan:
     plan: Plan
     slowdowns: dict[str, float]  # every node of the planned fleet, used by the plan or not
+    inputs: PlanInputs | None = None  # None: planned elsewhere; nothing to replan from
 
     @property
     def unused(self) -> list[str]:
@@ -95,8 +105,10 @@ def local_fleet_plan(checkpoint: Path, config: ModelConfig, name: str, slowdowns
     nodes = [Node(f"worker-{i}", types[s], region="local") for i, s in enumerate(slowdowns)]
     cluster = build_cluster(nodes, NetworkModel(intra=LOOPBACK), name="local")
     out(f"planning {len(nodes)} local workers for {name} ({config.num_layers} layers); measured curves in {profile}")
-    plan = _plan(cluster, model_spec(config, name, settings.dtype), time_limit, catalog, out)
-    return FleetPlan(plan, {node.name: s for node, s in zip(nodes, slowdowns)})
+    spec = model_spec(config, name, settings.dtype)
+    plan = plan_with(cluster, spec, time_limit, catalog, out)
+    return FleetPlan(plan, {node.name: s for node, s in zip(nodes, slowdowns)},
+                     PlanInputs(cluster, catalog, spec, time_limit))
 
 
 def local_catalog(profile: Path, model: str, local: GpuType,
@@ -126,14 +138,17 @@ def cluster_file_plan(path: Path, config: ModelConfig, name: str, settings: Sett
     cluster, _ = load_cluster_yaml(path)  # the checkpoint, not the file's `model:`, fixes the shape
     out(f"planning {path} for {name} ({config.num_layers} layers)")
     catalog = load_catalog()
-    plan = _plan(cluster, model_spec(config, name, settings.dtype), time_limit, catalog, out)
+    spec = model_spec(config, name, settings.dtype)
+    plan = plan_with(cluster, spec, time_limit, catalog, out)
     flops = {node.name: catalog.gpu(node.gpu).peak_flops for node in cluster.nodes}
     fastest = max(flops.values())
-    return FleetPlan(plan, {node: fastest / value for node, value in flops.items()})
+    return FleetPlan(plan, {node: fastest / value for node, value in flops.items()},
+                     PlanInputs(cluster, catalog, spec, time_limit))
 
 
-def _plan(cluster: Cluster, spec: ModelSpec, time_limit: float, catalog: Catalog,
-          out: Callable[[str], None]) -> Plan:
+def plan_with(cluster: Cluster, spec: ModelSpec, time_limit: float, catalog: Catalog,
+              out: Callable[[str], None]) -> Plan:
+    """The placement `helix up` serves: max flow under the profiled throughput model."""
     return plan_cluster(cluster, spec, PlannerOptions(time_limit=time_limit, throughput_model="profiled"),
                         catalog=catalog, progress=lambda line: out(f"  {line}"))
 

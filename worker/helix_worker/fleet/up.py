@@ -10,6 +10,12 @@ directory signs a certificate for each child, and every hop between them uses mu
 With `emulate_network` a cluster file's regions become network namespaces joined by paths
 shaped to its bandwidths and latencies (`netem`, `emulated`), so activations really cross
 slow links; this needs root (CAP_NET_ADMIN).
+
+Unless told not to (`replan`), clients reach the front end through a public entry of relays
+(`entry`), and `helix up` watches the capacity the fleet serves with: when a worker turns slower
+or a link loses bandwidth for long enough (`replan.Replanner`), it plans again with what it
+observed and rolls the new plan out blue/green (`rollout`), with no request lost. Each worker's
+slowdown can be changed while it runs (its HELIX_SLOWDOWN_FILE, printed), to watch that happen.
 """
 
 import contextlib
@@ -20,18 +26,19 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from helix_planner.io.cluster_yaml import load_cluster_yaml
-from helix_planner.plan_format import PlannedNode
+from helix_planner.observed import DriftTracker
 from helix_planner.report import plan_table
 from helix_worker.envs import Settings, env_name
 from helix_worker.errors import ServingError
-from helix_worker.fleet.emulated import Served, hosts_of, start_emulated, start_relays
-from helix_worker.fleet.launcher import LocalFleet
-from helix_worker.fleet.netem import EmulatedNetwork
+from helix_worker.fleet.delayline import stop_relays
+from helix_worker.fleet.emulated import start_relays
+from helix_worker.fleet.entry import start_loopback_entry
+from helix_worker.fleet.netem import FRONTEND, EmulatedNetwork
 from helix_worker.fleet.netns import require_net_admin
 from helix_worker.fleet.plans import (
     CLUSTER_PLAN_SECONDS,
@@ -41,6 +48,8 @@ from helix_worker.fleet.plans import (
     cluster_file_plan,
     local_fleet_plan,
 )
+from helix_worker.fleet.replan import Replanner
+from helix_worker.fleet.rollout import Generation, Launch, roll_out, start_generation, switch, wait_ready
 from helix_worker.model.config import ModelConfig, load_model_config
 from helix_worker.model.random_checkpoint import write_demo_checkpoint
 
@@ -60,6 +69,8 @@ class UpOptions:
     ready_timeout: float = 180.0
     plan_seconds: float | None = None  # None: LOCAL_PLAN_SECONDS, or CLUSTER_PLAN_SECONDS with a cluster file
     emulate_network: bool = False  # a cluster file's regions as network namespaces and shaped paths (`netem`)
+    replan: bool = True  # replan from observed capacity and roll the new plan out
+    replan_debounce: float = 30.0  # seconds a drift must last before it counts
 
 
 def sample(http_url: str, prompt: str, max_tokens: int) -> str:
@@ -73,17 +84,6 @@ def sample(http_url: str, prompt: str, max_tokens: int) -> str:
         return text
     except urllib.error.HTTPError as err:
         raise ServingError(f"the sample request failed: {err.code} {err.read().decode(errors='replace')}") from None
-
-
-def wait_ready(http_url: str, fleet: LocalFleet, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(http_url + "/readyz", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise ServingError(f"the front end had no complete pipeline after {timeout:.0f}s; logs are in {fleet.workdir}")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -145,31 +145,30 @@ def up(options: UpOptions, out: Callable[[str], None] = print) -> int:
         shared = worker_env(len(fleet_plan.plan.nodes))
     report_plan(fleet_plan, out)
     plan, slowdowns = fleet_plan.plan, fleet_plan.slowdowns
-    plan_path = workdir / "plan.json"
-    plan_path.write_text(plan.to_json())
-    node_env = {n.name: shared | {"HELIX_SLOWDOWN": str(slowdowns[n.name])} for n in plan.nodes}
     with contextlib.ExitStack() as stack:
         previous = signal.signal(signal.SIGTERM, _interrupt)
         stack.callback(signal.signal, signal.SIGTERM, previous)
         try:
-            net = None
+            net, portals = None, None
             if options.emulate_network and options.cluster_file is not None:
-                net = stack.enter_context(EmulatedNetwork(load_cluster_yaml(options.cluster_file)[0], hosts_of(plan),
-                                                          workdir / "net"))
-            fleet = stack.enter_context(LocalFleet(workdir / "logs"))  # stopped before the network goes
-            if net is None:
-                served = start_loopback(fleet, plan_path, plan.nodes, checkpoint, node_env, name, options)
-            else:
-                portals = start_relays(net, [n.name for n in plan.nodes], grpc_port=options.grpc_port,
+                cluster = load_cluster_yaml(options.cluster_file)[0]
+                net = stack.enter_context(EmulatedNetwork(cluster, cluster.node_names + [FRONTEND], workdir / "net"))
+                portals = start_relays(net, cluster.node_names, grpc_port=options.grpc_port,
                                        http_port=options.http_port)
-                served = start_emulated(fleet, net, portals, plan, plan_path, checkpoint, node_env, model_name=name,
-                                        timeout=options.ready_timeout)
-            endpoints = served.endpoints
+            elif options.replan:
+                entry, portals = start_loopback_entry(workdir / "entry", options.grpc_port, options.http_port)
+                stack.callback(stop_relays, entry)
+            launch = Launch(workdir, checkpoint, name, shared, net, portals, options.grpc_port, options.http_port,
+                            options.ready_timeout)
+            serving = [start_generation(launch, 0, fleet_plan)]
+            stack.callback(lambda: serving[-1].fleet.stop())  # stopped before the network and the entry go
+            switch(launch, serving[0])
+            served, fleet = serving[0].served, serving[0].fleet
             wait_ready(served.http_url, fleet, options.ready_timeout)
             out(f"Helix is serving {name} ({config.num_layers} layers) over {len(plan.nodes)} workers, "
-                f"{len(plan.pipelines)} pipeline(s); plan {plan.plan_hash} in {plan_path}")
+                f"{len(plan.pipelines)} pipeline(s); plan {plan.plan_hash} in {serving[0].plan_path}")
             for node in plan.nodes:
-                out(f"  {node.name:<12} layers [{node.start}, {node.end})  {endpoints[node.name]}  "
+                out(f"  {node.name:<12} layers [{node.start}, {node.end})  {served.endpoints[node.name]}  "
                     f"slowdown {slowdowns[node.name]:g}")
             out(f"  KServe v2 gRPC  {served.grpc_address}")
             out(f"  OpenAI HTTP     {served.http_url}/v1")
@@ -177,26 +176,28 @@ def up(options: UpOptions, out: Callable[[str], None] = print) -> int:
             out(f"  stage network   mutual TLS, certificates of a throwaway CA in {fleet.workdir / 'tls'}")
             if net is not None:
                 out(f"  emulated net    a namespace per host, paths shaped as in {net.workdir / 'network.json'}")
+            out(f"  slow a worker   echo 2 > {launch.slowdown_file('NODE')}   (while it runs)")
             out(f"sample: {options.prompt!r} -> {sample(served.http_url, options.prompt, options.max_tokens)!r}")
             if options.exit_after_sample:
                 return 0
             out("serving; press Ctrl-C to stop")
-            while all(c.process.poll() is None for c in fleet.children if c.name == "frontend"):
-                time.sleep(0.5)
-            raise ServingError(f"the front end exited; see {fleet.workdir / 'frontend.log'}")
+            replanner = Replanner(DriftTracker(debounce_seconds=options.replan_debounce), out=out)
+            serve(launch, serving, replanner if options.replan else None, out)
+            raise ServingError(f"the front end exited; see {serving[-1].fleet.workdir / 'frontend.log'}")
         except KeyboardInterrupt:
             out("stopping workers and front end")
             return 0
 
 
-def start_loopback(fleet: LocalFleet, plan_path: Path, nodes: Sequence[PlannedNode], checkpoint: Path,
-                   node_env: dict[str, dict[str, str]], name: str, options: UpOptions) -> Served:
-    """Every plan node, then the front end, on 127.0.0.1 of this machine."""
-    children = [fleet.start_worker(plan_path, n.name, checkpoint, env=node_env[n.name]) for n in nodes]
-    endpoints = {c.name: fleet.wait(c, options.ready_timeout).grpc_address for c in children}
-    endpoints_path = fleet.workdir / "endpoints.json"
-    endpoints_path.write_text(json.dumps(endpoints, indent=2))
-    frontend = fleet.wait(fleet.start_frontend(plan_path, endpoints_path, checkpoint, model_name=name,
-                                               grpc_port=options.grpc_port, http_port=options.http_port),
-                          options.ready_timeout)
-    return Served(endpoints, frontend.http_url, frontend.grpc_address)
+def serve(launch: Launch, serving: list[Generation], replanner: Replanner | None, out: Callable[[str], None]) -> None:
+    """Until the serving front end exits: ask `replanner` for a better plan now and then, roll each
+    one out (appended to `serving`); a rollout that fails leaves the serving plan serving."""
+    while serving[-1].served.frontend.process.poll() is None:
+        time.sleep(0.5)
+        better = replanner.check(serving[-1]) if replanner is not None else None
+        if better is not None:
+            try:
+                serving.append(roll_out(launch, serving[-1], better, out))
+            except ServingError as err:
+                out(f"rolling out plan {better.plan.plan_hash} failed, plan {serving[-1].fleet_plan.plan.plan_hash} "
+                    f"serves on: {err}")

@@ -1,7 +1,8 @@
 """API keys at the front end's client endpoints (see `security.apikeys`): an aiohttp
 middleware answering 401 with OpenAI's error body (OpenAI and KServe REST alike), and a gRPC
 interceptor answering UNAUTHENTICATED. Health, readiness (the front end's and KServe's live,
-ready and model-ready calls) and metrics stay open for probes and scrapers."""
+ready and model-ready calls), metrics and observed capacity stay open for probes, scrapers and
+the operator."""
 
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -10,9 +11,10 @@ import grpc
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from helix_planner.observed import PATH as OBSERVED_PATH
 from helix_worker.security.apikeys import ApiKeys
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready", OBSERVED_PATH})
 OPEN_METHODS = frozenset(f"/inference.GRPCInferenceService/{m}" for m in ("ServerLive", "ServerReady", "ModelReady"))
 MESSAGE = "a valid API key is required: send `Authorization: Bearer <key>`"
 

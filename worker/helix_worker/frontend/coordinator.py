@@ -27,6 +27,7 @@ from helix_worker.engine.penalties import with_history
 from helix_worker.envs import Settings
 from helix_worker.errors import InvalidRequest, ServingError, Unavailable
 from helix_worker.frontend.health import Heartbeat, verdict
+from helix_worker.frontend.observed_capacity import ObservedCapacity
 from helix_worker.frontend.request_timeline import RequestTimeline
 from helix_worker.frontend.routes import Route, RouteTable
 from helix_worker.frontend.validation import check_sampling
@@ -80,6 +81,7 @@ class Coordinator:
         self.tls = tls
         self.metrics = metrics or FrontendMetrics(str(plan.model.get("name", "")))
         self.peer_name = f"frontend-{uuid.uuid4().hex[:8]}"
+        self.observed = ObservedCapacity(plan, self.metrics)  # what the heartbeat answers say the stages measure
         self._links: dict[str, StreamLink] = {}
         self._waiting: dict[str, asyncio.Future[Sampled]] = {}
         self._active: dict[str, Route] = {}
@@ -338,6 +340,7 @@ class Coordinator:
         return await self._links[node].describe(timeout=timeout, next_hops=self.routes.next_hops.get(node, ()))
 
     def _healthy(self, node: str, info: pb.StageInfo) -> None:
+        self.observed.record(node, info)
         if self.routes.observe(node, int(info.kv_used_tokens), int(info.kv_peer_tokens)):
             self._notify()  # other front ends freed (or took) KV there
         self._hop_problems(node, dict(info.next_hop_problems))

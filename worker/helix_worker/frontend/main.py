@@ -1,8 +1,9 @@
 """`helix frontend`: the coordinator with its KServe v2 gRPC and OpenAI HTTP endpoints.
 
 Serves until SIGTERM / SIGINT, then drains: readiness turns red, the servers stop taking new
-requests (gRPC clients get GOAWAY and reconnect elsewhere) and requests in flight finish, for
-at most HELIX_DRAIN_SECONDS. With `ready_file`, writes the bound ports as JSON once the
+connections (gRPC clients get GOAWAY and reconnect elsewhere; HTTP keep-alive clients get their
+next answers with `Connection: close`, `http_drain`) and requests in flight finish, for at most
+HELIX_DRAIN_SECONDS. With `ready_file`, writes the bound ports as JSON once the
 servers listen (readiness itself turns green when some pipeline is fully up). Streams to
 the stages use the cluster's mutual TLS; the client endpoints serve TLS with HELIX_CLIENT_TLS_*
 and require an API key with HELIX_API_KEYS_FILE.
@@ -27,6 +28,7 @@ from helix_worker.frontend.grpc_decode import RefuseUndecodable
 from helix_worker.frontend.kserve import KServeServicer
 from helix_worker.frontend.kserve_dataplane import KServeDataPlane
 from helix_worker.frontend.kserve_rest import add_kserve_routes
+from helix_worker.frontend.observed_capacity import add_observed_route
 from helix_worker.frontend.openai_http import add_openai_routes
 from helix_worker.frontend.service import GenerationService
 from helix_worker.metrics import FrontendMetrics
@@ -37,6 +39,7 @@ from helix_worker.security.peers import parse_pairs, read_endpoints
 from helix_worker.security.tls import ClusterTLS, client_tls, cluster_tls
 from helix_worker.transport.grpcserver import new_server
 from helix_worker.transport.http_base import health_routes, start_site
+from helix_worker.transport.http_drain import HttpDrain
 from helix_worker.transport.readyfile import write_ready_file
 
 log = logging.getLogger(__name__)
@@ -66,16 +69,20 @@ def parse_endpoints(pairs: list[str], files: list[Path]) -> dict[str, str]:
 
 
 def http_app(service: GenerationService, metrics: FrontendMetrics, settings: Settings,
-             keys: ApiKeys | None = None, plane: KServeDataPlane | None = None) -> web.Application:
-    """Health, metrics, the OpenAI API and KServe v2 REST (over `plane`, which the gRPC server
+             keys: ApiKeys | None = None, plane: KServeDataPlane | None = None,
+             drain: HttpDrain | None = None) -> web.Application:
+    """Health, metrics, observed capacity, the OpenAI API and KServe v2 REST (over `plane`, which the gRPC server
     shares, so its statistics count both); bodies above HELIX_MAX_REQUEST_BYTES get 413, and
-    with `keys` API calls without one of them 401."""
+    with `keys` API calls without one of them 401. With `drain`, it can hand its clients over."""
     app = web.Application(client_max_size=settings.max_request_bytes)
+    if drain is not None:
+        drain.install(app)
     if keys is not None:
         app.middlewares.append(require_key_middleware(keys))
     health_routes(app, lambda: service.coordinator.ready, metrics.render)
     add_openai_routes(app, service, body_seconds=settings.http_body_seconds)
     add_kserve_routes(app, plane or KServeDataPlane(service), body_seconds=settings.http_body_seconds)
+    add_observed_route(app, service.coordinator.observed)
     return app
 
 
@@ -118,7 +125,8 @@ async def serve_frontend(options: FrontendOptions, settings: Settings) -> None:
     grpc_port = (server.add_insecure_port(address) if clients is None
                  else server.add_secure_port(address, clients.server_credentials()))
     await server.start()
-    runner, http_port = await start_site(http_app(service, metrics, settings, keys, plane), options.host,
+    drain = HttpDrain()
+    runner, http_port = await start_site(http_app(service, metrics, settings, keys, plane, drain), options.host,
                                          options.http_port,
                                          shutdown_seconds=settings.drain_seconds,
                                          idle_seconds=settings.http_idle_seconds,
@@ -133,6 +141,6 @@ async def serve_frontend(options: FrontendOptions, settings: Settings) -> None:
     finally:
         log.info("draining: finishing requests in flight (at most %.0fs)", settings.drain_seconds)
         service.coordinator.drain()
-        await asyncio.gather(server.stop(grace=settings.drain_seconds), runner.cleanup())
+        await asyncio.gather(server.stop(grace=settings.drain_seconds), drain.close(runner, settings.drain_seconds))
         await service.coordinator.close()
         service.close()

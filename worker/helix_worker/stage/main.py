@@ -20,6 +20,7 @@ from helix_planner.plan_format import Plan
 from helix_worker.engine import cpu_kernels
 from helix_worker.engine.grammar import Grammars
 from helix_worker.engine.model import LayerSlice
+from helix_worker.engine.slowdown import Slowdown
 from helix_worker.engine.stage_engine import StageEngine
 from helix_worker.envs import Settings, env_name
 from helix_worker.errors import ServingError
@@ -103,7 +104,7 @@ async def serve_stage(options: StageOptions, settings: Settings) -> None:
         if model.device.type == "cpu":  # build (or load) the decode kernel now, not in the first step
             await asyncio.to_thread(cpu_kernels.paged_decode)
         engine = StageEngine(options.node, model, pool, max_batch_tokens=settings.max_batch_tokens,
-                             slowdown=settings.slowdown, observer=metrics,
+                             slowdown=Slowdown(settings.slowdown, settings.slowdown_file), observer=metrics,
                              grammars=_grammars(options.checkpoint, model))
         tokens = engine.usage().capacity_tokens
         metrics.kv(engine.usage())

@@ -24,6 +24,7 @@ import torch
 
 from helix_proto import helix_stage_pb2 as pb
 from helix_proto import helix_stage_pb2_grpc as pb_grpc
+from helix_worker.engine.observations import FrameTiming, StepTiming, Window
 from helix_worker.engine.stage_engine import StageEngine
 from helix_worker.envs import Settings
 from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
@@ -64,6 +65,7 @@ class StageServicer(pb_grpc.StageServiceServicer):
         self._locks: dict[str, asyncio.Lock] = {}
         self._unreachable: dict[str, str] = {}  # next-hop address -> why its link broke or could not be made
         self._retries: dict[str, asyncio.Task[StreamLink | None]] = {}  # next-hop address -> a reconnection
+        self.frames: Window[FrameTiming] = Window()  # inbound activation frames, reported as observed capacity
         engine.outputs = self
 
     # grpc.aio also serves a stream method that is a coroutine reading and writing through its
@@ -78,7 +80,8 @@ class StageServicer(pb_grpc.StageServiceServicer):
         token = None
         listener = self.data_listener
         if listener is not None and metadata.get(datachannel.HEADER) == datachannel.OFFER:
-            token, answer = listener.expect(self._receive_frame, lambda: _settle(ended))
+            token, answer = listener.expect(self._receive_frame, lambda: _settle(ended),
+                                            lambda size, seconds: self.frames.add(FrameTiming(peer, size, seconds)))
             await context.send_initial_metadata(((datachannel.HEADER, answer),))
         else:
             await context.send_initial_metadata(())
@@ -137,7 +140,11 @@ class StageServicer(pb_grpc.StageServiceServicer):
                             kv_block_tokens=usage.block_tokens, plan_hash=self.identity.plan_hash,
                             ready=self.engine.failure is None, problem=self.engine.failure or "",
                             kv_peer_tokens=mine, stalled_seconds=self.engine.stalled_seconds(),
-                            next_hop_problems=self.next_hop_problems(map(wire.hop_from_proto, request.next_hops)))
+                            next_hop_problems=self.next_hop_problems(map(wire.hop_from_proto, request.next_hops)),
+                            decode_steps=_step_samples(self.engine.steps.decode.recent()),
+                            prefill_steps=_step_samples(self.engine.steps.prefill.recent()),
+                            inbound_frames=[pb.FrameSample(peer=f.peer, bytes=f.bytes, seconds=f.seconds)
+                                            for f in self.frames.recent()])
 
     def next_hop_problems(self, hops: Iterable[Hop]) -> dict[str, str]:
         """Why this stage would not forward to each of `hops` now, by node (absent: it would): the
@@ -257,6 +264,10 @@ class StageServicer(pb_grpc.StageServiceServicer):
         for link in list(self._links.values()):
             await link.close()
         self._links.clear()
+
+
+def _step_samples(timings: list[StepTiming]) -> list[pb.StepSample]:
+    return [pb.StepSample(size=t.size, layers=t.layers, seconds=t.seconds) for t in timings]
 
 
 def _settle(future: asyncio.Future[None]) -> None:
