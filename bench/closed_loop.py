@@ -30,7 +30,7 @@ load average in the results header.
 import argparse
 import asyncio
 import importlib
-import statistics
+import math
 import sys
 import tempfile
 from collections import Counter
@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 from engine import Load, closed_loop, percentile
+from loop.calibration import Calibration, calibrate
+from loop.observed import Seen, scrape
 from results import markdown_table, write_table
 
 from helix_planner.cluster import Cluster
@@ -67,6 +69,8 @@ from helix_worker.model.config import load_model_config
 from helix_worker.model.random_checkpoint import DemoModel, write_demo_checkpoint
 
 FLEET = Path(__file__).with_name("closed_loop-fleet.yaml")
+FLEET2 = Path(__file__).with_name("closed_loop-fleet2.yaml")
+TIE = 0.05  # served decode figures closer than this share count as tied when ranks are compared
 MODEL = "closed-loop"
 SLOWDOWNS = (1.0, 2.0, 3.0)  # CPU, CPU-x2, CPU-x3 of the fleet file
 WORKER_ENV = {"HELIX_TORCH_THREADS": "1", "HELIX_KV_CACHE_TOKENS": "8192", "HELIX_RECONNECT_SECONDS": "0.2"}
@@ -82,6 +86,7 @@ class Mode:
     placements: tuple[str, ...]
     plan_seconds: float
     max_seconds: float  # the served window stops sending after this
+    fleets: tuple[Path, ...] = (FLEET, FLEET2)  # the first is the one other parts (--part) run on
 
 
 QUICK = Mode(DemoModel(num_layers=8, hidden_size=128, intermediate_size=352, num_heads=4, num_kv_heads=2), 3,
@@ -101,6 +106,11 @@ class Row:
     simulated_ttft: float
     finished: int
     errors: int
+    seen: Seen | None = None  # what the stages and the front end reported
+    fleet: str = FLEET.name
+    calibrated_tps: float = math.nan  # the simulator calibrated by `calibration`
+    calibrated_ttft: float = math.nan
+    calibration: Calibration | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,10 @@ class Setup:
     fleet: Path
     cluster: Cluster
     lengths: LengthTrace
+
+    def on_fleet(self, fleet: Path) -> "Setup":
+        """The same model and catalog on another fleet file."""
+        return replace(self, fleet=fleet, cluster=load_cluster_yaml(fleet)[0])
 
     def worker_env(self, plan: Plan) -> dict[str, dict[str, str]]:
         """Each of the plan's workers' environment: WORKER_ENV and its type's slowdown."""
@@ -142,23 +156,48 @@ def emulated(setup: Setup) -> Iterator[tuple[EmulatedNetwork, Portals]]:
 
 
 def placements(setup: Setup, net: EmulatedNetwork, portals: Portals) -> str:
-    """Each placement simulated and served; the table of the two."""
-    mode, cluster = setup.mode, setup.cluster
+    """Each placement on each fleet simulated and served: the table of the two, calibrated and not."""
+    rows = placements_on(setup, net, portals, None)
+    calibration = rows[0].calibration
+    for fleet in setup.mode.fleets[1:]:
+        other = setup.on_fleet(fleet)
+        with emulated(other) as (other_net, other_portals):
+            rows += placements_on(other, other_net, other_portals, calibration)
+    return report(rows, setup.mode)
+
+
+def placements_on(setup: Setup, net: EmulatedNetwork, portals: Portals, calibration: Calibration | None) -> list[Row]:
+    """The mode's placements on `setup`'s fleet. Without a `calibration`, the first placement served
+    measures it, and every later one (the serving objective's choice included) is judged by it."""
+    mode, cluster, fleet = setup.mode, setup.cluster, setup.fleet.name
     rows: list[Row] = []
     for placement in mode.placements:
-        plan = make_plan(placement, cluster, setup.spec, setup.catalog, setup.lengths, mode.plan_seconds)
+        plan = make_plan(placement, cluster, setup.spec, setup.catalog, setup.lengths, mode.plan_seconds,
+                         calibration=calibration, clients=mode.load.concurrency)
         same = next((r for r in rows if r.plan == plan.plan_hash), None)
         if same is not None:  # methods that place alike: one measurement, shown for each
-            say(f"{placement}: the same plan as {same.placement}")
+            say(f"{fleet} {placement}: the same plan as {same.placement}")
             rows.append(replace(same, placement=placement, shape=f"as {same.placement}"))
             continue
-        simulated = simulate(plan, cluster, setup.spec, setup.catalog, setup.lengths, mode.load.concurrency)
-        say(f"{placement}: {describe(plan, cluster)}; simulated {simulated.decode_throughput:.1f} tok/s, "
-            f"p95 TTFT {simulated.ttft.p95:.2f} s; serving it")
-        rows.append(serve(placement, plan, cluster, net, portals, setup.checkpoint, setup.worker_env(plan),
-                          setup.workdir / placement, mode, simulated))
-        say(f"{placement}: served {rows[-1].served_tps:.1f} tok/s, p95 TTFT {rows[-1].served_ttft:.2f} s")
-    return report(rows, mode)
+        uncalibrated = simulate(plan, cluster, setup.spec, setup.catalog, setup.lengths, mode.load.concurrency)
+        say(f"{fleet} {placement}: {describe(plan, cluster)}; simulated uncalibrated "
+            f"{uncalibrated.decode_throughput:.1f} tok/s, p95 TTFT {uncalibrated.ttft.p95:.2f} s; serving it")
+        row = serve(placement, plan, cluster, net, portals, setup.checkpoint, setup.worker_env(plan),
+                    setup.workdir / fleet / placement, mode, uncalibrated)
+        row = replace(row, fleet=fleet)
+        if calibration is None and row.seen is not None:
+            calibration = calibrate(row.seen, plan, cluster, setup.spec, setup.catalog, mode.load.prompt,
+                                    f"{placement} on {fleet}")
+            say(f"calibration: {calibration.describe()}")
+        if calibration is not None:
+            calibrated = simulate(plan, cluster, setup.spec, setup.catalog, setup.lengths, mode.load.concurrency,
+                                  calibration=calibration)
+            row = replace(row, calibrated_tps=calibrated.decode_throughput,
+                          calibrated_ttft=calibrated.ttft.p95, calibration=calibration)
+        rows.append(row)
+        say(f"{fleet} {placement}: served {row.served_tps:.1f} tok/s, p95 TTFT {row.served_ttft:.2f} s; calibrated "
+            f"simulation {row.calibrated_tps:.1f} tok/s, p95 TTFT {row.calibrated_ttft:.2f} s")
+    return rows
 
 
 # --part NAME runs PARTS[NAME], or else bench/loop/NAME.py's `run(setup, net, portals) -> str` (Markdown),
@@ -211,20 +250,27 @@ def measured_catalog(checkpoint: Path, spec: ModelSpec, max_layers: int, workdir
 
 
 def make_plan(placement: str, cluster: Cluster, spec: ModelSpec, catalog: Catalog, lengths: LengthTrace,
-              seconds: float) -> Plan:
+              seconds: float, *, calibration: Calibration | None = None, clients: int = 0) -> Plan:
+    """The placement's plan; the serving objective judges its candidates by the calibrated simulator
+    (a closed loop of `clients`) when a `calibration` is given, else saturated and uncalibrated."""
     options = PlannerOptions(time_limit=seconds, threads=1, throughput_model="profiled")
     if placement == "serving":
-        objective = ServingObjective(window=SimConfig(warmup=20.0, duration=120.0, seed=1))
+        window = (calibration.config(clients, seed=1) if calibration is not None and clients
+                  else SimConfig(warmup=20.0, duration=120.0, seed=1))
+        objective = ServingObjective(window=window)
         return plan_for_serving(cluster, spec, options, lengths, objective, catalog=catalog)[0]
     return plan_cluster(cluster, spec, replace(options, method="auto" if placement == "max-flow" else placement),
                         catalog=catalog)
 
 
 def simulate(plan: Plan, cluster: Cluster, spec: ModelSpec, catalog: Catalog, lengths: LengthTrace,
-             concurrency: int) -> SimResult:
+             concurrency: int, *, calibration: Calibration | None = None) -> SimResult:
+    """The plan simulated: calibrated (a closed loop of `concurrency` clients), or as before calibration (the
+    offline protocol capped at `concurrency` in flight, the profile's curves as measured alone)."""
     scenario = scenario_from_plan(plan, cluster, spec, catalog, plan.solver.method)
-    config = SimConfig(mode="offline", warmup=30.0, duration=300.0, seed=0, max_in_flight=concurrency,
-                       offline_initial=concurrency)
+    config = (calibration.config(concurrency) if calibration is not None else
+              SimConfig(mode="offline", warmup=30.0, duration=300.0, seed=0, max_in_flight=concurrency,
+                        offline_initial=concurrency))
     return Simulation(scenario, "iwrr", config, lengths).run()
 
 
@@ -239,9 +285,10 @@ def serve(placement: str, plan: Plan, cluster: Cluster, net: EmulatedNetwork, po
                                 model_name=MODEL, timeout=120)
         wait_ready(served.http_url, fleet, 120)
         seen = asyncio.run(closed_loop(served.http_url, MODEL, mode.load, mode.max_seconds))
+        observed = scrape(fleet, net, served.http_url)
     return Row(placement, plan.plan_hash, describe(plan, cluster), seen.tokens / seen.elapsed,
                simulated.decode_throughput, percentile(seen.ttfts, 95) / 1e3, simulated.ttft.p95, len(seen.ttfts),
-               seen.errors)
+               seen.errors, observed)
 
 
 def describe(plan: Plan, cluster: Cluster) -> str:
@@ -252,23 +299,53 @@ def describe(plan: Plan, cluster: Cluster) -> str:
 
 def report(rows: list[Row], mode: Mode) -> str:
     load = mode.load
-    header = ("placement", "plan", "pipelines (stage regions)", "served decode tok/s", "simulated", "served/sim",
-              "served p95 TTFT s", "simulated", "served/sim", "requests (errors)")
+    header = ("fleet", "placement", "plan", "pipelines (stage regions)", "served decode tok/s", "calibrated sim",
+              "error", "uncalibrated sim", "error", "served p95 TTFT s", "calibrated sim", "error",
+              "uncalibrated sim", "error", "requests (errors)")
     table = markdown_table(header, [
-        (r.placement, r.plan[:8], r.shape, f"{r.served_tps:.1f}", f"{r.simulated_tps:.1f}",
-         _ratio(r.served_tps, r.simulated_tps), f"{r.served_ttft:.2f}", f"{r.simulated_ttft:.2f}",
-         _ratio(r.served_ttft, r.simulated_ttft), f"{r.finished} ({r.errors})") for r in rows])
-    ratios = [r.served_tps / r.simulated_tps for r in {r.plan: r for r in rows}.values() if r.simulated_tps > 0]
+        (r.fleet, r.placement, r.plan[:8], r.shape, f"{r.served_tps:.1f}", f"{r.calibrated_tps:.1f}",
+         _error(r.calibrated_tps, r.served_tps), f"{r.simulated_tps:.1f}", _error(r.simulated_tps, r.served_tps),
+         f"{r.served_ttft:.2f}", f"{r.calibrated_ttft:.2f}", _error(r.calibrated_ttft, r.served_ttft),
+         f"{r.simulated_ttft:.2f}", _error(r.simulated_ttft, r.served_ttft), f"{r.finished} ({r.errors})")
+        for r in rows])
+    ranks = markdown_table(("fleet", "served ranking", "calibrated sim ranking", "agree (ties within "
+                            f"{TIE:.0%})", "strictly", "uncalibrated sim ranking", "agree", "largest calibrated "
+                            "decode error"), [rank_row(fleet, [r for r in rows if r.fleet == fleet])
+                                              for fleet in dict.fromkeys(r.fleet for r in rows)])
+    calibration = next((r.calibration for r in rows if r.calibration is not None), None)
     summary = (f"Load: {load.concurrency} closed-loop streams, prompts of {load.prompt} tokens, {load.output} output "
                f"tokens, {load.requests} measured requests; model {mode.shape.num_layers} layers, hidden "
-               f"{mode.shape.hidden_size}, at most {mode.max_layers} layers per worker. Fleet: {FLEET.name}. "
-               f"Mean served/simulated decode ratio over distinct plans {statistics.mean(ratios):.2f}."
-               if ratios else "")
-    return f"{summary}\n\n{table}\n"
+               f"{mode.shape.hidden_size}, at most {mode.max_layers} layers per worker. Calibration: "
+               f"{calibration.describe() if calibration else 'none'}. Errors are simulated / served - 1.")
+    return f"{summary}\n\n{table}\n\nRanks of the distinct plans by decode tok/s:\n\n{ranks}\n"
 
 
-def _ratio(served: float, simulated: float) -> str:
-    return f"{served / simulated:.2f}" if simulated > 0 else "n/a"
+def rank_row(fleet: str, rows: list[Row]) -> tuple[str, ...]:
+    plans = list({r.plan: r for r in rows if not r.shape.startswith("as ")}.values())
+
+    def order(key: Callable[[Row], float]) -> list[Row]:
+        return sorted(plans, key=key, reverse=True)
+
+    def agree(simulated: Callable[[Row], float], tie: float) -> bool:
+        """Every pair the simulator orders one way is not served clearly (by more than `tie`) the other way."""
+        return all(not (simulated(a) > simulated(b) and b.served_tps > a.served_tps * (1 + tie))
+                   for a in plans for b in plans)
+
+    def names(ranked: list[Row]) -> str:
+        return " > ".join(r.placement for r in ranked)
+
+    worst = max((abs(r.calibrated_tps / r.served_tps - 1) for r in plans if r.served_tps > 0), default=math.nan)
+    return (fleet, names(order(lambda r: r.served_tps)), names(order(lambda r: r.calibrated_tps)),
+            _yes(agree(lambda r: r.calibrated_tps, TIE)), _yes(agree(lambda r: r.calibrated_tps, 0.0)),
+            names(order(lambda r: r.simulated_tps)), _yes(agree(lambda r: r.simulated_tps, 0.0)), f"{worst:.0%}")
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def _error(simulated: float, served: float) -> str:
+    return f"{simulated / served - 1:+.0%}" if served > 0 and math.isfinite(simulated) else "n/a"
 
 
 if __name__ == "__main__":
