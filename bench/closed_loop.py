@@ -1,30 +1,44 @@
-"""Closed loop: what an emulated multi-region fleet serves against what the simulator predicts for it.
+"""Closed loop: what emulated multi-region fleets serve against what the simulator predicts for them.
 
-    sudo python bench/closed_loop.py            # five placements, a 12-layer model, 8 streams of 128/64
-    sudo python bench/closed_loop.py --quick    # CI: max flow, Swarm, separate; 8 layers, 4 streams of 32/16
-    sudo python bench/closed_loop.py --part routing   # another part on the same fleet (bench/loop/routing.py)
+    sudo python bench/closed_loop.py            # five placements on two fleets, 12 layers, 8 streams of 128/64
+    sudo python bench/closed_loop.py --quick    # CI: max flow and separate; 8 layers, 4 streams of 32/16
+    sudo python bench/closed_loop.py --part routing   # another part on the first fleet (bench/loop/routing.py)
 
-The fleet is bench/closed_loop-fleet.yaml: six workers in three regions, of three speeds. Its GPU
-types are this machine's CPU, measured here on the benchmark's checkpoint with one torch thread (the
-planner's and the simulator's curves, as `helix up` measures a local fleet), and that 2x and 3x
-slower (each such worker runs with HELIX_SLOWDOWN 2 or 3); the measured profile caps every type at
+The fleets are bench/closed_loop-fleet.yaml (six workers in three regions, of three speeds) and
+closed_loop-fleet2.yaml (six in two regions, another mix). Their GPU types are this machine's CPU,
+measured here on the benchmark's checkpoint with one torch thread (the fastest of seven repeats: the
+machine is shared, and the median still carried other processes' time), and that 2x and 3x slower
+(each such worker runs with HELIX_SLOWDOWN 2 or 3); the measured profile caps every type at
 --max-layers layers (so that pipelines span regions, as tiny memories do in the dev cluster). The
 network is real: each worker and the front end run in network namespaces of their own, joined by
 paths shaped to the file's bandwidths with tc and delayed by its latencies (`helix_worker.fleet.netem`;
 needs root), so activations cross the slow links.
 
-Per placement (the planner's max-flow plan; the serving objective's plan, max-flow candidates judged
-by the simulator; Swarm; Petals; separate pipelines; the Helix capacity model exists only for the
-paper's models, so Helix's own max-flow placement is not among them), the same plan is simulated and
-served; placements that come out alike (same plan hash) are measured once and shown for each.
-Served: bench/engine.py's built-in closed-loop client, C streams of token-id prompts, greedy with
-ignore_eos, warm-up requests left out; decode tok/s is output tokens over the measured window,
-TTFT from sending to the first streamed token. Simulated: the offline mode with at most C requests in
-flight (the same closed loop), the front end's IWRR scheduler, fixed request lengths, seed 0. The
-ratio is served / simulated. Nothing is calibrated: this is the gap the closed loop has to close.
-On a two-core machine shared with other work the served side is slowed by contention the simulator
-does not model (six workers, the front end, the relays and the client on two cores), so read the
-load average in the results header.
+Per fleet and placement (the planner's max-flow plan; the serving objective's plan; Swarm; Petals;
+separate pipelines; the Helix capacity model exists only for the paper's models, so Helix's own
+max-flow placement is not among them), the same plan is simulated and served; placements that come
+out alike (same plan hash) are measured once and shown for each. Served: bench/engine.py's built-in
+closed-loop client, C streams of token-id prompts, greedy with ignore_eos, warm-up requests left
+out; decode tok/s is output tokens over the measured window, TTFT from sending to the first streamed
+token. After each, the stages' and the front end's /metrics are read (`loop.observed`).
+
+Simulated twice, with the front end's IWRR scheduler, fixed request lengths, seed 0:
+- uncalibrated (for reference): the offline protocol with at most C in flight and the profile as
+  measured alone. It missed by large factors, either way, and ranked placements by luck: its
+  curves are the machine alone (or the machine under whatever else ran while profiling), and its
+  offline protocol counts a wait for a free slot in every TTFT (the next request is created when
+  the previous one is admitted).
+- calibrated (`loop.calibration`): what had to change, each measured on the first placement served
+  on the first fleet and then held fixed for every other placement and fleet: the compute curves
+  scaled by the served stages' step time over the profile's for the same steps (the stages share
+  two cores with each other, the front end, the relays and the client); every message delayed by
+  the measured overhead beyond its link (round trip less time on stages and links, per message);
+  passes formed by the worker engine's rule (decode rows, then prompts within its step's token
+  budget); and the closed loop of C clients (the simulator's closed mode). The serving placement
+  is chosen by the serving objective judging its candidates with this calibrated simulator.
+Errors are simulated / served - 1; ranks compare the distinct plans by decode tok/s (served figures
+within 5% count as tied). The served side depends on what else runs on the machine: read the load
+average in the results header.
 """
 
 import argparse
@@ -236,7 +250,8 @@ def measured_catalog(checkpoint: Path, spec: ModelSpec, max_layers: int, workdir
     with the workers' KV room, and its 2x and 3x slower types, as `helix up` registers a local fleet's."""
     torch.set_num_threads(1)
     document = measure(ProfileOptions(checkpoint, "CPU", torch.device("cpu"), layers=1, prompt_tokens=(16, 64, 256),
-                                      decode_batches=(1, 4, 16), decode_context=64, repeats=3),
+                                      decode_batches=(1, 2, 4, 8, 16), decode_context=64, repeats=7,
+                                      fastest=True),
                        log=lambda line: say(f"  {line}"))
     document["model"] = spec.name
     blocks = int(WORKER_ENV["HELIX_KV_CACHE_TOKENS"]) // KV_BLOCK_TOKENS  # what each worker holds, for any layer count
@@ -286,6 +301,11 @@ def serve(placement: str, plan: Plan, cluster: Cluster, net: EmulatedNetwork, po
         wait_ready(served.http_url, fleet, 120)
         seen = asyncio.run(closed_loop(served.http_url, MODEL, mode.load, mode.max_seconds))
         observed = scrape(fleet, net, served.http_url)
+    for node, stage in observed.stages.items():
+        say(f"  {node}: {stage.steps:.0f} steps of {stage.mean_batch:.2f} requests, {stage.mean_step * 1e3:.1f} ms "
+            f"each; {stage.mean_hop * 1e3:.1f} ms per request here, queue included")
+    for nodes, (steps, seconds) in observed.round_trips.items():
+        say(f"  {'>'.join(nodes)}: decode round trip {seconds / max(steps, 1) * 1e3:.1f} ms")
     return Row(placement, plan.plan_hash, describe(plan, cluster), seen.tokens / seen.elapsed,
                simulated.decode_throughput, percentile(seen.ttfts, 95) / 1e3, simulated.ttft.p95, len(seen.ttfts),
                seen.errors, observed)

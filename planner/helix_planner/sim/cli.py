@@ -42,8 +42,9 @@ def add_simulate_command(subparsers: "argparse._SubParsersAction[argparse.Argume
     sim.add_argument("--catalog", type=Path, action="append", default=[], help="extra GPU catalog dir or file")
     sim.add_argument("--plan-time-limit", type=float, default=30.0, help="seconds to plan when no --layout")
     sim.add_argument("--scheduler", default="iwrr", help=f"one of {', '.join(SCHEDULERS)} (default iwrr)")
-    sim.add_argument("--mode", choices=MODES, default="offline", help="offline: saturated; online: --rate arrivals; closed: --clients in a loop")
-    sim.add_argument("--clients", type=int, default=0, help="closed: requests kept in flight, each followed by the next")
+    sim.add_argument("--mode", choices=MODES, default="offline",
+                     help="offline: saturated; online: --rate arrivals; closed: a loop of --clients")
+    sim.add_argument("--clients", type=int, default=0, help="closed: requests in the loop, each followed by the next")
     sim.add_argument("--rate", type=float, default=0.0, help="online: mean requests per second")
     sim.add_argument("--arrivals", default="poisson", help="online: poisson, gamma:CV, azure-conv or azure-code")
     sim.add_argument("--lengths",

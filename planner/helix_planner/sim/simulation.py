@@ -116,7 +116,8 @@ class Simulation:
         pairs = handovers(list(self.nodes), layout, scenario.partial_inference)
         pairs += [(SOURCE, n) for n, (start, _) in layout.items() if start == 0]
         pairs += [(n, SINK) for n, (_, end) in layout.items() if end == model.num_layers]
-        self.channels = {key: Channel(link.bandwidth, link.latency + config.hop_seconds, model.token_bytes if SOURCE in key or SINK in key
+        self.channels = {key: Channel(link.bandwidth, link.latency + config.hop_seconds,
+                                      model.token_bytes if SOURCE in key or SINK in key
                                       else model.activation_bytes_per_token)
                          for key in pairs if (link := cluster.link(*key)) is not None}
         self.graph = build_routes(cluster, self.nodes, model.num_layers, scenario.pipelines, self.channels,
@@ -138,8 +139,8 @@ class Simulation:
             self.waiting.append(self._new_request(0.0))
             self.queue.at(0.0, self._admit, self.config.offline_initial)
         elif self.config.mode == "closed":
-            for _ in range(self.config.clients):
-                self.queue.at(0.0, self._arrive, self._new_request(0.0))
+            self.waiting.extend(self._new_request(0.0) for _ in range(self.config.clients))
+            self.queue.at(0.0, self._admit, float("inf"))
         else:
             arrivals = self.config.arrivals
             if arrivals is None:  # SimConfig.check refuses this in online mode
