@@ -104,7 +104,7 @@ class Mode:
 
 
 QUICK = Mode(DemoModel(num_layers=8, hidden_size=128, intermediate_size=352, num_heads=4, num_kv_heads=2), 3,
-             Load(concurrency=4, prompt=32, output=16, requests=8), ("max-flow", "swarm", "separate"), 2.0, 30.0)
+             Load(concurrency=4, prompt=32, output=16, requests=8), ("max-flow", "separate"), 2.0, 30.0)
 FULL = Mode(DemoModel(num_layers=12, hidden_size=512, intermediate_size=1408, num_heads=8, num_kv_heads=4), 4,
             Load(concurrency=8, prompt=128, output=64, requests=32), PLACEMENTS, 10.0, 240.0)
 
@@ -125,6 +125,7 @@ class Row:
     calibrated_tps: float = math.nan  # the simulator calibrated by `calibration`
     calibrated_ttft: float = math.nan
     calibration: Calibration | None = None
+    own_overhead: float = math.nan  # the step overhead this placement's own metrics give
 
 
 @dataclass(frozen=True)
@@ -171,23 +172,23 @@ def emulated(setup: Setup) -> Iterator[tuple[EmulatedNetwork, Portals]]:
 
 def placements(setup: Setup, net: EmulatedNetwork, portals: Portals) -> str:
     """Each placement on each fleet simulated and served: the table of the two, calibrated and not."""
-    rows = placements_on(setup, net, portals, None)
-    calibration = rows[0].calibration
+    rows = placements_on(setup, net, portals)
     for fleet in setup.mode.fleets[1:]:
         other = setup.on_fleet(fleet)
         with emulated(other) as (other_net, other_portals):
-            rows += placements_on(other, other_net, other_portals, calibration)
+            rows += placements_on(other, other_net, other_portals)
     return report(rows, setup.mode)
 
 
-def placements_on(setup: Setup, net: EmulatedNetwork, portals: Portals, calibration: Calibration | None) -> list[Row]:
-    """The mode's placements on `setup`'s fleet. Without a `calibration`, the first placement served
-    measures it, and every later one (the serving objective's choice included) is judged by it."""
+def placements_on(setup: Setup, net: EmulatedNetwork, portals: Portals) -> list[Row]:
+    """The mode's placements on `setup`'s fleet. The first one served measures the calibration, and every
+    later one (the serving objective's choice included) is judged by it."""
     mode, cluster, fleet = setup.mode, setup.cluster, setup.fleet.name
     rows: list[Row] = []
+    calibration: Calibration | None = None
     for placement in mode.placements:
         plan = make_plan(placement, cluster, setup.spec, setup.catalog, setup.lengths, mode.plan_seconds,
-                         calibration=calibration, clients=mode.load.concurrency)
+                         calibration=calibration, load=mode.load)
         same = next((r for r in rows if r.plan == plan.plan_hash), None)
         if same is not None:  # methods that place alike: one measurement, shown for each
             say(f"{fleet} {placement}: the same plan as {same.placement}")
@@ -199,13 +200,15 @@ def placements_on(setup: Setup, net: EmulatedNetwork, portals: Portals, calibrat
         row = serve(placement, plan, cluster, net, portals, setup.checkpoint, setup.worker_env(plan),
                     setup.workdir / fleet / placement, mode, uncalibrated)
         row = replace(row, fleet=fleet)
-        if calibration is None and row.seen is not None:
-            calibration = calibrate(row.seen, plan, cluster, setup.spec, setup.catalog, mode.load.prompt,
-                                    f"{placement} on {fleet}")
-            say(f"calibration: {calibration.describe()}")
+        if row.seen is not None:  # what this placement's own metrics say (the contention differs by plan)
+            own = calibrate(row.seen, plan, cluster, setup.spec, setup.catalog, mode.load.prompt,
+                            f"{placement} on {fleet}")
+            row = replace(row, own_overhead=own.step_overhead)
+            say(f"{fleet} {placement}: measured {own.describe()}")
+            calibration = calibration or own
         if calibration is not None:
             calibrated = simulate(plan, cluster, setup.spec, setup.catalog, setup.lengths, mode.load.concurrency,
-                                  calibration=calibration)
+                                  calibration=calibration, requests=mode.load.requests)
             row = replace(row, calibrated_tps=calibrated.decode_throughput,
                           calibrated_ttft=calibrated.ttft.p95, calibration=calibration)
         rows.append(row)
@@ -265,13 +268,13 @@ def measured_catalog(checkpoint: Path, spec: ModelSpec, max_layers: int, workdir
 
 
 def make_plan(placement: str, cluster: Cluster, spec: ModelSpec, catalog: Catalog, lengths: LengthTrace,
-              seconds: float, *, calibration: Calibration | None = None, clients: int = 0) -> Plan:
+              seconds: float, *, calibration: Calibration | None = None, load: Load | None = None) -> Plan:
     """The placement's plan; the serving objective judges its candidates by the calibrated simulator
-    (a closed loop of `clients`) when a `calibration` is given, else saturated and uncalibrated."""
+    under `load` when a `calibration` and a load are given, else saturated and uncalibrated."""
     options = PlannerOptions(time_limit=seconds, threads=1, throughput_model="profiled")
     if placement == "serving":
-        window = (calibration.config(clients, seed=1) if calibration is not None and clients
-                  else SimConfig(warmup=20.0, duration=120.0, seed=1))
+        window = (calibration.config(load.concurrency, load.requests, seed=1)
+                  if calibration is not None and load is not None else SimConfig(warmup=20.0, duration=120.0, seed=1))
         objective = ServingObjective(window=window)
         return plan_for_serving(cluster, spec, options, lengths, objective, catalog=catalog)[0]
     return plan_cluster(cluster, spec, replace(options, method="auto" if placement == "max-flow" else placement),
@@ -279,11 +282,11 @@ def make_plan(placement: str, cluster: Cluster, spec: ModelSpec, catalog: Catalo
 
 
 def simulate(plan: Plan, cluster: Cluster, spec: ModelSpec, catalog: Catalog, lengths: LengthTrace,
-             concurrency: int, *, calibration: Calibration | None = None) -> SimResult:
-    """The plan simulated: calibrated (a closed loop of `concurrency` clients), or as before calibration (the
-    offline protocol capped at `concurrency` in flight, the profile's curves as measured alone)."""
+             concurrency: int, *, calibration: Calibration | None = None, requests: int = 0) -> SimResult:
+    """The plan simulated: calibrated (`requests` in a closed loop of `concurrency` clients), or as before
+    calibration (the offline protocol capped at `concurrency` in flight, the profile as measured alone)."""
     scenario = scenario_from_plan(plan, cluster, spec, catalog, plan.solver.method)
-    config = (calibration.config(concurrency) if calibration is not None else
+    config = (calibration.config(concurrency, requests) if calibration is not None and requests else
               SimConfig(mode="offline", warmup=30.0, duration=300.0, seed=0, max_in_flight=concurrency,
                         offline_initial=concurrency))
     return Simulation(scenario, "iwrr", config, lengths).run()
@@ -321,22 +324,26 @@ def report(rows: list[Row], mode: Mode) -> str:
     load = mode.load
     header = ("fleet", "placement", "plan", "pipelines (stage regions)", "served decode tok/s", "calibrated sim",
               "error", "uncalibrated sim", "error", "served p95 TTFT s", "calibrated sim", "error",
-              "uncalibrated sim", "error", "requests (errors)")
+              "uncalibrated sim", "error", "requests (errors)", "own step overhead")
     table = markdown_table(header, [
-        (r.fleet, r.placement, r.plan[:8], r.shape, f"{r.served_tps:.1f}", f"{r.calibrated_tps:.1f}",
+        (r.fleet, f"{r.placement} *" if r.calibration and r.calibration.source.startswith(f"{r.placement} on ")
+         else r.placement, r.plan[:8], r.shape, f"{r.served_tps:.1f}", f"{r.calibrated_tps:.1f}",
          _error(r.calibrated_tps, r.served_tps), f"{r.simulated_tps:.1f}", _error(r.simulated_tps, r.served_tps),
          f"{r.served_ttft:.2f}", f"{r.calibrated_ttft:.2f}", _error(r.calibrated_ttft, r.served_ttft),
-         f"{r.simulated_ttft:.2f}", _error(r.simulated_ttft, r.served_ttft), f"{r.finished} ({r.errors})")
-        for r in rows])
+         f"{r.simulated_ttft:.2f}", _error(r.simulated_ttft, r.served_ttft), f"{r.finished} ({r.errors})",
+         f"{r.own_overhead:.1f}") for r in rows])
     ranks = markdown_table(("fleet", "served ranking", "calibrated sim ranking", "agree (ties within "
                             f"{TIE:.0%})", "strictly", "uncalibrated sim ranking", "agree", "largest calibrated "
                             "decode error"), [rank_row(fleet, [r for r in rows if r.fleet == fleet])
                                               for fleet in dict.fromkeys(r.fleet for r in rows)])
-    calibration = next((r.calibration for r in rows if r.calibration is not None), None)
+    calibrations = {r.fleet: r.calibration.describe() for r in rows if r.calibration is not None}
     summary = (f"Load: {load.concurrency} closed-loop streams, prompts of {load.prompt} tokens, {load.output} output "
                f"tokens, {load.requests} measured requests; model {mode.shape.num_layers} layers, hidden "
-               f"{mode.shape.hidden_size}, at most {mode.max_layers} layers per worker. Calibration: "
-               f"{calibration.describe() if calibration else 'none'}. Errors are simulated / served - 1.")
+               f"{mode.shape.hidden_size}, at most {mode.max_layers} layers per worker. Calibration (measured on "
+               f"the placement marked *, then held for the fleet's others): "
+               f"{'; '.join(f'{fleet}: {text}' for fleet, text in calibrations.items()) or 'none'}. "
+               f"Errors are simulated / served - 1. Own step overhead: what each placement's own metrics give "
+               f"(the contention differs by plan; only the starred one's is used).")
     return f"{summary}\n\n{table}\n\nRanks of the distinct plans by decode tok/s:\n\n{ranks}\n"
 
 

@@ -90,11 +90,11 @@ def test_candidates_are_judged_by_a_calibrated_closed_loop_window(reference, cat
     """The bench judges the serving objective's candidates with the simulator calibrated to its served fleet."""
     cluster, model, _, _ = reference_case(reference, catalog, "small10")
     lengths = load_lengths("fixed:750,240", reference / "traces")
-    calibrated = replace(SHORT, mode="closed", clients=16, compute_scale=2.0, hop_seconds=0.005, step_tokens=2048)
+    calibrated = replace(SHORT, mode="closed", clients=16, step_overhead=20.0, hop_seconds=0.005, step_tokens=2048)
     _, candidates = plan_for_serving(cluster, model, PlannerOptions(time_limit=3, throughput_model="helix"), lengths,
                                      ServingObjective(floors=(0.0,), window=calibrated), catalog=catalog)
     plan = candidates[0].plan
-    alone = judge(plan, 0.0, ServingObjective(window=replace(calibrated, compute_scale=1.0, hop_seconds=0.0)),
+    alone = judge(plan, 0.0, ServingObjective(window=replace(calibrated, step_overhead=0.0, hop_seconds=0.0)),
                   cluster, model, catalog, lengths)
     assert candidates[0].in_flight <= 16  # the closed loop's clients, not saturation
     assert 0 < candidates[0].decode_throughput < alone.decode_throughput

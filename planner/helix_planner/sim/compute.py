@@ -7,9 +7,9 @@ and D the decode sequences in the pass, interpolated from the measured curves (r
 estimates for GPUs without measurements). A pass is one event: layers are not simulated
 one by one. Prompts and decode steps wait in two FIFO queues.
 
-Calibrated to a served fleet (`SimConfig.compute_scale`, `SimConfig.step_tokens`), the curves
-are scaled by what the served stages' steps took against the profile (the profile is measured
-alone; served stages share their cores), and a pass takes prompts as the worker engine's step
+Calibrated to a served fleet (`SimConfig.step_overhead`, `SimConfig.step_tokens`), every pass
+also pays the served engine's cost per step, whatever its layers and rows (measured in the node's
+own time, as `step_overhead` one-row decode layers), and takes prompts as the worker engine's step
 does: decode rows first, then whole prompts while the step's token budget lasts.
 """
 
@@ -38,16 +38,15 @@ class NodeProfile:
     decode_max_sequences: int
     kv_capacity: float  # token-layers
     shared_budget: bool = False  # decode rows count against prompt_max_tokens (the worker engine's step budget)
+    pass_seconds: float = 0.0  # fixed cost of every pass
 
-    def calibrated(self, compute_scale: float, step_tokens: int | None) -> "NodeProfile":
-        """The curves times `compute_scale`; with `step_tokens`, the engine's budget in place of vLLM's limits."""
-        def scaled(curve: Curve) -> Curve:
-            return Curve(curve.xs, tuple(seconds * compute_scale for seconds in curve.seconds))
-
-        curves = replace(self, prompt=scaled(self.prompt), decode=scaled(self.decode))
+    def calibrated(self, step_overhead: float, step_tokens: int | None) -> "NodeProfile":
+        """Each pass `step_overhead` one-row decode layers dearer; with `step_tokens`, the engine's step
+        budget in place of vLLM's limits."""
+        costed = replace(self, pass_seconds=step_overhead * self.decode(1))
         if step_tokens is None:
-            return curves
-        return replace(curves, prompt_max_requests=step_tokens, prompt_max_tokens=step_tokens,
+            return costed
+        return replace(costed, prompt_max_requests=step_tokens, prompt_max_tokens=step_tokens,
                        decode_max_sequences=step_tokens, shared_budget=True)
 
 
@@ -111,8 +110,8 @@ class GpuNode:
         if not batch:
             return 0.0
         if self.mid_entry:
-            return self._partial_seconds(batch)
-        return (self.end - self.start) * (profile.prompt(tokens) + self._decode(sequences))
+            return profile.pass_seconds + self._partial_seconds(batch)
+        return profile.pass_seconds + (self.end - self.start) * (profile.prompt(tokens) + self._decode(sequences))
 
     def _partial_seconds(self, batch: list[Request]) -> float:
         """Layer segments between distinct entry points, each timed with the requests present there."""

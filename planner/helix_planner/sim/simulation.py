@@ -63,11 +63,13 @@ class SimConfig:
     max_in_flight: int | None = None  # front-end cap on admitted requests (None: KV room decides)
     offline_initial: int = 20  # requests admitted at time 0 in offline mode
     clients: int = 0  # closed mode: requests kept in the system, each followed by a new one when it finishes
+    requests: int | None = None  # closed mode: how many in all; the measured span ends when the last one finishes
     slo_ttft: float = 5.0
     slo_tpot: float = 0.5
-    # Calibration to a served fleet (bench/loop/calibration.py measures them): step times over the profile's,
-    # each message's overhead beyond its link's latency (RPC, relays), the worker engine's step token budget.
-    compute_scale: float = 1.0
+    # Calibration to a served fleet (bench/loop/calibration.py measures them): the served engine's fixed cost
+    # per step, in one-row decode layers of the node's own profile; each message's overhead beyond its link's
+    # latency (RPC, relays); the worker engine's step token budget.
+    step_overhead: float = 0.0
     hop_seconds: float = 0.0
     step_tokens: int | None = None
 
@@ -76,14 +78,16 @@ class SimConfig:
             raise PlanningError(f"unknown mode {self.mode!r}: use offline, online or closed")
         if self.mode == "closed" and self.clients < 1:
             raise PlanningError(f"closed mode needs at least one client (--clients), got {self.clients}")
+        if self.requests is not None and (self.mode != "closed" or self.requests < 1):
+            raise PlanningError(f"a number of requests ({self.requests}) needs closed mode and at least one")
         if self.mode == "online" and self.arrivals is None:
             raise PlanningError("online mode needs arrivals: give --rate (requests/s) and --arrivals")
         if self.warmup < 0 or self.duration <= 0:
             raise PlanningError(f"warm-up must be >= 0 and the measured window > 0 "
                                 f"(got {self.warmup}, {self.duration})")
-        if self.compute_scale <= 0 or self.hop_seconds < 0 or (self.step_tokens is not None and self.step_tokens < 1):
-            raise PlanningError(f"calibration: compute scale must be > 0, hop seconds >= 0 and step tokens >= 1 "
-                                f"(got {self.compute_scale}, {self.hop_seconds}, {self.step_tokens})")
+        if self.step_overhead < 0 or self.hop_seconds < 0 or (self.step_tokens is not None and self.step_tokens < 1):
+            raise PlanningError(f"calibration: step overhead and hop seconds must be >= 0 and step tokens >= 1 "
+                                f"(got {self.step_overhead}, {self.hop_seconds}, {self.step_tokens})")
         if not 0 < self.kv_high_water <= 1:
             raise PlanningError(f"--kv-high-water must be in (0, 1], got {self.kv_high_water}")
 
@@ -100,8 +104,8 @@ class Simulation:
             if node.name in scenario.layout:
                 start, end = scenario.layout[node.name]
                 profile = node_profile(scenario.catalog, model, node.gpu, end - start)
-                if config.compute_scale != 1.0 or config.step_tokens is not None:
-                    profile = profile.calibrated(config.compute_scale, config.step_tokens)
+                if config.step_overhead or config.step_tokens is not None:
+                    profile = profile.calibrated(config.step_overhead, config.step_tokens)
                 self.nodes[node.name] = GpuNode(node.name, node.gpu, start, end, profile, config.kv_high_water)
         missing = sorted(set(scenario.layout) - set(self.nodes))
         if missing:
@@ -139,7 +143,7 @@ class Simulation:
             self.waiting.append(self._new_request(0.0))
             self.queue.at(0.0, self._admit, self.config.offline_initial)
         elif self.config.mode == "closed":
-            self.waiting.extend(self._new_request(0.0) for _ in range(self.config.clients))
+            self.waiting.extend(self._new_request(0.0) for _ in range(self._to_issue(self.config.clients)))
             self.queue.at(0.0, self._admit, float("inf"))
         else:
             arrivals = self.config.arrivals
@@ -164,6 +168,10 @@ class Simulation:
     def _request(self, arrival: float, inp: int, out: int) -> Request:
         self._next_id += 1
         return Request(self._next_id, inp, out, arrival)
+
+    def _to_issue(self, wanted: int) -> int:
+        """How many of `wanted` new requests a finite closed loop still sends."""
+        return wanted if self.config.requests is None else max(0, min(wanted, self.config.requests - self._next_id))
 
     def _new_request(self, now: float) -> Request:
         (inp, out), = self.lengths.sample(self.length_rng, 1)
@@ -237,8 +245,10 @@ class Simulation:
         if self.config.mode == "offline":
             self._admit(firsts + finished)
         elif self.config.mode == "closed" and finished:
-            self.waiting.extend(self._new_request(now) for _ in range(finished))
+            self.waiting.extend(self._new_request(now) for _ in range(self._to_issue(finished)))
             self._admit()
+            if self.config.requests is not None and not self.in_flight and not self.waiting:
+                self.recorder.end = min(self.recorder.end, now)  # the last one finished: the span ends here
         elif finished and self.waiting:
             self._admit()
 
