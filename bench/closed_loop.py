@@ -29,13 +29,15 @@ Simulated twice, with the front end's IWRR scheduler, fixed request lengths, see
   offline protocol counts a wait for a free slot in every TTFT (the next request is created when
   the previous one is admitted).
 - calibrated (`loop.calibration`): what had to change, each measured on the first placement served
-  on the first fleet and then held fixed for every other placement and fleet: the compute curves
-  scaled by the served stages' step time over the profile's for the same steps (the stages share
-  two cores with each other, the front end, the relays and the client); every message delayed by
-  the measured overhead beyond its link (round trip less time on stages and links, per message);
-  passes formed by the worker engine's rule (decode rows, then prompts within its step's token
-  budget); and the closed loop of C clients (the simulator's closed mode). The serving placement
-  is chosen by the serving objective judging its candidates with this calibrated simulator.
+  on a fleet and then held for the fleet's other placements: every pass pays the served engine's
+  cost per step (measured: a served step takes about as long with three layers as with four, the
+  excess over the profile is per step, not per layer: the stages share two cores with each other,
+  the front end, the relays and the client); every message is delayed by the measured overhead
+  beyond its link (round trip less time on stages and links, per message); passes are formed by the
+  worker engine's rule (decode rows, then prompts within its step's token budget); and the load is
+  the client's: its N requests in a closed loop of C, timed until the last one finishes (the
+  simulator's closed mode). The serving placement is chosen by the serving objective judging its
+  candidates with this calibrated simulator. Each row also shows the step cost its own metrics give.
 Errors are simulated / served - 1; ranks compare the distinct plans by decode tok/s (served figures
 within 5% count as tied). The served side depends on what else runs on the machine: read the load
 average in the results header.
