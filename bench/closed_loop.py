@@ -58,6 +58,7 @@ from pathlib import Path
 import torch
 from engine import Load, closed_loop, percentile
 from loop.calibration import Calibration, calibrate
+from loop.contention import ContentionProbe
 from loop.observed import Seen, scrape
 from results import markdown_table, write_table
 
@@ -128,6 +129,8 @@ class Row:
     calibrated_ttft: float = math.nan
     calibration: Calibration | None = None
     own_overhead: float = math.nan  # the step overhead this placement's own metrics give
+    probe_seconds: float = math.nan  # the contention probe's median step while it was served
+    contention: float = math.nan  # that over the profile's
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,12 @@ class Setup:
     fleet: Path
     cluster: Cluster
     lengths: LengthTrace
+
+    @property
+    def reference_step(self) -> float:
+        """The profile's one-row decode step of one layer (what `loop.contention` probes), seconds."""
+        measured = self.catalog.measurement(self.spec.name, "CPU")
+        return measured.decode(1) if measured is not None else math.nan
 
     def on_fleet(self, fleet: Path) -> "Setup":
         """The same model and catalog on another fleet file."""
@@ -201,16 +210,18 @@ def placements_on(setup: Setup, net: EmulatedNetwork, portals: Portals) -> list[
             f"{uncalibrated.decode_throughput:.1f} tok/s, p95 TTFT {uncalibrated.ttft.p95:.2f} s; serving it")
         row = serve(placement, plan, cluster, net, portals, setup.checkpoint, setup.worker_env(plan),
                     setup.workdir / fleet / placement, mode, uncalibrated)
-        row = replace(row, fleet=fleet)
-        if row.seen is not None:  # what this placement's own metrics say (the contention differs by plan)
+        contention = row.probe_seconds / setup.reference_step
+        row = replace(row, fleet=fleet, contention=contention)
+        if row.seen is not None:  # what this placement's own metrics say
             own = calibrate(row.seen, plan, cluster, setup.spec, setup.catalog, mode.load.prompt,
-                            f"{placement} on {fleet}")
+                            f"{placement} on {fleet}", contention)
             row = replace(row, own_overhead=own.step_overhead)
             say(f"{fleet} {placement}: measured {own.describe()}")
             calibration = calibration or own
-        if calibration is not None:
+        if calibration is not None:  # with the contention probed while this one was served
             calibrated = simulate(plan, cluster, setup.spec, setup.catalog, setup.lengths, mode.load.concurrency,
-                                  calibration=calibration, requests=mode.load.requests)
+                                  calibration=replace(calibration, contention=contention),
+                                  requests=mode.load.requests)
             row = replace(row, calibrated_tps=calibrated.decode_throughput,
                           calibrated_ttft=calibrated.ttft.p95, calibration=calibration)
         rows.append(row)
@@ -304,7 +315,8 @@ def serve(placement: str, plan: Plan, cluster: Cluster, net: EmulatedNetwork, po
         served = start_emulated(fleet, net, portals, plan, plan_path, checkpoint, env | {FRONTEND: WORKER_ENV},
                                 model_name=MODEL, timeout=120)
         wait_ready(served.http_url, fleet, 120)
-        seen = asyncio.run(closed_loop(served.http_url, MODEL, mode.load, mode.max_seconds))
+        with ContentionProbe(checkpoint) as probe:
+            seen = asyncio.run(closed_loop(served.http_url, MODEL, mode.load, mode.max_seconds))
         observed = scrape(fleet, net, served.http_url)
     for node, stage in observed.stages.items():
         say(f"  {node}: {stage.steps:.0f} steps of {stage.mean_batch:.2f} requests, {stage.mean_step * 1e3:.1f} ms "
@@ -313,7 +325,7 @@ def serve(placement: str, plan: Plan, cluster: Cluster, net: EmulatedNetwork, po
         say(f"  {'>'.join(nodes)}: decode round trip {seconds / max(steps, 1) * 1e3:.1f} ms")
     return Row(placement, plan.plan_hash, describe(plan, cluster), seen.tokens / seen.elapsed,
                simulated.decode_throughput, percentile(seen.ttfts, 95) / 1e3, simulated.ttft.p95, len(seen.ttfts),
-               seen.errors, observed)
+               seen.errors, observed, probe_seconds=probe.seconds())
 
 
 def describe(plan: Plan, cluster: Cluster) -> str:
@@ -326,14 +338,14 @@ def report(rows: list[Row], mode: Mode) -> str:
     load = mode.load
     header = ("fleet", "placement", "plan", "pipelines (stage regions)", "served decode tok/s", "calibrated sim",
               "error", "uncalibrated sim", "error", "served p95 TTFT s", "calibrated sim", "error",
-              "uncalibrated sim", "error", "requests (errors)", "own step overhead")
+              "uncalibrated sim", "error", "requests (errors)", "probed compute slowdown", "own step overhead")
     table = markdown_table(header, [
         (r.fleet, f"{r.placement} *" if r.calibration and r.calibration.source.startswith(f"{r.placement} on ")
          else r.placement, r.plan[:8], r.shape, f"{r.served_tps:.1f}", f"{r.calibrated_tps:.1f}",
          _error(r.calibrated_tps, r.served_tps), f"{r.simulated_tps:.1f}", _error(r.simulated_tps, r.served_tps),
          f"{r.served_ttft:.2f}", f"{r.calibrated_ttft:.2f}", _error(r.calibrated_ttft, r.served_ttft),
          f"{r.simulated_ttft:.2f}", _error(r.simulated_ttft, r.served_ttft), f"{r.finished} ({r.errors})",
-         f"{r.own_overhead:.1f}") for r in rows])
+         f"x{r.contention:.2f}", f"{r.own_overhead:.1f}") for r in rows])
     ranks = markdown_table(("fleet", "served ranking", "calibrated sim ranking", "agree (ties within "
                             f"{TIE:.0%})", "strictly", "uncalibrated sim ranking", "agree", "largest calibrated "
                             "decode error"), [rank_row(fleet, [r for r in rows if r.fleet == fleet])
@@ -344,8 +356,10 @@ def report(rows: list[Row], mode: Mode) -> str:
                f"{mode.shape.hidden_size}, at most {mode.max_layers} layers per worker. Calibration (measured on "
                f"the placement marked *, then held for the fleet's others): "
                f"{'; '.join(f'{fleet}: {text}' for fleet, text in calibrations.items()) or 'none'}. "
-               f"Errors are simulated / served - 1. Own step overhead: what each placement's own metrics give "
-               f"(the contention differs by plan; only the starred one's is used).")
+               f"Errors are simulated / served - 1. Probed compute slowdown: a one-layer step timed in the bench "
+               f"while the placement was served, over the profile's (the calibrated simulation of that placement "
+               f"runs its compute that much slower). Own step overhead: what each placement's own metrics give "
+               f"(only the starred one's is used).")
     return f"{summary}\n\n{table}\n\nRanks of the distinct plans by decode tok/s:\n\n{ranks}\n"
 
 

@@ -41,23 +41,26 @@ class Calibration:
     step_overhead: float  # per step, in one-row decode layers of the stage's profile
     hop_seconds: float  # per message, beyond the link's latency and transfer time
     source: str  # what it was measured on
-
+    contention: float = 1.0  # how much slower compute ran than profiled (`loop.contention`), in that window
     def config(self, clients: int, requests: int, seed: int = 0) -> SimConfig:
         """The bench client's load, `requests` in a closed loop of `clients`, with the engine's step budget and
         these measurements; the span ends when the last request finishes, as the client's does."""
         return SimConfig(mode="closed", warmup=0.0, duration=LONGEST, seed=seed, clients=clients, requests=requests,
-                         max_in_flight=clients, step_overhead=self.step_overhead, hop_seconds=self.hop_seconds,
+                         max_in_flight=clients, compute_scale=self.contention, step_overhead=self.step_overhead,
+                         hop_seconds=self.hop_seconds,
                          step_tokens=STEP_TOKENS)
 
     def describe(self) -> str:
-        return (f"{self.step_overhead:.1f} one-row decode layers per step beyond the profile, "
+        return (f"compute x{self.contention:.2f} (probe), {self.step_overhead:.1f} one-row decode layers per step "
+                f"beyond the profile, "
                 f"{self.hop_seconds * 1e3:.1f} ms per message "
                 f"beyond link latency, steps of {STEP_TOKENS} tokens, a closed loop (measured on {self.source})")
 
 
 def calibrate(seen: Seen, plan: Plan, cluster: Cluster, model: ModelSpec, catalog: Catalog, prompt_tokens: int,
-              source: str) -> Calibration:
-    """Step and hop overhead from one served placement's metrics (`seen`)."""
+              source: str, contention: float = 1.0) -> Calibration:
+    """Step and hop overhead from one served placement's metrics (`seen`), with compute `contention` times
+    slower than profiled while it was served."""
     layers = {node.name: node.end - node.start for node in plan.nodes}
     excess = units = 0.0
     for name, stage in seen.stages.items():
@@ -66,8 +69,8 @@ def calibrate(seen: Seen, plan: Plan, cluster: Cluster, model: ModelSpec, catalo
             continue
         prompts = (stage.tokens - stage.requests) / (prompt_tokens - 1)  # a prompt is one request of P rows
         decode_rows = stage.requests - prompts
-        excess += stage.seconds - layers[name] * (stage.steps * profile.decode(decode_rows / stage.steps)
-                                                  + prompts * profile.prompt(prompt_tokens))
+        excess += stage.seconds / contention - layers[name] * (stage.steps * profile.decode(decode_rows / stage.steps)
+                                                               + prompts * profile.prompt(prompt_tokens))
         units += stage.steps * profile.decode(1)
     messages = residual = 0.0
     for nodes, (steps, seconds) in seen.round_trips.items():
@@ -83,4 +86,4 @@ def calibrate(seen: Seen, plan: Plan, cluster: Cluster, model: ModelSpec, catalo
         residual += steps * (seconds / steps - on_stages - wire)
         messages += steps * (len(nodes) + 1)
     return Calibration(max(0.0, excess / units) if units else 0.0,
-                       max(0.0, residual / messages) if messages else 0.0, source)
+                       max(0.0, residual / messages) if messages else 0.0, source, contention)

@@ -66,9 +66,10 @@ class SimConfig:
     requests: int | None = None  # closed mode: how many in all; the measured span ends when the last one finishes
     slo_ttft: float = 5.0
     slo_tpot: float = 0.5
-    # Calibration to a served fleet (bench/loop/calibration.py measures them): the served engine's fixed cost
-    # per step, in one-row decode layers of the node's own profile; each message's overhead beyond its link's
-    # latency (RPC, relays); the worker engine's step token budget.
+    # Calibration to a served fleet (bench/loop/calibration.py measures them): how much slower compute runs than
+    # profiled (cores shared); the served engine's fixed cost per step, in one-row decode layers of the node's
+    # own profile; each message's overhead beyond its link's latency (RPC, relays); the engine's step budget.
+    compute_scale: float = 1.0
     step_overhead: float = 0.0
     hop_seconds: float = 0.0
     step_tokens: int | None = None
@@ -85,9 +86,11 @@ class SimConfig:
         if self.warmup < 0 or self.duration <= 0:
             raise PlanningError(f"warm-up must be >= 0 and the measured window > 0 "
                                 f"(got {self.warmup}, {self.duration})")
-        if self.step_overhead < 0 or self.hop_seconds < 0 or (self.step_tokens is not None and self.step_tokens < 1):
-            raise PlanningError(f"calibration: step overhead and hop seconds must be >= 0 and step tokens >= 1 "
-                                f"(got {self.step_overhead}, {self.hop_seconds}, {self.step_tokens})")
+        if (self.compute_scale <= 0 or self.step_overhead < 0 or self.hop_seconds < 0
+                or (self.step_tokens is not None and self.step_tokens < 1)):
+            raise PlanningError(f"calibration: compute scale must be > 0, step overhead and hop seconds >= 0 and "
+                                f"step tokens >= 1 (got {self.compute_scale}, {self.step_overhead}, "
+                                f"{self.hop_seconds}, {self.step_tokens})")
         if not 0 < self.kv_high_water <= 1:
             raise PlanningError(f"--kv-high-water must be in (0, 1], got {self.kv_high_water}")
 
@@ -104,8 +107,8 @@ class Simulation:
             if node.name in scenario.layout:
                 start, end = scenario.layout[node.name]
                 profile = node_profile(scenario.catalog, model, node.gpu, end - start)
-                if config.step_overhead or config.step_tokens is not None:
-                    profile = profile.calibrated(config.step_overhead, config.step_tokens)
+                if config.compute_scale != 1.0 or config.step_overhead or config.step_tokens is not None:
+                    profile = profile.calibrated(config.compute_scale, config.step_overhead, config.step_tokens)
                 self.nodes[node.name] = GpuNode(node.name, node.gpu, start, end, profile, config.kv_high_water)
         missing = sorted(set(scenario.layout) - set(self.nodes))
         if missing:
