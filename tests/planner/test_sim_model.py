@@ -223,14 +223,14 @@ def test_a_finite_closed_loop_ends_its_span_when_the_last_request_finishes() -> 
     assert ttft == pytest.approx(PROMPT_PASS)
 
 
-def test_step_overhead_and_hop_overhead_lengthen_every_pass_and_message() -> None:
-    hop, overhead = 0.003, 5.0  # the step overhead in one-row decode layers of the node's own profile
+def test_contention_step_overhead_and_hop_overhead_lengthen_every_pass_and_message() -> None:
+    hop, overhead, slower = 0.003, 5.0, 2.0  # the step overhead in one-row decode layers of the node's own profile
     per_pass = overhead * DECODE(1)
-    seconds = PER_REQUEST + 11 * per_pass + 11 * 2 * hop  # 11 passes; two messages per token: to the stage and back
+    seconds = slower * (PER_REQUEST + 11 * per_pass) + 11 * 2 * hop  # 11 passes; two messages per token
     throughput, _, ttft = one_node(SimConfig(mode="closed", clients=1, warmup=10.0, duration=120.0,
-                                             step_overhead=overhead, hop_seconds=hop))
+                                             compute_scale=slower, step_overhead=overhead, hop_seconds=hop))
     assert throughput == pytest.approx(11 / seconds, rel=0.01)
-    assert ttft == pytest.approx(PROMPT_PASS + per_pass + 2 * hop)
+    assert ttft == pytest.approx(slower * (PROMPT_PASS + per_pass) + 2 * hop)
 
 
 def test_the_engine_step_budget_runs_prompts_together_within_its_tokens() -> None:
@@ -244,7 +244,7 @@ def test_the_engine_step_budget_runs_prompts_together_within_its_tokens() -> Non
     assert first_tokens(150) == pytest.approx(one_at_a_time)  # the second does not fit: the next step
 
 
-@pytest.mark.parametrize("config", [SimConfig(mode="closed"), SimConfig(step_overhead=-1.0),
+@pytest.mark.parametrize("config", [SimConfig(mode="closed"), SimConfig(step_overhead=-1.0), SimConfig(compute_scale=0.0),
                                     SimConfig(hop_seconds=-1.0), SimConfig(step_tokens=0),
                                     SimConfig(requests=3)])
 def test_bad_closed_loop_or_calibration_settings_are_one_clear_error(config: SimConfig) -> None:
