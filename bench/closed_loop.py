@@ -29,7 +29,10 @@ Simulated twice, with the front end's IWRR scheduler, fixed request lengths, see
   offline protocol counts a wait for a free slot in every TTFT (the next request is created when
   the previous one is admitted).
 - calibrated (`loop.calibration`): what had to change, each measured on the first placement served
-  on a fleet and then held for the fleet's other placements: every pass pays the served engine's
+  on a fleet and then held for the fleet's other placements, except the machine's slowdown, which
+  a contention probe (`loop.contention`: a one-layer step timed in the bench every 0.2 s) measures
+  while each placement is served, since it moves with the plan's own load and with whatever else
+  runs (it reads nothing the placement reports): every pass pays the served engine's
   cost per step (measured: a served step takes about as long with three layers as with four, the
   excess over the profile is per step, not per layer: the stages share two cores with each other,
   the front end, the relays and the client); every message is delayed by the measured overhead
