@@ -244,9 +244,9 @@ def test_the_engine_step_budget_runs_prompts_together_within_its_tokens() -> Non
     assert first_tokens(150) == pytest.approx(one_at_a_time)  # the second does not fit: the next step
 
 
-@pytest.mark.parametrize("config", [SimConfig(mode="closed"), SimConfig(step_overhead=-1.0), SimConfig(compute_scale=0.0),
-                                    SimConfig(hop_seconds=-1.0), SimConfig(step_tokens=0),
-                                    SimConfig(requests=3)])
+@pytest.mark.parametrize("config", [SimConfig(mode="closed"), SimConfig(step_overhead=-1.0),
+                                    SimConfig(compute_scale=0.0), SimConfig(hop_seconds=-1.0),
+                                    SimConfig(step_tokens=0), SimConfig(requests=3)])
 def test_bad_closed_loop_or_calibration_settings_are_one_clear_error(config: SimConfig) -> None:
     with pytest.raises(PlanningError, match="clients|calibration|closed mode"):
         config.check()
