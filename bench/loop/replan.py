@@ -29,24 +29,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from aiohttp import ClientSession, ClientTimeout
-from closed_loop import FLEET, MODEL, WORKER_ENV, Mode, measured_catalog, say
+from closed_loop import MODEL, QUICK, WORKER_ENV, Mode, Setup, say
 from engine import Load
-from results import markdown_table, write_table
+from results import markdown_table
 
 from helix_planner.cluster import Cluster, Node
-from helix_planner.io.cluster_yaml import load_cluster_yaml
 from helix_planner.observed import DriftTracker
 from helix_planner.plan_format import Plan
-from helix_worker.fleet.emulated import start_relays
-from helix_worker.fleet.netem import FRONTEND, EmulatedNetwork
-from helix_worker.fleet.plans import FleetPlan, PlanInputs, model_spec, plan_with
+from helix_worker.fleet.emulated import Portals
+from helix_worker.fleet.netem import EmulatedNetwork
+from helix_worker.fleet.plans import FleetPlan, PlanInputs, plan_with
 from helix_worker.fleet.replan import Replanner
 from helix_worker.fleet.rollout import Generation, Launch, retire, start_generation, switch
-from helix_worker.model.config import load_model_config
-from helix_worker.model.random_checkpoint import write_demo_checkpoint
 
 FACTOR = 2.0  # how much slower the chosen worker turns
 DEBOUNCE_SECONDS = 10.0
@@ -134,69 +130,60 @@ class Phase:
     end: float
 
 
-def run(mode: Mode, workdir: Path, quick: bool) -> int:
-    windows = QUICK_WINDOWS if quick else FULL_WINDOWS
-    checkpoint = workdir / MODEL
-    write_demo_checkpoint(checkpoint, mode.shape)
-    spec = model_spec(load_model_config(checkpoint), MODEL)
-    catalog, types = measured_catalog(checkpoint, spec, mode.max_layers, workdir, say)
-    slowdown_of = {name: slowdown for slowdown, name in types.items()}
-    cluster, _ = load_cluster_yaml(FLEET)
-    slowdowns = {node.name: slowdown_of[node.gpu] for node in cluster.nodes}
+def run(setup: Setup, net: EmulatedNetwork, portals: Portals) -> str:
+    mode, workdir, cluster, spec, catalog = setup.mode, setup.workdir, setup.cluster, setup.spec, setup.catalog
+    windows = QUICK_WINDOWS if mode == QUICK else FULL_WINDOWS
+    types = {slowdown: name for name, slowdown in setup.slowdowns.items()}
+    slowdowns = {node.name: setup.slowdowns[node.gpu] for node in cluster.nodes}
     inputs = PlanInputs(cluster, catalog, spec, mode.plan_seconds)
     first = FleetPlan(plan_with(cluster, spec, mode.plan_seconds, catalog, lambda _: None), slowdowns, inputs)
     slowed = busiest_fastest(first.plan, cluster)
     say(f"plan {first.plan.plan_hash}: {first.plan.throughput:.1f} tok/s planned; {slowed} will turn "
         f"{FACTOR:g}x slower")
     phases: list[Phase] = []
-    with EmulatedNetwork(cluster, cluster.node_names + [FRONTEND], workdir / "net") as net:
-        portals = start_relays(net, cluster.node_names)
-        launch = Launch(workdir, checkpoint, MODEL, WORKER_ENV, net, portals, timeout=PHASE_TIMEOUT)
-        serving = start_generation(launch, 0, first)
-        try:
-            switch(launch, serving)
-            traffic = Traffic(portals.http_url, mode.load)
-            client = traffic.start()
-            replanner = Replanner(DriftTracker(debounce_seconds=DEBOUNCE_SECONDS), poll_seconds=1.0, out=say)
-            replanner.check(serving)  # the plan is seen serving; its reference is taken at the baseline's end
-            began = time.monotonic() + windows.warmup
-            wait_until(lambda: time.monotonic() >= began + windows.measure, lambda: None, "the baseline's end")
-            wait_until(lambda: replanner.referenced(serving), lambda: replanner.check(serving),
-                       "the replanner's reference")
-            phases.append(Phase("baseline", first.plan, began, began + windows.measure))
-            say(f"baseline: {traffic.rate(began, began + windows.measure):.1f} tok/s")
+    launch = Launch(workdir, setup.checkpoint, MODEL, WORKER_ENV, net, portals, timeout=PHASE_TIMEOUT)
+    serving = start_generation(launch, 0, first)
+    try:
+        switch(launch, serving)
+        traffic = Traffic(portals.http_url, mode.load)
+        client = traffic.start()
+        replanner = Replanner(DriftTracker(debounce_seconds=DEBOUNCE_SECONDS), poll_seconds=1.0, out=say)
+        replanner.check(serving)  # the plan is seen serving; its reference is taken at the baseline's end
+        began = time.monotonic() + windows.warmup
+        wait_until(lambda: time.monotonic() >= began + windows.measure, lambda: None, "the baseline's end")
+        wait_until(lambda: replanner.referenced(serving), lambda: replanner.check(serving),
+                   "the replanner's reference")
+        phases.append(Phase("baseline", first.plan, began, began + windows.measure))
+        say(f"baseline: {traffic.rate(began, began + windows.measure):.1f} tok/s")
 
-            slowed_at = time.monotonic()
-            launch.slowdown_file(slowed).write_text(str(slowdowns[slowed] * FACTOR))
-            say(f"{slowed}: slowdown {slowdowns[slowed] * FACTOR:g} from now on")
-            degraded_end = slowed_at + SETTLE_SECONDS + windows.measure
-            better: list[FleetPlan] = []
-            wait_until(lambda: bool(better) and time.monotonic() >= degraded_end,
-                       lambda: better or better.extend(filter(None, [replanner.check(serving)])), "a replan")
-            detected, trigger = replanner.detected[-1]
-            phases.append(Phase("degraded", first.plan, slowed_at + SETTLE_SECONDS, degraded_end))
-            rollout_began = time.monotonic()
-            serving, switched = roll_out(launch, serving, better[0])
-            alone = time.monotonic()
-            timing = Timing(detected - slowed_at, switched - rollout_began, alone - rollout_began, trigger)
-            say(f"detected {timing.detect:.1f}s after the slowdown; the rollout put the new plan on the entry after "
-                f"{timing.switch:.1f}s and had it serving alone after {timing.rollout:.1f}s")
-            phases.append(measure(traffic, "recovered", serving.fleet_plan.plan, windows))
+        slowed_at = time.monotonic()
+        launch.slowdown_file(slowed).write_text(str(slowdowns[slowed] * FACTOR))
+        say(f"{slowed}: slowdown {slowdowns[slowed] * FACTOR:g} from now on")
+        degraded_end = slowed_at + SETTLE_SECONDS + windows.measure
+        better: list[FleetPlan] = []
+        wait_until(lambda: bool(better) and time.monotonic() >= degraded_end,
+                   lambda: better or better.extend(filter(None, [replanner.check(serving)])), "a replan")
+        detected, trigger = replanner.detected[-1]
+        phases.append(Phase("degraded", first.plan, slowed_at + SETTLE_SECONDS, degraded_end))
+        rollout_began = time.monotonic()
+        serving, switched = roll_out(launch, serving, better[0])
+        alone = time.monotonic()
+        timing = Timing(detected - slowed_at, switched - rollout_began, alone - rollout_began, trigger)
+        say(f"detected {timing.detect:.1f}s after the slowdown; the rollout put the new plan on the entry after "
+            f"{timing.switch:.1f}s and had it serving alone after {timing.rollout:.1f}s")
+        phases.append(measure(traffic, "recovered", serving.fleet_plan.plan, windows))
 
-            degraded = Cluster(nodes=[Node(n.name, degraded_type(n, slowed, slowdowns, types), n.region)
-                                      for n in cluster.nodes], links=cluster.links, name=cluster.name)
-            fresh_plan = plan_with(degraded, spec, mode.plan_seconds, catalog, lambda _: None)
-            say(f"fresh plan for the degraded fleet: {fresh_plan.plan_hash}, {fresh_plan.throughput:.1f} tok/s planned")
-            serving, _ = roll_out(launch, serving, FleetPlan(fresh_plan, slowdowns, replace(inputs, cluster=degraded)))
-            phases.append(measure(traffic, "fresh plan", fresh_plan, windows))
-            traffic.stop.set()
-            client.join(PHASE_TIMEOUT)
-        finally:
-            serving.fleet.stop()
-    text = report(phases, traffic, slowed, mode, timing)
-    print(text)
-    write_table("closed_loop-replan", text)
-    return 0
+        degraded = Cluster(nodes=[Node(n.name, degraded_type(n, slowed, slowdowns, types), n.region)
+                                  for n in cluster.nodes], links=cluster.links, name=cluster.name)
+        fresh_plan = plan_with(degraded, spec, mode.plan_seconds, catalog, lambda _: None)
+        say(f"fresh plan for the degraded fleet: {fresh_plan.plan_hash}, {fresh_plan.throughput:.1f} tok/s planned")
+        serving, _ = roll_out(launch, serving, FleetPlan(fresh_plan, slowdowns, replace(inputs, cluster=degraded)))
+        phases.append(measure(traffic, "fresh plan", fresh_plan, windows))
+        traffic.stop.set()
+        client.join(PHASE_TIMEOUT)
+    finally:
+        serving.fleet.stop()
+    return report(phases, traffic, slowed, mode, timing)
 
 
 def busiest_fastest(plan: Plan, cluster: Cluster) -> str:

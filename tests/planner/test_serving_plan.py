@@ -86,6 +86,20 @@ def _candidate(floor: float, decode: float, ttft: float) -> Candidate:
     return Candidate(floor, plan=None, decode_throughput=decode, ttft_p95=ttft, in_flight=10)  # type: ignore[arg-type]
 
 
+def test_candidates_are_judged_by_a_calibrated_closed_loop_window(reference, catalog) -> None:
+    """The bench judges the serving objective's candidates with the simulator calibrated to its served fleet."""
+    cluster, model, _, _ = reference_case(reference, catalog, "small10")
+    lengths = load_lengths("fixed:750,240", reference / "traces")
+    calibrated = replace(SHORT, mode="closed", clients=16, step_overhead=20.0, hop_seconds=0.005, step_tokens=2048)
+    _, candidates = plan_for_serving(cluster, model, PlannerOptions(time_limit=3, throughput_model="helix"), lengths,
+                                     ServingObjective(floors=(0.0,), window=calibrated), catalog=catalog)
+    plan = candidates[0].plan
+    alone = judge(plan, 0.0, ServingObjective(window=replace(calibrated, step_overhead=0.0, hop_seconds=0.0)),
+                  cluster, model, catalog, lengths)
+    assert candidates[0].in_flight <= 16  # the closed loop's clients, not saturation
+    assert 0 < candidates[0].decode_throughput < alone.decode_throughput
+
+
 def test_choice_is_the_best_throughput_meeting_the_ttft_target() -> None:
     fast_start, faster, slow_start = _candidate(0.0, 100, 5.0), _candidate(0.5, 120, 5.4), _candidate(0.7, 200, 9.0)
     assert choose([fast_start, faster, slow_start], None) is slow_start

@@ -194,3 +194,59 @@ def test_same_seed_same_numbers_other_seed_other_numbers() -> None:
     for scheduler in ("iwrr", "random", "swarm", "shortest-queue", "adaptive"):
         assert run(3, scheduler) == run(3, scheduler)
     assert run(3, "random") != run(4, "random")
+
+
+# Closed loop and calibration to a served fleet (bench/closed_loop.py)
+
+PROMPT_PASS = LAYERS * PROMPT(100)
+DECODE_PASS = LAYERS * DECODE(1)
+PER_REQUEST = PROMPT_PASS + 10 * DECODE_PASS  # a prompt of 100 tokens and 10 more output tokens, alone
+
+
+def one_node(config: SimConfig, inp: int = 100, out: int = 11) -> tuple[float, float, float]:
+    """Decode tok/s, p50 and p95 TTFT of one node holding every layer."""
+    result = Simulation(toy_scenario({"a": (0, LAYERS)}, [(["a"], 1.0)]), "iwrr", config, fixed(inp, out)).run()
+    return result.decode_throughput, result.ttft.p50, result.ttft.p95
+
+
+def test_a_closed_loop_client_waits_for_no_one_before_it_sends() -> None:
+    closed = one_node(SimConfig(mode="closed", clients=1, warmup=10.0, duration=120.0))
+    offline = one_node(SimConfig(warmup=10.0, duration=120.0, max_in_flight=1))
+    assert closed[0] == pytest.approx(offline[0], rel=0.01) == pytest.approx(11 / PER_REQUEST, rel=0.01)
+    assert closed[2] == pytest.approx(PROMPT_PASS)  # sent when the previous one finished
+    assert offline[2] == pytest.approx(PER_REQUEST + PROMPT_PASS)  # created while the previous one ran
+
+
+def test_a_finite_closed_loop_ends_its_span_when_the_last_request_finishes() -> None:
+    throughput, _, ttft = one_node(SimConfig(mode="closed", clients=1, requests=3, warmup=0.0, duration=600.0))
+    assert throughput == pytest.approx(3 * 11 / (3 * PER_REQUEST))  # the benchmark client's tokens over its time
+    assert ttft == pytest.approx(PROMPT_PASS)
+
+
+def test_contention_step_overhead_and_hop_overhead_lengthen_every_pass_and_message() -> None:
+    hop, overhead, slower = 0.003, 5.0, 2.0  # the step overhead in one-row decode layers of the node's own profile
+    per_pass = overhead * DECODE(1)
+    seconds = slower * (PER_REQUEST + 11 * per_pass) + 11 * 2 * hop  # 11 passes; two messages per token
+    throughput, _, ttft = one_node(SimConfig(mode="closed", clients=1, warmup=10.0, duration=120.0,
+                                             compute_scale=slower, step_overhead=overhead, hop_seconds=hop))
+    assert throughput == pytest.approx(11 / seconds, rel=0.01)
+    assert ttft == pytest.approx(slower * (PROMPT_PASS + per_pass) + 2 * hop)
+
+
+def test_the_engine_step_budget_runs_prompts_together_within_its_tokens() -> None:
+    def first_tokens(step_tokens: int | None) -> float:
+        """p50 TTFT of two one-token requests sent together (and of nothing else: the window ends first)."""
+        return one_node(SimConfig(mode="closed", clients=2, warmup=0.0, duration=PROMPT_PASS * 2.1,
+                                  step_tokens=step_tokens), out=1)[1]
+    one_at_a_time = (PROMPT_PASS + 2 * PROMPT_PASS) / 2
+    assert first_tokens(None) == pytest.approx(one_at_a_time)  # vLLM's limit in the toy profile: a prompt a pass
+    assert first_tokens(200) == pytest.approx(LAYERS * PROMPT(200))  # both in one step
+    assert first_tokens(150) == pytest.approx(one_at_a_time)  # the second does not fit: the next step
+
+
+@pytest.mark.parametrize("config", [SimConfig(mode="closed"), SimConfig(step_overhead=-1.0),
+                                    SimConfig(compute_scale=0.0), SimConfig(hop_seconds=-1.0),
+                                    SimConfig(step_tokens=0), SimConfig(requests=3)])
+def test_bad_closed_loop_or_calibration_settings_are_one_clear_error(config: SimConfig) -> None:
+    with pytest.raises(PlanningError, match="clients|calibration|closed mode"):
+        config.check()

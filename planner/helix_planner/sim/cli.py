@@ -42,7 +42,9 @@ def add_simulate_command(subparsers: "argparse._SubParsersAction[argparse.Argume
     sim.add_argument("--catalog", type=Path, action="append", default=[], help="extra GPU catalog dir or file")
     sim.add_argument("--plan-time-limit", type=float, default=30.0, help="seconds to plan when no --layout")
     sim.add_argument("--scheduler", default="iwrr", help=f"one of {', '.join(SCHEDULERS)} (default iwrr)")
-    sim.add_argument("--mode", choices=MODES, default="offline", help="offline: saturated; online: --rate arrivals")
+    sim.add_argument("--mode", choices=MODES, default="offline",
+                     help="offline: saturated; online: --rate arrivals; closed: a loop of --clients")
+    sim.add_argument("--clients", type=int, default=0, help="closed: requests in the loop, each followed by the next")
     sim.add_argument("--rate", type=float, default=0.0, help="online: mean requests per second")
     sim.add_argument("--arrivals", default="poisson", help="online: poisson, gamma:CV, azure-conv or azure-code")
     sim.add_argument("--lengths",
@@ -83,7 +85,7 @@ def _simulate(args: argparse.Namespace) -> int:
                                  throughput_model=args.throughput_model, partial_inference=args.partial_inference,
                                  plan_time_limit=args.plan_time_limit, progress=status)
     config = SimConfig(mode=args.mode, warmup=warmup, duration=duration, seed=args.seed, arrivals=arrivals,
-                       kv_high_water=args.kv_high_water, max_in_flight=args.max_in_flight,
+                       kv_high_water=args.kv_high_water, max_in_flight=args.max_in_flight, clients=args.clients,
                        slo_ttft=args.slo_ttft, slo_tpot=args.slo_tpot)
     with StatusLine(f"simulating {scenario.label}", quiet=args.quiet) as status:
         result = Simulation(scenario, args.scheduler, config, lengths).run(progress_bar(status))

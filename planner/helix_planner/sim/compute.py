@@ -6,10 +6,16 @@ node's layers together. One layer costs prompt(P) + decode(D) seconds, P the pro
 and D the decode sequences in the pass, interpolated from the measured curves (roofline
 estimates for GPUs without measurements). A pass is one event: layers are not simulated
 one by one. Prompts and decode steps wait in two FIFO queues.
+
+Calibrated to a served fleet (`SimConfig.compute_scale`, `step_overhead`, `step_tokens`), every
+pass also pays the served engine's cost per step, whatever its layers and rows (measured in the
+node's own time, as `step_overhead` one-row decode layers), all of it `compute_scale` times slower
+(the machine's cores shared), and takes prompts as the worker engine's step does: decode rows
+first, then whole prompts while the step's token budget lasts.
 """
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from helix_planner.errors import PlanningError
 from helix_planner.models import ModelSpec
@@ -32,6 +38,21 @@ class NodeProfile:
     prompt_max_tokens: int
     decode_max_sequences: int
     kv_capacity: float  # token-layers
+    shared_budget: bool = False  # decode rows count against prompt_max_tokens (the worker engine's step budget)
+    pass_seconds: float = 0.0  # fixed cost of every pass
+
+    def calibrated(self, compute_scale: float, step_overhead: float, step_tokens: int | None) -> "NodeProfile":
+        """Every pass `step_overhead` one-row decode layers dearer, and the whole of it `compute_scale` times
+        slower; with `step_tokens`, the engine's step budget in place of vLLM's limits."""
+        def scaled(curve: Curve) -> Curve:
+            return Curve(curve.xs, tuple(seconds * compute_scale for seconds in curve.seconds))
+
+        costed = replace(self, prompt=scaled(self.prompt), decode=scaled(self.decode),
+                         pass_seconds=compute_scale * step_overhead * self.decode(1))
+        if step_tokens is None:
+            return costed
+        return replace(costed, prompt_max_requests=step_tokens, prompt_max_tokens=step_tokens,
+                       decode_max_sequences=step_tokens, shared_budget=True)
 
 
 def node_profile(catalog: Catalog, model: ModelSpec, gpu_name: str, layers: int) -> NodeProfile:
@@ -83,8 +104,9 @@ class GpuNode:
             batch = [decodes.popleft() for _ in range(profile.decode_max_sequences)]
         sequences = len(batch)
         taken = tokens = 0
+        budget = profile.prompt_max_tokens - (sequences if profile.shared_budget else 0)
         while prompts and taken < profile.prompt_max_requests:
-            if taken and tokens + prompts[0].tokens > profile.prompt_max_tokens:
+            if (taken or profile.shared_budget and sequences) and tokens + prompts[0].tokens > budget:
                 break  # a prompt longer than the token budget still runs, alone
             tokens += prompts[0].tokens
             taken += 1
@@ -93,8 +115,8 @@ class GpuNode:
         if not batch:
             return 0.0
         if self.mid_entry:
-            return self._partial_seconds(batch)
-        return (self.end - self.start) * (profile.prompt(tokens) + self._decode(sequences))
+            return profile.pass_seconds + self._partial_seconds(batch)
+        return profile.pass_seconds + (self.end - self.start) * (profile.prompt(tokens) + self._decode(sequences))
 
     def _partial_seconds(self, batch: list[Request]) -> float:
         """Layer segments between distinct entry points, each timed with the requests present there."""

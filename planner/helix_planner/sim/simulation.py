@@ -7,6 +7,10 @@ same route. Online mode feeds arrivals at a target rate. Offline mode follows th
 protocol for a saturated cluster: a few requests at time 0, then one more each time a request
 returns its first token or finishes, as long as KV room (and `max_in_flight`) allow; so the
 load ramps up until the KV caches are full without flooding the first stages with prompts.
+Closed mode is a benchmark client's closed loop: `clients` requests at time 0, and each one that
+finishes is followed by a new one at once, so no request waits at the front end before its
+client sends it (offline mode's next request exists from the moment the previous one is admitted,
+and its TTFT counts that wait).
 """
 
 import time
@@ -31,7 +35,7 @@ from helix_planner.sim.routes import build_routes, route_fits
 from helix_planner.sim.schedulers import make_scheduler
 from helix_planner.sim.workload import LengthTrace
 
-MODES = ("offline", "online")
+MODES = ("offline", "online", "closed")
 
 
 @dataclass(frozen=True)
@@ -58,17 +62,35 @@ class SimConfig:
     kv_high_water: float = 0.9
     max_in_flight: int | None = None  # front-end cap on admitted requests (None: KV room decides)
     offline_initial: int = 20  # requests admitted at time 0 in offline mode
+    clients: int = 0  # closed mode: requests kept in the system, each followed by a new one when it finishes
+    requests: int | None = None  # closed mode: how many in all; the measured span ends when the last one finishes
     slo_ttft: float = 5.0
     slo_tpot: float = 0.5
+    # Calibration to a served fleet (bench/loop/calibration.py measures them): how much slower compute runs than
+    # profiled (cores shared); the served engine's fixed cost per step, in one-row decode layers of the node's
+    # own profile; each message's overhead beyond its link's latency (RPC, relays); the engine's step budget.
+    compute_scale: float = 1.0
+    step_overhead: float = 0.0
+    hop_seconds: float = 0.0
+    step_tokens: int | None = None
 
     def check(self) -> None:
         if self.mode not in MODES:
-            raise PlanningError(f"unknown mode {self.mode!r}: use offline or online")
+            raise PlanningError(f"unknown mode {self.mode!r}: use offline, online or closed")
+        if self.mode == "closed" and self.clients < 1:
+            raise PlanningError(f"closed mode needs at least one client (--clients), got {self.clients}")
+        if self.requests is not None and (self.mode != "closed" or self.requests < 1):
+            raise PlanningError(f"a number of requests ({self.requests}) needs closed mode and at least one")
         if self.mode == "online" and self.arrivals is None:
             raise PlanningError("online mode needs arrivals: give --rate (requests/s) and --arrivals")
         if self.warmup < 0 or self.duration <= 0:
             raise PlanningError(f"warm-up must be >= 0 and the measured window > 0 "
                                 f"(got {self.warmup}, {self.duration})")
+        if (self.compute_scale <= 0 or self.step_overhead < 0 or self.hop_seconds < 0
+                or (self.step_tokens is not None and self.step_tokens < 1)):
+            raise PlanningError(f"calibration: compute scale must be > 0, step overhead and hop seconds >= 0 and "
+                                f"step tokens >= 1 (got {self.compute_scale}, {self.step_overhead}, "
+                                f"{self.hop_seconds}, {self.step_tokens})")
         if not 0 < self.kv_high_water <= 1:
             raise PlanningError(f"--kv-high-water must be in (0, 1], got {self.kv_high_water}")
 
@@ -85,6 +107,8 @@ class Simulation:
             if node.name in scenario.layout:
                 start, end = scenario.layout[node.name]
                 profile = node_profile(scenario.catalog, model, node.gpu, end - start)
+                if config.compute_scale != 1.0 or config.step_overhead or config.step_tokens is not None:
+                    profile = profile.calibrated(config.compute_scale, config.step_overhead, config.step_tokens)
                 self.nodes[node.name] = GpuNode(node.name, node.gpu, start, end, profile, config.kv_high_water)
         missing = sorted(set(scenario.layout) - set(self.nodes))
         if missing:
@@ -99,7 +123,8 @@ class Simulation:
         pairs = handovers(list(self.nodes), layout, scenario.partial_inference)
         pairs += [(SOURCE, n) for n, (start, _) in layout.items() if start == 0]
         pairs += [(n, SINK) for n, (_, end) in layout.items() if end == model.num_layers]
-        self.channels = {key: Channel(link.bandwidth, link.latency, model.token_bytes if SOURCE in key or SINK in key
+        self.channels = {key: Channel(link.bandwidth, link.latency + config.hop_seconds,
+                                      model.token_bytes if SOURCE in key or SINK in key
                                       else model.activation_bytes_per_token)
                          for key in pairs if (link := cluster.link(*key)) is not None}
         self.graph = build_routes(cluster, self.nodes, model.num_layers, scenario.pipelines, self.channels,
@@ -120,6 +145,9 @@ class Simulation:
         if self.config.mode == "offline":
             self.waiting.append(self._new_request(0.0))
             self.queue.at(0.0, self._admit, self.config.offline_initial)
+        elif self.config.mode == "closed":
+            self.waiting.extend(self._new_request(0.0) for _ in range(self._to_issue(self.config.clients)))
+            self.queue.at(0.0, self._admit, float("inf"))
         else:
             arrivals = self.config.arrivals
             if arrivals is None:  # SimConfig.check refuses this in online mode
@@ -143,6 +171,10 @@ class Simulation:
     def _request(self, arrival: float, inp: int, out: int) -> Request:
         self._next_id += 1
         return Request(self._next_id, inp, out, arrival)
+
+    def _to_issue(self, wanted: int) -> int:
+        """How many of `wanted` new requests a finite closed loop still sends."""
+        return wanted if self.config.requests is None else max(0, min(wanted, self.config.requests - self._next_id))
 
     def _new_request(self, now: float) -> Request:
         (inp, out), = self.lengths.sample(self.length_rng, 1)
@@ -215,6 +247,11 @@ class Simulation:
         self._send_from_front_end(again, now)
         if self.config.mode == "offline":
             self._admit(firsts + finished)
+        elif self.config.mode == "closed" and finished:
+            self.waiting.extend(self._new_request(now) for _ in range(self._to_issue(finished)))
+            self._admit()
+            if self.config.requests is not None and not self.in_flight and not self.waiting:
+                self.recorder.end = min(self.recorder.end, now)  # the last one finished: the span ends here
         elif finished and self.waiting:
             self._admit()
 
