@@ -79,14 +79,15 @@ class RouteTable:
     def _blocks(self, node: str, tokens: int) -> int:
         return -(-tokens // self.block_tokens[node])
 
+    def room(self, node: str, tokens: int) -> bool:
+        """Whether a request of `tokens` tokens fits `node` (whatever layers it runs there: a
+        stage's blocks hold all its layers), watermark kept free."""
+        total = self._blocks(node, self.capacity[node])
+        return total - self.held[node] - self.others[node] - self._blocks(node, tokens) >= self.watermark * total
+
     def fits(self, route: Route, tokens: int) -> bool:
-        """Whether a request of `tokens` tokens fits every stage of `route`, watermark kept free."""
-        for node in route.nodes:
-            total = self._blocks(node, self.capacity[node])
-            spare = total - self.held[node] - self.others[node] - self._blocks(node, tokens)
-            if spare < self.watermark * total:
-                return False
-        return True
+        """Whether a request of `tokens` tokens fits every stage of `route`."""
+        return all(self.room(node, tokens) for node in route.nodes)
 
     def largest_fit(self) -> int:
         """The most tokens one request can ever hold on some route (a stage's whole pool)."""

@@ -129,7 +129,9 @@ class StageServicer(pb_grpc.StageServiceServicer):
         """Also the front ends' heartbeat: readiness, progress, the KV the asking peer holds here,
         and which of the next hops its routes take from here this stage cannot forward to now."""
         model, usage = self.engine.model, self.engine.usage()
-        mine = self.engine.held_tokens(self.engine.requests_by_peer().get(request.peer, [])) if request.peer else 0
+        by_peer = self.engine.requests_by_peer()
+        mine = self.engine.held_tokens(by_peer.get(request.peer, [])) if request.peer else 0
+        here = sum(map(len, by_peer.values()))
         return pb.StageInfo(node=self.identity.node, model=self.identity.model, start=model.start, end=model.end,
                             num_layers=model.config.num_layers, hidden_size=model.config.hidden_size,
                             vocab_size=model.config.vocab_size, dtype=str(model.dtype).removeprefix("torch."),
@@ -137,7 +139,8 @@ class StageServicer(pb_grpc.StageServiceServicer):
                             kv_block_tokens=usage.block_tokens, plan_hash=self.identity.plan_hash,
                             ready=self.engine.failure is None, problem=self.engine.failure or "",
                             kv_peer_tokens=mine, stalled_seconds=self.engine.stalled_seconds(),
-                            next_hop_problems=self.next_hop_problems(map(wire.hop_from_proto, request.next_hops)))
+                            next_hop_problems=self.next_hop_problems(map(wire.hop_from_proto, request.next_hops)),
+                            running_requests=usage.requests, waiting_requests=max(0, here - usage.requests))
 
     def next_hop_problems(self, hops: Iterable[Hop]) -> dict[str, str]:
         """Why this stage would not forward to each of `hops` now, by node (absent: it would): the
