@@ -2,6 +2,7 @@
 
     sudo python bench/closed_loop.py            # five placements, a 12-layer model, 8 streams of 128/64
     sudo python bench/closed_loop.py --quick    # CI: max flow, Swarm, separate; 8 layers, 4 streams of 32/16
+    sudo python bench/closed_loop.py --part routing   # another part on the same fleet (bench/loop/routing.py)
 
 The fleet is bench/closed_loop-fleet.yaml: six workers in three regions, of three speeds. Its GPU
 types are this machine's CPU, measured here on the benchmark's checkpoint with one torch thread (the
@@ -28,11 +29,13 @@ load average in the results header.
 
 import argparse
 import asyncio
+import importlib
 import statistics
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -100,46 +103,87 @@ class Row:
     errors: int
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What every part of the bench shares: the mode, the checkpoint and its measured catalog, the fleet."""
+    mode: Mode
+    workdir: Path
+    checkpoint: Path
+    spec: ModelSpec
+    catalog: Catalog
+    slowdowns: dict[str, float]  # GPU type -> HELIX_SLOWDOWN
+    fleet: Path
+    cluster: Cluster
+    lengths: LengthTrace
+
+    def worker_env(self, plan: Plan) -> dict[str, dict[str, str]]:
+        """Each of the plan's workers' environment: WORKER_ENV and its type's slowdown."""
+        return {n.name: WORKER_ENV | {"HELIX_SLOWDOWN": f"{self.slowdowns[self.cluster.node(n.name).gpu]:g}"}
+                for n in plan.nodes}
+
+
+def prepare(mode: Mode, workdir: Path, fleet: Path = FLEET) -> Setup:
+    """Write the checkpoint, measure this CPU on it, load `fleet`."""
+    checkpoint = workdir / MODEL
+    write_demo_checkpoint(checkpoint, mode.shape)
+    spec = model_spec(load_model_config(checkpoint), MODEL)
+    catalog, types = measured_catalog(checkpoint, spec, mode.max_layers, workdir, say)
+    cluster, _ = load_cluster_yaml(fleet)
+    return Setup(mode, workdir, checkpoint, spec, catalog, {name: slowdown for slowdown, name in types.items()},
+                 fleet, cluster, load_lengths(f"fixed:{mode.load.prompt},{mode.load.output}", workdir))
+
+
+@contextmanager
+def emulated(setup: Setup) -> Iterator[tuple[EmulatedNetwork, Portals]]:
+    """The fleet's emulated network (a namespace per worker and the front end) and its relays."""
+    cluster = setup.cluster
+    with EmulatedNetwork(cluster, [n.name for n in cluster.nodes] + [FRONTEND], setup.workdir / "net") as net:
+        yield net, start_relays(net, cluster.node_names)
+
+
+def placements(setup: Setup, net: EmulatedNetwork, portals: Portals) -> str:
+    """Each placement simulated and served; the table of the two."""
+    mode, cluster = setup.mode, setup.cluster
+    rows: list[Row] = []
+    for placement in mode.placements:
+        plan = make_plan(placement, cluster, setup.spec, setup.catalog, setup.lengths, mode.plan_seconds)
+        same = next((r for r in rows if r.plan == plan.plan_hash), None)
+        if same is not None:  # methods that place alike: one measurement, shown for each
+            say(f"{placement}: the same plan as {same.placement}")
+            rows.append(replace(same, placement=placement, shape=f"as {same.placement}"))
+            continue
+        simulated = simulate(plan, cluster, setup.spec, setup.catalog, setup.lengths, mode.load.concurrency)
+        say(f"{placement}: {describe(plan, cluster)}; simulated {simulated.decode_throughput:.1f} tok/s, "
+            f"p95 TTFT {simulated.ttft.p95:.2f} s; serving it")
+        rows.append(serve(placement, plan, cluster, net, portals, setup.checkpoint, setup.worker_env(plan),
+                          setup.workdir / placement, mode, simulated))
+        say(f"{placement}: served {rows[-1].served_tps:.1f} tok/s, p95 TTFT {rows[-1].served_ttft:.2f} s")
+    return report(rows, mode)
+
+
+# --part NAME runs PARTS[NAME], or else bench/loop/NAME.py's `run(setup, net, portals) -> str` (Markdown),
+# written to docs/results/closed_loop.md (placements) or closed_loop-NAME.md.
+PARTS: dict[str, Callable[[Setup, EmulatedNetwork, Portals], str]] = {"placements": placements}
+HOOKED = ("routing", "replan")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI: three placements, a smaller model and load")
     parser.add_argument("--workdir", type=Path, help="plans, logs and the checkpoint (default: a temp dir)")
+    parser.add_argument("--part", choices=(*PARTS, *HOOKED), default="placements", help="what to measure")
     args = parser.parse_args(argv)
     try:
         require_net_admin()
     except ServingError as err:
         print(f"closed_loop: {err}", file=sys.stderr)
         return 2
-    mode = QUICK if args.quick else FULL
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="helix-closed-loop-"))
-    checkpoint = workdir / MODEL
-    write_demo_checkpoint(checkpoint, mode.shape)
-    spec = model_spec(load_model_config(checkpoint), MODEL)
-    catalog, types = measured_catalog(checkpoint, spec, mode.max_layers, workdir, say)
-    slowdowns = {name: slowdown for slowdown, name in types.items()}
-    cluster, _ = load_cluster_yaml(FLEET)
-    lengths = load_lengths(f"fixed:{mode.load.prompt},{mode.load.output}", workdir)
-    rows: list[Row] = []
-    with EmulatedNetwork(cluster, [n.name for n in cluster.nodes] + [FRONTEND], workdir / "net") as net:
-        portals = start_relays(net, cluster.node_names)
-        for placement in mode.placements:
-            plan = make_plan(placement, cluster, spec, catalog, lengths, mode.plan_seconds)
-            same = next((r for r in rows if r.plan == plan.plan_hash), None)
-            if same is not None:  # methods that place alike: one measurement, shown for each
-                say(f"{placement}: the same plan as {same.placement}")
-                rows.append(replace(same, placement=placement, shape=f"as {same.placement}"))
-                continue
-            simulated = simulate(plan, cluster, spec, catalog, lengths, mode.load.concurrency)
-            say(f"{placement}: {describe(plan, cluster)}; simulated {simulated.decode_throughput:.1f} tok/s, "
-                f"p95 TTFT {simulated.ttft.p95:.2f} s; serving it")
-            env = {n.name: WORKER_ENV | {"HELIX_SLOWDOWN": str(slowdowns[cluster.node(n.name).gpu])}
-                   for n in plan.nodes}
-            rows.append(serve(placement, plan, cluster, net, portals, checkpoint, env, workdir / placement, mode,
-                              simulated))
-            say(f"{placement}: served {rows[-1].served_tps:.1f} tok/s, p95 TTFT {rows[-1].served_ttft:.2f} s")
-    text = report(rows, mode)
+    part = PARTS.get(args.part) or importlib.import_module(f"loop.{args.part}").run
+    setup = prepare(QUICK if args.quick else FULL, args.workdir or Path(tempfile.mkdtemp(prefix="helix-closed-loop-")))
+    with emulated(setup) as (net, portals):
+        text = part(setup, net, portals)
     print(text)
-    write_table("closed_loop", text)
+    write_table("closed_loop" if args.part == "placements" else f"closed_loop-{args.part}", text)
     return 0
 
 
