@@ -62,9 +62,16 @@ def test_router_prefers_less_loaded_faster_closer_routes() -> None:
     assert _route(router) == [("x2", 0, 3), ("y2", 3, 6)]  # the less loaded twin
 
     router = _router(twins)
-    for _ in range(10):  # x1 -> y1 steps take 50 ms where the passes predict a few: learnt, avoided
-        router.observed(router.table.routes[0], 0.05)
+    slow, fast = router.table.routes
+    for _ in range(10):  # x1 -> y1's steps take 50 ms, x2 -> y2's 10 ms: x1 and y1 are slower than planned
+        router.observed(slow, 0.05)
+        router.observed(fast, 0.01)
+    assert router.correction["x1"] > 1 > router.correction["x2"]
     assert [n for n, _, _ in _route(router)] == ["x2", "y2"]
+    for _ in range(40):  # x1 and y1 carry none of this front end's requests: their corrections fade
+        router.heartbeat("x1", 0.002, 0, 0)
+        router.heartbeat("y1", 0.002, 0, 0)
+    assert router.correction["x1"] == pytest.approx(1.0, abs=0.01)
 
     router = _router(twins)
     for node, rtt in {"x1": 0.002, "y1": 0.002, "x2": 0.002, "y2": 0.020}.items():
@@ -78,7 +85,7 @@ def test_router_composes_routes_over_the_hop_graph() -> None:
     router = _router()
     assert router.table.next_hops["a"] == (router.table.routes[0].hops[1],)  # the pipelines' own
     assert {h.node for h in router.graph.next_hops()["a"]} == {"b", "d"}  # what heartbeats then ask about
-    router.pass_seconds |= {"b": 0.05, "c": 0.05}  # slow b and c: a [0, 3) then d [3, 6) crosses the pipelines
+    router.correction |= {"b": 4.0, "c": 4.0}  # slow b and c: a [0, 3) then d [3, 6) crosses the pipelines
     assert _route(router) == [("a", 0, 3), ("d", 3, 6)]
     router.table.hop_problems["a"] = {"d": "cannot reach d"}  # a may not forward to d: only the pipelines
     assert _route(router) in ([("a", 0, 3), ("b", 3, 6)], [("c", 0, 2), ("d", 2, 6)])

@@ -11,15 +11,18 @@ What it knows is measured, not planned:
 * links: a one-way latency of half the front end's heartbeat round trip to a stage (the least
   of the latest few), and between two stages half the difference of theirs (exact for stages on
   a line from the front end, a lower bound otherwise);
-* passes: seconds per layer of a lone decode pass at each node, first in proportion to the
-  plan's per-layer capacity, then corrected by every decode step's observed round trip (what the
-  links do not explain is shared among the route's nodes, so nodes on many routes are pinned
-  down), and drifting down while a node carries none of this front end's requests, so that one
-  avoided while slow is tried again;
+* passes: seconds per layer of a lone decode pass at each node, in proportion to the plan's
+  per-layer capacity, times a fleet-wide scale (the median, over recent decode steps, of what
+  the links leave of a step's observed round trip over what the passes predict), times a
+  correction per node that each step through it nudges by how far that step's route ran from
+  the median (bounded nudges: the requests batched in one slow step all report it at once). A
+  node carrying none of this front end's requests forgets its correction over a few heartbeats,
+  so that one avoided while slow is tried again;
 * queues: this front end's requests through each node, plus what the stage last reported
   running or waiting for other front ends.
 """
 
+import statistics
 from collections import deque
 from collections.abc import Iterable
 
@@ -29,10 +32,12 @@ from helix_worker.protocol import Hop
 
 GROWTH = 0.25  # a pass's extra time per request batched with it, as a share of a lone pass
 PREFILL_TOKENS = 32  # prompt tokens a prefill pass takes in the time of a decode pass (rough)
-LEARNING = 0.2  # exponent of a round trip's correction to the passes it covers (an EMA in log space)
-IDLE_DRIFT = 0.98  # per heartbeat, the pass estimate of a node carrying none of this front end's requests
+NUDGE = 0.02  # exponent of one step's (bounded) deviation applied to its nodes' corrections
+BOUND = 4.0  # a correction, and one step's deviation, stay within [1/BOUND, BOUND]
+IDLE_FORGET = 0.9  # per heartbeat, exponent applied to the correction of a node carrying none of our requests
 INITIAL_PASS = 0.001  # seconds per layer of a lone pass at the fastest node, before any observation
 RTT_SAMPLES = 8
+SCALE_SAMPLES = 64
 
 Costed = tuple[float, tuple[Hop, ...]]
 
@@ -43,7 +48,9 @@ class AdaptiveRouter:
         self.table, self.graph = table, graph
         per_layer = {n: capacity.get(n, 0.0) * (h.end - h.start) for n, h in graph.hops.items()}
         fastest = max(per_layer.values(), default=0.0)
-        self.pass_seconds = {n: INITIAL_PASS * fastest / c if c > 0 else INITIAL_PASS for n, c in per_layer.items()}
+        self.planned_pass = {n: INITIAL_PASS * fastest / c if c > 0 else INITIAL_PASS for n, c in per_layer.items()}
+        self.scales: deque[float] = deque(maxlen=SCALE_SAMPLES)  # observed over predicted passes, recent steps
+        self.correction = {n: 1.0 for n in graph.hops}
         self.rtts: dict[str, deque[float]] = {n: deque(maxlen=RTT_SAMPLES) for n in graph.hops}
         self.mine = {n: 0 for n in graph.hops}  # this front end's admitted requests through each node
         self.others = {n: 0 for n in graph.hops}  # other front ends' requests there, as last reported
@@ -56,7 +63,7 @@ class AdaptiveRouter:
         self.rtts[node].append(seconds)
         self.others[node] = max(0, running + waiting - self.mine[node])
         if self.mine[node] == 0:
-            self.pass_seconds[node] *= IDLE_DRIFT
+            self.correction[node] **= IDLE_FORGET
 
     def admitted(self, route: Route) -> None:
         for node in route.nodes:
@@ -75,8 +82,15 @@ class AdaptiveRouter:
         """One decode step through `route` took `seconds`, front end to front end."""
         passes = sum(self._pass(h) for h in route.hops)
         ratio = max(seconds - self.step_links(route.nodes), 0.1 * passes) / passes
+        self.scales.append(ratio * self.scale)
+        nudge = min(max(ratio, 1 / BOUND), BOUND) ** NUDGE
         for node in route.nodes:
-            self.pass_seconds[node] *= ratio ** LEARNING
+            self.correction[node] = min(max(self.correction[node] * nudge, 1 / BOUND), BOUND)
+
+    @property
+    def scale(self) -> float:
+        """Observed over planned pass times, fleet-wide (1 before any observation)."""
+        return statistics.median(self.scales) if self.scales else 1.0
 
     # The choice ----------------------------------------------------------------------------
 
@@ -116,7 +130,8 @@ class AdaptiveRouter:
 
     def _pass(self, hop: Hop) -> float:
         node = hop.node
-        return (hop.end - hop.start) * self.pass_seconds[node] * (1 + GROWTH * (self.mine[node] + self.others[node]))
+        seconds = self.scale * self.planned_pass[node] * self.correction[node]
+        return (hop.end - hop.start) * seconds * (1 + GROWTH * (self.mine[node] + self.others[node]))
 
     def _link(self, a: str | None, b: str | None) -> float:
         """One-way latency from `a` to `b` (None: the front end)."""
