@@ -1,8 +1,10 @@
-"""The coordinator: token ids in, token ids out, over the plan's pipelines.
+"""The coordinator: token ids in, token ids out, over the plan's stages.
 
 It holds a stream to every stage (first stages take token ids, last stages send back the
 sampled tokens, any stage reports failures), admits each request onto a route whose stages
-have KV room for its prompt (see `routes`), keeps it there for all its decode steps, and
+have KV room for its prompt (see `routes`), chosen by IWRR over the plan's pipelines or, with
+adaptive routing, composed over its hop graph by expected completion time (see `adaptive`),
+keeps it there for all its decode steps, and
 re-prefills it (prompt + tokens so far) when it cannot go on there: on another route when a
 stage dies, hangs (see `health`) or a stream breaks, and after waiting for room, ahead of new requests, when a
 stage preempted it for KV blocks. A link between two stages that breaks while both still

@@ -8,10 +8,13 @@ what they hold is the stage's own count of used blocks less this front end's req
 as its latest heartbeat reported (the stage is the authority on its memory; when replicas
 admit into the same room between two heartbeats, it preempts and they re-prefill). `max_tokens`
 is never reserved up front: when running requests outgrow a stage anyway, the stage preempts the
-youngest and the front end re-prefills it later. Routes are picked by the planner's interleaved weighted round robin
-over their planned flow, among those whose stages are all up, whose stages can each forward
-to the next (a stage says which next hops it cannot reach or may not dial, see
-`hop_problems`), and that have room now.
+youngest and the front end re-prefills it later. With HELIX_ROUTING=iwrr, routes are the plan's
+pipelines picked by the planner's interleaved weighted round robin over their planned flow,
+among those whose stages are all up, whose stages can each forward to the next (a stage says
+which next hops it cannot reach or may not dial, see `hop_problems`), and that have room now;
+adaptive routing (see `adaptive`) composes routes itself and checks them against the same
+health and ledger, node by node (a stage's blocks hold all its layers, so the room a request
+takes there does not depend on how many of them its hop runs).
 """
 
 from dataclasses import dataclass
