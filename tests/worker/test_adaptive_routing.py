@@ -28,6 +28,7 @@ from helix_worker.frontend.adaptive import AdaptiveRouter
 from helix_worker.frontend.coordinator import Coordinator, ModelLimits
 from helix_worker.frontend.hop_graph import hop_graph
 from helix_worker.frontend.routes import RouteTable
+from helix_worker.transport.links import StreamLink
 
 # Two pipelines that split the six layers differently: a composed route may run a [0, 3) then d [3, 6).
 PIPELINES = [[("a", 0, 3), ("b", 3, 6)], [("c", 0, 2), ("d", 2, 6)]]
@@ -149,6 +150,10 @@ async def test_adaptive_avoids_dead_and_hung_stages_over_a_composed_route(served
                  for i, p in enumerate(PROMPTS)]
         while not all(len(p) >= 2 for p in progress.values()):
             await asyncio.sleep(0.01)
+        probe = [StreamLink(endpoints[n], "probe", max_message_bytes=1 << 20, tls=fleet.member_tls("frontend"))
+                 for n in "abcd"]
+        infos = [await link.describe(timeout=5) for link in probe]  # what stages report to the router
+        assert sum(i.running_requests for i in infos) >= 2 and not any(i.waiting_requests for i in infos)
         fleet.kill(next(c for c in fleet.children if c.name == "b"))
         os.kill(hung.process.pid, signal.SIGSTOP)
         try:  # only a [0, 3) -> d [3, 6) is left, across the two pipelines
