@@ -558,6 +558,8 @@ class StageInfo(_message.Message):
     STALLED_SECONDS_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
     NEXT_HOP_PROBLEMS_FIELD_NUMBER: _builtins.int
+    RUNNING_REQUESTS_FIELD_NUMBER: _builtins.int
+    WAITING_REQUESTS_FIELD_NUMBER: _builtins.int
     DECODE_STEPS_FIELD_NUMBER: _builtins.int
     PREFILL_STEPS_FIELD_NUMBER: _builtins.int
     INBOUND_FRAMES_FIELD_NUMBER: _builtins.int
@@ -582,6 +584,10 @@ class StageInfo(_message.Message):
     """how long the engine has held runnable work without finishing a step"""
     problem: _builtins.str
     """why the stage is not ready (its engine stopped), empty when it is"""
+    running_requests: _builtins.int
+    """requests holding KV blocks here (being served), of every front end"""
+    waiting_requests: _builtins.int
+    """requests queued here that hold no KV blocks yet (waiting for room)"""
     @_builtins.property
     def next_hop_problems(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Of DescribeRequest.next_hops, those this stage would not forward to now, by node, and why: not
@@ -620,13 +626,15 @@ class StageInfo(_message.Message):
         stalled_seconds: _builtins.float = ...,
         problem: _builtins.str = ...,
         next_hop_problems: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        running_requests: _builtins.int = ...,
+        waiting_requests: _builtins.int = ...,
         decode_steps: _abc.Iterable[Global___StepSample] | None = ...,
         prefill_steps: _abc.Iterable[Global___StepSample] | None = ...,
         inbound_frames: _abc.Iterable[Global___FrameSample] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_steps", b"decode_steps", "dtype", b"dtype", "end", b"end", "hidden_size", b"hidden_size", "inbound_frames", b"inbound_frames", "kv_block_tokens", b"kv_block_tokens", "kv_capacity_tokens", b"kv_capacity_tokens", "kv_peer_tokens", b"kv_peer_tokens", "kv_used_tokens", b"kv_used_tokens", "model", b"model", "next_hop_problems", b"next_hop_problems", "node", b"node", "num_layers", b"num_layers", "plan_hash", b"plan_hash", "prefill_steps", b"prefill_steps", "problem", b"problem", "ready", b"ready", "stalled_seconds", b"stalled_seconds", "start", b"start", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_steps", b"decode_steps", "dtype", b"dtype", "end", b"end", "hidden_size", b"hidden_size", "inbound_frames", b"inbound_frames", "kv_block_tokens", b"kv_block_tokens", "kv_capacity_tokens", b"kv_capacity_tokens", "kv_peer_tokens", b"kv_peer_tokens", "kv_used_tokens", b"kv_used_tokens", "model", b"model", "next_hop_problems", b"next_hop_problems", "node", b"node", "num_layers", b"num_layers", "plan_hash", b"plan_hash", "prefill_steps", b"prefill_steps", "problem", b"problem", "ready", b"ready", "running_requests", b"running_requests", "stalled_seconds", b"stalled_seconds", "start", b"start", "vocab_size", b"vocab_size", "waiting_requests", b"waiting_requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -188,6 +188,7 @@ def test_frontend_deployment_and_service() -> None:
     assert template["spec"]["volumes"][0]["configMap"]["name"] == "llama-plan-abc"
     env = {e["name"]: e["value"] for e in template["spec"]["containers"][0]["env"]}
     assert env["HELIX_DRAIN_SECONDS"] == "5", "the front end drains within the pods' grace period"
+    assert env["HELIX_ROUTING"] == "adaptive", "the CRD's default routing reaches the front end"
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= template["metadata"]["labels"].items()
     assert build_frontend_deployment(OWNER, spec, PLAN, "cm", replicas=0)["spec"]["replicas"] == 0

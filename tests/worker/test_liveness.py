@@ -53,8 +53,10 @@ async def test_stopped_stage_leaves_rotation_and_rejoins(tmp_path: Path, checkpo
                                             [("a", 0, 2), ("m2", 2, 4), ("z", 4, NUM_LAYERS)]])
     endpoints = await asyncio.to_thread(start_workers, fleet, plan, plan_path, checkpoint)
     tls = fleet.member_tls("frontend")
+    # IWRR puts every other request on m1 (adaptive routing may leave it idle: test_adaptive_routing)
     coordinator = Coordinator(plan, endpoints, ModelLimits(380, 2048),
-                              Settings(reconnect_seconds=0.2, heartbeat_seconds=HEARTBEAT, hung_seconds=HUNG), tls=tls)
+                              Settings(reconnect_seconds=0.2, heartbeat_seconds=HEARTBEAT, hung_seconds=HUNG,
+                                       routing="iwrr"), tls=tls)
     victim = next(c for c in fleet.children if c.name == "m1")
     progress: dict[int, list[float]] = {i: [] for i in range(len(PROMPTS))}  # when each token arrived
     await coordinator.start()

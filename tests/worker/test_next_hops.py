@@ -133,7 +133,9 @@ async def test_a_cut_link_between_stages_leaves_rotation_within_the_bound(tmp_pa
     volume = write_volume(tmp_path / "peers", {"endpoints.json": json.dumps({"b": endpoints["b"]})})
     endpoints |= await asyncio.to_thread(_start, fleet, plan_path, checkpoint, ["a"], env=env,
                                          peers=volume / "endpoints.json")
-    settings = Settings(reconnect_seconds=0.2, heartbeat_seconds=HEARTBEAT, hung_seconds=HUNG, data_channel="grpc")
+    # IWRR puts every other request on a->b (adaptive routing would prefer c's single hop at this load)
+    settings = Settings(reconnect_seconds=0.2, heartbeat_seconds=HEARTBEAT, hung_seconds=HUNG, data_channel="grpc",
+                        routing="iwrr")
     coordinator = Coordinator(plan, endpoints, ModelLimits(380, 2048), settings, tls=fleet.member_tls("frontend"))
     a_to_b = next(r for r in coordinator.routes.routes if r.nodes == ("a", "b"))
     progress: dict[int, list[float]] = {i: [] for i in range(len(PROMPTS))}  # when each token arrived

@@ -18,6 +18,7 @@ from typing import Any
 from helix_worker.errors import ServingError
 
 DATA_CHANNELS = ("tcp", "grpc")
+ROUTINGS = ("adaptive", "iwrr")
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -56,6 +57,10 @@ class Settings:
     data_port: int = _setting(0, "port a stage's data-channel listener binds; 0: any free port (the operator sets a "
                                  "fixed one, so that network policies can open it)")
     reconnect_seconds: float = _setting(0.5, "how often the front end probes a stage that went down")
+    routing: str = _setting("adaptive", "how the front end routes requests: adaptive (over the plan's hop graph, the "
+                                        "route with KV room of least expected completion time, from measured "
+                                        "latencies, step round trips and queues) or iwrr (interleaved weighted round "
+                                        "robin over the plan's pipelines by their planned flow)")
     route_wait_seconds: float = _setting(60.0, "how long a request waits for a usable pipeline before failing")
     step_timeout_seconds: float = _setting(120.0, "a step with no answer by then is re-routed (a lost message)")
     heartbeat_seconds: float = _setting(1.0, "how often the front end asks every stage it uses for its health "
@@ -119,6 +124,8 @@ class Settings:
         if settings.data_channel not in DATA_CHANNELS:
             raise ServingError(f"{env_name('data_channel')}={settings.data_channel!r}: "
                                f"use one of {', '.join(DATA_CHANNELS)}")
+        if settings.routing not in ROUTINGS:
+            raise ServingError(f"{env_name('routing')}={settings.routing!r}: use one of {', '.join(ROUTINGS)}")
         for name in ("kv_block_tokens", "max_batch_tokens"):
             if getattr(settings, name) < 1:
                 raise ServingError(f"{env_name(name)}={getattr(settings, name)}: give a positive number of tokens")

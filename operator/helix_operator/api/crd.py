@@ -250,6 +250,9 @@ def _frontend() -> Schema:
         "replicas": integer("Front-end pods; each admits requests into the KV room the stages report left.",
                             minimum=0, maximum=100, default=1),
         "image": string("Defaults to the worker image.", pattern=IMAGE),
+        "routing": enum(["adaptive", "iwrr"], "How requests are routed (HELIX_ROUTING): adaptive, by expected "
+                        "completion time over routes composed across the plan's pipelines, or iwrr, interleaved "
+                        "weighted round robin over the pipelines by planned flow.", default="adaptive"),
         "resources": _resources(),
         "service": service,
         "template": _template("the front-end Deployment's pod template"),

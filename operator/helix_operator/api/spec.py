@@ -87,6 +87,7 @@ class WorkerSpec:
 class FrontendSpec:
     replicas: int
     image: str
+    routing: str
     resources: Mapping[str, Any]
     service_type: str
     http_port: int
@@ -311,7 +312,8 @@ def _worker(data: dict[str, Any]) -> WorkerSpec:
 def _frontend(data: dict[str, Any], worker_image: str) -> FrontendSpec:
     service = data["service"]
     return FrontendSpec(
-        replicas=int(data["replicas"]), image=data.get("image") or worker_image, resources=data.get("resources") or {},
+        replicas=int(data["replicas"]), image=data.get("image") or worker_image, routing=data["routing"],
+        resources=data.get("resources") or {},
         service_type=service["type"], http_port=int(service["httpPort"]), grpc_port=int(service["grpcPort"]),
         service_annotations=service.get("annotations") or {},
         template=_template(data.get("template") or {}, "spec.frontend.template"),

@@ -49,6 +49,7 @@ def build_frontend_deployment(owner: Mapping[str, Any], spec: ClusterSpec, plan:
             {"name": "HELIX_HTTP_PORT", "value": str(frontend.http_port)},
             {"name": "HELIX_GRPC_PORT", "value": str(frontend.grpc_port)},
             {"name": "HELIX_DRAIN_SECONDS", "value": str(spec.rollout.drain_timeout)},
+            {"name": "HELIX_ROUTING", "value": frontend.routing},
             *spec.liveness.env(lease=False), *cluster_tls_env(), *client_env,
         ],
         "ports": [{"name": "http", "containerPort": frontend.http_port},

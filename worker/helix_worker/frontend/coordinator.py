@@ -1,8 +1,10 @@
-"""The coordinator: token ids in, token ids out, over the plan's pipelines.
+"""The coordinator: token ids in, token ids out, over the plan's stages.
 
 It holds a stream to every stage (first stages take token ids, last stages send back the
 sampled tokens, any stage reports failures), admits each request onto a route whose stages
-have KV room for its prompt (see `routes`), keeps it there for all its decode steps, and
+have KV room for its prompt (see `routes`), chosen by IWRR over the plan's pipelines or, with
+adaptive routing, composed over its hop graph by expected completion time (see `adaptive`),
+keeps it there for all its decode steps, and
 re-prefills it (prompt + tokens so far) when it cannot go on there: on another route when a
 stage dies, hangs (see `health`) or a stream breaks, and after waiting for room, ahead of new requests, when a
 stage preempted it for KV blocks. A link between two stages that breaks while both still
@@ -26,7 +28,9 @@ from helix_proto import helix_stage_pb2 as pb
 from helix_worker.engine.penalties import with_history
 from helix_worker.envs import Settings
 from helix_worker.errors import InvalidRequest, ServingError, Unavailable
+from helix_worker.frontend.adaptive import AdaptiveRouter
 from helix_worker.frontend.health import Heartbeat, verdict
+from helix_worker.frontend.hop_graph import hop_graph
 from helix_worker.frontend.observed_capacity import ObservedCapacity
 from helix_worker.frontend.request_timeline import RequestTimeline
 from helix_worker.frontend.routes import Route, RouteTable
@@ -77,6 +81,13 @@ class Coordinator:
                  metrics: FrontendMetrics | None = None, tls: ClusterTLS | None = None) -> None:
         """`tls`: the cluster's mutual TLS for the streams to stages (None: plaintext)."""
         self.routes = RouteTable(plan, endpoints, settings.kv_watermark)
+        self.router: AdaptiveRouter | None = None  # None: IWRR over the plan's pipelines
+        if settings.routing == "adaptive":
+            pipelines = self.routes.routes  # each ends at the model's last layer
+            graph = hop_graph(plan.layout, {h.node: h.address for r in pipelines for h in r.hops},
+                              pipelines[0].hops[-1].end)
+            self.router = AdaptiveRouter(self.routes, graph, {n.name: n.capacity for n in plan.nodes})
+            self.routes.next_hops = graph.next_hops()
         self.limits, self.settings = limits, settings
         self.tls = tls
         self.metrics = metrics or FrontendMetrics(str(plan.model.get("name", "")))
@@ -174,7 +185,7 @@ class Coordinator:
         try:
             while True:
                 ids = list(request.prompt_ids) + generated
-                route = await self._admit(len(ids) + 1, resuming)
+                route = await self._admit(len(ids) + 1, resuming, len(ids), request.max_tokens - len(generated))
                 timeline.admitted()
                 wire_id = f"{base}.{attempts}"
                 attempts += 1
@@ -192,6 +203,8 @@ class Coordinator:
                                                                 self.peer_name, sampling), ids)
                         if phase == Phase.DECODE:
                             self.metrics.pipeline_step(route.name, time.perf_counter() - started)
+                            if self.router is not None:
+                                self.router.observed(route, time.perf_counter() - started)
                         position += len(ids)
                         generated.append(sampled.token_id)
                         timeline.token()
@@ -199,6 +212,8 @@ class Coordinator:
                                   else "length" if len(generated) >= request.max_tokens else None)
                         if finish:
                             timeline.finished(finish)
+                            if self.router is not None:
+                                self.router.finished(len(generated))
                         yield TokenEvent(sampled.token_id, sampled.logprob, sampled.top, sampled.logits, finish)
                         if finish:
                             return
@@ -227,17 +242,18 @@ class Coordinator:
         """What the metrics record of `request`, from now (its arrival) on."""
         return RequestTimeline(self.metrics, len(request.prompt_ids), request.max_tokens)
 
-    async def _admit(self, tokens: int, resuming: bool) -> Route:
+    async def _admit(self, tokens: int, resuming: bool, prompt: int, to_generate: int) -> Route:
         """A route with KV room for `tokens` on every stage, waiting (FIFO-ish) while every route is
         full or down or `max_in_flight` requests hold one. Preempted requests (`resuming`) go first:
-        new requests wait while any of them does."""
+        new requests wait while any of them does. The adaptive router weighs routes for a `prompt`
+        (tokens to prefill) that may generate `to_generate` more tokens."""
         if not resuming and self._queued >= self.settings.max_queue:
             raise Unavailable(f"{self._queued} requests are already waiting; retry later")
         deadline = time.monotonic() + self.settings.route_wait_seconds
         self._queued += 1
         self._resuming += resuming
         try:
-            while (route := self._next_route(tokens, resuming)) is None:
+            while (route := self._next_route(tokens, resuming, prompt, to_generate)) is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     down = [n for n, up in self.routes.up.items() if not up]
@@ -249,6 +265,8 @@ class Coordinator:
                     await asyncio.wait_for(self._changed.wait(), remaining)
                 except TimeoutError:
                     pass
+            if self.router is not None:
+                self.router.admitted(route)
             return route
         finally:
             self._queued -= 1
@@ -262,9 +280,11 @@ class Coordinator:
     def _at_limit(self) -> bool:
         return self.max_in_flight is not None and self.admitted >= self.max_in_flight
 
-    def _next_route(self, tokens: int, resuming: bool) -> Route | None:
+    def _next_route(self, tokens: int, resuming: bool, prompt: int, to_generate: int) -> Route | None:
         if self._at_limit() or (self._resuming and not resuming):
             return None
+        if self.router is not None:
+            return self.router.choose(tokens, prompt, to_generate)
         return self.routes.choose(tokens)
 
     async def _step(self, route: Route, chunk: Chunk, ids: list[int]) -> Sampled:
@@ -288,6 +308,8 @@ class Coordinator:
             if not (self.routes.up[node] and self._links[node].send(message)):
                 self._unreleased.setdefault(node, set()).add(wire_id)  # a hung stage may keep it: tell it later
         self.routes.hold(route, held, 0)
+        if self.router is not None:
+            self.router.released(route)
         self._show_held()
         self._notify()
 
@@ -337,7 +359,12 @@ class Coordinator:
     # Stage health --------------------------------------------------------------------------
 
     async def _describe(self, node: str, timeout: float) -> pb.StageInfo:
-        return await self._links[node].describe(timeout=timeout, next_hops=self.routes.next_hops.get(node, ()))
+        """The stage's `StageInfo`; the adaptive router learns from the round trip and its queue."""
+        started = time.perf_counter()
+        info = await self._links[node].describe(timeout=timeout, next_hops=self.routes.next_hops.get(node, ()))
+        if self.router is not None:
+            self.router.heartbeat(node, time.perf_counter() - started, info.running_requests, info.waiting_requests)
+        return info
 
     def _healthy(self, node: str, info: pb.StageInfo) -> None:
         self.observed.record(node, info)

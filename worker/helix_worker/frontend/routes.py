@@ -8,10 +8,13 @@ what they hold is the stage's own count of used blocks less this front end's req
 as its latest heartbeat reported (the stage is the authority on its memory; when replicas
 admit into the same room between two heartbeats, it preempts and they re-prefill). `max_tokens`
 is never reserved up front: when running requests outgrow a stage anyway, the stage preempts the
-youngest and the front end re-prefills it later. Routes are picked by the planner's interleaved weighted round robin
-over their planned flow, among those whose stages are all up, whose stages can each forward
-to the next (a stage says which next hops it cannot reach or may not dial, see
-`hop_problems`), and that have room now.
+youngest and the front end re-prefills it later. With HELIX_ROUTING=iwrr, routes are the plan's
+pipelines picked by the planner's interleaved weighted round robin over their planned flow,
+among those whose stages are all up, whose stages can each forward to the next (a stage says
+which next hops it cannot reach or may not dial, see `hop_problems`), and that have room now;
+adaptive routing (see `adaptive`) composes routes itself and checks them against the same
+health and ledger, node by node (a stage's blocks hold all its layers, so the room a request
+takes there does not depend on how many of them its hop runs).
 """
 
 from dataclasses import dataclass
@@ -79,14 +82,15 @@ class RouteTable:
     def _blocks(self, node: str, tokens: int) -> int:
         return -(-tokens // self.block_tokens[node])
 
+    def room(self, node: str, tokens: int) -> bool:
+        """Whether a request of `tokens` tokens fits `node` (whatever layers it runs there: a
+        stage's blocks hold all its layers), watermark kept free."""
+        total = self._blocks(node, self.capacity[node])
+        return total - self.held[node] - self.others[node] - self._blocks(node, tokens) >= self.watermark * total
+
     def fits(self, route: Route, tokens: int) -> bool:
-        """Whether a request of `tokens` tokens fits every stage of `route`, watermark kept free."""
-        for node in route.nodes:
-            total = self._blocks(node, self.capacity[node])
-            spare = total - self.held[node] - self.others[node] - self._blocks(node, tokens)
-            if spare < self.watermark * total:
-                return False
-        return True
+        """Whether a request of `tokens` tokens fits every stage of `route`."""
+        return all(self.room(node, tokens) for node in route.nodes)
 
     def largest_fit(self) -> int:
         """The most tokens one request can ever hold on some route (a stage's whole pool)."""

@@ -132,7 +132,9 @@ class StageServicer(pb_grpc.StageServiceServicer):
         """Also the front ends' heartbeat: readiness, progress, the KV the asking peer holds here,
         and which of the next hops its routes take from here this stage cannot forward to now."""
         model, usage = self.engine.model, self.engine.usage()
-        mine = self.engine.held_tokens(self.engine.requests_by_peer().get(request.peer, [])) if request.peer else 0
+        by_peer = self.engine.requests_by_peer()
+        mine = self.engine.held_tokens(by_peer.get(request.peer, [])) if request.peer else 0
+        here = sum(map(len, by_peer.values()))
         return pb.StageInfo(node=self.identity.node, model=self.identity.model, start=model.start, end=model.end,
                             num_layers=model.config.num_layers, hidden_size=model.config.hidden_size,
                             vocab_size=model.config.vocab_size, dtype=str(model.dtype).removeprefix("torch."),
@@ -144,7 +146,8 @@ class StageServicer(pb_grpc.StageServiceServicer):
                             decode_steps=_step_samples(self.engine.steps.decode.recent()),
                             prefill_steps=_step_samples(self.engine.steps.prefill.recent()),
                             inbound_frames=[pb.FrameSample(peer=f.peer, bytes=f.bytes, seconds=f.seconds)
-                                            for f in self.frames.recent()])
+                                            for f in self.frames.recent()],
+                            running_requests=usage.requests, waiting_requests=max(0, here - usage.requests))
 
     def next_hop_problems(self, hops: Iterable[Hop]) -> dict[str, str]:
         """Why this stage would not forward to each of `hops` now, by node (absent: it would): the
