@@ -57,7 +57,9 @@ class ServingObjective:
     simulator's default seed (0) does not grade it on the sample it was chosen on."""
 
     floors: tuple[float, ...] = FLOORS
-    scheduler: str = "iwrr"  # the data plane's front end routes by IWRR; `adaptive` exists only in the simulator
+    # The front end's HELIX_ROUTING has a simulator counterpart of the same name (the operator passes
+    # it); IWRR stays the default here because the closed-loop calibration was measured with it.
+    scheduler: str = "iwrr"
     window: SimConfig = field(default_factory=lambda: SimConfig(warmup=60.0, duration=240.0, seed=1))
     ttft_slo: float | None = None  # seconds of p95 TTFT a candidate must meet (None: throughput alone)
     seeds: int = 1  # runs per candidate (seeds window.seed, +1, ...): one run's p95 TTFT moves by about ±10%

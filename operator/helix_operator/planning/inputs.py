@@ -75,6 +75,8 @@ def inputs_key(spec: ClusterSpec, discovery: Discovery, catalog: Catalog) -> Inp
                     planner.mip_gap, planner.churn_weight],
         "gpus": sorted(repr(gpu) for gpu in catalog.gpus.values()),  # GPUProfiles change this, nodes do not
     }
+    if planner.objective == "Serving":  # its candidates are judged with the front end's routing
+        body["routing"] = spec.frontend.routing
     return InputsKey(_digest(body), discovery.fingerprint)
 
 

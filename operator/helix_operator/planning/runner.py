@@ -76,7 +76,8 @@ def solve(request: PlanRequest, cancel: threading.Event, logger: logging.Logger)
     options = planner_options(spec.planner)
     if spec.planner.objective == "Serving":
         lengths = load_lengths(DEFAULT_LENGTHS, Path("."))
-        objective = ServingObjective(ttft_slo=spec.planner.slo_ttft)
+        # Candidates are judged with the simulator's counterpart of the front end's routing.
+        objective = ServingObjective(scheduler=spec.frontend.routing, ttft_slo=spec.planner.slo_ttft)
         plan, _ = plan_for_serving(cluster, spec.model, options, lengths, objective, previous=request.previous,
                                    catalog=catalog, progress=progress, cancel=cancel)
     else:
