@@ -22,7 +22,8 @@ closed-loop client, C streams of token-id prompts, greedy with ignore_eos, warm-
 out; decode tok/s is output tokens over the measured window, TTFT from sending to the first streamed
 token. After each, the stages' and the front end's /metrics are read (`loop.observed`).
 
-Simulated twice, with the front end's IWRR scheduler, fixed request lengths, seed 0:
+The front end routes by IWRR (HELIX_ROUTING=iwrr), as the simulator does; `--part routing` compares
+its adaptive routing. Simulated twice, with IWRR, fixed request lengths, seed 0:
 - uncalibrated (for reference): the offline protocol with at most C in flight and the profile as
   measured alone. It missed by large factors, either way, and ranked placements by luck: its
   curves are the machine alone (or the machine under whatever else ran while profiling), and its
@@ -76,7 +77,7 @@ from helix_planner.sim.inputs import scenario_from_plan
 from helix_planner.sim.metrics import SimResult
 from helix_planner.sim.simulation import SimConfig, Simulation
 from helix_planner.sim.workload import LengthTrace, load_lengths
-from helix_worker.envs import Settings
+from helix_worker.envs import Settings, env_name
 from helix_worker.errors import ServingError
 from helix_worker.fleet.emulated import Portals, start_emulated, start_relays
 from helix_worker.fleet.launcher import LocalFleet
@@ -309,13 +310,16 @@ def simulate(plan: Plan, cluster: Cluster, spec: ModelSpec, catalog: Catalog, le
 
 
 def serve(placement: str, plan: Plan, cluster: Cluster, net: EmulatedNetwork, portals: Portals, checkpoint: Path,
-          env: dict[str, dict[str, str]], workdir: Path, mode: Mode, simulated: SimResult) -> Row:
-    """Start the plan's workers (with `env` each) and the front end, run the closed loop, stop them."""
+          env: dict[str, dict[str, str]], workdir: Path, mode: Mode, simulated: SimResult,
+          routing: str = "iwrr") -> Row:
+    """Start the plan's workers (with `env` each) and the front end routing by `routing` (HELIX_ROUTING; IWRR
+    by default, which the simulator models), run the closed loop, stop them."""
     workdir.mkdir(parents=True, exist_ok=True)
     plan_path = workdir / "plan.json"
     plan_path.write_text(plan.to_json())
     with LocalFleet(workdir / "logs") as fleet:
-        served = start_emulated(fleet, net, portals, plan, plan_path, checkpoint, env | {FRONTEND: WORKER_ENV},
+        frontend_env = WORKER_ENV | {env_name("routing"): routing}
+        served = start_emulated(fleet, net, portals, plan, plan_path, checkpoint, env | {FRONTEND: frontend_env},
                                 model_name=MODEL, timeout=120)
         wait_ready(served.http_url, fleet, 120)
         with ContentionProbe(checkpoint) as probe:

@@ -10,15 +10,11 @@ the simulated column is the simulator's IWRR prediction for the plan, for refere
 column compares each run's decode tok/s with max flow + IWRR's, the issue's baseline.
 """
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 
 from closed_loop import Row, Setup, describe, make_plan, say, serve, simulate
 from results import markdown_table
 
-from helix_worker.envs import env_name
 from helix_worker.fleet.emulated import Portals
 from helix_worker.fleet.netem import EmulatedNetwork
 
@@ -38,26 +34,12 @@ def run(setup: Setup, net: EmulatedNetwork, portals: Portals) -> str:
             if same is not None:  # the chosen plan may be the max-flow plan: one measurement
                 rows.append((routing, replace(same, placement=placement, shape=f"as {same.placement}")))
                 continue
-            with _frontend_env(env_name("routing"), routing):  # the front end inherits the bench's environment
-                row = serve(placement, plan, setup.cluster, net, portals, setup.checkpoint, setup.worker_env(plan),
-                            setup.workdir / f"routing-{placement}-{routing}", mode, simulated)
+            row = serve(placement, plan, setup.cluster, net, portals, setup.checkpoint, setup.worker_env(plan),
+                        setup.workdir / f"routing-{placement}-{routing}", mode, simulated, routing)
             say(f"{placement} + {routing}: {row.served_tps:.1f} tok/s, p95 TTFT {row.served_ttft:.2f} s, "
                 f"{row.finished} requests ({row.errors} errors)")
             rows.append((routing, row))
     return report(rows, mode.load.requests, mode.load.concurrency)
-
-
-@contextmanager
-def _frontend_env(name: str, value: str) -> Iterator[None]:
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = before
 
 
 def report(rows: list[tuple[str, Row]], requests: int, concurrency: int) -> str:

@@ -129,16 +129,17 @@ def test_a_slowed_worker_then_a_new_plan_rolled_out_under_load_fail_no_request(t
 
 class Observations:
     """A stand-in for the front end's observed-capacity document: every plan node's recent decode
-    steps, each `ratio` times as long as its profile says."""
+    steps, each `ratio` times as long as its profile says, but for the `idle` ones (no steps)."""
 
     def __init__(self, fleet_plan: FleetPlan) -> None:
         self.fleet_plan, self.ratio = fleet_plan, {n.name: 1.5 for n in fleet_plan.plan.nodes}  # shared cores
+        self.idle: set[str] = set()
 
     def __call__(self, http_url: str) -> dict[str, object]:
         inputs = self.fleet_plan.inputs
         assert inputs is not None
         nodes = {}
-        for node in self.fleet_plan.plan.nodes:
+        for node in (n for n in self.fleet_plan.plan.nodes if n.name not in self.idle):
             gpu = inputs.catalog.gpu(inputs.cluster.node(node.name).gpu)
             step = layer_curves(inputs.catalog, inputs.spec, gpu)[1](8) * (node.end - node.start)
             nodes[node.name] = {"gpuType": gpu.name, "layers": [node.start, node.end],
@@ -165,12 +166,16 @@ def test_the_loop_replans_on_a_sustained_drift_and_not_on_a_blip(tmp_path: Path)
             plans += filter(None, [replanner.check(serving)])
         return plans
 
+    idle = next(n.name for n in first.plan.nodes if n.name != "n0")
+    observed.idle = {idle}  # routing sends it nothing yet: the reference is taken without it
     assert poll(4) == [] and not replanner.referenced(serving)
     assert poll(3) == [] and replanner.referenced(serving)  # the reference, once it served for the debounce
+    observed.idle = set()  # measured from now on, against its own first figure, not its description
     observed.ratio["n0"] = 4.5  # a blip: three slow seconds, then as before
     assert poll(3) == []
     observed.ratio["n0"] = 1.5
     assert poll(10) == [] and not any("drift" in line for line in lines)
+    assert f"observed capacity, first measured: {idle} 1.50x" in lines
     observed.ratio["n0"] = 4.5  # sustained: 3x slower than at the reference
     began, plans = now[0], poll(10)
     assert len(plans) == 1 and replanner.detected and 5.0 <= replanner.detected[0][0] - began <= 7.0

@@ -4,9 +4,10 @@ document, track drift, and when it persists plan again with the capacity as obse
 Every `poll_seconds` the replanner reads `GET /v2/helix/observed` of the serving front end
 (`helix_planner.observed`: the stages' recent step times and the links' measured throughput)
 and turns it into ratios against the inputs the plan was made from: a node's step time over its
-profile, a link's bandwidth over its description. The first document that measures every node of
-the plan once it has served for the debounce time (past a rollout's overlap with the plan before)
-is the reference (`DriftTracker.settle`): the fleet as it served then, contention and all, so only
+profile, a link's bandwidth over its description. The first document that measures the plan once it
+has served for the debounce time (past a rollout's overlap with the plan before) is the reference
+(`DriftTracker.settle`; a node or link measured only later, because routing sent nothing through it
+until then, is referenced when first measured): the fleet as it served then, contention and all, so only
 a change from there counts. A change beyond the tracker's threshold that lasts its
 debounce is a sustained drift; the replanner then plans the effective inputs (drifted nodes on
 slowed-down types, drifted links at their observed bandwidth) and returns the new plan if it
@@ -104,13 +105,19 @@ class Replanner:
         ratios = measured_ratios(inputs.cluster, inputs.catalog, inputs.spec, observed)
         if self._referenced != plan.plan_hash:
             settled = now - self._first_seen.setdefault(plan.plan_hash, now) >= self.tracker.debounce_seconds
-            if settled and {n.name for n in plan.nodes} <= {r.key for r in ratios}:
+            if settled and ratios:
                 self.tracker.update(ratios, now)
                 self.tracker.settle()
                 self._referenced = plan.plan_hash
                 self.out("observed capacity, the reference from now on: "
                          + ", ".join(f"{r.key} {r.ratio:.2f}x" for r in ratios))
             return None
+        # Nodes and links the router sent nothing through until now (adaptive routing may leave a slow
+        # one idle) are referenced when first measured, not against their description.
+        unseen = {r.key: r.ratio for r in ratios if r.key not in self.tracker.baselines}
+        if unseen:
+            self.tracker.baselines.update(unseen)
+            self.out("observed capacity, first measured: " + ", ".join(f"{k} {v:.2f}x" for k, v in unseen.items()))
         sustained = self.tracker.update(ratios, now)
         if sustained is None:
             return None
