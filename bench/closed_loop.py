@@ -30,18 +30,16 @@ its adaptive routing. Simulated twice, with IWRR, fixed request lengths, seed 0:
   offline protocol counts a wait for a free slot in every TTFT (the next request is created when
   the previous one is admitted).
 - calibrated (`loop.calibration`): what had to change, each measured on the first placement served
-  on a fleet and then held for the fleet's other placements, except the machine's slowdown, which
-  a contention probe (`loop.contention`: a one-layer step timed in the bench every 0.2 s) measures
-  while each placement is served, since it moves with the plan's own load and with whatever else
-  runs (it reads nothing the placement reports): every pass pays the served engine's
-  cost per step (measured: a served step takes about as long with three layers as with four, the
-  excess over the profile is per step, not per layer: the stages share two cores with each other,
-  the front end, the relays and the client); every message is delayed by the measured overhead
-  beyond its link (round trip less time on stages and links, per message); passes are formed by the
-  worker engine's rule (decode rows, then prompts within its step's token budget); and the load is
-  the client's: its N requests in a closed loop of C, timed until the last one finishes (the
-  simulator's closed mode). The serving placement is chosen by the serving objective judging its
-  candidates with this calibrated simulator. Each row also shows the step cost its own metrics give.
+  on a fleet and then held for the fleet's other placements: compute runs slower than profiled by
+  a scale plus a fixed cost per step, fitted to the stages' own step times (the stages share two
+  cores with each other, the front end, the relays and the client); every message is delayed by
+  the measured overhead beyond its link (round trip less time on stages and links, per message);
+  passes are formed by the worker engine's rule (decode rows, then prompts within its step's token
+  budget); and the load is the client's: its N requests in a closed loop of C, timed until the
+  last one finishes (the simulator's closed mode). The serving placement is chosen by the serving
+  objective judging its candidates with this calibrated simulator. Each row also shows the compute
+  scale its own metrics give, and the machine's load as a contention probe (`loop.contention`: a
+  one-layer step timed in the bench every 0.2 s) saw it while the placement was served.
 Errors are simulated / served - 1; ranks compare the distinct plans by decode tok/s (served figures
 within 5% count as tied). The served side depends on what else runs on the machine: read the load
 average in the results header.
@@ -132,9 +130,9 @@ class Row:
     calibrated_tps: float = math.nan  # the simulator calibrated by `calibration`
     calibrated_ttft: float = math.nan
     calibration: Calibration | None = None
-    own_overhead: float = math.nan  # the step overhead this placement's own metrics give
+    own: Calibration | None = None  # what this placement's own metrics give
     probe_seconds: float = math.nan  # the contention probe's median step while it was served
-    contention: float = math.nan  # that over the profile's
+    contention: float = math.nan  # that over the profile's: the machine's load (shown, not used)
 
 
 @dataclass(frozen=True)
@@ -218,14 +216,13 @@ def placements_on(setup: Setup, net: EmulatedNetwork, portals: Portals) -> list[
         row = replace(row, fleet=fleet, contention=contention)
         if row.seen is not None:  # what this placement's own metrics say
             own = calibrate(row.seen, plan, cluster, setup.spec, setup.catalog, mode.load.prompt,
-                            f"{placement} on {fleet}", contention)
-            row = replace(row, own_overhead=own.step_overhead)
+                            f"{placement} on {fleet}")
+            row = replace(row, own=own)
             say(f"{fleet} {placement}: measured {own.describe()}")
             calibration = calibration or own
-        if calibration is not None:  # with the contention probed while this one was served
+        if calibration is not None:
             calibrated = simulate(plan, cluster, setup.spec, setup.catalog, setup.lengths, mode.load.concurrency,
-                                  calibration=replace(calibration, contention=contention),
-                                  requests=mode.load.requests)
+                                  calibration=calibration, requests=mode.load.requests)
             row = replace(row, calibrated_tps=calibrated.decode_throughput,
                           calibrated_ttft=calibrated.ttft.p95, calibration=calibration)
         rows.append(row)
@@ -345,14 +342,16 @@ def report(rows: list[Row], mode: Mode) -> str:
     load = mode.load
     header = ("fleet", "placement", "plan", "pipelines (stage regions)", "served decode tok/s", "calibrated sim",
               "error", "uncalibrated sim", "error", "served p95 TTFT s", "calibrated sim", "error",
-              "uncalibrated sim", "error", "requests (errors)", "probed compute slowdown", "own step overhead")
+              "uncalibrated sim", "error", "requests (errors)", "probed machine slowdown",
+              "own fit: compute x scale + per-step layers")
     table = markdown_table(header, [
         (r.fleet, f"{r.placement} *" if r.calibration and r.calibration.source.startswith(f"{r.placement} on ")
          else r.placement, r.plan[:8], r.shape, f"{r.served_tps:.1f}", f"{r.calibrated_tps:.1f}",
          _error(r.calibrated_tps, r.served_tps), f"{r.simulated_tps:.1f}", _error(r.simulated_tps, r.served_tps),
          f"{r.served_ttft:.2f}", f"{r.calibrated_ttft:.2f}", _error(r.calibrated_ttft, r.served_ttft),
          f"{r.simulated_ttft:.2f}", _error(r.simulated_ttft, r.served_ttft), f"{r.finished} ({r.errors})",
-         f"x{r.contention:.2f}", f"{r.own_overhead:.1f}") for r in rows])
+         f"x{r.contention:.2f}", f"x{r.own.compute_scale:.2f} + {r.own.step_overhead:.1f}" if r.own else "n/a")
+        for r in rows])
     ranks = markdown_table(("fleet", "served ranking", "calibrated sim ranking", "agree (ties within "
                             f"{TIE:.0%})", "strictly", "uncalibrated sim ranking", "agree", "largest calibrated "
                             "decode error"), [rank_row(fleet, [r for r in rows if r.fleet == fleet])
@@ -363,10 +362,10 @@ def report(rows: list[Row], mode: Mode) -> str:
                f"{mode.shape.hidden_size}, at most {mode.max_layers} layers per worker. Calibration (measured on "
                f"the placement marked *, then held for the fleet's others): "
                f"{'; '.join(f'{fleet}: {text}' for fleet, text in calibrations.items()) or 'none'}. "
-               f"Errors are simulated / served - 1. Probed compute slowdown: a one-layer step timed in the bench "
-               f"while the placement was served, over the profile's (the calibrated simulation of that placement "
-               f"runs its compute that much slower). Own step overhead: what each placement's own metrics give "
-               f"(only the starred one's is used).")
+               f"Errors are simulated / served - 1. Probed machine slowdown: a one-layer step timed in the bench's "
+               f"process while the placement was served, over the profile's (the machine's load; not used). Own fit: "
+               f"the compute scale and per-step cost each placement's own stage metrics give (only the starred "
+               f"one's is used; with a few stages the two trade off).")
     return f"{summary}\n\n{table}\n\nRanks of the distinct plans by decode tok/s:\n\n{ranks}\n"
 
 

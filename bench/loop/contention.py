@@ -4,8 +4,10 @@ The profile is the fastest of several repeats (the machine alone). While a fleet
 process on the two cores waits for them, and how long depends on the plan's own load and on
 whatever else runs on the machine, which changes from minute to minute. A light probe in the
 bench's process (one torch thread, one step every PERIOD seconds, the profile's own decode step)
-measures that slowdown for the window a placement is served in, as an input to the calibrated
-simulation (`loop.calibration`); it reads nothing the placement reports.
+measures that slowdown for the window a placement is served in; it reads nothing the placement
+reports. It is shown beside each placement, not used: its small step waits for a core relatively
+longer than a stage's, so it overstates the workers' slowdown (x5 where their own steps said x3 on
+a quiet machine); `loop.calibration` fits the stages' own step times instead.
 """
 
 import statistics
