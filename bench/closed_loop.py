@@ -31,7 +31,7 @@ its adaptive routing. Simulated twice, with IWRR, fixed request lengths, seed 0:
   the previous one is admitted).
 - calibrated (`loop.calibration`): what had to change, each measured on the first placement served
   on a fleet and then held for the fleet's other placements: compute runs slower than profiled by
-  a scale plus a fixed cost per step, fitted to the stages' own step times (the stages share two
+  a scale, the stages' own step times over the profile's for the same steps (the stages share two
   cores with each other, the front end, the relays and the client); every message is delayed by
   the measured overhead beyond its link (round trip less time on stages and links, per message);
   passes are formed by the worker engine's rule (decode rows, then prompts within its step's token
@@ -343,15 +343,14 @@ def report(rows: list[Row], mode: Mode) -> str:
     header = ("fleet", "placement", "plan", "pipelines (stage regions)", "served decode tok/s", "calibrated sim",
               "error", "uncalibrated sim", "error", "served p95 TTFT s", "calibrated sim", "error",
               "uncalibrated sim", "error", "requests (errors)", "probed machine slowdown",
-              "own fit: compute x scale + per-step layers")
+              "own compute scale")
     table = markdown_table(header, [
         (r.fleet, f"{r.placement} *" if r.calibration and r.calibration.source.startswith(f"{r.placement} on ")
          else r.placement, r.plan[:8], r.shape, f"{r.served_tps:.1f}", f"{r.calibrated_tps:.1f}",
          _error(r.calibrated_tps, r.served_tps), f"{r.simulated_tps:.1f}", _error(r.simulated_tps, r.served_tps),
          f"{r.served_ttft:.2f}", f"{r.calibrated_ttft:.2f}", _error(r.calibrated_ttft, r.served_ttft),
          f"{r.simulated_ttft:.2f}", _error(r.simulated_ttft, r.served_ttft), f"{r.finished} ({r.errors})",
-         f"x{r.contention:.2f}", f"x{r.own.compute_scale:.2f} + {r.own.step_overhead:.1f}" if r.own else "n/a")
-        for r in rows])
+         f"x{r.contention:.2f}", f"x{r.own.compute_scale:.2f}" if r.own else "n/a") for r in rows])
     ranks = markdown_table(("fleet", "served ranking", "calibrated sim ranking", "agree (ties within "
                             f"{TIE:.0%})", "strictly", "uncalibrated sim ranking", "agree", "largest calibrated "
                             "decode error"), [rank_row(fleet, [r for r in rows if r.fleet == fleet])
@@ -363,9 +362,8 @@ def report(rows: list[Row], mode: Mode) -> str:
                f"the placement marked *, then held for the fleet's others): "
                f"{'; '.join(f'{fleet}: {text}' for fleet, text in calibrations.items()) or 'none'}. "
                f"Errors are simulated / served - 1. Probed machine slowdown: a one-layer step timed in the bench's "
-               f"process while the placement was served, over the profile's (the machine's load; not used). Own fit: "
-               f"the compute scale and per-step cost each placement's own stage metrics give (only the starred "
-               f"one's is used; with a few stages the two trade off).")
+               f"process while the placement was served, over the profile's (the machine's load; not used). Own "
+               f"compute scale: what each placement's own stage metrics give (only the starred one's is used).")
     return f"{summary}\n\n{table}\n\nRanks of the distinct plans by decode tok/s:\n\n{ranks}\n"
 
 

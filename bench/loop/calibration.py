@@ -2,15 +2,15 @@
 
 Measured on the emulated fleet, none a per-placement factor:
 - compute: the served stages' step times (their own metrics, compute alone, the emulated types'
-  sleep included) against what the profile says the same steps take (their decode rows and
-  prompts, at their layer count and GPU type), fitted per stage, by least squares, as a scale on
-  the profile plus a fixed cost per step (in one-row decode layers of the stage's own profile, so
-  the emulated slow types, whose sleep stretches the whole step, pay it in proportion). The scale
-  is the workers' share of the two cores they split with each other, the front end, the relays and
-  the client; the per-step cost what a step costs beyond its layers (the event loop handing it to
-  the compute thread and back, the attention layout, sampling). A probe timed in the bench's own
-  process (`loop.contention`, shown per placement) reads the machine's load but not the workers'
-  share of it: on a quiet machine it said x5 where the stages' own steps said x3.
+  sleep included) over what the profile says the same steps take (their decode rows and prompts,
+  at their layer count and GPU type), summed over the stages: a scale on the profile, the
+  workers' share of the two cores they split with each other, the front end, the relays and the
+  client. A fixed cost per step (`SimConfig.step_overhead`) is left at zero: fitted beside the
+  scale on one placement's stages, whose batches are alike, the two trade off (two runs of the
+  same placement gave x1.62 plus 4.2 one-row decode layers per step and x0.67 plus 18.8, and the
+  second mispredicted another plan by a quarter). A probe timed in the bench's own process
+  (`loop.contention`, shown per placement) reads the machine's load but not the workers' share
+  of it: on a quiet machine it said x4.5 where the stages' own steps said under x2.5.
 - hop overhead: each pipeline's decode round trip (the front end's `helix_pipeline_step_seconds`)
   less the time its requests spent on each stage (queue included: `helix_stage_hop_seconds`) and
   its links' latency and transfer time, per message: gRPC, TLS, the relays' delay line, the front
@@ -25,7 +25,6 @@ Measured on the emulated fleet, none a per-placement factor:
 
 from dataclasses import dataclass
 
-import numpy as np
 from loop.observed import Seen
 
 from helix_planner.cluster import SINK, SOURCE, Cluster
@@ -42,7 +41,6 @@ LONGEST = 3600.0  # simulated seconds a finite closed loop may take
 @dataclass(frozen=True)
 class Calibration:
     compute_scale: float  # how much slower the stages computed than profiled
-    step_overhead: float  # per step, in one-row decode layers of the stage's profile (before the scale)
     hop_seconds: float  # per message, beyond the link's latency and transfer time
     source: str  # what it was measured on
 
@@ -50,31 +48,28 @@ class Calibration:
         """The bench client's load, `requests` in a closed loop of `clients`, with the engine's step budget and
         these measurements; the span ends when the last request finishes, as the client's does."""
         return SimConfig(mode="closed", warmup=0.0, duration=LONGEST, seed=seed, clients=clients, requests=requests,
-                         max_in_flight=clients, compute_scale=self.compute_scale, step_overhead=self.step_overhead,
-                         hop_seconds=self.hop_seconds, step_tokens=STEP_TOKENS)
+                         max_in_flight=clients, compute_scale=self.compute_scale, hop_seconds=self.hop_seconds,
+                         step_tokens=STEP_TOKENS)
 
     def describe(self) -> str:
-        return (f"compute x{self.compute_scale:.2f} plus {self.step_overhead:.1f} one-row decode layers per step, "
-                f"{self.hop_seconds * 1e3:.1f} ms per message beyond link latency, steps of {STEP_TOKENS} tokens, "
-                f"a closed loop (measured on {self.source})")
+        return (f"compute x{self.compute_scale:.2f}, {self.hop_seconds * 1e3:.1f} ms per message beyond link latency, "
+                f"steps of {STEP_TOKENS} tokens, a closed loop (measured on {self.source})")
 
 
 def calibrate(seen: Seen, plan: Plan, cluster: Cluster, model: ModelSpec, catalog: Catalog, prompt_tokens: int,
               source: str) -> Calibration:
-    """Compute scale, step and hop overhead from one served placement's metrics (`seen`)."""
+    """Compute scale and hop overhead from one served placement's metrics (`seen`)."""
     layers = {node.name: node.end - node.start for node in plan.nodes}
-    served, profiled, per_step = [], [], []  # per stage: its step seconds, the profile's for them, steps x decode(1)
+    served = profiled = 0.0  # the stages' step seconds, and what the profile says the same steps take
     for name, stage in seen.stages.items():
         profile = catalog.measurement(model.name, cluster.node(name).gpu)
         if profile is None or not stage.steps:
             continue
         prompts = (stage.tokens - stage.requests) / (prompt_tokens - 1)  # a prompt is one request of P rows
         decode_rows = stage.requests - prompts
-        served.append(stage.seconds)
-        profiled.append(layers[name] * (stage.steps * profile.decode(decode_rows / stage.steps)
-                                        + prompts * profile.prompt(prompt_tokens)))
-        per_step.append(stage.steps * profile.decode(1))
-    scale, step_cost = _fit(np.array(served), np.array(profiled), np.array(per_step))
+        served += stage.seconds
+        profiled += layers[name] * (stage.steps * profile.decode(decode_rows / stage.steps)
+                                    + prompts * profile.prompt(prompt_tokens))
     messages = residual = 0.0
     for nodes, (steps, seconds) in seen.round_trips.items():
         if not steps or any(n not in seen.stages for n in nodes):
@@ -88,16 +83,5 @@ def calibrate(seen: Seen, plan: Plan, cluster: Cluster, model: ModelSpec, catalo
         on_stages = sum(seen.stages[n].mean_hop for n in nodes)
         residual += steps * (seconds / steps - on_stages - wire)
         messages += steps * (len(nodes) + 1)
-    return Calibration(scale, step_cost / scale, max(0.0, residual / messages) if messages else 0.0, source)
-
-
-def _fit(served: np.ndarray, profiled: np.ndarray, per_step: np.ndarray) -> tuple[float, float]:
-    """served ~ scale * profiled + cost * per_step, both >= 0 (a scale alone when the cost would be negative
-    or the stages cannot tell the two apart); (1, 0) without stages."""
-    if not len(served) or not profiled.any():
-        return 1.0, 0.0
-    if len(served) > 1:
-        (scale, cost), *_ = np.linalg.lstsq(np.stack([profiled, per_step], axis=1), served, rcond=None)
-        if scale > 0 and cost >= 0:
-            return float(scale), float(cost)
-    return float(served @ profiled / (profiled @ profiled)), 0.0
+    return Calibration(served / profiled if profiled else 1.0,
+                       max(0.0, residual / messages) if messages else 0.0, source)
