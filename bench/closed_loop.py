@@ -30,15 +30,16 @@ its adaptive routing. Simulated twice, with IWRR, fixed request lengths, seed 0:
   offline protocol counts a wait for a free slot in every TTFT (the next request is created when
   the previous one is admitted).
 - calibrated (`loop.calibration`): what had to change, each measured on the first placement served
-  on a fleet and then held for the fleet's other placements: compute runs slower than profiled by
-  a scale, the stages' own step times over the profile's for the same steps (the stages share two
-  cores with each other, the front end, the relays and the client); every message is delayed by
+  on a fleet and then held for the fleet's other placements: decode and prompts run slower than
+  profiled, each by its own scale, the median of the stages' recent steps over the profile's for
+  the same steps (the stages share two cores with each other, the front end, the relays and the
+  client); every message is delayed by
   the measured overhead beyond its link (round trip less time on stages and links, per message);
   passes are formed by the worker engine's rule (decode rows, then prompts within its step's token
   budget); and the load is the client's: its N requests in a closed loop of C, timed until the
   last one finishes (the simulator's closed mode). The serving placement is chosen by the serving
   objective judging its candidates with this calibrated simulator. Each row also shows the compute
-  scale its own metrics give, and the machine's load as a contention probe (`loop.contention`: a
+  scales its own stages report, and the machine's load as a contention probe (`loop.contention`: a
   one-layer step timed in the bench every 0.2 s) saw it while the placement was served.
 Errors are simulated / served - 1; ranks compare the distinct plans by decode tok/s (served figures
 within 5% count as tied). The served side depends on what else runs on the machine: read the load
@@ -215,8 +216,7 @@ def placements_on(setup: Setup, net: EmulatedNetwork, portals: Portals) -> list[
         contention = row.probe_seconds / setup.reference_step
         row = replace(row, fleet=fleet, contention=contention)
         if row.seen is not None:  # what this placement's own metrics say
-            own = calibrate(row.seen, plan, cluster, setup.spec, setup.catalog, mode.load.prompt,
-                            f"{placement} on {fleet}")
+            own = calibrate(row.seen, cluster, setup.spec, setup.catalog, f"{placement} on {fleet}")
             row = replace(row, own=own)
             say(f"{fleet} {placement}: measured {own.describe()}")
             calibration = calibration or own
@@ -343,14 +343,15 @@ def report(rows: list[Row], mode: Mode) -> str:
     header = ("fleet", "placement", "plan", "pipelines (stage regions)", "served decode tok/s", "calibrated sim",
               "error", "uncalibrated sim", "error", "served p95 TTFT s", "calibrated sim", "error",
               "uncalibrated sim", "error", "requests (errors)", "probed machine slowdown",
-              "own compute scale")
+              "own compute scales (decode, prompts)")
     table = markdown_table(header, [
         (r.fleet, f"{r.placement} *" if r.calibration and r.calibration.source.startswith(f"{r.placement} on ")
          else r.placement, r.plan[:8], r.shape, f"{r.served_tps:.1f}", f"{r.calibrated_tps:.1f}",
          _error(r.calibrated_tps, r.served_tps), f"{r.simulated_tps:.1f}", _error(r.simulated_tps, r.served_tps),
          f"{r.served_ttft:.2f}", f"{r.calibrated_ttft:.2f}", _error(r.calibrated_ttft, r.served_ttft),
          f"{r.simulated_ttft:.2f}", _error(r.simulated_ttft, r.served_ttft), f"{r.finished} ({r.errors})",
-         f"x{r.contention:.2f}", f"x{r.own.compute_scale:.2f}" if r.own else "n/a") for r in rows])
+         f"x{r.contention:.2f}", f"x{r.own.compute_scale:.2f}, x{r.own.prompt_scale:.2f}" if r.own else "n/a")
+        for r in rows])
     ranks = markdown_table(("fleet", "served ranking", "calibrated sim ranking", "agree (ties within "
                             f"{TIE:.0%})", "strictly", "uncalibrated sim ranking", "agree", "largest calibrated "
                             "decode error"), [rank_row(fleet, [r for r in rows if r.fleet == fleet])
@@ -363,7 +364,7 @@ def report(rows: list[Row], mode: Mode) -> str:
                f"{'; '.join(f'{fleet}: {text}' for fleet, text in calibrations.items()) or 'none'}. "
                f"Errors are simulated / served - 1. Probed machine slowdown: a one-layer step timed in the bench's "
                f"process while the placement was served, over the profile's (the machine's load; not used). Own "
-               f"compute scale: what each placement's own stage metrics give (only the starred one's is used).")
+               f"compute scales: what each placement's own stages report (only the starred one's are used).")
     return f"{summary}\n\n{table}\n\nRanks of the distinct plans by decode tok/s:\n\n{ranks}\n"
 
 

@@ -1,16 +1,20 @@
 """The simulator calibrated to the served fleet, from what one served placement's stages reported.
 
 Measured on the emulated fleet, none a per-placement factor:
-- compute: the served stages' step times (their own metrics, compute alone, the emulated types'
-  sleep included) over what the profile says the same steps take (their decode rows and prompts,
-  at their layer count and GPU type), summed over the stages: a scale on the profile, the
-  workers' share of the two cores they split with each other, the front end, the relays and the
-  client. A fixed cost per step (`SimConfig.step_overhead`) is left at zero: fitted beside the
-  scale on one placement's stages, whose batches are alike, the two trade off (two runs of the
-  same placement gave x1.62 plus 4.2 one-row decode layers per step and x0.67 plus 18.8, and the
-  second mispredicted another plan by a quarter). A probe timed in the bench's own process
-  (`loop.contention`, shown per placement) reads the machine's load but not the workers' share
-  of it: on a quiet machine it said x4.5 where the stages' own steps said under x2.5.
+- compute: each stage's recent steps one by one (the observed-capacity document: compute alone,
+  the emulated types' sleep included) over what the profile says the same step takes (its rows or
+  tokens, at its layer count and GPU type); the median over the stages' decode steps scales the
+  decode curve, the median over their prefill steps the prompt curve. Both are the workers' share
+  of the two cores they split with each other, the front end, the relays and the client, and they
+  differ: a long prompt's step is mostly large matrix products, a decode step mostly the fixed
+  cost of a step, which waits for a core relatively longer (one scale for both, from the stages'
+  summed step times, left the calibrated TTFT about twice the served and decode 3-21% slow). A
+  fixed cost per step (`SimConfig.step_overhead`) is left at zero: fitted beside the scale on one
+  placement's stages, whose batches are alike, the two trade off (two runs of the same placement
+  gave x1.62 plus 4.2 one-row decode layers per step and x0.67 plus 18.8, and the second
+  mispredicted another plan by a quarter). A probe timed in the bench's own process
+  (`loop.contention`, shown per placement) reads the machine's load but not the workers' share of
+  it: on a quiet machine it said x4.5 where the stages' own steps said under x3.
 - hop overhead: each pipeline's decode round trip (the front end's `helix_pipeline_step_seconds`)
   less the time its requests spent on each stage (queue included: `helix_stage_hop_seconds`) and
   its links' latency and transfer time, per message: gRPC, TLS, the relays' delay line, the front
@@ -23,13 +27,13 @@ Measured on the emulated fleet, none a per-placement factor:
   request when the previous one is admitted).
 """
 
+import statistics
 from dataclasses import dataclass
 
 from loop.observed import Seen
 
 from helix_planner.cluster import SINK, SOURCE, Cluster
 from helix_planner.models import ModelSpec
-from helix_planner.plan_format import Plan
 from helix_planner.profiles import Catalog
 from helix_planner.sim.simulation import SimConfig
 from helix_worker.envs import Settings
@@ -40,7 +44,8 @@ LONGEST = 3600.0  # simulated seconds a finite closed loop may take
 
 @dataclass(frozen=True)
 class Calibration:
-    compute_scale: float  # how much slower the stages computed than profiled
+    compute_scale: float  # how much slower the stages decoded than profiled
+    prompt_scale: float  # how much slower they ran prompts
     hop_seconds: float  # per message, beyond the link's latency and transfer time
     source: str  # what it was measured on
 
@@ -48,28 +53,27 @@ class Calibration:
         """The bench client's load, `requests` in a closed loop of `clients`, with the engine's step budget and
         these measurements; the span ends when the last request finishes, as the client's does."""
         return SimConfig(mode="closed", warmup=0.0, duration=LONGEST, seed=seed, clients=clients, requests=requests,
-                         max_in_flight=clients, compute_scale=self.compute_scale, hop_seconds=self.hop_seconds,
-                         step_tokens=STEP_TOKENS)
+                         max_in_flight=clients, compute_scale=self.compute_scale, prompt_scale=self.prompt_scale,
+                         hop_seconds=self.hop_seconds, step_tokens=STEP_TOKENS)
 
     def describe(self) -> str:
-        return (f"compute x{self.compute_scale:.2f}, {self.hop_seconds * 1e3:.1f} ms per message beyond link latency, "
-                f"steps of {STEP_TOKENS} tokens, a closed loop (measured on {self.source})")
+        return (f"decode x{self.compute_scale:.2f}, prompts x{self.prompt_scale:.2f}, {self.hop_seconds * 1e3:.1f} ms "
+                f"per message beyond link latency, steps of {STEP_TOKENS} tokens, a closed loop (measured on "
+                f"{self.source})")
 
 
-def calibrate(seen: Seen, plan: Plan, cluster: Cluster, model: ModelSpec, catalog: Catalog, prompt_tokens: int,
-              source: str) -> Calibration:
-    """Compute scale and hop overhead from one served placement's metrics (`seen`)."""
-    layers = {node.name: node.end - node.start for node in plan.nodes}
-    served = profiled = 0.0  # the stages' step seconds, and what the profile says the same steps take
-    for name, stage in seen.stages.items():
+def calibrate(seen: Seen, cluster: Cluster, model: ModelSpec, catalog: Catalog, source: str) -> Calibration:
+    """Decode and prompt compute scales and hop overhead from one served placement's metrics (`seen`)."""
+    decode, prompt = [], []  # every recent step's seconds over the profile's for it
+    for name, node in seen.capacity.nodes.items():
         profile = catalog.measurement(model.name, cluster.node(name).gpu)
-        if profile is None or not stage.steps:
+        if profile is None:
             continue
-        prompts = (stage.tokens - stage.requests) / (prompt_tokens - 1)  # a prompt is one request of P rows
-        decode_rows = stage.requests - prompts
-        served += stage.seconds
-        profiled += layers[name] * (stage.steps * profile.decode(decode_rows / stage.steps)
-                                    + prompts * profile.prompt(prompt_tokens))
+        decode += [s.seconds / (s.layers * profile.decode(s.size)) for s in node.decode if s.size > 0]
+        prompt += [s.seconds / (s.layers * profile.prompt(s.size)) for s in node.prefill if s.size > 0]
+    if not decode or not prompt:
+        raise SystemExit(f"{source}: the stages reported no {'decode' if not decode else 'prefill'} steps to "
+                         f"calibrate with")
     messages = residual = 0.0
     for nodes, (steps, seconds) in seen.round_trips.items():
         if not steps or any(n not in seen.stages for n in nodes):
@@ -83,5 +87,5 @@ def calibrate(seen: Seen, plan: Plan, cluster: Cluster, model: ModelSpec, catalo
         on_stages = sum(seen.stages[n].mean_hop for n in nodes)
         residual += steps * (seconds / steps - on_stages - wire)
         messages += steps * (len(nodes) + 1)
-    return Calibration(served / profiled if profiled else 1.0,
+    return Calibration(statistics.median(decode), statistics.median(prompt),
                        max(0.0, residual / messages) if messages else 0.0, source)

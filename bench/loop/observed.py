@@ -2,16 +2,19 @@
 
 Each stage's step histogram (compute time of one step, the slowdown's sleep included), its batch
 histogram and token counter give the mean step and what it ran; the front end's pipeline-step
-histogram gives the decode round trip through a pipeline. These are what the simulator's compute
-and network models predict, so the calibration compares them (`loop.calibration`).
+histogram gives the decode round trip through a pipeline; its observed-capacity document (GET
+/v2/helix/observed) the stages' recent decode and prefill steps one by one. These are what the
+simulator's compute and network models predict, so the calibration compares them (`loop.calibration`).
 """
 
+import json
 import subprocess
 import urllib.request
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from helix_planner.observed import PATH, Observed, parse_observed
 from helix_worker.fleet.launcher import LocalFleet
 from helix_worker.fleet.netem import EmulatedNetwork
 
@@ -44,6 +47,7 @@ class StageSeen:
 class Seen:
     stages: dict[str, StageSeen]
     round_trips: dict[tuple[str, ...], tuple[float, float]]  # pipeline's nodes -> (decode steps, summed seconds)
+    capacity: Observed  # the front end's observed-capacity document: recent steps per stage
 
 
 def _samples(text: str, label: str = "") -> dict[str, float]:
@@ -74,6 +78,9 @@ def scrape(fleet: LocalFleet, net: EmulatedNetwork, http_url: str) -> Seen:
                                        s.get("helix_stage_hop_seconds_sum", 0.0))
     with urllib.request.urlopen(f"{http_url}/metrics", timeout=10) as response:
         front = _samples(response.read().decode(), "pipeline")
+    with urllib.request.urlopen(http_url + PATH, timeout=10) as response:
+        capacity = parse_observed(json.loads(response.read()))
     pipelines = {key.split(" ", 1)[1] for key in front if key.startswith("helix_pipeline_step_seconds_count ")}
     return Seen(stages, {tuple(p.split("->")): (front[f"helix_pipeline_step_seconds_count {p}"],
-                                                front[f"helix_pipeline_step_seconds_sum {p}"]) for p in pipelines})
+                                                front[f"helix_pipeline_step_seconds_sum {p}"]) for p in pipelines},
+                capacity)

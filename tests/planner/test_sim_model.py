@@ -231,6 +231,9 @@ def test_contention_step_overhead_and_hop_overhead_lengthen_every_pass_and_messa
                                              compute_scale=slower, step_overhead=overhead, hop_seconds=hop))
     assert throughput == pytest.approx(11 / seconds, rel=0.01)
     assert ttft == pytest.approx(slower * (PROMPT_PASS + per_pass) + 2 * hop)
+    _, _, prompt_slower = one_node(SimConfig(mode="closed", clients=1, warmup=10.0, duration=120.0,
+                                             compute_scale=slower, prompt_scale=1.5))
+    assert prompt_slower == pytest.approx(1.5 * PROMPT_PASS)  # prompts at their own scale
 
 
 def test_the_engine_step_budget_runs_prompts_together_within_its_tokens() -> None:
@@ -245,7 +248,8 @@ def test_the_engine_step_budget_runs_prompts_together_within_its_tokens() -> Non
 
 
 @pytest.mark.parametrize("config", [SimConfig(mode="closed"), SimConfig(step_overhead=-1.0),
-                                    SimConfig(compute_scale=0.0), SimConfig(hop_seconds=-1.0),
+                                    SimConfig(compute_scale=0.0), SimConfig(prompt_scale=0.0),
+                                    SimConfig(hop_seconds=-1.0),
                                     SimConfig(step_tokens=0), SimConfig(requests=3)])
 def test_bad_closed_loop_or_calibration_settings_are_one_clear_error(config: SimConfig) -> None:
     with pytest.raises(PlanningError, match="clients|calibration|closed mode"):

@@ -7,10 +7,11 @@ and D the decode sequences in the pass, interpolated from the measured curves (r
 estimates for GPUs without measurements). A pass is one event: layers are not simulated
 one by one. Prompts and decode steps wait in two FIFO queues.
 
-Calibrated to a served fleet (`SimConfig.compute_scale`, `step_overhead`, `step_tokens`), every
-pass also pays the served engine's cost per step, whatever its layers and rows (measured in the
-node's own time, as `step_overhead` one-row decode layers), all of it `compute_scale` times slower
-(the machine's cores shared), and takes prompts as the worker engine's step does: decode rows
+Calibrated to a served fleet (`SimConfig.compute_scale`, `prompt_scale`, `step_overhead`,
+`step_tokens`), every pass also pays the served engine's cost per step, whatever its layers and rows
+(measured in the node's own time, as `step_overhead` one-row decode layers), all of it
+`compute_scale` times slower (the machine's cores shared; prompts `prompt_scale` times, where set:
+a long prompt's step is mostly large matrix products, slowed less than short decode steps), and takes prompts as the worker engine's step does: decode rows
 first, then whole prompts while the step's token budget lasts.
 """
 
@@ -41,13 +42,16 @@ class NodeProfile:
     shared_budget: bool = False  # decode rows count against prompt_max_tokens (the worker engine's step budget)
     pass_seconds: float = 0.0  # fixed cost of every pass
 
-    def calibrated(self, compute_scale: float, step_overhead: float, step_tokens: int | None) -> "NodeProfile":
+    def calibrated(self, compute_scale: float, step_overhead: float, step_tokens: int | None,
+                   prompt_scale: float | None = None) -> "NodeProfile":
         """Every pass `step_overhead` one-row decode layers dearer, and the whole of it `compute_scale` times
-        slower; with `step_tokens`, the engine's step budget in place of vLLM's limits."""
-        def scaled(curve: Curve) -> Curve:
-            return Curve(curve.xs, tuple(seconds * compute_scale for seconds in curve.seconds))
+        slower (prompts `prompt_scale` times, when given); with `step_tokens`, the engine's step budget in place
+        of vLLM's limits."""
+        def scaled(curve: Curve, scale: float) -> Curve:
+            return Curve(curve.xs, tuple(seconds * scale for seconds in curve.seconds))
 
-        costed = replace(self, prompt=scaled(self.prompt), decode=scaled(self.decode),
+        costed = replace(self, prompt=scaled(self.prompt, compute_scale if prompt_scale is None else prompt_scale),
+                         decode=scaled(self.decode, compute_scale),
                          pass_seconds=compute_scale * step_overhead * self.decode(1))
         if step_tokens is None:
             return costed

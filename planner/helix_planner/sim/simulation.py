@@ -70,6 +70,7 @@ class SimConfig:
     # profiled (cores shared); the served engine's fixed cost per step, in one-row decode layers of the node's
     # own profile; each message's overhead beyond its link's latency (RPC, relays); the engine's step budget.
     compute_scale: float = 1.0
+    prompt_scale: float | None = None  # prompts' own compute scale (None: compute_scale)
     step_overhead: float = 0.0
     hop_seconds: float = 0.0
     step_tokens: int | None = None
@@ -86,11 +87,12 @@ class SimConfig:
         if self.warmup < 0 or self.duration <= 0:
             raise PlanningError(f"warm-up must be >= 0 and the measured window > 0 "
                                 f"(got {self.warmup}, {self.duration})")
-        if (self.compute_scale <= 0 or self.step_overhead < 0 or self.hop_seconds < 0
+        if (self.compute_scale <= 0 or (self.prompt_scale is not None and self.prompt_scale <= 0)
+                or self.step_overhead < 0 or self.hop_seconds < 0
                 or (self.step_tokens is not None and self.step_tokens < 1)):
-            raise PlanningError(f"calibration: compute scale must be > 0, step overhead and hop seconds >= 0 and "
-                                f"step tokens >= 1 (got {self.compute_scale}, {self.step_overhead}, "
-                                f"{self.hop_seconds}, {self.step_tokens})")
+            raise PlanningError(f"calibration: compute and prompt scales must be > 0, step overhead and hop seconds "
+                                f">= 0 and step tokens >= 1 (got {self.compute_scale}, {self.prompt_scale}, "
+                                f"{self.step_overhead}, {self.hop_seconds}, {self.step_tokens})")
         if not 0 < self.kv_high_water <= 1:
             raise PlanningError(f"--kv-high-water must be in (0, 1], got {self.kv_high_water}")
 
@@ -107,8 +109,10 @@ class Simulation:
             if node.name in scenario.layout:
                 start, end = scenario.layout[node.name]
                 profile = node_profile(scenario.catalog, model, node.gpu, end - start)
-                if config.compute_scale != 1.0 or config.step_overhead or config.step_tokens is not None:
-                    profile = profile.calibrated(config.compute_scale, config.step_overhead, config.step_tokens)
+                if (config.compute_scale != 1.0 or config.prompt_scale is not None or config.step_overhead
+                        or config.step_tokens is not None):
+                    profile = profile.calibrated(config.compute_scale, config.step_overhead, config.step_tokens,
+                                                 config.prompt_scale)
                 self.nodes[node.name] = GpuNode(node.name, node.gpu, start, end, profile, config.kv_high_water)
         missing = sorted(set(scenario.layout) - set(self.nodes))
         if missing:
