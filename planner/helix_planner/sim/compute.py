@@ -11,8 +11,9 @@ Calibrated to a served fleet (`SimConfig.compute_scale`, `prompt_scale`, `step_o
 `step_tokens`), every pass also pays the served engine's cost per step, whatever its layers and rows
 (measured in the node's own time, as `step_overhead` one-row decode layers), all of it
 `compute_scale` times slower (the machine's cores shared; prompts `prompt_scale` times, where set:
-a long prompt's step is mostly large matrix products, slowed less than short decode steps), and takes prompts as the worker engine's step does: decode rows
-first, then whole prompts while the step's token budget lasts.
+a long prompt's step is mostly large matrix products, slowed less than short decode steps), and
+takes prompts as the worker engine's step does: decode rows first, then whole prompts while the
+step's token budget lasts.
 """
 
 from collections import deque
