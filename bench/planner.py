@@ -193,7 +193,8 @@ def replan_row(label: str, cluster: Cluster, running: Plan, options: PlannerOpti
                                                previous=running, catalog=catalog, progress=lines.append))
     moved = layers_moved(running.layout, plan.layout)
     # the planner's candidate lines: "fleet      NAME  VALUE tok/s  MOVED layers moved"
-    candidates = [line.split() for line in lines if line.startswith("fleet ") and "repair" in line]
+    candidates = [line.split() for line in lines if line.startswith("fleet ")
+                  and line.split()[1] in ("repair-forward", "repair-backward", "replace")]
     others = ", ".join(f"{c[1]} {float(c[2]):,.0f} tok/s with {c[4]} moved" for c in candidates)
     note = (f"lost {lost.name} ({lost.gpu_type}, {lost.flow:.0f} tok/s); chose {plan.solver.method} "
             f"(churn weight {CHURN_WEIGHT:g} tok/s per layer): {moved} layers moved of "

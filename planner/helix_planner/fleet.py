@@ -9,7 +9,8 @@ upper bound; with hundreds of nodes per type its integrality is what limits it, 
 vanishes), and the throughput from the exact max-flow evaluator, links included.
 
 A replan after a node changes keeps the nodes on one side of it where they are and sweeps
-again only the layers on the other side (`repair`, both directions tried).
+again only the layers on the other side (`repair`, both directions tried), or hands the lost
+ranges alone to unused nodes (`replace_lost`).
 """
 from collections.abc import Mapping
 
@@ -65,6 +66,27 @@ def fleet_layouts(classes: list[NodeClass], num_layers: int, previous: Layout | 
     return {name: {p.node: (p.start, p.end) for p in pieces} for name, pieces in layouts.items() if pieces}
 
 
+def _holds(cls: NodeClass, length: int) -> bool:
+    return 0 < length <= cls.max_layers and cls.caps[length - 1] > 0
+
+
+def replace_lost(previous: Layout, classes: list[NodeClass]) -> Layout:
+    """`previous` with each lost node's range (a node that left, or can no longer hold its range)
+    given to the unused node of most capacity for that many layers, longest ranges first: only the
+    lost layers move. Where no unused node can hold a range, it stays uncovered (the max flow of
+    the rest decides what that costs)."""
+    present = {n: c for c in classes for n in c.nodes}
+    layout = {n: r for n, r in previous.items() if n in present and _holds(present[n], r[1] - r[0])}
+    spare = {n for n in present if n not in layout}
+    for start, end in sorted((r for n, r in previous.items() if n not in layout), key=lambda r: r[0] - r[1]):
+        able = [n for n in spare if _holds(present[n], end - start)]
+        if able:
+            best = max(able, key=lambda n: (present[n].caps[end - start - 1], n))
+            layout[best] = (start, end)
+            spare.discard(best)
+    return layout
+
+
 def repair(previous: Layout, flows: Mapping[str, float], classes: list[NodeClass], num_layers: int,
            target: float, *, backward: bool = False) -> Layout:
     """`previous` re-swept from the first layer a lost node held to the last layer (or, with
@@ -80,8 +102,7 @@ def repair(previous: Layout, flows: Mapping[str, float], classes: list[NodeClass
 
     present = {n: c for c in classes for n in c.nodes}
     ranges = {n: mirror(r) for n, r in previous.items()}
-    valid = {n: r for n, r in ranges.items() if n in present and 0 < r[1] - r[0] <= present[n].max_layers
-             and present[n].caps[r[1] - r[0] - 1] > 0}
+    valid = {n: r for n, r in ranges.items() if n in present and _holds(present[n], r[1] - r[0])}
     lost = [r for n, r in ranges.items() if n not in valid]
     if not lost:
         return dict(previous)

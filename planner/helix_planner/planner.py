@@ -19,7 +19,15 @@ from helix_planner.bound import position_free_bound
 from helix_planner.cluster import SINK, SOURCE, Cluster
 from helix_planner.config_bound import configuration_bound
 from helix_planner.errors import InfeasiblePlacement, ModelDoesNotFit, PlanningError
-from helix_planner.fleet import FLEET_NODES, fleet_bound, fleet_classes, fleet_layouts, layers_moved, repair
+from helix_planner.fleet import (
+    FLEET_NODES,
+    fleet_bound,
+    fleet_classes,
+    fleet_layouts,
+    layers_moved,
+    repair,
+    replace_lost,
+)
 from helix_planner.flow import FlowResult, evaluate
 from helix_planner.heuristics import BASELINES
 from helix_planner.milp import MilpSettings, MilpSolution, assign_nodes, build_model, class_counts, solve
@@ -191,6 +199,7 @@ def _plan_fleet(cluster: Cluster, model: ModelSpec, capacity_model: CapacityMode
         for direction, backward in (("forward", False), ("backward", True)):
             candidates[f"repair-{direction}"] = repair(previous.layout, flows, classes, model.num_layers,
                                                        previous.throughput, backward=backward)
+        candidates["replace"] = replace_lost(previous.layout, classes)
     scored = {name: evaluate(cluster, model, capacity_model, layout) for name, layout in candidates.items()}
     moved = {name: layers_moved(previous.layout, layout) if previous else 0 for name, layout in candidates.items()}
     for name, result in scored.items():

@@ -16,7 +16,7 @@ from test_milp_and_bound import CAPS, MODEL, NODES, brute_force_optimum
 
 from helix_planner.cluster import Cluster, Link, Node, RegionMesh
 from helix_planner.config_bound import _types, configuration_bound, coverable_layers
-from helix_planner.fleet import fleet_bound, fleet_classes, layers_moved
+from helix_planner.fleet import fleet_bound, fleet_classes, layers_moved, replace_lost
 from helix_planner.flow import evaluate, handovers
 from helix_planner.models import ModelSpec, get_model
 from helix_planner.plan_format import Plan
@@ -171,3 +171,14 @@ def test_hetero42_mixed_stages_beat_single_type_stages_and_the_bound_certifies(r
     assert evaluate(cluster, model, capacity, layout).value >= target * (1 - 1e-6)
     counts, items = _types(classes)
     assert coverable_layers(counts, items, 6100.0) < model.num_layers  # so no placement carries 6,100
+
+
+def test_a_lost_node_replaced_by_an_unused_one_moves_only_its_layers(catalog: Catalog, fleet500: Fleet) -> None:
+    cluster, model, plan = fleet500
+    spare = next(n for n in cluster.nodes if n.name not in plan.layout)
+    lost = next(n for n in plan.nodes if n.gpu_type == spare.gpu)  # an unused node of its type can take its range
+    classes = fleet_classes(cluster.without({lost.name}), model, capacity_model_for(cluster, model, HELIX, catalog))
+    replaced = replace_lost(plan.layout, classes)
+    newcomers = {n: r for n, r in replaced.items() if n not in plan.layout}
+    assert lost.name not in replaced and list(newcomers.values()) == [(lost.start, lost.end)]
+    assert layers_moved(plan.layout, replaced) == lost.end - lost.start
