@@ -1,7 +1,7 @@
 """Closed loop: what emulated multi-region fleets serve against what the simulator predicts for them.
 
     sudo python bench/closed_loop.py            # five placements on two fleets, 12 layers, 8 streams of 128/64
-    sudo python bench/closed_loop.py --quick    # CI: max flow and separate; 8 layers, 4 streams of 32/16
+    sudo python bench/closed_loop.py --quick    # CI: max flow and separate on the first fleet; 8 layers, 4 streams
     sudo python bench/closed_loop.py --part routing   # another part on the first fleet (bench/loop/routing.py)
 
 The fleets are bench/closed_loop-fleet.yaml (six workers in three regions, of three speeds) and
@@ -110,7 +110,7 @@ class Mode:
 
 
 QUICK = Mode(DemoModel(num_layers=8, hidden_size=128, intermediate_size=352, num_heads=4, num_kv_heads=2), 3,
-             Load(concurrency=4, prompt=32, output=16, requests=8), ("max-flow", "separate"), 2.0, 30.0)
+             Load(concurrency=4, prompt=32, output=16, requests=8), ("max-flow", "separate"), 2.0, 30.0, (FLEET,))
 FULL = Mode(DemoModel(num_layers=12, hidden_size=512, intermediate_size=1408, num_heads=8, num_kv_heads=4), 4,
             Load(concurrency=8, prompt=128, output=64, requests=32), PLACEMENTS, 10.0, 240.0)
 

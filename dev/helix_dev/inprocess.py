@@ -33,5 +33,14 @@ async def operator_in_process(api: kmock.KubernetesEmulator, options: RunOptions
         yield started.context
     finally:
         stop.set()
+        # The API server (and any stand-in) serves from this loop: its connection handlers are not
+        # the operator's tasks, and kopf would wait five seconds for them as hung ones.
+        started.preexisting = {*started.preexisting, *_connection_handlers()}
         async with asyncio.timeout(20):  # not wait_for: that would run finish() in another task
             await started.finish()
+
+
+def _connection_handlers() -> set[asyncio.Task[Any]]:
+    """The tasks of aiohttp servers' open connections in this loop."""
+    return {task for task in asyncio.all_tasks()
+            if getattr(task.get_coro(), "__qualname__", "") == "RequestHandler.start"}
