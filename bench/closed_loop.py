@@ -239,7 +239,7 @@ HOOKED = ("routing", "replan")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="CI: three placements, a smaller model and load")
+    parser.add_argument("--quick", action="store_true", help="CI: two placements, first fleet, smaller model")
     parser.add_argument("--workdir", type=Path, help="plans, logs and the checkpoint (default: a temp dir)")
     parser.add_argument("--part", choices=(*PARTS, *HOOKED), default="placements", help="what to measure")
     args = parser.parse_args(argv)

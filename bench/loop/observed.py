@@ -1,8 +1,8 @@
 """What the served stages and front end report about a run, read from their Prometheus /metrics.
 
 Each stage's step histogram (compute time of one step, the slowdown's sleep included), its batch
-histogram and token counter give the mean step and what it ran; the front end's pipeline-step
-histogram gives the decode round trip through a pipeline; its observed-capacity document (GET
+and hop histograms give the mean step, its batch and each request's time there; the front end's
+pipeline-step histogram gives the decode round trip through a pipeline; its observed-capacity document (GET
 /v2/helix/observed) the stages' recent decode and prefill steps one by one. These are what the
 simulator's compute and network models predict, so the calibration compares them (`loop.calibration`).
 """
@@ -25,7 +25,6 @@ class StageSeen:
     steps: float
     seconds: float  # summed step time
     requests: float  # summed requests per step
-    tokens: float  # token rows run
     chunks: float  # pieces timed on this stage
     chunk_seconds: float  # their summed time here, queue included
 
@@ -73,7 +72,6 @@ def scrape(fleet: LocalFleet, net: EmulatedNetwork, http_url: str) -> Seen:
         stages[child.name] = StageSeen(child.name, s.get("helix_stage_step_seconds_count", 0.0),
                                        s.get("helix_stage_step_seconds_sum", 0.0),
                                        s.get("helix_stage_batch_requests_sum", 0.0),
-                                       s.get("helix_stage_tokens_total", 0.0),
                                        s.get("helix_stage_hop_seconds_count", 0.0),
                                        s.get("helix_stage_hop_seconds_sum", 0.0))
     with urllib.request.urlopen(f"{http_url}/metrics", timeout=10) as response:
