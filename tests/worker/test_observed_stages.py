@@ -1,5 +1,5 @@
 """Observed capacity from real stages: three gRPC stages on 127.0.0.1 (the middle one emulating a GPU
-twice as slow, HELIX_SLOWDOWN=2), a coordinator whose heartbeat gathers their step and frame
+four times as slow, HELIX_SLOWDOWN=4), a coordinator whose heartbeat gathers their step and frame
 windows, and the front end's `GET /v2/helix/observed` read back through the planner's parser."""
 
 import asyncio
@@ -26,7 +26,7 @@ from helix_worker.transport.datachannel import TIMED_BYTES
 from helix_worker.transport.http_base import start_site
 
 pytestmark = pytest.mark.timeout(60)
-STAGES = [("a", 0, 2, 1.0), ("b", 2, 4, 2.0), ("c", 4, NUM_LAYERS, 1.0)]
+STAGES = [("a", 0, 2, 1.0), ("b", 2, 4, 4.0), ("c", 4, NUM_LAYERS, 1.0)]
 HEARTBEAT = 0.2
 
 
@@ -84,12 +84,12 @@ async def test_stages_report_step_times_and_frames(tmp_path: Path, checkpoint: P
     assert len(a.decode) >= 10 and len(b.decode) >= 10 and a.prefill and b.prefill
     assert {s.layers for s in a.decode + b.decode} == {2.0}
     assert max(s.size for s in b.prefill) >= 300
-    # The slow stage's steps take about twice as long. Each is its compute plus a sleep of the same
-    # length, so the ratio holds on a loaded machine too, in the faster steps that other processes
-    # did not preempt (their lower quartile); the bounds leave room for noise (with HELIX_SLOWDOWN 1
-    # on both stages it is about 1).
+    # The slow stage's steps take about four times as long. Each is its compute plus a sleep of three
+    # times that, so the ratio holds on a loaded machine too, in the faster steps that other processes
+    # did not preempt (their lower quartile). The bounds leave more than a factor of two for noise (a 2x slowdown
+    # once read 1.39 on a loaded CI host); with HELIX_SLOWDOWN 1 on both stages the ratio is about 1.
     ratio = quartile(s.seconds for s in b.decode) / quartile(s.seconds for s in a.decode)
-    assert 1.4 < ratio < 3.5, ratio
+    assert 1.8 < ratio < 8.0, ratio
     gauges = coordinator.metrics.render().decode()
     assert 'helix_observed_step_seconds_per_layer{model_name="tiny-llama",node="b",phase="decode"}' in gauges
     assert 'helix_observed_link_bytes_per_second{from="a",model_name="tiny-llama",to="b"}' in gauges
