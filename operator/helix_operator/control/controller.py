@@ -296,6 +296,7 @@ class Controller:
         cancel = threading.Event()
         future = self.ctx.planner.start(request, cancel, self.logger)
         consumed: set[str] = set()
+        waiter: asyncio.Future[set[str]] | None = None
         try:
             while True:
                 waiter = asyncio.ensure_future(self.inbox.wait(self.debounce, ignore=frozenset({PODS})))
@@ -303,15 +304,17 @@ class Controller:
                 done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if waiter in done:
                     consumed |= waiter.result()
-                else:
-                    waiter.cancel()
                 if future in done:
                     return future.result()
                 if self._current_key() != key:
-                    cancel.set()
                     self.logger.info("planning superseded by a newer spec or node change")
                     return None
         finally:
+            # Superseded, or the daemon cancelled (operator stopping, object deleted): the solve
+            # stops at its next check instead of running out its time limit on a planner thread.
+            cancel.set()
+            if waiter is not None:
+                waiter.cancel()
             for kind in consumed:
                 self.inbox.notify(SPEC if kind == NODES else kind)
 
