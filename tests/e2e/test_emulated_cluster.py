@@ -20,7 +20,10 @@ import tritonclient.grpc as grpcclient
 from e2ekit import PROMPTS, reference_outputs, triton_unary
 
 from helix_dev.cluster import LocalCluster
+from helix_dev.emulation import NodeHost, build_network, planner_cluster
 from helix_dev.fleet import cpu_node, demo_manifests, device_env, gpu_node
+from helix_planner.cluster import SINK, SOURCE
+from helix_planner.profiles import load_catalog
 from helix_worker.errors import ServingError
 from helix_worker.fleet import netns
 from helix_worker.model.random_checkpoint import DemoModel, write_demo_checkpoint
@@ -139,6 +142,23 @@ async def test_a_request_crosses_the_emulated_regions_with_the_reference_tokens(
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@needs_root
+def test_the_network_has_the_planners_links_and_a_late_node_runs_no_pods(tmp_path: Path) -> None:
+    docs = manifests(tmp_path / "checkpoint")
+    hxc = next(d for d in docs if d["kind"] == "HelixCluster")
+    nodes = [d for d in docs if d["kind"] == "Node"]
+    cluster = planner_cluster(hxc, nodes, [d for d in docs if d["kind"] == "GPUProfile"], load_catalog())
+    assert cluster.node_names == [EAST, WEST], "the pools' nodes: the CPU node is not the planner's"
+    with build_network(cluster, [n["metadata"]["name"] for n in nodes], tmp_path / "net") as network:
+        across = network.path(EAST, WEST)
+        assert across is not None and (across.bandwidth, across.latency) == (100e6 / 8, INTER_LATENCY), \
+            "spec.network.interRegion, as the planner reads it"
+        assert network.path("cpu-0", WEST) == cluster.link(SOURCE, WEST), "the front end's node has its links"
+        assert network.path(WEST, "cpu-0") == cluster.link(WEST, SINK)
+        with pytest.raises(ServingError, match="gpu-late was registered after the emulated network was built"):
+            NodeHost(network, "gpu-late").start_relays([8000], tmp_path)
 
 
 def test_without_the_privilege_the_option_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
