@@ -62,7 +62,7 @@ class Demo:
         endpoints = {"OpenAI HTTP": f"{self.http}/v1", "KServe gRPC": self.grpc, "API server": self.cluster.url,
                      "logs": str(self.options.workdir)}
         if self.cluster.network is not None:
-            endpoints["emulated network"] = str(self.cluster.network.workdir / "network.json")
+            endpoints["network"] = str(self.cluster.network.workdir / "network.json")
         return Snapshot(await self.cluster.get(self.hxc), await api.list(path_of("v1", "nodes")),
                         await self.cluster.pods(self.namespace), events, endpoints, self.step, self.sample)
 

@@ -66,6 +66,12 @@ class NodeHost:
     network: EmulatedNetwork
     node: str
 
+    @property
+    def netns(self) -> str | None:
+        """The node's network namespace (None: the node is not in the network)."""
+        host = self.network.hosts.get(self.node)
+        return host.netns if host is not None else None
+
     def command(self, argv: Sequence[str]) -> list[str]:
         """`argv` run in the node's namespace."""
         return ["ip", "netns", "exec", self._host().netns, *argv]

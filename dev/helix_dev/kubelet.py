@@ -35,6 +35,7 @@ from helix_dev.emulation import NodeHost
 from helix_dev.network import LOOPBACK, PortBook, pod_owner
 from helix_worker.errors import ServingError
 from helix_worker.fleet.delayline import stop_relays
+from helix_worker.fleet.netns import open_connection
 
 log = logging.getLogger(__name__)
 BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0)  # the kubelet's is 10 s doubling to 5 min
@@ -227,7 +228,7 @@ class PodRun:
         probe = self.main.get("readinessProbe")
         target = probe_target(self.pod, probe, self.agent.ports) if probe else None
         while True:
-            self.ready = True if target is None else await _answers(*target)
+            self.ready = True if target is None else await _answers(*target, self.agent.netns)
             await self.report()
             await asyncio.sleep(PROBE_SECONDS if not self.ready else 1.0)
 
@@ -322,14 +323,17 @@ def _signal(process: asyncio.subprocess.Process, sig: int) -> None:
         os.killpg(process.pid, sig)
 
 
-async def _answers(kind: str, port: int, path: str, tls: bool) -> bool:
-    """Whether the probe passes; HTTPS without verifying the certificate, as kubelets probe."""
+async def _answers(kind: str, port: int, path: str, tls: bool, namespace: str | None) -> bool:
+    """Whether the probe passes; HTTPS without verifying the certificate, as kubelets probe. Dialled
+    from the node's network `namespace` (None: this one's), as a kubelet probes from its node: not
+    through the pod's portal, which would accept a connection the pod itself refuses."""
     context = None
     if tls:
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port, ssl=context), 1.0)
+        reader, writer = await asyncio.wait_for(
+            open_connection(namespace, (LOOPBACK, port), ssl=context, server_hostname=LOOPBACK if tls else None), 1.0)
     except (OSError, TimeoutError):
         return False
     try:
@@ -352,6 +356,7 @@ class NodeAgent:
                  host: NodeHost | None = None) -> None:
         """`host`: where the node's pods run in an emulated network (None: on 127.0.0.1)."""
         self.node, self.api, self.ports, self.host = node, api, ports, host
+        self.netns = host.netns if host is not None else None
         self.workdir = workdir / node
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.device_env = dict(device_env)

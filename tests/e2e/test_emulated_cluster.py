@@ -22,10 +22,13 @@ from e2ekit import PROMPTS, reference_outputs, triton_unary
 from helix_dev.cluster import LocalCluster
 from helix_dev.emulation import NodeHost, build_network, planner_cluster
 from helix_dev.fleet import cpu_node, demo_manifests, device_env, gpu_node
+from helix_dev.kubelet import _answers
+from helix_dev.network import free_port
 from helix_planner.cluster import SINK, SOURCE
 from helix_planner.profiles import load_catalog
 from helix_worker.errors import ServingError
 from helix_worker.fleet import netns
+from helix_worker.fleet.delayline import stop_relays
 from helix_worker.model.random_checkpoint import DemoModel, write_demo_checkpoint
 
 pytestmark = pytest.mark.timeout(120)
@@ -145,7 +148,7 @@ async def test_a_request_crosses_the_emulated_regions_with_the_reference_tokens(
 
 
 @needs_root
-def test_the_network_has_the_planners_links_and_a_late_node_runs_no_pods(tmp_path: Path) -> None:
+async def test_the_network_has_the_planners_links_and_a_late_node_runs_no_pods(tmp_path: Path) -> None:
     docs = manifests(tmp_path / "checkpoint")
     hxc = next(d for d in docs if d["kind"] == "HelixCluster")
     nodes = [d for d in docs if d["kind"] == "Node"]
@@ -159,6 +162,24 @@ def test_the_network_has_the_planners_links_and_a_late_node_runs_no_pods(tmp_pat
         assert network.path(WEST, "cpu-0") == cluster.link(WEST, SINK)
         with pytest.raises(ServingError, match="gpu-late was registered after the emulated network was built"):
             NodeHost(network, "gpu-late").start_relays([8000], tmp_path)
+        await probes_dial_from_the_node(NodeHost(network, EAST), tmp_path)
+
+
+async def probes_dial_from_the_node(host: NodeHost, workdir: Path) -> None:
+    """A pod port's portal on this machine accepts even while nothing in the pod listens; the kubelet's
+    probe dials from the node's namespace, so a tcpSocket probe still tells the two apart."""
+    port = free_port()
+    relays = host.start_relays([port], workdir)
+    assert relays is not None
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        assert not await _answers("tcpSocket", port, "/", False, host.netns)
+        with netns.entered(host.netns):
+            listening = socket.create_server(("127.0.0.1", port))
+        with listening:
+            assert await _answers("tcpSocket", port, "/", False, host.netns)
+    finally:
+        stop_relays(relays)
 
 
 def test_without_the_privilege_the_option_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
