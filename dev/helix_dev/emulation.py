@@ -13,8 +13,8 @@ spec.network or to regions, and a node registered later runs no pods.
 A pod's containers run in its node's namespace (`ip netns exec`) and listen on 127.0.0.1 there. A
 relay process per pod answers on the node's address at each of the pod's ports, holding each
 direction for its path's one-way latency, and opens a portal on 127.0.0.1 of this machine at the
-same port, undelayed, through which what stands outside the emulated network (the kubelet's
-probes, the Service proxy, the operator, clients) reaches the pod.
+same port, undelayed, through which what stands outside the emulated network (the Service proxy,
+the operator, clients) reaches the pod; the kubelet's probes dial from the node's namespace.
 """
 
 import subprocess

@@ -8,6 +8,7 @@ Needs root (network namespaces, veth, tc); CI machines run as root, so there it 
 
 import asyncio
 import copy
+import json
 import os
 import socket
 import time
@@ -122,6 +123,9 @@ async def test_a_request_crosses_the_emulated_regions_with_the_reference_tokens(
         argv = Path(f"/proc/{frontend.pid}/cmdline").read_text().split("\0")
         west_grpc = cluster.ports.pod_port(pods[WEST], "grpc")
         assert f"--endpoint={WEST}={network.hosts[WEST].address}:{west_grpc}" in argv, "peers dial the node's address"
+        east = cluster.agent_of(pods[EAST]["metadata"]["name"]).find(pods[EAST]["metadata"]["name"])
+        peers = json.loads((east.dir / "volumes" / "peers" / "endpoints.json").read_text())
+        assert peers[WEST] == f"{network.hosts[WEST].address}:{west_grpc}", "and so do the stages"
         expected = await reference
 
         def request() -> list[int] | None:
