@@ -6,6 +6,10 @@ and Services through the API, binds pending pods (`scheduler`), runs the Deploym
 controller (`deployments`), deletes pods whose node is gone (pod GC), gives every Node a
 node agent (`kubelet`) whose device variables come from the node's labels, and refreshes
 the Service proxies (`network`). Leaving the context stops every process it started.
+
+With `emulate_network` the nodes are hosts of an emulated multi-region network (`emulation`),
+built when the first HelixCluster is seen; until then no pod runs. Leaving the context then
+also removes the network's namespaces (those of crashed runs go when the next one builds its own).
 """
 
 import asyncio
@@ -19,18 +23,23 @@ from typing import Any
 from helix_dev.apiserver import ApiServer, api_server
 from helix_dev.client import Api, ApiError, path_of, pod_path
 from helix_dev.deployments import sync_deployment
+from helix_dev.emulation import NodeHost, build_network, check_privileges, planner_cluster
 from helix_dev.inprocess import operator_in_process, server_url
 from helix_dev.kubelet import NodeAgent
 from helix_dev.network import LOOPBACK, PortBook, ServiceProxy
 from helix_dev.scheduler import schedule
+from helix_operator.api.spec import SpecError
 from helix_operator.control.context import OperatorContext
 from helix_operator.control.runtime import RunOptions
+from helix_planner.errors import PlanningError
+from helix_worker.fleet.netem import EmulatedNetwork
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 0.2
 PLURALS = {"Node": "nodes", "Pod": "pods", "Service": "services", "ConfigMap": "configmaps",
            "Deployment": "deployments", "HelixCluster": "helixclusters", "GPUProfile": "gpuprofiles"}
 CLUSTER_SCOPED = ("Node", "GPUProfile")
+HELIX_API = "helix.dev/v1alpha1"
 
 DeviceEnv = Callable[[Mapping[str, str]], dict[str, str]]
 
@@ -43,8 +52,12 @@ def object_path(doc: Mapping[str, Any], *, named: bool = True) -> str:
 
 class LocalCluster:
     def __init__(self, workdir: Path, device_env: DeviceEnv, *,
-                 operator_options: RunOptions = RunOptions(resync_seconds=30, planner_threads=1, observe_seconds=2)
-                 ) -> None:
+                 operator_options: RunOptions = RunOptions(resync_seconds=30, planner_threads=1, observe_seconds=2),
+                 emulate_network: bool = False) -> None:
+        if emulate_network:
+            check_privileges()
+        self.emulate_network = emulate_network
+        self.network: EmulatedNetwork | None = None
         self.workdir = Path(workdir)
         self.device_env = device_env
         self.operator_options = operator_options
@@ -82,6 +95,7 @@ class LocalCluster:
             self._stack.push_async_callback(self._api.close)
             options = dataclasses.replace(self.operator_options, frontend_address=self._pod_address)
             self.operator = await self._stack.enter_async_context(operator_in_process(self.server, options))
+            self._stack.push_async_callback(self._close_network)  # after every pod has stopped
             self._stack.push_async_callback(self._stop)
             self._loop = asyncio.create_task(self._control_loop(), name="stand-in control loop")
         except BaseException:
@@ -161,14 +175,42 @@ class LocalCluster:
             node = (pod.get("spec") or {}).get("nodeName")
             if node and node not in labels:  # pod GC: the node is gone, so are its pods
                 await api.delete(pod_path(pod), grace_seconds=0)
+            elif node:  # its DNS name resolves to it for every pod, from now on
+                self.ports.name_pod(pod)
+        if self.emulate_network and self.network is None and not await self._build_network(nodes):
+            return  # no pod runs before its node is in the network
         for name, node_labels in labels.items():
             agent = self.agents.get(name)
             if agent is None:
+                host = NodeHost(self.network, name) if self.network is not None else None
                 agent = self.agents[name] = NodeAgent(name, api, self.ports, self.workdir / "nodes",
-                                                      self.device_env(node_labels))
+                                                      self.device_env(node_labels), host)
             agent.device_env = self.device_env(node_labels)
             await agent.sync([p for p in pods if (p.get("spec") or {}).get("nodeName") == name])
         await self.proxy.sync(await api.list(path_of("v1", "services")), pods)
+
+    async def _build_network(self, nodes: list[dict[str, Any]]) -> bool:
+        """Build the emulated network once a HelixCluster (the first by namespace and name) gives the
+        links and its pools discover nodes; whether it is built."""
+        helixclusters = await self.api.list(path_of(HELIX_API, PLURALS["HelixCluster"]))
+        if not helixclusters or self.operator is None:
+            return False
+        first = min(helixclusters, key=lambda c: (c["metadata"]["namespace"], c["metadata"]["name"]))
+        profiles = await self.api.list(path_of(HELIX_API, PLURALS["GPUProfile"]))
+        try:
+            cluster = planner_cluster(first, nodes, profiles, self.operator.catalog)
+        except (SpecError, PlanningError) as err:  # the operator says so in the HelixCluster's status
+            log.debug("the emulated network waits for a HelixCluster to plan: %s", err)
+            return False
+        names = [node["metadata"]["name"] for node in nodes]
+        self.network = await asyncio.to_thread(build_network, cluster, names, self.workdir / "network")
+        self.ports.node_addresses = {name: host.address for name, host in self.network.hosts.items()}
+        log.info("emulated network built: %s", self.workdir / "network" / "network.json")
+        return True
+
+    async def _close_network(self) -> None:
+        if self.network is not None:
+            await asyncio.to_thread(self.network.close)
 
     def _node_lost(self, agent: NodeAgent) -> None:
         """The machine is gone: its processes die with it."""

@@ -17,6 +17,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     cluster.add_argument("--prompt", default="Helix serves large language models over")
     cluster.add_argument("--max-tokens", type=int, default=24)
     cluster.add_argument("--exit-after-sample", action="store_true", help="stop once the sample has streamed")
+    cluster.add_argument("--emulate-network", action="store_true",
+                         help="run each node's pods in a network namespace of its own, joined by links shaped to the "
+                              "HelixCluster's spec.network (bandwidth by tc, latency by relays); needs root")
     cluster.set_defaults(func=_cluster)
 
 
@@ -24,4 +27,4 @@ def _cluster(args: argparse.Namespace) -> int:
     from helix_dev.demo import DemoOptions, run_demo  # kmock: the [dev] extra (`helix` names it when missing)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="helix-dev-"))
     return run_demo(DemoOptions(workdir, scenario=args.scenario, prompt=args.prompt, max_tokens=args.max_tokens,
-                                exit_after_sample=args.exit_after_sample))
+                                exit_after_sample=args.exit_after_sample, emulate_network=args.emulate_network))

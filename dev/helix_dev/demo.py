@@ -5,6 +5,7 @@ GPU nodes, applies the example GPUProfiles and HelixCluster, and redraws the sta
 while the operator plans and the pods start; once the cluster is Ready a sample completion
 streams in through the front end's OpenAI endpoint. With `scenario` it then relabels a node
 and removes another (replan and rollout), kills a worker process, and deletes the cluster.
+With `emulate_network` the nodes' pods talk over an emulated multi-region network (`emulation`).
 """
 
 import asyncio
@@ -38,6 +39,7 @@ class DemoOptions:
     prompt: str = "Helix serves large language models over"
     max_tokens: int = 24
     exit_after_sample: bool = False
+    emulate_network: bool = False
 
 
 class Demo:
@@ -57,10 +59,12 @@ class Demo:
         api = self.cluster.api
         events = [e for e in await api.list(path_of("v1", "events", self.namespace))
                   if (e.get("involvedObject") or {}).get("name") == self.name]
+        endpoints = {"OpenAI HTTP": f"{self.http}/v1", "KServe gRPC": self.grpc, "API server": self.cluster.url,
+                     "logs": str(self.options.workdir)}
+        if self.cluster.network is not None:
+            endpoints["network"] = str(self.cluster.network.workdir / "network.json")
         return Snapshot(await self.cluster.get(self.hxc), await api.list(path_of("v1", "nodes")),
-                        await self.cluster.pods(self.namespace), events,
-                        {"OpenAI HTTP": f"{self.http}/v1", "KServe gRPC": self.grpc, "API server": self.cluster.url,
-                         "logs": str(self.options.workdir)}, self.step, self.sample)
+                        await self.cluster.pods(self.namespace), events, endpoints, self.step, self.sample)
 
     async def draw(self) -> None:
         text = render(await self.snapshot())
@@ -169,7 +173,7 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
     out.write(f"starting the API emulator, the operator and the node agents (log: {log})\n")
 
     async def main() -> None:
-        async with LocalCluster(options.workdir, device_env) as cluster:
+        async with LocalCluster(options.workdir, device_env, emulate_network=options.emulate_network) as cluster:
             await Demo(cluster, options, out).run()
 
     try:

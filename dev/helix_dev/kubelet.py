@@ -4,12 +4,14 @@ For each pod: its volumes become directories (ConfigMaps and Secrets written out
 writes them, and written again when their source changes: at once after a change to the pod,
 else every `REFRESH_SECONDS`; emptyDirs empty), its init containers run one after the other to
 completion, then its container runs as a process on 127.0.0.1 with the node's device variables
-under the pod's env (see `containers`). In-cluster addresses in ConfigMaps become local ones,
-as in the container's arguments. The readiness probe the pod declares decides Ready. A
-container that exits is restarted as `restartPolicy` says (Always: in place, after a back-off,
-shortened here to seconds); with Never the pod goes Failed. Status goes back through the API
-server, so the operator sees what it would see in a cluster. A pod marked for deletion gets SIGTERM, SIGKILL after its
-grace period, and is then deleted for good; eviction stops the pod and marks it Failed.
+under the pod's env (see `containers`); in an emulated network (`emulation`) every container
+runs in the node's network namespace, behind the pod's relays, which start first. In-cluster
+addresses in ConfigMaps become local ones, as in the container's arguments. The readiness probe
+the pod declares decides Ready. A container that exits is restarted as `restartPolicy` says
+(Always: in place, after a back-off, shortened here to seconds); with Never the pod goes Failed.
+Status goes back through the API server, so the operator sees what it would see in a cluster. A
+pod marked for deletion gets SIGTERM, SIGKILL after its grace period, and is then deleted for
+good; eviction stops the pod and marks it Failed.
 """
 
 import asyncio
@@ -21,6 +23,7 @@ import os
 import shutil
 import signal
 import ssl
+import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +31,11 @@ from typing import Any
 
 from helix_dev.client import Api, path_of, pod_path
 from helix_dev.containers import probe_target, translate_container
-from helix_dev.network import LOOPBACK, PortBook
+from helix_dev.emulation import NodeHost
+from helix_dev.network import LOOPBACK, PortBook, pod_owner
+from helix_worker.errors import ServingError
+from helix_worker.fleet.delayline import stop_relays
+from helix_worker.fleet.netns import open_connection
 
 log = logging.getLogger(__name__)
 BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0)  # the kubelet's is 10 s doubling to 5 min
@@ -70,6 +77,7 @@ class PodRun:
         self._reported: dict[str, Any] | None = None
         self._sources: dict[str, tuple[str, str, str]] = {}  # volume -> (plural, kind, name) of its ConfigMap or Secret
         self._refresh: asyncio.Task[None] | None = None
+        self._relays: asyncio.Task[subprocess.Popen[bytes] | None] | None = None  # in an emulated network
         self.task = asyncio.create_task(self._run(), name=f"pod {self.name}")
 
     @property
@@ -121,6 +129,10 @@ class PodRun:
         if self._refresh is not None:
             self._refresh.cancel()
         await asyncio.gather(self.task, *([self._refresh] if self._refresh else []), return_exceptions=True)
+        if self._relays is not None:
+            relays = (await asyncio.gather(self._relays, return_exceptions=True))[0]
+            if isinstance(relays, subprocess.Popen):
+                await asyncio.to_thread(stop_relays, relays)
 
     async def fail(self, reason: str, message: str) -> None:
         self.phase, self.ready, self.reason = "Failed", False, (reason, message)
@@ -132,6 +144,8 @@ class PodRun:
             await self.report()
             volumes = await self._volumes()
             self._refresh = asyncio.create_task(self._refresh_volumes(), name=f"volumes of pod {self.name}")
+            if self.agent.host is not None:
+                await self._attach(self.agent.host)
             for container in self.spec.get("initContainers") or []:
                 self.state = {"waiting": {"reason": "PodInitializing"}}
                 await self.report()
@@ -148,6 +162,17 @@ class PodRun:
         except Exception:  # a bug here must show, not silently stall the pod
             log.exception("pod %s: the node agent failed", self.name)
             raise
+
+    async def _attach(self, host: NodeHost) -> None:
+        """Start the pod's relays in the emulated network: its ports on the node's address and on
+        127.0.0.1 of this machine. Shielded, so that a pod stopped meanwhile still stops them."""
+        ports = [self.agent.ports.port(pod_owner(self.pod), int(declared["containerPort"]))
+                 for container in self.spec["containers"] for declared in container.get("ports") or []]
+        self._relays = asyncio.create_task(asyncio.to_thread(host.start_relays, ports, self.dir))
+        try:
+            await asyncio.shield(self._relays)
+        except ServingError as err:
+            raise PodError("NetworkUnavailable", str(err)) from None
 
     async def _serve(self, volumes: Mapping[str, Path]) -> None:
         policy = self.spec.get("restartPolicy", "Always")
@@ -185,12 +210,14 @@ class PodRun:
         command = translate_container(self.pod, container, mounts, self.agent.ports, self.agent.device_env)
         if not command.argv:
             raise PodError("CreateContainerError", f"container {container['name']} has no command")
+        host = self.agent.host
+        argv = command.argv if host is None else host.command(command.argv)
         with open(self.dir / f"{container['name']}.log", "ab") as output:
-            output.write(f"--- {_now()} {' '.join(command.argv)}\n".encode())
+            output.write(f"--- {_now()} {' '.join(argv)}\n".encode())
             output.flush()
             try:
                 self.process = await asyncio.create_subprocess_exec(
-                    *command.argv, env=command.env, cwd=self.dir, stdin=asyncio.subprocess.DEVNULL, stdout=output,
+                    *argv, env=command.env, cwd=self.dir, stdin=asyncio.subprocess.DEVNULL, stdout=output,
                     stderr=asyncio.subprocess.STDOUT, start_new_session=True)
             except OSError as err:
                 raise PodError("StartError", f"container {container['name']}: {err}") from None
@@ -201,7 +228,7 @@ class PodRun:
         probe = self.main.get("readinessProbe")
         target = probe_target(self.pod, probe, self.agent.ports) if probe else None
         while True:
-            self.ready = True if target is None else await _answers(*target)
+            self.ready = True if target is None else await _answers(*target, self.agent.netns)
             await self.report()
             await asyncio.sleep(PROBE_SECONDS if not self.ready else 1.0)
 
@@ -296,14 +323,17 @@ def _signal(process: asyncio.subprocess.Process, sig: int) -> None:
         os.killpg(process.pid, sig)
 
 
-async def _answers(kind: str, port: int, path: str, tls: bool) -> bool:
-    """Whether the probe passes; HTTPS without verifying the certificate, as kubelets probe."""
+async def _answers(kind: str, port: int, path: str, tls: bool, namespace: str | None) -> bool:
+    """Whether the probe passes; HTTPS without verifying the certificate, as kubelets probe. Dialled
+    from the node's network `namespace` (None: this one's), as a kubelet probes from its node: not
+    through the pod's portal, which would accept a connection the pod itself refuses."""
     context = None
     if tls:
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port, ssl=context), 1.0)
+        reader, writer = await asyncio.wait_for(
+            open_connection(namespace, (LOOPBACK, port), ssl=context, server_hostname=LOOPBACK if tls else None), 1.0)
     except (OSError, TimeoutError):
         return False
     try:
@@ -322,8 +352,11 @@ async def _answers(kind: str, port: int, path: str, tls: bool) -> bool:
 class NodeAgent:
     """The kubelet of one fake node: runs, reports, stops and finally deletes its pods."""
 
-    def __init__(self, node: str, api: Api, ports: PortBook, workdir: Path, device_env: Mapping[str, str]) -> None:
-        self.node, self.api, self.ports = node, api, ports
+    def __init__(self, node: str, api: Api, ports: PortBook, workdir: Path, device_env: Mapping[str, str],
+                 host: NodeHost | None = None) -> None:
+        """`host`: where the node's pods run in an emulated network (None: on 127.0.0.1)."""
+        self.node, self.api, self.ports, self.host = node, api, ports, host
+        self.netns = host.netns if host is not None else None
         self.workdir = workdir / node
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.device_env = dict(device_env)
@@ -346,7 +379,6 @@ class NodeAgent:
                     grace = metadata.get("deletionGracePeriodSeconds", 30)
                     self._stopping[uid] = asyncio.create_task(self._terminate(uid, pod, grace))
             elif uid not in self.runs and (pod.get("status") or {}).get("phase") not in TERMINAL:
-                self.ports.name_pod(pod)
                 self.runs[uid] = PodRun(self, pod)
             elif uid in self.runs:
                 self.runs[uid].changed(pod)

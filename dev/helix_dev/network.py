@@ -1,13 +1,18 @@
-"""Pod IPs, cluster DNS and Service virtual IPs, all on 127.0.0.1.
+"""Pod IPs, cluster DNS and Service virtual IPs, all on 127.0.0.1 (or, in an emulated network,
+pods at their node's address).
 
 Every pod shares the loopback address, so a container port becomes a local port: one per
 (pod identity, container port), where a pod with `hostname` and `subdomain` is identified
 by that DNS name (so a replacement pod on the same node answers where the old one did, as
 the name would resolve to it in a cluster) and any other pod by its name. A DNS name with a
 port in a container's arguments (`w-gpu-0.demo-workers.default.svc:50051`) translates to the
-local port standing for it. Services with a cluster IP get a TCP proxy (a userspace
-kube-proxy): each new connection goes to a Ready pod that is not terminating, trying the
-next one if a pod refuses.
+local port standing for it. In an emulated network (`emulation`; `node_addresses` set) a pod's
+name translates to its node's address and that port, once a pod of that identity is bound to a
+node (until then it stays unresolved, as DNS has no record for it yet), and a Service's name
+stays unresolved (its proxy serves this machine, outside the emulated network); this machine
+still reaches every pod port at 127.0.0.1 and the same port (the portals). Services with a cluster
+IP get a TCP proxy (a userspace kube-proxy) on this machine: each new connection goes to a
+Ready pod that is not terminating, trying the next one if a pod refuses.
 """
 
 import asyncio
@@ -61,6 +66,8 @@ class PortBook:
     def __init__(self) -> None:
         self._ports: dict[tuple[Owner, int], int] = {}
         self._names: dict[str, Owner] = {}
+        self._nodes: dict[Owner, str] = {}  # pod identity -> the node its latest pod is bound to
+        self.node_addresses: Mapping[str, str] | None = None  # an emulated network's; None: pods on 127.0.0.1
 
     def port(self, owner: Owner, port: int) -> int:
         key = (owner, int(port))
@@ -76,8 +83,11 @@ class PortBook:
         return None if number is None else self.port(pod_owner(pod), number)
 
     def name_pod(self, pod: Mapping[str, Any]) -> None:
-        """Register the pod's DNS name (hostname.subdomain.namespace.svc), if it has one."""
+        """Register the pod's DNS name (hostname.subdomain.namespace.svc), if it has one, and its node."""
         owner = pod_owner(pod)
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node:
+            self._nodes[owner] = node
         if len(owner) == 4:
             _, namespace, subdomain, hostname = owner
             self._register(f"{hostname}.{subdomain}.{namespace}.svc", owner)
@@ -94,18 +104,28 @@ class PortBook:
     def translate(self, text: str) -> str:
         """`text` with every known `NAME.svc:PORT` replaced by its local address. A pod's name
         (hostname.subdomain.namespace.svc) stands for that pod identity even before such a pod is
-        seen, as DNS would resolve it once the pod runs."""
+        seen, as DNS would resolve it once the pod runs (in an emulated network: once it is bound)."""
         def local(match: re.Match[str]) -> str:
             name = match.group(1).removesuffix(f".{CLUSTER_DOMAIN}")
             owner = self._names.get(name)
             labels = name.split(".")
             if owner is None and len(labels) == 4:  # hostname, subdomain, namespace, "svc"
                 owner = ("pod", labels[2], labels[1], labels[0])
-            if owner is None:
+            host = None if owner is None else self.host(owner)
+            if owner is None or host is None:
                 return match.group(0)
-            return f"{LOOPBACK}:{self.port(owner, int(match.group(2)))}"
+            return f"{host}:{self.port(owner, int(match.group(2)))}"
 
         return DNS_WITH_PORT.sub(local, text)
+
+    def host(self, owner: Owner) -> str | None:
+        """The address pods reach `owner` at: 127.0.0.1 on loopback; in an emulated network a pod's
+        node's, and None (unresolved) for a pod identity not bound yet and for Services, whose proxy
+        serves this machine, outside the emulated network."""
+        if self.node_addresses is None:
+            return LOOPBACK
+        node = self._nodes.get(owner)
+        return None if node is None else self.node_addresses.get(node)
 
 
 class ServiceProxy:

@@ -102,3 +102,16 @@ def test_status_view_and_command() -> None:
     assert "sample  'Helix' -> ok" in text
     args = build_parser().parse_args(["dev", "cluster", "--scenario"])
     assert args.scenario and args.func.__module__ == "helix_dev.commands"
+
+
+def test_in_an_emulated_network_pod_names_resolve_to_their_nodes_address_once_bound() -> None:
+    ports = PortBook()
+    ports.node_addresses = {"gpu-0": "10.90.0.2"}
+    pod = _worker_pod()
+    name = "w-a.demo-workers.ns.svc:50051"
+    assert ports.translate(name) == name, "no pod of that name is bound yet: DNS has no record"
+    ports.name_pod({**pod, "spec": {**pod["spec"], "nodeName": "gpu-0"}})
+    assert ports.translate(f"--endpoint=a={name}") == f"--endpoint=a=10.90.0.2:{ports.pod_port(pod, 'grpc')}"
+    ports.name_service("ns", "demo")
+    assert ports.translate("demo.ns.svc:8000") == "demo.ns.svc:8000", \
+        "a Service's proxy serves this machine, outside the emulated network"

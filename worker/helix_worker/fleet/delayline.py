@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from helix_worker.errors import ServingError
-from helix_worker.fleet.netns import entered
+from helix_worker.fleet.netns import entered, open_connection
 from helix_worker.transport.readyfile import wait_ready_file, write_ready_file
 
 CHUNK = 64 * 1024
@@ -110,19 +110,6 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
         reading.cancel()
 
 
-async def _connect(relay: Relay) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    with entered(relay.target_ns):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        await asyncio.get_running_loop().sock_connect(sock, relay.current_target())
-    except (OSError, ValueError, KeyError):
-        sock.close()
-        raise
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return await asyncio.open_connection(sock=sock, limit=CHUNK)
-
-
 async def serve(relay: Relay) -> asyncio.Server:
     """Start one relay; its server (the bound port is in `sockets`)."""
 
@@ -130,7 +117,7 @@ async def serve(relay: Relay) -> asyncio.Server:
         peer = writer.get_extra_info("peername")[0]
         forward, back = relay.delays.get(peer, (0.0, 0.0))
         try:
-            target_reader, target_writer = await _connect(relay)
+            target_reader, target_writer = await open_connection(relay.target_ns, relay.current_target(), limit=CHUNK)
         except OSError:
             writer.close()
             return

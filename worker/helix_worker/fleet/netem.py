@@ -17,7 +17,7 @@ import itertools
 import json
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,13 +42,16 @@ class Host:
 
 
 class EmulatedNetwork:
-    """Namespaces, bridge and shaping for `hosts` (node names of `cluster`, and FRONTEND), made on
-    construction; `start_relays` adds the latency; `close` (or leaving the `with`) removes it all."""
+    """Namespaces, bridge and shaping for `hosts` (node names of `cluster`, and those in `frontends`,
+    which have the front end's links), made on construction; `start_relays` adds the latency; `close`
+    (or leaving the `with`) removes it all."""
 
-    def __init__(self, cluster: Cluster, hosts: Sequence[str], workdir: Path) -> None:
+    def __init__(self, cluster: Cluster, hosts: Sequence[str], workdir: Path,
+                 frontends: Collection[str] = (FRONTEND,)) -> None:
         netns.require_net_admin()
         netns.remove_stale()
         self.cluster = cluster
+        self.frontends = frozenset(frontends)
         self.workdir = workdir
         prefix = f"{netns.run_prefix()}{next(_networks)}-"
         self.hub = f"{prefix}hub"
@@ -68,7 +71,7 @@ class EmulatedNetwork:
 
     def path(self, src: str, dst: str) -> Link | None:
         """The cluster's link for traffic from host `src` to host `dst` (None: disabled)."""
-        return self.cluster.link(SOURCE if src == FRONTEND else src, SINK if dst == FRONTEND else dst)
+        return self.cluster.link(SOURCE if src in self.frontends else src, SINK if dst in self.frontends else dst)
 
     def relays(self, host: str, ports: Sequence[int]) -> list[Relay]:
         """Relays on `host`'s address for `ports`, delaying each peer host by its path's latency."""

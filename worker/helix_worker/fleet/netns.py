@@ -4,17 +4,21 @@ Every namespace of a run is called `helixnet-<pid>-<suffix>`, where <pid> is the
 made it, so that a run started after a crash can tell the namespaces of dead runs from those of
 live ones and remove the former (with any process still inside: those were started by that run).
 A process enters a namespace for one socket (`entered`): sockets keep the namespace they were
-made in, so one asyncio process can listen and dial in all of a fleet's namespaces.
+made in, so one asyncio process can listen and dial in all of a fleet's namespaces
+(`open_connection` dials from one).
 """
 
+import asyncio
 import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from helix_worker.errors import ServingError
 
@@ -118,3 +122,19 @@ def entered(name: str | None) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(home)
+
+
+async def open_connection(name: str | None, address: tuple[str, int],
+                          **streams: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to `address` as namespace `name` (None: this one) sees it, as asyncio streams
+    (`streams`: what `asyncio.open_connection` takes besides the socket; TLS needs server_hostname)."""
+    with entered(name):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return await asyncio.open_connection(sock=sock, **streams)
