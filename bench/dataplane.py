@@ -74,7 +74,7 @@ class Sizes:
     repeats: int
 
 
-QUICK = Sizes(batch=8, prompt=16, new_tokens=16, latency_steps=12, messages=100, repeats=5)
+QUICK = Sizes(batch=8, prompt=16, new_tokens=16, latency_steps=12, messages=100, repeats=3)
 FULL = Sizes(batch=8, prompt=64, new_tokens=64, latency_steps=40, messages=500, repeats=7)
 HEARTBEAT_SECONDS, HUNG_SECONDS = 0.5, 2.0  # (e): shorter than the defaults (1 s, 10 s), to keep it quick
 BENCH_MODEL = DemoModel(hidden_size=1024, intermediate_size=2816, num_layers=6, num_heads=16, num_kv_heads=4)

@@ -262,10 +262,12 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def vllm_server(checkpoint: Path, model_name: str, workdir: Path) -> Server:
+def vllm_server(checkpoint: Path, model_name: str, workdir: Path, eager: bool = False) -> Server:
+    """`eager` skips vLLM's torch.compile warm-up (about 20 s of a CI run); full runs measure it compiled."""
     port = free_port()
     argv = [str(venv_python("vllm")), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
-            "--served-model-name", model_name, "--host", "127.0.0.1", "--port", str(port)]
+            "--served-model-name", model_name, "--host", "127.0.0.1", "--port", str(port),
+            *(["--enforce-eager"] if eager else [])]
     env = peer_env(VLLM_CPU_KVCACHE_SPACE=str(KV_GIB))
     return Server("vllm", argv, env, port, "/health", workdir / "vllm" / "server.log")
 
@@ -543,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     concurrencies = [int(c) for c in (args.concurrency or ("8" if args.quick else "16,64")).split(",")]
     wanted = (args.servers or ("vllm,helix-1" if args.quick else "vllm,helix-1,helix-2,helix-3")).split(",")
     servers, notes = runnable(wanted, args.quick)
+    if args.quick and "vllm" in servers:
+        notes.append("vLLM runs with --enforce-eager in --quick (no torch.compile warm-up); a full run compiles it")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="helix-bench-engine-"))
     bench = Bench(workdir / "model", tuple(Load(c, p, o, args.requests or 2 * c) for p, o in workloads
                                            for c in concurrencies),
@@ -551,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.2f}; helix tree {tree}; workdir {workdir}")
     make_checkpoint(bench.checkpoint, shape)
-    runs = [measure(bench, vllm_server(bench.checkpoint, bench.model, workdir) if name == "vllm"
+    runs = [measure(bench, vllm_server(bench.checkpoint, bench.model, workdir, eager=args.quick) if name == "vllm"
                     else helix_server(int(name.removeprefix("helix-")), bench.checkpoint, workdir), log)
             for name in servers]
     setting = (f"Model: {shape.layers} layers, hidden {shape.hidden}, intermediate {shape.intermediate}, "

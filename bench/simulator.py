@@ -1,7 +1,7 @@
 """Simulator benchmark: fidelity against the Helix paper, our plans and scheduler, speed.
 
     python bench/simulator.py            # the paper's protocol: 60 s warm-up + 600 s measured, 60 s plans
-    python bench/simulator.py --quick    # CI: 60 s + 240 s windows, 5 s plans, shorter judging (rougher)
+    python bench/simulator.py --quick    # CI: 60 s + 180 s windows, 3 s plans, shorter judging (rougher)
 
 "ours" is the planner's serving objective (`helix plan --objective serving --scheduler
 adaptive --slo-ttft S`): max-flow plans under several stage floors (and, for those missing S,
@@ -20,7 +20,7 @@ targets for our plans are reported (ok / MISSED). Quick windows are too short fo
 slow ramp, so --quick only reports.
 
 The scheduler ablation (geo24, Helix layout) differs by a few percent between schedulers while
-one seed's figure varies by ±3%, so it is judged over many seeds (20; quick 5), paired: seed s
+one seed's figure varies by ±3%, so it is judged over many seeds (20; quick 3), paired: seed s
 gives every scheduler the same request lengths, and IWRR counts as ahead of a scheduler when
 the mean of the per-seed differences exceeds two standard errors. Our plans are compared with
 the Helix layout on means over 5 seeds (quick: seed 0 only), since one seed's p95 TTFT varies
@@ -92,15 +92,15 @@ OURS = ["helix/adaptive", "maxflow/adaptive", "ours/iwrr", "ours/adaptive"]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short windows and plans (CI)")
-    parser.add_argument("--ablation-seeds", type=int, help="seeds in the scheduler ablation (default 20, quick 5)")
+    parser.add_argument("--ablation-seeds", type=int, help="seeds in the scheduler ablation (default 20, quick 3)")
     parser.add_argument("--plan-time-limit", type=float,
                         help="seconds per planned case, shared among the serving objective's floors "
-                             "(default 60, quick 5)")
+                             "(default 60, quick 3)")
     args = parser.parse_args()
-    window = SimConfig(warmup=60.0, duration=240.0 if args.quick else 600.0)
-    plan_limit = args.plan_time_limit or (5.0 if args.quick else 60.0)
+    window = SimConfig(warmup=60.0, duration=180.0 if args.quick else 600.0)
+    plan_limit = args.plan_time_limit or (3.0 if args.quick else 60.0)
     judging = ServingObjective(scheduler="adaptive", seeds=1 if args.quick else 2,
-                               window=replace(window, duration=120.0 if args.quick else window.duration, seed=100))
+                               window=replace(window, duration=90.0 if args.quick else window.duration, seed=100))
     catalog, lengths = load_catalog(), load_lengths("azure-conv", REFERENCE / "traces")
     scenarios: dict[tuple[str, str], Scenario] = {}
     planned: list[str] = []  # the serving objective's choices, one line per case
@@ -159,7 +159,7 @@ def main() -> int:
         """`row` run with seeds 0 .. seeds-1 (seed 0 is the table's run)."""
         return [results[(row.case, row.layout, row.scheduler)]] + [run(row, seed) for seed in range(1, seeds)]
 
-    ablation_seeds = args.ablation_seeds or (5 if args.quick else 20)
+    ablation_seeds = args.ablation_seeds or (3 if args.quick else 20)
     ablation = {row.scheduler: [r.decode_throughput for r in seeded(row, ablation_seeds)]
                 for row in FIDELITY if row.case == "geo24" and row.layout == "helix"}
     target_seeds = 1 if args.quick else TARGET_SEEDS
