@@ -188,6 +188,8 @@ def test_frontend_deployment_and_service() -> None:
     assert template["spec"]["volumes"][0]["configMap"]["name"] == "llama-plan-abc"
     env = {e["name"]: e["value"] for e in template["spec"]["containers"][0]["env"]}
     assert env["HELIX_DRAIN_SECONDS"] == "5", "the front end drains within the pods' grace period"
+    delay = float(env["HELIX_DRAIN_DELAY_SECONDS"])  # accepting while endpoints drop the pod, then draining
+    assert delay > 0 and template["spec"]["terminationGracePeriodSeconds"] == 5 + delay
     assert env["HELIX_ROUTING"] == "adaptive", "the CRD's default routing reaches the front end"
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= template["metadata"]["labels"].items()

@@ -53,10 +53,10 @@ async def test_an_https_probe_reaches_a_tls_health_site(tmp_path: Path) -> None:
     tls = ClientTLS(bundle / "tls.crt", bundle / "tls.key")
     runner, port = await start_site(app, "127.0.0.1", 0, ssl_context=tls.server_context())
     try:
-        assert await _answers("httpGet", port, "/healthz", True)
-        assert not await _answers("httpGet", port, "/readyz", True)
+        assert await _answers("httpGet", port, "/healthz", True, None)
+        assert not await _answers("httpGet", port, "/readyz", True, None)
         ready = True
-        assert await _answers("httpGet", port, "/readyz", True)
-        assert not await _answers("httpGet", port, "/readyz", False), "plain HTTP to a TLS port fails"
+        assert await _answers("httpGet", port, "/readyz", True, None)
+        assert not await _answers("httpGet", port, "/readyz", False, None), "plain HTTP to a TLS port fails"
     finally:
         await runner.cleanup()

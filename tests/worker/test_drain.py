@@ -1,5 +1,7 @@
-"""SIGTERM drains the front end: requests in flight (gRPC and HTTP streaming) finish with the
-reference tokens, new connections are refused, and the process exits once they are done."""
+"""SIGTERM drains the front end: for HELIX_DRAIN_DELAY_SECONDS it still accepts new requests (while
+a Service drops the pod), then new connections are refused; requests in flight (gRPC and HTTP
+streaming) and those accepted in the delay finish with the reference tokens, and the process exits
+once they are done."""
 
 import asyncio
 import json
@@ -19,6 +21,7 @@ from helix_worker.fleet.launcher import LocalFleet
 from helix_worker.model.tokenizer import load_tokenizer
 
 PROMPT, MAX_TOKENS = "Helix serves", 40
+DRAIN_DELAY = 1.5
 
 
 def _triton(address: str) -> list[int]:
@@ -53,7 +56,9 @@ async def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path, checkpoint
         endpoints = write_endpoints(tmp_path,
                                     await asyncio.to_thread(start_workers, fleet, plan, plan_path, checkpoint))
         frontend = await asyncio.to_thread(fleet.wait, fleet.start_frontend(plan_path, endpoints, checkpoint,
-                                                                          env={"HELIX_SLOWDOWN": "1"}))
+                                                                          env={"HELIX_SLOWDOWN": "1",
+                                                                               "HELIX_DRAIN_DELAY_SECONDS":
+                                                                               str(DRAIN_DELAY)}))
         await asyncio.to_thread(wait_http_ready, frontend.http_url)
         first_token = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -63,11 +68,13 @@ async def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path, checkpoint
         began = time.monotonic()
         frontend.process.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.3)
+        late = asyncio.create_task(asyncio.to_thread(_triton, frontend.grpc_address))  # in the delay: accepted
+        await asyncio.sleep(DRAIN_DELAY)
         with pytest.raises(urllib.error.URLError):  # the listener is closed: new clients go elsewhere
             urllib.request.urlopen(frontend.http_url + "/readyz", timeout=5)
-        text, tokens = await asyncio.wait_for(asyncio.gather(streamed, unary), 60)
+        text, tokens, late_tokens = await asyncio.wait_for(asyncio.gather(streamed, unary, late), 60)
         code = await asyncio.to_thread(frontend.process.wait, 30)
     tokenizer = load_tokenizer(checkpoint)
     expected = ReferenceModel(checkpoint).greedy(tokenizer.encode(PROMPT), MAX_TOKENS).tokens
-    assert tokens == expected and text == tokenizer.decode(expected)
-    assert code == 0 and time.monotonic() - began > 0.3
+    assert tokens == late_tokens == expected and text == tokenizer.decode(expected)
+    assert code == 0 and time.monotonic() - began > DRAIN_DELAY

@@ -93,6 +93,10 @@ class Settings:
     max_in_flight: int = _setting(0, "requests the front end runs at once (more wait in its queue); 0: the plan's "
                                      "maxInFlight, or KV room alone when the plan sets none")
     drain_seconds: float = _setting(30.0, "after SIGTERM, how long the front end lets requests in flight finish")
+    drain_delay_seconds: float = _setting(0.0, "after SIGTERM, how long the front end still accepts new requests "
+                                               "before it drains: the time a Service or load balancer takes to "
+                                               "stop sending to a terminating pod, whose new connections would "
+                                               "otherwise be refused (the operator sets it)")
     tls_cert: str = _setting("", "path of this member's certificate (PEM) for mutual TLS between the front end and "
                                  "the stages; signed by HELIX_TLS_CA")
     tls_key: str = _setting("", "path of the private key (PEM) of HELIX_TLS_CERT")

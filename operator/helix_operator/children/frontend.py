@@ -28,6 +28,11 @@ def service_name(cluster: str) -> str:
     return dns_name(cluster)
 
 
+# A deleted pod leaves its Service's endpoints a moment after it gets SIGTERM (kube-proxy, ingress
+# and mesh proxies each learn of it on their own); the front end keeps accepting requests that long.
+DRAIN_DELAY_SECONDS = 5
+
+
 def build_frontend_deployment(owner: Mapping[str, Any], spec: ClusterSpec, plan: Plan, configmap: str,
                               *, replicas: int | None = None) -> dict[str, Any]:
     """`replicas` overrides the spec (zero while suspended); every plan node's worker is an --endpoint."""
@@ -49,6 +54,7 @@ def build_frontend_deployment(owner: Mapping[str, Any], spec: ClusterSpec, plan:
             {"name": "HELIX_HTTP_PORT", "value": str(frontend.http_port)},
             {"name": "HELIX_GRPC_PORT", "value": str(frontend.grpc_port)},
             {"name": "HELIX_DRAIN_SECONDS", "value": str(spec.rollout.drain_timeout)},
+            {"name": "HELIX_DRAIN_DELAY_SECONDS", "value": str(DRAIN_DELAY_SECONDS)},
             {"name": "HELIX_ROUTING", "value": frontend.routing},
             *spec.liveness.env(lease=False), *cluster_tls_env(), *client_env,
         ],
@@ -64,7 +70,7 @@ def build_frontend_deployment(owner: Mapping[str, Any], spec: ClusterSpec, plan:
     if frontend.resources:
         container["resources"] = dict(frontend.resources)
     pod_spec: dict[str, Any] = {
-        "terminationGracePeriodSeconds": spec.rollout.drain_timeout,
+        "terminationGracePeriodSeconds": spec.rollout.drain_timeout + DRAIN_DELAY_SECONDS,
         "containers": [container],
         "volumes": [{"name": "plan", "configMap": {"name": configmap}}, *weights.volumes,
                     cluster_tls_volume(cluster, spec), *client_volumes],

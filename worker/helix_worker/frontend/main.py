@@ -138,6 +138,10 @@ async def serve_frontend(options: FrontendOptions, settings: Settings) -> None:
         write_ready_file(options.ready_file, {"grpc": grpc_port, "http": http_port, "pid": os.getpid()})
     try:
         await stop.wait()
+        if settings.drain_delay_seconds > 0:
+            log.info("stopping: still accepting requests for %.0fs while load balancers let go of this front end",
+                     settings.drain_delay_seconds)
+            await asyncio.sleep(settings.drain_delay_seconds)
     finally:
         log.info("draining: finishing requests in flight (at most %.0fs)", settings.drain_seconds)
         service.coordinator.drain()
