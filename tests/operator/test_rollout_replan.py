@@ -3,6 +3,7 @@
 from opkit import fleet, fleet_spec
 
 from helix_operator.api.spec import parse_spec
+from helix_operator.children.handover import room_to_make
 from helix_operator.children.replacement import replacement_batch, serving, weakest_first
 from helix_operator.children.rollout import COMPLETE, DRAINING, REPLACING, SURGING, SWITCHING, PodView, next_step
 from helix_operator.children.workers import Assignment
@@ -60,6 +61,49 @@ def test_obsolete_pods_stay_until_no_front_end_of_an_older_plan_is_left() -> Non
     assert step.state == DRAINING and sorted(step.delete) == ["p-a-0-80", "p-x-0-80"]
     done = next_step(NEW, new + _pods(("a", 0, 40, "h2", True)), "h2", max_surge=8, frontend_current=False)
     assert done.state == COMPLETE, "with nothing obsolete the front end is not waited for"
+
+
+# A replan where every node changes layers (the end-to-end test's relabel + removal): no new
+# pipeline can come up on free nodes. The old plan: e0 and e2 hold [0,4), w0, w1 and w2 [4,8).
+RUNNING = [[("e0", 0, 4), ("w0", 4, 8)], [("e2", 0, 4), ("w2", 4, 8)], [("e0", 0, 4), ("w1", 4, 8)]]
+MOVED = [Assignment("e2", 0, 5), Assignment("w2", 0, 5), Assignment("w0", 0, 5), Assignment("e0", 5, 7),
+         Assignment("w1", 7, 8)]
+MOVED_PIPELINES = [["e2", "e0", "w1"], ["w2", "e0", "w1"], ["w0", "e0", "w1"]]
+
+
+def test_a_new_pipeline_comes_up_on_freed_nodes_while_the_old_plan_keeps_one() -> None:
+    old = _pods(*[(*key, "h1", True) for key in {k for p in RUNNING for k in p}])
+
+    def step(pods: list[PodView]):
+        return next_step(MOVED, pods, "h2", max_surge=8, frontend_current=False, pipelines=MOVED_PIPELINES,
+                         running=RUNNING)
+
+    first = step(old)  # free w0, e0, w1 for the third new pipeline: e2 -> w2 keeps serving
+    assert first.state == SURGING and not first.switch_frontend
+    assert sorted(first.delete) == ["p-e0-0-4", "p-w0-4-8", "p-w1-4-8"]
+    assert sorted(a.node for a in first.create) == ["e0", "w0", "w1"]
+    leaving = [p for p in old if p.key[0] not in ("e0", "w0", "w1")] + _pods(
+        ("e0", 0, 4, "h1", True, True), ("w0", 4, 8, "h1", True, True), ("w1", 4, 8, "h1", True, True))
+    coming = _pods(("e0", 5, 7, "h2", False), ("w0", 0, 5, "h2", False), ("w1", 7, 8, "h2", False))
+    waiting = step(leaving + coming)
+    assert (waiting.state, waiting.switch_frontend, waiting.delete, waiting.create) == (SURGING, False, (), ())
+    ready = _pods(("e0", 5, 7, "h2", True), ("w0", 0, 5, "h2", True), ("w1", 7, 8, "h2", True))
+    kept = [p for p in old if p.key[0] in ("e2", "w2")]
+    assert step(kept + ready).switch_frontend, "the new pipeline is whole: the front end moves"
+    # With nothing of the old plan left to keep, the front end moves first, as before.
+    alone = [[("e0", 0, 4), ("w0", 4, 8)]]
+    assert next_step(MOVED, old, "h2", max_surge=8, frontend_current=False, pipelines=MOVED_PIPELINES,
+                     running=alone).state == SWITCHING
+
+
+def test_room_to_make_keeps_a_whole_running_pipeline_or_switches() -> None:
+    up = {k for p in RUNNING for k in p}
+    everything = {"e0", "e2", "w0", "w1", "w2"}
+    assert room_to_make(MOVED_PIPELINES, set(), set(), everything, RUNNING, up) == ["e0", "w0", "w1"]
+    assert room_to_make(MOVED_PIPELINES, set(), set(), everything, RUNNING, up - {("w2", 4, 8)}) is None
+    assert room_to_make(MOVED_PIPELINES, {"e0", "w0", "w1"}, set(), {"e2", "w2"}, RUNNING, up) is None
+    assert room_to_make(MOVED_PIPELINES, {"w0"}, {"e0", "w1"}, {"e2", "w2"}, RUNNING, up) == []
+    assert room_to_make(MOVED_PIPELINES, set(), set(), everything, [], up) is None, "nothing runs: switch"
 
 
 def test_kept_pods_are_relabelled_and_failed_ones_replaced() -> None:

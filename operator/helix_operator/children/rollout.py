@@ -1,21 +1,24 @@
 """One step of a rollout from the pods that exist towards the assignments of a target plan.
 
 Surge: pods for new assignments on free nodes come up first (at most `max_surge` starting
-at once while an older plan still serves). Switch: once they are ready the front end moves
-to the target plan, and its old pods finish the requests they hold on the old pipelines.
+at once while an older plan still serves); if no pipeline of the target can come up on free
+nodes, the nodes of one are freed while the running plan keeps a pipeline (see `handover`).
+Switch: once they are ready the front end moves to the target plan, and its old pods finish
+the requests they hold on the old pipelines.
 Drain: once no front-end pod of an older plan is left, obsolete pods are deleted with the
 drain timeout as grace period; replacements for nodes that change layers are created then
 and start when the node frees. Replace: pods whose layers stay but whose worker spec is
 outdated are replaced a batch of nodes at a time (see `replacement`), never all at once.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from helix_operator.api import names
 from helix_operator.api.crd import ROLLOUT_STATES
 from helix_operator.api.meta import condition_true
+from helix_operator.children.handover import Key, room_to_make
 from helix_operator.children.replacement import Pipelines, replacement_batch
 from helix_operator.children.workers import Assignment, pod_assignment
 
@@ -69,13 +72,14 @@ class RolloutStep:
 
 def next_step(desired: Iterable[Assignment], pods: Iterable[PodView], target_hash: str,
               max_surge: int | None, template: str = "", frontend_current: bool = True, *,
-              pipelines: Pipelines = (), max_replace: int = 1) -> RolloutStep:
+              pipelines: Pipelines = (), max_replace: int = 1, running: Sequence[Sequence[Key]] = ()) -> RolloutStep:
     """`max_surge` None means nothing older is serving, so every new pod on a free node may start
     at once. `frontend_current` says that no front-end pod of an older plan is left: until then
     the front end does not switch while new pods start, and obsolete pods stay, as old front
     ends may still be finishing requests on them. Pods of
     another `template` (worker spec) holding wanted layers are replaced at most `max_replace`
-    nodes at a time, keeping one of the target's `pipelines` whole where the plan allows."""
+    nodes at a time, keeping one of the target's `pipelines` whole where the plan allows.
+    `running` is the pipelines (stage keys) of the plan the front end serves, if another."""
     desired = list(desired)
     wanted = {a.key for a in desired}
     live = [p for p in pods if not p.deleting]
@@ -104,7 +108,12 @@ def next_step(desired: Iterable[Assignment], pods: Iterable[PodView], target_has
         budget = len(free) if max_surge is None else max(0, max_surge - len(starting))
         return step(free[:budget], (), False, SURGING)
     if (obsolete or stale) and not frontend_current:
-        return step((), (), True, SWITCHING)
+        room = room_to_make(pipelines, {p.key[0] for p in ours if p.ready}, {p.key[0] for p in ours if not p.ready},
+                            {a.node for a in blocked}, running, {p.key for p in healthy if p.ready})
+        if room is None:
+            return step((), (), True, SWITCHING)
+        leaving = [p.name for p in obsolete + stale if p.key[0] in room]
+        return step([a for a in blocked if a.node in room], leaving, False, SURGING, len(leaving))
     stale_nodes = {p.key[0] for p in stale}
     serving = {p.key[0] for p in healthy if p.ready and p.key in wanted}
     under_way = sum(not p.ready for p in ours)

@@ -393,7 +393,7 @@ class Controller:
             state.frontend = await sync_frontend(kube, owner, spec, state.active, suspended=True)
         elif state.target and spec.planner.mode != "DryRun":
             step = await sync_workers(kube, owner, spec, discovery, state.target,
-                                      state.active.hash if state.active else None)
+                                      state.active.plan if state.active else None)
             if step.switch_frontend and state.active and state.active.hash != state.target.hash:
                 self._activate(state.target)
                 events.post(self.body, "PlanActivated", f"the front end now serves plan {state.target.hash}")

@@ -88,16 +88,19 @@ async def frontend_plans(kube: Kube, owner: Owner) -> set[str]:
 
 
 async def sync_workers(kube: Kube, owner: Owner, spec: ClusterSpec, discovery: Discovery, target: PlanRef,
-                       active_hash: str | None) -> RolloutStep:
-    """Take one rollout step towards `target`; `active_hash` is the plan the front end serves."""
+                       active: Plan | None) -> RolloutStep:
+    """Take one rollout step towards `target`; `active` is the plan the front end serves."""
     views = [v for pod in await worker_pods(kube, owner) if (v := pod_view(pod)) is not None]
+    active_hash = active.plan_hash if active else None
     surge = None if active_hash in (None, target.hash) else spec.rollout.max_surge_nodes
+    running = [] if active is None or active_hash == target.hash else \
+        [[(s.node, s.start, s.end) for s in pipeline.stages] for pipeline in active.pipelines]
     frontend_current = await frontend_plans(kube, owner) <= {target.hash}
     pipelines = [[stage.node for stage in pipeline.stages] for pipeline in target.plan.pipelines]
     revision = plan_revision(target.plan)
     step = next_step(assignments(target.plan, discovery, spec), views, target.hash, surge,
                      template_hash(spec, revision), frontend_current, pipelines=pipelines,
-                     max_replace=spec.rollout.max_surge_nodes)
+                     max_replace=spec.rollout.max_surge_nodes, running=running)
     namespace, grace = _ns(owner), spec.rollout.drain_timeout
     peers = await sync_peers(kube, owner, spec, target.plan, frontend_current)
     patches: dict[str, dict[str, Any]] = {}
