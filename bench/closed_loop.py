@@ -33,8 +33,10 @@ its adaptive routing. Simulated twice, with IWRR, fixed request lengths, seed 0:
   on a fleet and then held for the fleet's other placements: decode and prompts run slower than
   profiled, each by its own scale, the median of the stages' recent steps over the profile's for
   the same steps (the stages share two cores with each other, the front end, the relays and the
-  client); every message is delayed by
-  the measured overhead beyond its link (round trip less time on stages and links, per message);
+  client); every pass costs the stages' measured time per step beyond compute (forming it, the
+  compute thread's hand-off, sending its outputs; seconds, on every type alike); every message is
+  delayed by the measured overhead beyond its link (decode round trip less the decode tokens' time
+  on stages and links, per message);
   passes are formed by the worker engine's rule (decode rows, then prompts within its step's token
   budget); and the load is the client's: its N requests in a closed loop of C, timed until the
   last one finishes (the simulator's closed mode). The serving placement is chosen by the serving
@@ -324,7 +326,8 @@ def serve(placement: str, plan: Plan, cluster: Cluster, net: EmulatedNetwork, po
         observed = scrape(fleet, net, served.http_url)
     for node, stage in observed.stages.items():
         say(f"  {node}: {stage.steps:.0f} steps of {stage.mean_batch:.2f} requests, {stage.mean_step * 1e3:.1f} ms "
-            f"each; {stage.mean_hop * 1e3:.1f} ms per request here, queue included")
+            f"each on the compute thread, {stage.mean_overhead * 1e3:.1f} ms per step beyond compute; "
+            f"{stage.mean_hop * 1e3:.1f} ms per decode token here, queue included")
     for nodes, (steps, seconds) in observed.round_trips.items():
         say(f"  {'>'.join(nodes)}: decode round trip {seconds / max(steps, 1) * 1e3:.1f} ms")
     return Row(placement, plan.plan_hash, describe(plan, cluster), seen.tokens / seen.elapsed,

@@ -9,16 +9,20 @@ Measured on the emulated fleet, none a per-placement factor:
   differ: a long prompt's step is mostly large matrix products, a decode step mostly the fixed
   cost of a step, which waits for a core relatively longer (one scale for both, from the stages'
   summed step times, left the calibrated TTFT about twice the served and decode 3-21% slow). A
-  fixed cost per step (`SimConfig.step_overhead`) is left at zero: fitted beside the scale on one
-  placement's stages, whose batches are alike, the two trade off (two runs of the same placement
-  gave x1.62 plus 4.2 one-row decode layers per step and x0.67 plus 18.8, and the second
-  mispredicted another plan by a quarter). A probe timed in the bench's own process
+  probe timed in the bench's own process
   (`loop.contention`, shown per placement) reads the machine's load but not the workers' share of
   it: on a quiet machine it said x4.5 where the stages' own steps said under x3.
+- step overhead: what a step costs its stage beyond the layers' compute, the mean over every
+  stage's steps (`helix_stage_step_overhead_seconds`: forming the step, handing it to the compute
+  thread and back, sending its outputs), in seconds, the same on every GPU type (the emulated
+  types' sleep covers the layers alone; a real engine's per-step CPU work does not run faster on a
+  faster GPU either). The compute window leaves it out, so without it a simulated pass was a
+  few milliseconds short of a served step, on every stage of every pipeline.
 - hop overhead: each pipeline's decode round trip (the front end's `helix_pipeline_step_seconds`)
-  less the time its requests spent on each stage (queue included: `helix_stage_hop_seconds`) and
-  its links' latency and transfer time, per message: gRPC, TLS, the relays' delay line, the front
-  end's own turn.
+  less the time its decode tokens spent on each stage (queue included: `helix_stage_hop_seconds`
+  of phase decode; a prompt's chunk, queued behind other prompts, would count its wait in a
+  round trip it is not part of) and its links' latency and transfer time, per message: gRPC,
+  TLS, the relays' delay line, the front end's own turn.
 - the engine's rules and the client's load, known rather than measured: a step runs every decode
   row, then whole prompts within the step's token budget (HELIX_MAX_BATCH_TOKENS); the load is the
   client's N requests in a closed loop of C (the simulator's closed mode), timed until the last one
@@ -46,6 +50,7 @@ LONGEST = 3600.0  # simulated seconds a finite closed loop may take
 class Calibration:
     compute_scale: float  # how much slower the stages decoded than profiled
     prompt_scale: float  # how much slower they ran prompts
+    step_seconds: float  # per step, beyond its layers' compute
     hop_seconds: float  # per message, beyond the link's latency and transfer time
     source: str  # what it was measured on
 
@@ -54,16 +59,16 @@ class Calibration:
         these measurements; the span ends when the last request finishes, as the client's does."""
         return SimConfig(mode="closed", warmup=0.0, duration=LONGEST, seed=seed, clients=clients, requests=requests,
                          max_in_flight=clients, compute_scale=self.compute_scale, prompt_scale=self.prompt_scale,
-                         hop_seconds=self.hop_seconds, step_tokens=STEP_TOKENS)
+                         step_overhead=self.step_seconds, hop_seconds=self.hop_seconds, step_tokens=STEP_TOKENS)
 
     def describe(self) -> str:
-        return (f"decode x{self.compute_scale:.2f}, prompts x{self.prompt_scale:.2f}, {self.hop_seconds * 1e3:.1f} ms "
-                f"per message beyond link latency, steps of {STEP_TOKENS} tokens, a closed loop (measured on "
-                f"{self.source})")
+        return (f"decode x{self.compute_scale:.2f}, prompts x{self.prompt_scale:.2f}, {self.step_seconds * 1e3:.1f} ms "
+                f"per step beyond compute, {self.hop_seconds * 1e3:.1f} ms per message beyond link latency, steps of "
+                f"{STEP_TOKENS} tokens, a closed loop (measured on {self.source})")
 
 
 def calibrate(seen: Seen, cluster: Cluster, model: ModelSpec, catalog: Catalog, source: str) -> Calibration:
-    """Decode and prompt compute scales and hop overhead from one served placement's metrics (`seen`)."""
+    """Decode and prompt compute scales, step and hop overheads from one served placement's metrics (`seen`)."""
     decode, prompt = [], []  # every recent step's seconds over the profile's for it
     for name, node in seen.capacity.nodes.items():
         profile = catalog.measurement(model.name, cluster.node(name).gpu)
@@ -87,5 +92,7 @@ def calibrate(seen: Seen, cluster: Cluster, model: ModelSpec, catalog: Catalog, 
         on_stages = sum(seen.stages[n].mean_hop for n in nodes)
         residual += steps * (seconds / steps - on_stages - wire)
         messages += steps * (len(nodes) + 1)
-    return Calibration(statistics.median(decode), statistics.median(prompt),
+    steps = sum(stage.steps for stage in seen.stages.values())
+    overhead = sum(stage.overhead for stage in seen.stages.values()) / steps if steps else 0.0
+    return Calibration(statistics.median(decode), statistics.median(prompt), overhead,
                        max(0.0, residual / messages) if messages else 0.0, source)

@@ -1,7 +1,8 @@
 """What the served stages and front end report about a run, read from their Prometheus /metrics.
 
-Each stage's step histogram (compute time of one step, the slowdown's sleep included), its batch
-and hop histograms give the mean step, its batch and each request's time there; the front end's
+Each stage's step histogram (one step on the compute thread, the slowdown's sleep included), its
+step-overhead histogram (what a step costs the stage beyond its layers' compute), its batch and its
+decode hop histogram give the mean step, its overhead, its batch and a decode token's time there; the front end's
 pipeline-step histogram gives the decode round trip through a pipeline; its observed-capacity document (GET
 /v2/helix/observed) the stages' recent decode and prefill steps one by one. These are what the
 simulator's compute and network models predict, so the calibration compares them (`loop.calibration`).
@@ -25,8 +26,13 @@ class StageSeen:
     steps: float
     seconds: float  # summed step time
     requests: float  # summed requests per step
-    chunks: float  # pieces timed on this stage
+    chunks: float  # decode pieces (one token each) timed on this stage
     chunk_seconds: float  # their summed time here, queue included
+    overhead: float  # summed time of its steps beyond their layers' compute
+
+    @property
+    def mean_overhead(self) -> float:
+        return self.overhead / self.steps if self.steps else 0.0
 
     @property
     def mean_step(self) -> float:
@@ -35,7 +41,6 @@ class StageSeen:
     @property
     def mean_batch(self) -> float:
         return self.requests / self.steps if self.steps else 0.0
-
 
     @property
     def mean_hop(self) -> float:
@@ -68,12 +73,13 @@ def scrape(fleet: LocalFleet, net: EmulatedNetwork, http_url: str) -> Seen:
         text = subprocess.run(["ip", "netns", "exec", net.hosts[child.name].netns, "curl", "-sf",
                                f"http://127.0.0.1:{child.ports['http']}/metrics"],
                               capture_output=True, text=True, timeout=10, check=True).stdout
-        s = _samples(text)
+        s, hops = _samples(text), _samples(text, "phase")
         stages[child.name] = StageSeen(child.name, s.get("helix_stage_step_seconds_count", 0.0),
                                        s.get("helix_stage_step_seconds_sum", 0.0),
                                        s.get("helix_stage_batch_requests_sum", 0.0),
-                                       s.get("helix_stage_hop_seconds_count", 0.0),
-                                       s.get("helix_stage_hop_seconds_sum", 0.0))
+                                       hops.get("helix_stage_hop_seconds_count decode", 0.0),
+                                       hops.get("helix_stage_hop_seconds_sum decode", 0.0),
+                                       s.get("helix_stage_step_overhead_seconds_sum", 0.0))
     with urllib.request.urlopen(f"{http_url}/metrics", timeout=10) as response:
         front = _samples(response.read().decode(), "pipeline")
     with urllib.request.urlopen(http_url + PATH, timeout=10) as response:

@@ -90,7 +90,7 @@ def test_candidates_are_judged_by_a_calibrated_closed_loop_window(reference, cat
     """The bench judges the serving objective's candidates with the simulator calibrated to its served fleet."""
     cluster, model, _, _ = reference_case(reference, catalog, "small10")
     lengths = load_lengths("fixed:750,240", reference / "traces")
-    calibrated = replace(SHORT, mode="closed", clients=16, step_overhead=20.0, hop_seconds=0.005, step_tokens=2048)
+    calibrated = replace(SHORT, mode="closed", clients=16, step_overhead=0.005, hop_seconds=0.005, step_tokens=2048)
     _, candidates = plan_for_serving(cluster, model, PlannerOptions(time_limit=3, throughput_model="helix"), lengths,
                                      ServingObjective(floors=(0.0,), window=calibrated), catalog=catalog)
     plan = candidates[0].plan

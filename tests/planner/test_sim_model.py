@@ -224,13 +224,12 @@ def test_a_finite_closed_loop_ends_its_span_when_the_last_request_finishes() -> 
 
 
 def test_contention_step_overhead_and_hop_overhead_lengthen_every_pass_and_message() -> None:
-    hop, overhead, slower = 0.003, 5.0, 2.0  # the step overhead in one-row decode layers of the node's own profile
-    per_pass = overhead * DECODE(1)
-    seconds = slower * (PER_REQUEST + 11 * per_pass) + 11 * 2 * hop  # 11 passes; two messages per token
+    hop, per_pass, slower = 0.003, 0.002, 2.0  # the step overhead in seconds: not slowed with the layers
+    seconds = slower * PER_REQUEST + 11 * per_pass + 11 * 2 * hop  # 11 passes; two messages per token
     throughput, _, ttft = one_node(SimConfig(mode="closed", clients=1, warmup=10.0, duration=120.0,
-                                             compute_scale=slower, step_overhead=overhead, hop_seconds=hop))
+                                             compute_scale=slower, step_overhead=per_pass, hop_seconds=hop))
     assert throughput == pytest.approx(11 / seconds, rel=0.01)
-    assert ttft == pytest.approx(slower * (PROMPT_PASS + per_pass) + 2 * hop)
+    assert ttft == pytest.approx(slower * PROMPT_PASS + per_pass + 2 * hop)
     _, _, prompt_slower = one_node(SimConfig(mode="closed", clients=1, warmup=10.0, duration=120.0,
                                              compute_scale=slower, prompt_scale=1.5))
     assert prompt_slower == pytest.approx(1.5 * PROMPT_PASS)  # prompts at their own scale

@@ -19,8 +19,9 @@ DELAYS = [0.0, 0.0, 0.004, 0.008, 0.016]
 MAX_TOKENS = 8
 
 
-def _histogram_count(metrics: str, name: str) -> float:
-    return sum(float(v) for v in re.findall(rf"^{name}_count\{{[^}}]*\}} (\S+)$", metrics, re.MULTILINE))
+def _histogram_count(metrics: str, name: str, label: str = "") -> float:
+    """The histogram's count, summed over its series (those with `label`, e.g. 'phase="decode"', if given)."""
+    return sum(float(v) for v in re.findall(rf"^{name}_count\{{[^}}]*{label}[^}}]*\}} (\S+)$", metrics, re.MULTILINE))
 
 
 def _counter(metrics: str, name: str) -> float:
@@ -58,4 +59,9 @@ async def test_pipelines_match_single_process(tmp_path: Path, checkpoint: Path, 
         chunks = _counter(text, "helix_stage_chunks")
         assert chunks > len(PROMPTS) * MAX_TOKENS, child.name  # one piece per token, and prompt chunks
         assert 0 < steps < chunks, f"{child.name}: {steps} steps for {chunks} chunks"
+        # Each chunk's time here is counted under its phase, and every step's cost beyond its compute.
+        prefill, decode = (_histogram_count(text, "helix_stage_hop_seconds", f'phase="{phase}"')
+                           for phase in ("prefill", "decode"))
+        assert prefill >= len(PROMPTS) and decode > 0 and prefill + decode == chunks, child.name
+        assert _histogram_count(text, "helix_stage_step_overhead_seconds") == steps, child.name
         assert "sending on the gRPC stream" not in child.log_path.read_text(), f"{child.name} fell back"

@@ -111,7 +111,7 @@ def test_worker_process_health_readiness_and_metrics(tmp_path: Path, checkpoint:
             assert response.status == 200
     metrics = urllib.request.urlopen(child.http_url + "/metrics", timeout=5).read().decode()
     for name in ("helix_stage_tokens_total", "helix_stage_batch_requests", "helix_stage_kv_tokens",
-                 "helix_stage_queue_length", "helix_stage_hop_seconds"):
+                 "helix_stage_queue_length", "helix_stage_hop_seconds", "helix_stage_step_overhead_seconds"):
         assert name in metrics
     assert f'helix_stage_kv_tokens{{model_name="{MODEL}",node="only",state="capacity"}} 4096.0' in metrics
     assert f'vllm:kv_cache_usage_perc{{model_name="{MODEL}",node="only"}} 0.0' in metrics

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from helix_worker.engine.kv_pool import KVUsage
+from helix_worker.protocol import Phase
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 MODEL = "model_name"
@@ -39,10 +40,14 @@ class StageMetrics:
                                registry=r).labels(*values)
         self._batch = Histogram("helix_stage_batch_requests", "requests per step", names, buckets=BATCH_BUCKETS,
                                 registry=r).labels(*values)
-        self._step = Histogram("helix_stage_step_seconds", "compute time of one step", names, buckets=STEP_BUCKETS,
-                               registry=r).labels(*values)
-        self._hop = Histogram("helix_stage_hop_seconds", "time a chunk spends on this stage, queue included",
-                              names, buckets=STEP_BUCKETS, registry=r).labels(*values)
+        self._step = Histogram("helix_stage_step_seconds", "time of one step on the compute thread, hand-off included",
+                               names, buckets=STEP_BUCKETS, registry=r).labels(*values)
+        self._overhead = Histogram("helix_stage_step_overhead_seconds", "a step's time on the stage beyond its "
+                                   "layers' compute: forming it, handing it to the compute thread and back, sending "
+                                   "its outputs", names, buckets=STEP_BUCKETS, registry=r).labels(*values)
+        self._hop = Histogram("helix_stage_hop_seconds", "time a chunk spends on this stage, queue included, by phase "
+                              "(prefill: a prompt's chunk; decode: one token's)", [*names, "phase"],
+                              buckets=STEP_BUCKETS, registry=r)
         self._queue = Gauge("helix_stage_queue_length", "chunks waiting for a step", names, registry=r).labels(*values)
         self._kv = Gauge("helix_stage_kv_tokens", "KV cache tokens by state (used: whole blocks held)",
                          [*names, "state"], registry=r)
@@ -55,9 +60,10 @@ class StageMetrics:
         self._values = values
 
     def step(self, requests: int, tokens: int, seconds: float, queued: int, usage: KVUsage,
-             hop_seconds: list[float], preempted: int) -> None:
-        for value in hop_seconds:
-            self._hop.observe(value)
+             hop_seconds: list[tuple[Phase, float]], preempted: int, overhead: float) -> None:
+        for phase, value in hop_seconds:
+            self._hop.labels(*self._values, phase.name.lower()).observe(value)
+        self._overhead.observe(overhead)
         self._chunks.inc(requests)
         self._tokens.inc(tokens)
         self._batch.observe(requests)

@@ -8,12 +8,13 @@ estimates for GPUs without measurements). A pass is one event: layers are not si
 one by one. Prompts and decode steps wait in two FIFO queues.
 
 Calibrated to a served fleet (`SimConfig.compute_scale`, `prompt_scale`, `step_overhead`,
-`step_tokens`), every pass also pays the served engine's cost per step, whatever its layers and rows
-(measured in the node's own time, as `step_overhead` one-row decode layers), all of it
-`compute_scale` times slower (the machine's cores shared; prompts `prompt_scale` times, where set:
-a long prompt's step is mostly large matrix products, slowed less than short decode steps), and
-takes prompts as the worker engine's step does: decode rows first, then whole prompts while the
-step's token budget lasts.
+`step_tokens`), the layers' compute runs `compute_scale` times slower (the machine's cores shared;
+prompts `prompt_scale` times, where set: a long prompt's step is mostly large matrix products,
+slowed less than short decode steps), every pass also pays the served engine's own time per step
+beyond its layers (`step_overhead` seconds, whatever the node's type, layers and rows: forming the
+step, handing it to the compute thread and back, sending its outputs), and prompts are taken as
+the worker engine's step does: decode rows first, then whole prompts while the step's token budget
+lasts.
 """
 
 from collections import deque
@@ -45,15 +46,14 @@ class NodeProfile:
 
     def calibrated(self, compute_scale: float, step_overhead: float, step_tokens: int | None,
                    prompt_scale: float | None = None) -> "NodeProfile":
-        """Every pass `step_overhead` one-row decode layers dearer, and the whole of it `compute_scale` times
-        slower (prompts `prompt_scale` times, when given); with `step_tokens`, the engine's step budget in place
-        of vLLM's limits."""
+        """The layers `compute_scale` times slower (prompts `prompt_scale` times, when given) and every pass
+        `step_overhead` seconds dearer; with `step_tokens`, the engine's step budget in place of vLLM's limits."""
         def scaled(curve: Curve, scale: float) -> Curve:
             return Curve(curve.xs, tuple(seconds * scale for seconds in curve.seconds))
 
         costed = replace(self, prompt=scaled(self.prompt, compute_scale if prompt_scale is None else prompt_scale),
                          decode=scaled(self.decode, compute_scale),
-                         pass_seconds=compute_scale * step_overhead * self.decode(1))
+                         pass_seconds=step_overhead)
         if step_tokens is None:
             return costed
         return replace(costed, prompt_max_requests=step_tokens, prompt_max_tokens=step_tokens,

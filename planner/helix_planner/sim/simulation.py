@@ -67,8 +67,9 @@ class SimConfig:
     slo_ttft: float = 5.0
     slo_tpot: float = 0.5
     # Calibration to a served fleet (bench/loop/calibration.py measures them): how much slower compute runs than
-    # profiled (cores shared); the served engine's fixed cost per step, in one-row decode layers of the node's
-    # own profile; each message's overhead beyond its link's latency (RPC, relays); the engine's step budget.
+    # profiled (cores shared); the served engine's own seconds per step beyond its layers' compute (forming the
+    # step, the compute thread's hand-off, sending its outputs); each message's overhead beyond its link's latency
+    # (RPC, relays); the engine's step budget.
     compute_scale: float = 1.0
     prompt_scale: float | None = None  # prompts' own compute scale (None: compute_scale)
     step_overhead: float = 0.0

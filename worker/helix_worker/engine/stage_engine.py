@@ -34,7 +34,7 @@ from helix_worker.engine.penalties import TokenHistory, problem
 from helix_worker.engine.sampling import sample_row
 from helix_worker.engine.scheduler import Piece, Scheduler, Step
 from helix_worker.engine.slowdown import Slowdown
-from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Sampled
+from helix_worker.protocol import Chunk, Failure, FailureKind, Hop, Phase, Sampled
 
 log = logging.getLogger(__name__)
 _WAIT_SHARE = 0.25  # wait for stragglers only while their round trip is under this share of a step
@@ -49,7 +49,7 @@ class Outputs(Protocol):
 
 class StepObserver(Protocol):
     def step(self, requests: int, tokens: int, seconds: float, queued: int, usage: KVUsage,
-             hop_seconds: list[float], preempted: int) -> None: ...
+             hop_seconds: list[tuple[Phase, float]], preempted: int, overhead: float) -> None: ...
 
 
 @dataclass
@@ -159,6 +159,7 @@ class StageEngine:
                 self._progress = self._progress or time.monotonic()
                 if self.scheduler.has_work and self._awaited:
                     await self._gather_stragglers(loop)
+                formed = time.perf_counter()
                 step = self.scheduler.next_step() if self.scheduler.has_work else None
                 if step is not None:
                     for failure, reply_to in step.refused:
@@ -180,7 +181,7 @@ class StageEngine:
                         self._send_failures(chunk.reply_to, [Failure(chunk.request_id, self.node,
                                                                      FailureKind.INTERNAL, repr(err))])
                     result = _StepResult([], [], [])
-                self._finish_step(step, result, time.perf_counter() - started)
+                self._finish_step(step, result, time.perf_counter() - started, formed)
                 self._progress = time.monotonic()
         except Exception as err:
             self.failure = f"the engine stopped: {err!r}"
@@ -256,7 +257,9 @@ class StageEngine:
                                                 row.clone() if chunk.sampling.return_logits else None)))
         return out, failed
 
-    def _finish_step(self, step: Step, result: _StepResult, seconds: float) -> None:
+    def _finish_step(self, step: Step, result: _StepResult, seconds: float, formed: float) -> None:
+        """Record the step, hand its outputs on; `formed`: when the engine began forming it (what the step
+        cost beyond its compute, to the observer: forming it, the thread hand-off, sending its outputs)."""
         gone = self.scheduler.is_gone
         self._step_seconds += _EMA * (seconds - self._step_seconds)
         if result.seconds > 0:  # compute time alone: what a profile measures, without the thread hand-off
@@ -291,7 +294,8 @@ class StageEngine:
             now = time.perf_counter()
             preempted = sum(f.kind == FailureKind.PREEMPTED for f, _ in step.refused)
             self.observer.step(len(step.pieces), step.tokens, seconds, self.scheduler.queued, self.usage(),
-                               [now - p.received for p in step.pieces], preempted)
+                               [(p.chunk.phase, now - p.received) for p in step.pieces], preempted,
+                               max(0.0, now - formed - result.seconds) if result.seconds > 0 else 0.0)
 
     def _send_failures(self, reply_to: str, failures: list[Failure]) -> None:
         if self.outputs is not None:
