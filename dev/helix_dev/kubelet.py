@@ -227,8 +227,9 @@ class PodRun:
         """Readiness from the pod's probe (none: ready once started); reported when it changes."""
         probe = self.main.get("readinessProbe")
         target = probe_target(self.pod, probe, self.agent.ports) if probe else None
+        netns = self.agent.host.netns if self.agent.host is not None else None  # the node's: kubelets probe from it
         while True:
-            self.ready = True if target is None else await _answers(*target, self.agent.netns)
+            self.ready = True if target is None else await _answers(*target, netns)
             await self.report()
             await asyncio.sleep(PROBE_SECONDS if not self.ready else 1.0)
 
@@ -356,7 +357,6 @@ class NodeAgent:
                  host: NodeHost | None = None) -> None:
         """`host`: where the node's pods run in an emulated network (None: on 127.0.0.1)."""
         self.node, self.api, self.ports, self.host = node, api, ports, host
-        self.netns = host.netns if host is not None else None
         self.workdir = workdir / node
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.device_env = dict(device_env)

@@ -45,9 +45,10 @@ class StageMetrics:
         self._overhead = Histogram("helix_stage_step_overhead_seconds", "a step's time on the stage beyond its "
                                    "layers' compute: forming it, handing it to the compute thread and back, sending "
                                    "its outputs", names, buckets=STEP_BUCKETS, registry=r).labels(*values)
-        self._hop = Histogram("helix_stage_hop_seconds", "time a chunk spends on this stage, queue included, by phase "
-                              "(prefill: a prompt's chunk; decode: one token's)", [*names, "phase"],
-                              buckets=STEP_BUCKETS, registry=r)
+        hop = Histogram("helix_stage_hop_seconds", "time a chunk spends on this stage, queue included, by phase "
+                        "(prefill: a prompt's chunk; decode: one token's)", [*names, "phase"],
+                        buckets=STEP_BUCKETS, registry=r)
+        self._hop = {phase: hop.labels(*values, phase.name.lower()) for phase in Phase}  # bound once: per piece
         self._queue = Gauge("helix_stage_queue_length", "chunks waiting for a step", names, registry=r).labels(*values)
         self._kv = Gauge("helix_stage_kv_tokens", "KV cache tokens by state (used: whole blocks held)",
                          [*names, "state"], registry=r)
@@ -62,7 +63,7 @@ class StageMetrics:
     def step(self, requests: int, tokens: int, seconds: float, queued: int, usage: KVUsage,
              hop_seconds: list[tuple[Phase, float]], preempted: int, overhead: float) -> None:
         for phase, value in hop_seconds:
-            self._hop.labels(*self._values, phase.name.lower()).observe(value)
+            self._hop[phase].observe(value)
         self._overhead.observe(overhead)
         self._chunks.inc(requests)
         self._tokens.inc(tokens)
