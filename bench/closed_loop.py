@@ -20,7 +20,7 @@ max-flow placement is not among them), the same plan is simulated and served; pl
 out alike (same plan hash) are measured once and shown for each. Served: bench/engine.py's built-in
 closed-loop client, C streams of token-id prompts, greedy with ignore_eos, warm-up requests left
 out; decode tok/s is output tokens over the measured window, TTFT from sending to the first streamed
-token. After each, the stages' and the front end's /metrics are read (`loop.observed`).
+token. After each, the stages' and the front end's /metrics are read (`helix_worker.fleet.served_metrics`).
 
 The front end routes by IWRR (HELIX_ROUTING=iwrr), as the simulator does; `--part routing` compares
 its adaptive routing. Simulated twice, with IWRR, fixed request lengths, seed 0:
@@ -29,20 +29,21 @@ its adaptive routing. Simulated twice, with IWRR, fixed request lengths, seed 0:
   curves are the machine alone (or the machine under whatever else ran while profiling), and its
   offline protocol counts a wait for a free slot in every TTFT (the next request is created when
   the previous one is admitted).
-- calibrated (`loop.calibration`): what had to change, each measured on the first placement served
-  on a fleet and then held for the fleet's other placements: decode and prompts run slower than
-  profiled, each by its own scale, the median of the stages' recent steps over the profile's for
-  the same steps (the stages share two cores with each other, the front end, the relays and the
-  client); every pass costs the stages' measured time per step beyond compute (forming it, the
-  compute thread's hand-off, sending its outputs; seconds, on every type alike); every message is
-  delayed by the measured overhead beyond its link (decode round trip less the decode tokens' time
-  on stages and links, per message);
-  passes are formed by the worker engine's rule (decode rows, then prompts within its step's token
-  budget); and the load is the client's: its N requests in a closed loop of C, timed until the
-  last one finishes (the simulator's closed mode). The serving placement is chosen by the serving
-  objective judging its candidates with this calibrated simulator. Each row also shows the compute
-  scales its own stages report, and the machine's load as a contention probe (`loop.contention`: a
-  one-layer step timed in the bench every 0.2 s) saw it while the placement was served.
+- calibrated (`helix_planner.sim.calibration`, with which `helix up`'s replanner judges its
+  candidates too): what had to change, each measured on the first placement served on a fleet and
+  then held for the fleet's other placements: decode and prompts run slower than profiled, each by
+  its own scale, the median of the stages' recent steps over the profile's for the same steps (the
+  stages share two cores with each other, the front end, the relays and the client); every pass
+  costs the stages' measured time per step beyond compute (forming it, the compute thread's
+  hand-off, sending its outputs; seconds, on every type alike); every message is delayed by the
+  measured overhead beyond its link (decode round trip less the decode tokens' time on stages and
+  links, per message); passes are formed by the worker engine's rule (decode rows, then prompts
+  within its step's token budget); and the load is the client's: its N requests in a closed loop
+  of C, timed until the last one finishes (the simulator's closed mode). The serving placement is
+  chosen by the serving objective judging its candidates with this calibrated simulator. Each row
+  also shows the compute scales its own stages report, and the machine's load as a contention
+  probe (`loop.contention`: a one-layer step timed in the bench every 0.2 s) saw it while the
+  placement was served.
 Errors are simulated / served - 1; ranks compare the distinct plans by decode tok/s (served figures
 within 5% count as tied). The served side depends on what else runs on the machine: read the load
 average in the results header.
@@ -62,9 +63,7 @@ from pathlib import Path
 
 import torch
 from engine import Load, closed_loop, percentile
-from loop.calibration import Calibration, calibrate
 from loop.contention import ContentionProbe
-from loop.observed import Seen, scrape
 from results import markdown_table, write_table
 
 from helix_planner.cluster import Cluster
@@ -74,6 +73,7 @@ from helix_planner.plan_format import Plan
 from helix_planner.planner import PlannerOptions, plan_cluster
 from helix_planner.profiles import Catalog, load_catalog
 from helix_planner.serving_plan import ServingObjective, plan_for_serving
+from helix_planner.sim.calibration import Calibration, ServedMetrics, calibrate
 from helix_planner.sim.inputs import scenario_from_plan
 from helix_planner.sim.metrics import SimResult
 from helix_planner.sim.simulation import SimConfig, Simulation
@@ -86,6 +86,7 @@ from helix_worker.fleet.netem import FRONTEND, EmulatedNetwork
 from helix_worker.fleet.netns import require_net_admin
 from helix_worker.fleet.plans import LOOPBACK, local_catalog, model_spec
 from helix_worker.fleet.profile import ProfileOptions, device_memory, measure, write_profile
+from helix_worker.fleet.served_metrics import scrape
 from helix_worker.fleet.up import wait_ready
 from helix_worker.model.config import load_model_config
 from helix_worker.model.random_checkpoint import DemoModel, write_demo_checkpoint
@@ -97,6 +98,7 @@ MODEL = "closed-loop"
 SLOWDOWNS = (1.0, 2.0, 3.0)  # CPU, CPU-x2, CPU-x3 of the fleet file
 WORKER_ENV = {"HELIX_TORCH_THREADS": "1", "HELIX_KV_CACHE_TOKENS": "8192", "HELIX_RECONNECT_SECONDS": "0.2"}
 KV_BLOCK_TOKENS = Settings().kv_block_tokens  # the workers' default HELIX_KV_BLOCK_TOKENS
+STEP_TOKENS = Settings().max_batch_tokens  # and HELIX_MAX_BATCH_TOKENS
 PLACEMENTS = ("max-flow", "serving", "swarm", "petals", "separate")
 
 
@@ -128,7 +130,7 @@ class Row:
     simulated_ttft: float
     finished: int
     errors: int
-    seen: Seen | None = None  # what the stages and the front end reported
+    seen: ServedMetrics | None = None  # what the stages and the front end reported
     fleet: str = FLEET.name
     calibrated_tps: float = math.nan  # the simulator calibrated by `calibration`
     calibrated_ttft: float = math.nan
@@ -218,7 +220,7 @@ def placements_on(setup: Setup, net: EmulatedNetwork, portals: Portals) -> list[
         contention = row.probe_seconds / setup.reference_step
         row = replace(row, fleet=fleet, contention=contention)
         if row.seen is not None:  # what this placement's own metrics say
-            own = calibrate(row.seen, cluster, setup.spec, setup.catalog, f"{placement} on {fleet}")
+            own = calibrate(row.seen, cluster, setup.spec, setup.catalog, f"{placement} on {fleet}", STEP_TOKENS)
             row = replace(row, own=own)
             say(f"{fleet} {placement}: measured {own.describe()}")
             calibration = calibration or own

@@ -7,7 +7,7 @@ bench's process (one torch thread, one step every PERIOD seconds, the profile's 
 measures that slowdown for the window a placement is served in; it reads nothing the placement
 reports. It is shown beside each placement, not used: its small step waits for a core relatively
 longer than a stage's, so it overstates the workers' slowdown (x5 where their own steps said x3 on
-a quiet machine); `loop.calibration` fits the stages' own step times instead.
+a quiet machine); `helix_planner.sim.calibration` fits the stages' own step times instead.
 """
 
 import statistics

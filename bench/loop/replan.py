@@ -10,11 +10,14 @@ entry (`helix_worker.fleet.entry`), and closed-loop streams run through every ph
   1. baseline: the plan as made; at its end the replanner (`helix_worker.fleet.replan`) takes
      its reference (it is not asked earlier, so that the baseline is one plan);
   2. degraded: the busiest fastest worker turns 2x slower (its HELIX_SLOWDOWN_FILE); the
-     replanner, polled every second, reports the drift sustained and returns a plan made on the
-     observed capacity, which is held until the degraded window has been measured;
+     replanner, polled every second, reports the drift sustained, judges the serving objective's
+     candidates for the observed capacity by the simulator calibrated to the served fleet under
+     the load it served, and returns the best, which is held until the degraded window has been
+     measured;
   3. recovered: that plan rolled out blue/green (`rollout`), measured once the old one is gone;
-  4. fresh: a plan made from scratch for the degraded fleet (the slowed worker on a 2x slower
-     type), rolled out the same way and measured alone.
+  4. fresh: the same planning from scratch with the truth: the serving objective for the
+     degraded fleet (the slowed worker on a 2x slower type, nothing else changed), judged by the
+     same calibrated simulator and load, rolled out the same way and measured alone.
 Tok/s is streamed tokens over each window. The ratio recovered / fresh is what the replan
 recovered of what planning with the truth gives (target >= 0.90); failed requests count every
 request of every phase that raised, answered non-200 or came back short (target 0). Time to
@@ -24,6 +27,7 @@ rollout's own time, to the new plan serving alone.
 
 import asyncio
 import json
+import math
 import statistics
 import threading
 import time
@@ -38,11 +42,14 @@ from results import markdown_table
 from helix_planner.cluster import Cluster, Node
 from helix_planner.observed import DriftTracker
 from helix_planner.plan_format import Plan
+from helix_planner.planner import PlannerOptions
+from helix_planner.serving_plan import plan_for_serving
 from helix_worker.fleet.emulated import Portals
 from helix_worker.fleet.netem import EmulatedNetwork
 from helix_worker.fleet.plans import FleetPlan, PlanInputs, plan_with
-from helix_worker.fleet.replan import Replanner
+from helix_worker.fleet.replan import Judged, Replanner
 from helix_worker.fleet.rollout import Generation, Launch, retire, start_generation, switch
+from helix_worker.fleet.served_metrics import scrape
 
 FACTOR = 2.0  # how much slower the chosen worker turns
 DEBOUNCE_SECONDS = 10.0
@@ -128,6 +135,7 @@ class Phase:
     plan: Plan
     start: float
     end: float
+    simulated: float = math.nan  # decode tok/s the replanner's calibrated simulator gave it on the degraded fleet
 
 
 def run(setup: Setup, net: EmulatedNetwork, portals: Portals) -> str:
@@ -147,7 +155,8 @@ def run(setup: Setup, net: EmulatedNetwork, portals: Portals) -> str:
         switch(launch, serving)
         traffic = Traffic(portals.http_url, mode.load)
         client = traffic.start()
-        replanner = Replanner(DriftTracker(debounce_seconds=DEBOUNCE_SECONDS), poll_seconds=1.0, out=say)
+        replanner = Replanner(lambda generation: scrape(generation.fleet, net, generation.served.ready_url),
+                              DriftTracker(debounce_seconds=DEBOUNCE_SECONDS), poll_seconds=1.0, out=say)
         replanner.check(serving)  # the plan is seen serving; its reference is taken at the baseline's end
         began = time.monotonic() + windows.warmup
         wait_until(lambda: time.monotonic() >= began + windows.measure, lambda: None, "the baseline's end")
@@ -164,26 +173,32 @@ def run(setup: Setup, net: EmulatedNetwork, portals: Portals) -> str:
         wait_until(lambda: bool(better) and time.monotonic() >= degraded_end,
                    lambda: better or better.extend(filter(None, [replanner.check(serving)])), "a replan")
         detected, trigger = replanner.detected[-1]
-        phases.append(Phase("degraded", first.plan, slowed_at + SETTLE_SECONDS, degraded_end))
+        judged = replanner.judged[-1]
+        phases.append(Phase("degraded", first.plan, slowed_at + SETTLE_SECONDS, degraded_end,
+                            judged.serving.decode_throughput))
         rollout_began = time.monotonic()
         serving, switched = roll_out(launch, serving, better[0])
         alone = time.monotonic()
         timing = Timing(detected - slowed_at, switched - rollout_began, alone - rollout_began, trigger)
         say(f"detected {timing.detect:.1f}s after the slowdown; the rollout put the new plan on the entry after "
             f"{timing.switch:.1f}s and had it serving alone after {timing.rollout:.1f}s")
-        phases.append(measure(traffic, "recovered", serving.fleet_plan.plan, windows))
+        phases.append(measure(traffic, "recovered", serving.fleet_plan.plan, windows, judged.chosen.decode_throughput))
 
         degraded = Cluster(nodes=[Node(n.name, degraded_type(n, slowed, slowdowns, types), n.region)
                                   for n in cluster.nodes], links=cluster.links, name=cluster.name)
-        fresh_plan = plan_with(degraded, spec, mode.plan_seconds, catalog, lambda _: None)
-        say(f"fresh plan for the degraded fleet: {fresh_plan.plan_hash}, {fresh_plan.throughput:.1f} tok/s planned")
+        fresh_plan, fresh_candidates = plan_for_serving(
+            degraded, spec, PlannerOptions(time_limit=mode.plan_seconds, throughput_model="profiled"), judged.lengths,
+            judged.objective, catalog=catalog)
+        fresh = next(c for c in fresh_candidates if c.plan.layout == fresh_plan.layout)
+        say(f"fresh plan for the degraded fleet: {fresh_plan.plan_hash}, {fresh_plan.throughput:.1f} tok/s planned, "
+            f"{fresh.decode_throughput:.1f} simulated")
         serving, _ = roll_out(launch, serving, FleetPlan(fresh_plan, slowdowns, replace(inputs, cluster=degraded)))
-        phases.append(measure(traffic, "fresh plan", fresh_plan, windows))
+        phases.append(measure(traffic, "fresh plan", fresh_plan, windows, fresh.decode_throughput))
         traffic.stop.set()
         client.join(PHASE_TIMEOUT)
     finally:
         serving.fleet.stop()
-    return report(phases, traffic, slowed, mode, timing)
+    return report(phases, traffic, slowed, mode, timing, judged)
 
 
 def busiest_fastest(plan: Plan, cluster: Cluster) -> str:
@@ -222,19 +237,27 @@ def roll_out(launch: Launch, serving: Generation, fleet_plan: FleetPlan) -> tupl
     return new, switched
 
 
-def measure(traffic: Traffic, name: str, plan: Plan, windows: Windows) -> Phase:
+def measure(traffic: Traffic, name: str, plan: Plan, windows: Windows, simulated: float) -> Phase:
     start = time.monotonic() + SETTLE_SECONDS
     time.sleep(SETTLE_SECONDS + windows.measure)
     say(f"{name}: {traffic.rate(start, start + windows.measure):.1f} tok/s")
-    return Phase(name, plan, start, start + windows.measure)
+    return Phase(name, plan, start, start + windows.measure, simulated)
 
 
-def report(phases: list[Phase], traffic: Traffic, slowed: str, mode: Mode, timing: Timing) -> str:
+def report(phases: list[Phase], traffic: Traffic, slowed: str, mode: Mode, timing: Timing, judged: Judged) -> str:
     rates = {p.name: traffic.rate(p.start, p.end) for p in phases}
     table = markdown_table(
-        ("phase", "plan", "window s", "served decode tok/s", "p95 TTFT s", "planned tok/s (on its own inputs)"),
+        ("phase", "plan", "window s", "served decode tok/s", "p95 TTFT s", "max flow tok/s (on its own inputs)",
+         "simulated decode tok/s (calibrated, degraded)"),
         [(p.name, p.plan.plan_hash[:8], f"{p.end - p.start:.0f}", f"{rates[p.name]:.1f}",
-          f"{traffic.ttft_p95(p.start, p.end):.2f}", f"{p.plan.throughput:.1f}") for p in phases])
+          f"{traffic.ttft_p95(p.start, p.end):.2f}", f"{p.plan.throughput:.1f}",
+          f"{p.simulated:.1f}" if math.isfinite(p.simulated) else "") for p in phases])
+    served = judged.load
+    judging = (f"The replanner judged the serving plan and {len(judged.candidates)} candidate(s) by the simulator "
+               f"calibrated to the serving fleet ({judged.calibration.describe()}) under the load the front end "
+               f"held ({served.in_flight:.1f} requests in flight, {served.prompt_tokens:.0f} prompt and "
+               f"{served.output_tokens:.0f} output tokens each); the fresh plan is the same planning on the "
+               f"degraded fleet as it is.")
     ratio = rates["recovered"] / rates["fresh plan"] if rates.get("fresh plan") else float("nan")
     load = mode.load
     return (f"{slowed} turned {FACTOR:g}x slower under {load.concurrency} closed-loop streams ({load.prompt}-token "
@@ -245,4 +268,4 @@ def report(phases: list[Phase], traffic: Traffic, slowed: str, mode: Mode, timin
             f"(held until the degraded window ended, the rollout started later). The drift that triggered the "
             f"replan: {timing.trigger}. Recovered / fresh plan: {ratio:.2f} "
             f"(target >= 0.90). Failed requests: {len(traffic.failures)} (target 0)"
-            + (f", e.g. {traffic.failures[0]}" if traffic.failures else "") + ".\n\n" + table + "\n")
+            + (f", e.g. {traffic.failures[0]}" if traffic.failures else "") + f". {judging}\n\n" + table + "\n")

@@ -9,7 +9,10 @@ floor (`PlannerOptions.min_layer_fraction`: each used node holds at least that s
 layers it could), simulates every distinct placement saturated with the given request
 lengths and scheduler, and keeps the one with the highest decode throughput (among those
 meeting the p95 TTFT target when one is given). The result is an ordinary plan; its bound
-is the unrestricted max-flow bound, so its gap says how much max flow it gives up.
+is the unrestricted max-flow bound, so its gap says how much max flow it gives up. Where every
+node's layer cap is below the floors' shares, the floors all give one layout, though several may
+tie on max flow and serve far apart; an objective can then have the planner's baselines
+(`ServingObjective.heuristics`) judged beside them.
 
 Saturated, a placement runs as many requests as KV room allows, and the last of them add
 more time to first token (bigger decode batches ahead of every prompt, at every stage) than
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from helix_planner.cluster import Cluster
 from helix_planner.errors import InfeasiblePlacement, PlanningError
 from helix_planner.fleet import FLEET_NODES
+from helix_planner.heuristics import BASELINES
 from helix_planner.models import ModelSpec
 from helix_planner.plan_format import Plan
 from helix_planner.planner import PlannerOptions, plan_cluster
@@ -43,8 +47,11 @@ from helix_planner.sim.metrics import SimResult
 from helix_planner.sim.schedulers import scheduler_class
 from helix_planner.sim.simulation import Scenario, SimConfig, Simulation
 from helix_planner.sim.workload import LengthTrace
+from helix_planner.throughput.profiled import layer_curves
 
 FLOORS = (0.0, 0.3, 0.5, 0.7, 0.85)
+FASTEST = "fastest"  # max flow on the fastest GPU types alone: without the slowest type, the two slowest, ...
+HEURISTICS = (*BASELINES, FASTEST)
 # Admission caps tried on a placement that misses the TTFT target, as shares of the requests it held saturated.
 CAP_FRACTIONS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
 DEFAULT_LENGTHS = "fixed:750,240"  # Helix's average request (prompt, output tokens)
@@ -64,6 +71,9 @@ class ServingObjective:
     ttft_slo: float | None = None  # seconds of p95 TTFT a candidate must meet (None: throughput alone)
     seeds: int = 1  # runs per candidate (seeds window.seed, +1, ...): one run's p95 TTFT moves by about ±10%
     estimate_from_nodes: int = FLEET_NODES  # clusters this large are judged by `serving_model`, not simulated
+    # Planner baselines judged beside the floors' max-flow plans (`HEURISTICS`): where every node's layer
+    # cap already meets the floors, the floors all give one layout, one of several that tie on max flow.
+    heuristics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,11 @@ class Candidate:
     ttft_p95: float
     in_flight: float  # requests admitted at the end of a saturated run
     judged_by: str = "simulator"  # or "model": then ttft_p95 is the model's typical time to first token
+    heuristic: str = ""  # the planner baseline that made it, or "" for the floor's max-flow plan
+
+    @property
+    def label(self) -> str:
+        return self.heuristic or f"floor {self.floor:g}"
 
 
 def plan_for_serving(cluster: Cluster, model: ModelSpec, options: PlannerOptions, lengths: LengthTrace,
@@ -117,18 +132,46 @@ def plan_for_serving(cluster: Cluster, model: ModelSpec, options: PlannerOptions
             candidates.append(capped)
             if capped.ttft_p95 <= objective.ttft_slo:
                 break
+    alternatives = [(method, cluster, replace(options, method=method, min_layer_fraction=0.0))
+                    for method in objective.heuristics if method != FASTEST]
+    if FASTEST in objective.heuristics:
+        alternatives += [(label, fewer, replace(options, time_limit=budget, min_layer_fraction=0.0))
+                         for label, fewer in without_slowest(cluster, model, catalog)]
+    for label, planned_on, planning in alternatives:
+        if cancel is not None and cancel.is_set():
+            break
+        try:
+            plan = plan_cluster(planned_on, model, planning, catalog=catalog, cancel=cancel)
+        except PlanningError as error:
+            say(f"serving    {label}: no placement ({error})")
+            continue
+        if any(c.plan.layout == plan.layout for c in candidates):
+            continue
+        judged = replace(judge(plan, 0.0, objective, cluster, model, catalog, lengths), heuristic=label)
+        say(f"serving    {label}: max flow {plan.throughput:9.1f}  {_judged(judged)}")
+        candidates.append(judged)
     if not candidates:
         if cancel is not None and cancel.is_set():
             raise PlanningError("planning was cancelled before any candidate was judged")
         raise InfeasiblePlacement(f"no stage floor gives a placement for {cluster.name!r}")
     chosen = choose(candidates, objective.ttft_slo)
     chosen_cap = chosen.plan.max_in_flight
-    say(f"serving    chose floor {chosen.floor:.2f}"
-        + (f", at most {chosen_cap} requests in flight" if chosen_cap else ""))
-    shape = f"floor {chosen.floor:g}" + (f", max {chosen_cap} in flight" if chosen_cap else "")
+    say(f"serving    chose {chosen.label}" + (f", at most {chosen_cap} requests in flight" if chosen_cap else ""))
+    shape = chosen.label + (f", max {chosen_cap} in flight" if chosen_cap else "")
     solver = replace(chosen.plan.solver, method=f"serving({shape}, {chosen.plan.solver.method})",
                      status="simulated-best", time_limit=options.time_limit, seconds=time.monotonic() - started)
     return replace(chosen.plan, upper_bound=max(bound, chosen.plan.throughput), solver=solver), candidates
+
+
+def without_slowest(cluster: Cluster, model: ModelSpec, catalog: Catalog) -> list[tuple[str, Cluster]]:
+    """`cluster` less its slowest GPU type, less its two slowest, ... (by a one-row decode step per layer), each
+    with what it left out. Max flow uses every node it can; with few requests in flight, a shallower pipeline
+    of faster GPUs can serve more."""
+    step = {gpu: layer_curves(catalog, model, catalog.gpu(gpu))[1](1.0) for gpu in cluster.gpu_counts()}
+    slowest_first = sorted(step, key=lambda gpu: step[gpu], reverse=True)
+    return [(f"without {', '.join(slowest_first[:k])}",
+             cluster.without({n.name for n in cluster.nodes if n.gpu in slowest_first[:k]}))
+            for k in range(1, len(slowest_first))]
 
 
 def judge(plan: Plan, floor: float, objective: ServingObjective, cluster: Cluster, model: ModelSpec,

@@ -11,7 +11,15 @@ from test_plan_cli import helix
 
 from helix_planner.errors import PlanningError
 from helix_planner.planner import PlannerOptions, plan_cluster
-from helix_planner.serving_plan import Candidate, ServingObjective, choose, judge, plan_for_serving
+from helix_planner.serving_plan import (
+    HEURISTICS,
+    Candidate,
+    ServingObjective,
+    choose,
+    judge,
+    plan_for_serving,
+    without_slowest,
+)
 from helix_planner.sim.simulation import SimConfig
 from helix_planner.sim.workload import load_lengths
 from helix_planner.throughput.min_layers import MinLayersCapacityModel
@@ -131,3 +139,28 @@ def test_cancelled_before_any_candidate_says_so(reference, catalog) -> None:
     with pytest.raises(PlanningError, match="cancelled"):
         plan_for_serving(cluster, model, PlannerOptions(time_limit=2, throughput_model="helix"),
                          load_lengths("fixed:300,60", reference), catalog=catalog, cancel=cancelled)
+
+
+def test_an_objective_with_heuristics_judges_the_baselines_and_the_fastest_types_beside_max_flow(reference,
+                                                                                               catalog) -> None:
+    cluster, model, _, _ = reference_case(reference, catalog, "small10")
+    lengths = load_lengths("fixed:750,240", reference / "traces")
+    window = replace(SHORT, mode="closed", clients=16, requests=48, warmup=0.0, duration=3600.0)
+    lines: list[str] = []
+    plan, candidates = plan_for_serving(cluster, model, PlannerOptions(time_limit=3, throughput_model="helix"),
+                                        lengths, ServingObjective(floors=(0.0,), window=window, heuristics=HEURISTICS),
+                                        catalog=catalog, progress=lines.append)
+    fewer = without_slowest(cluster, model, catalog)
+    assert [label for label, _ in fewer] == ["without T4"]  # the slower of small10's two types
+    assert {n.gpu for n in fewer[0][1].nodes} == {"L4"}
+    labels = [c.label for c in candidates]
+    assert labels[0] == "floor 0" and set(labels[1:]) <= {"petals", "swarm", "separate", "without T4"}
+    assert len({tuple(sorted(c.plan.layout.items())) for c in candidates}) == len(candidates)  # distinct layouts
+    said = [line for line in lines if line.startswith(("serving    petals", "serving    swarm", "serving    separate",
+                                                        "serving    without"))]
+    assert len(candidates) == 1 + sum("simulated decode" in line for line in said)  # alike layouts go unsaid
+    assert all("simulated decode" in line or "no placement" in line for line in said)
+    assert labels[1:] == ["petals", "swarm", "separate"]  # each its own layout here
+    assert any("without T4: no placement (llama1-30b does not fit" in line for line in said)  # four L4s: too few
+    best = choose(candidates, None)
+    assert plan.layout == best.plan.layout and plan.solver.method.startswith(f"serving({best.label}")

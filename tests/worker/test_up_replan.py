@@ -17,8 +17,9 @@ from dataplane_helpers import MODEL, NUM_LAYERS, WORKER_ENV, write_plan
 from helix_planner.cluster import Node
 from helix_planner.models import get_model
 from helix_planner.network import NetworkModel, build_cluster
-from helix_planner.observed import DriftTracker
+from helix_planner.observed import DriftTracker, parse_observed
 from helix_planner.profiles import load_catalog
+from helix_planner.sim.calibration import RequestTotals, ServedLoad, ServedMetrics
 from helix_planner.throughput.profiled import layer_curves
 from helix_worker.fleet.delayline import stop_relays
 from helix_worker.fleet.emulated import Served
@@ -27,6 +28,7 @@ from helix_worker.fleet.launcher import LocalFleet
 from helix_worker.fleet.plans import FleetPlan, PlanInputs, plan_with
 from helix_worker.fleet.replan import Replanner
 from helix_worker.fleet.rollout import Generation, Launch, roll_out, start_generation, switch
+from helix_worker.fleet.served_metrics import scrape
 
 MAX_TOKENS = 12
 PROMPT = [5, 6, 7, 8]
@@ -122,6 +124,10 @@ def test_a_slowed_worker_then_a_new_plan_rolled_out_under_load_fail_no_request(t
         assert lines[0].startswith(f"plan {green_plan.plan_hash} serves") and "rolled out" in lines[1]
         assert blue.served.frontend.process.poll() is not None and blue.fleet.children == []
         assert all(c.process.poll() is None for c in green.fleet.children)
+        seen = scrape(green.fleet, None, green.served.ready_url)  # what the replanner calibrates with
+        assert seen.stages["c"].steps > 0 and seen.stages["c"].chunks > 0 and seen.round_trips[("c",)][0] > 0
+        assert seen.requests.finished > 0 and seen.requests.output_tokens >= MAX_TOKENS * seen.requests.finished
+        assert seen.capacity.plan_hash == green_plan.plan_hash and seen.capacity.nodes["c"].decode
         green.fleet.stop()
     finally:
         stop_relays(relays)
@@ -129,7 +135,7 @@ def test_a_slowed_worker_then_a_new_plan_rolled_out_under_load_fail_no_request(t
 
 class Observations:
     """A stand-in for the front end's observed-capacity document: every plan node's recent decode
-    steps, each `ratio` times as long as its profile says, but for the `idle` ones (no steps)."""
+    and prefill steps, each `ratio` times as long as its profile says, but for the `idle` ones (no steps)."""
 
     def __init__(self, fleet_plan: FleetPlan) -> None:
         self.fleet_plan, self.ratio = fleet_plan, {n.name: 1.5 for n in fleet_plan.plan.nodes}  # shared cores
@@ -141,9 +147,11 @@ class Observations:
         nodes = {}
         for node in (n for n in self.fleet_plan.plan.nodes if n.name not in self.idle):
             gpu = inputs.catalog.gpu(inputs.cluster.node(node.name).gpu)
-            step = layer_curves(inputs.catalog, inputs.spec, gpu)[1](8) * (node.end - node.start)
+            prompt, decode = layer_curves(inputs.catalog, inputs.spec, gpu)
+            layers, ratio = node.end - node.start, self.ratio[node.name]
             nodes[node.name] = {"gpuType": gpu.name, "layers": [node.start, node.end],
-                                "decode": [[8, node.end - node.start, step * self.ratio[node.name]]] * 6}
+                                "decode": [[8, layers, decode(8) * layers * ratio]] * 6,
+                                "prefill": [[256, layers, prompt(256) * layers * ratio]] * 6}
         return {"planHash": self.fleet_plan.plan.plan_hash, "nodes": nodes, "links": {}}
 
 
@@ -154,8 +162,15 @@ def test_the_loop_replans_on_a_sustained_drift_and_not_on_a_blip(tmp_path: Path)
     first = FleetPlan(plan_with(cluster, spec, 2.0, catalog, lambda _: None), {n.name: 1.0 for n in cluster.nodes},
                       inputs)
     observed, now, lines = Observations(first), [0.0], []
-    replanner = Replanner(DriftTracker(threshold=0.25, debounce_seconds=5.0), poll_seconds=1.0, source=observed,
-                          clock=lambda: now[0], out=lines.append)
+
+    def metrics(_: Generation) -> ServedMetrics:
+        """Two requests finish a second, each having taken 4 s: 8 in flight, of 100 prompt and 50 output tokens."""
+        done = 2 * now[0]
+        return ServedMetrics(now[0], {}, {}, RequestTotals(done, 4 * done, 100 * done, 50 * done),
+                             parse_observed(observed("")))
+
+    replanner = Replanner(metrics, DriftTracker(threshold=0.25, debounce_seconds=5.0), routing="iwrr",
+                          poll_seconds=1.0, source=observed, clock=lambda: now[0], out=lines.append)
     serving = Generation(0, first, LocalFleet(tmp_path / "logs"), Served({}, "http://stand-in", "", None, ""),
                          tmp_path / "plan.json")  # type: ignore[arg-type]
 
@@ -184,7 +199,12 @@ def test_the_loop_replans_on_a_sustained_drift_and_not_on_a_blip(tmp_path: Path)
     assert through_n0 < plans[0].plan.throughput / 2  # the slow node no longer bounds every token
     assert {n.gpu_type for n in plans[0].plan.nodes} == {"A100"}  # planned on derived types, served on real ones
     # Planned on the change since the reference (n0 3x slower, the rest as described), not on the
-    # shared cores' 1.5x: the single chain through n0 carries a third of what it was planned for.
-    assert any(line.startswith(f"  replanning: on the observed capacity the serving plan carries "
-                               f"{first.plan.throughput / 3:.1f} tok/s") for line in lines), lines
+    # shared cores' 1.5x, which the calibration carries instead; judged under the load served.
+    judged = replanner.judged[0]
+    assert {n.gpu_type for n in judged.serving.plan.nodes if n.name == "n0"} == {"A100@observed-3.00x"}
+    assert (judged.calibration.compute_scale, judged.calibration.prompt_scale) == pytest.approx((1.5, 1.5))
+    assert judged.load == ServedLoad(8.0, 100.0, 50.0) and judged.objective.window.clients == 8
+    assert judged.chosen.decode_throughput >= judged.serving.decode_throughput * 1.1
+    assert any(line.startswith(f"  replanning: on the observed capacity the serving plan decodes "
+                               f"{judged.serving.decode_throughput:.1f} tok/s simulated") for line in lines), lines
     assert poll(10) == []  # settled: the same drift does not trigger again

@@ -66,7 +66,7 @@ class SimConfig:
     requests: int | None = None  # closed mode: how many in all; the measured span ends when the last one finishes
     slo_ttft: float = 5.0
     slo_tpot: float = 0.5
-    # Calibration to a served fleet (bench/loop/calibration.py measures them): how much slower compute runs than
+    # Calibration to a served fleet (`sim.calibration` fits them): how much slower compute runs than
     # profiled (cores shared); the served engine's own seconds per step beyond its layers' compute (forming the
     # step, the compute thread's hand-off, sending its outputs); each message's overhead beyond its link's latency
     # (RPC, relays); the engine's step budget.

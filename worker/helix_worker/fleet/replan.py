@@ -9,13 +9,22 @@ has served for the debounce time (past a rollout's overlap with the plan before)
 (`DriftTracker.settle`; a node or link measured only later, because routing sent nothing through it
 until then, is referenced when first measured): the fleet as it served then, contention and all, so only
 a change from there counts. A change beyond the tracker's threshold that lasts its
-debounce is a sustained drift; the replanner then plans the effective inputs (drifted nodes on
-slowed-down types, drifted links at their observed bandwidth) and returns the new plan if it
-carries at least `min_gain` more than the serving one on those same inputs. The effective inputs
-scale the plan's inputs by the change since the reference (`relative_to`), not by the ratio to
-the catalog: where workers share cores, as on a machine emulating a fleet, every step time
-carries the others' load, which moves with the placement and is no property of a node. Either way it says
-what it saw and what it decided, and that drift is settled, so it does not trigger again.
+debounce is a sustained drift. The effective inputs scale the plan's inputs by the change since
+the reference (`relative_to`), not by the ratio to the catalog: where workers share cores, as on a
+machine emulating a fleet, every step time carries the others' load, which moves with the
+placement and is no property of a node.
+
+On a sustained drift the replanner makes the serving objective's candidates for the effective
+inputs (drifted nodes on slowed-down types, drifted links at their observed bandwidth: one
+max-flow plan per stage floor, and the planner's baselines; `helix_planner.serving_plan`) and
+judges them, and the serving plan, with the simulator calibrated to the served fleet
+(`helix_planner.sim.calibration`: the stages' and front end's metrics over the last one to two
+`LOAD_WINDOW_SECONDS`) under the load the front end held then (requests in flight, their mean
+prompt and output), routed as the front end
+routes. Max flow alone is no judge here: on a slowed fleet several placements tie on it and serve
+up to a third apart. It returns the best candidate if it decodes at least `min_gain` more than the
+serving plan, simulated alike. Either way it says what it saw and what it decided, and that drift
+is settled, so it does not trigger again.
 """
 
 import json
@@ -23,8 +32,10 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from helix_planner.cluster import Cluster
 from helix_planner.errors import PlanningError
 from helix_planner.observed import (
     LINK_SEPARATOR,
@@ -38,11 +49,20 @@ from helix_planner.observed import (
     plan_value,
     restore_gpu_types,
 )
+from helix_planner.plan_format import Plan
 from helix_planner.planner import PlannerOptions
-from helix_worker.fleet.plans import FleetPlan, plan_with
+from helix_planner.profiles import Catalog
+from helix_planner.serving_plan import HEURISTICS, Candidate, ServingObjective, judge, plan_for_serving
+from helix_planner.sim.calibration import Calibration, ServedLoad, ServedMetrics, calibrate
+from helix_planner.sim.workload import LengthTrace, load_lengths
+from helix_worker.envs import Settings
+from helix_worker.errors import ServingError
+from helix_worker.fleet.plans import FleetPlan, PlanInputs
 from helix_worker.fleet.rollout import Generation
 
 POLL_SECONDS = 2.0
+LOAD_WINDOW_SECONDS = 60.0  # how often the served metrics are read for a drift's load and calibration
+MIN_JUDGED_REQUESTS = 32  # a candidate's simulated closed loop runs at least this many requests
 
 
 def fetch_observed(http_url: str) -> Any:
@@ -67,15 +87,32 @@ def relative_to(observed: Observed, baselines: Mapping[str, float]) -> Observed:
     return replace(observed, nodes=nodes, links=links)
 
 
+@dataclass(frozen=True)
+class Judged:
+    """How a replan was decided: the simulator's calibration and load, and what it made of each plan."""
+    calibration: Calibration
+    load: ServedLoad
+    objective: ServingObjective
+    lengths: LengthTrace
+    serving: Candidate  # the serving plan, on the effective inputs
+    chosen: Candidate
+    candidates: list[Candidate]
+
+
 @dataclass
 class Replanner:
+    measure: Callable[[Generation], ServedMetrics]  # the serving generation's metrics (`served_metrics.scrape`)
     tracker: DriftTracker = field(default_factory=DriftTracker)
+    routing: str = Settings().routing  # the front end's HELIX_ROUTING: the simulator judges with its counterpart
+    step_tokens: int = Settings().max_batch_tokens  # the workers' HELIX_MAX_BATCH_TOKENS
     poll_seconds: float = POLL_SECONDS
     source: Callable[[str], Any] = fetch_observed
     clock: Callable[[], float] = time.monotonic
     out: Callable[[str], None] = print
     detected: list[tuple[float, str]] = field(default_factory=list)  # each sustained drift: when (`clock`), what
+    judged: list[Judged] = field(default_factory=list)  # each replan decided by the simulator
     _referenced: str = ""  # the plan whose reference ratios are settled
+    _readings: list[ServedMetrics] = field(default_factory=list)  # the serving plan's last two metric readings
     _first_seen: dict[str, float] = field(default_factory=dict)  # plan hash -> when it was first polled
     _next_poll: float = 0.0
     _unreadable: str = ""  # why the last poll could not read the document
@@ -108,7 +145,7 @@ class Replanner:
             if settled and ratios:
                 self.tracker.update(ratios, now)
                 self.tracker.settle()
-                self._referenced = plan.plan_hash
+                self._referenced, self._readings = plan.plan_hash, []
                 self.out("observed capacity, the reference from now on: "
                          + ", ".join(f"{r.key} {r.ratio:.2f}x" for r in ratios))
             return None
@@ -118,8 +155,15 @@ class Replanner:
         if unseen:
             self.tracker.baselines.update(unseen)
             self.out("observed capacity, first measured: " + ", ".join(f"{k} {v:.2f}x" for k, v in unseen.items()))
+        self._keep_reading(serving, now)
         sustained = self.tracker.update(ratios, now)
         if sustained is None:
+            return None
+        try:
+            window = self.measure(serving).since(self._readings[0])
+            load = window.load(window.at - self._readings[0].at)
+        except (OSError, ValueError, ServingError, PlanningError) as err:
+            self.out(f"observed drift: {sustained.message}; cannot measure the served load yet ({err})")
             return None
         self.detected.append((now, sustained.message))
         self.out(f"observed drift: {sustained.message}")
@@ -127,18 +171,56 @@ class Replanner:
                                      relative_to(observed, self.tracker.baselines), self.tracker.threshold)
         self.tracker.settle()
         try:
-            candidate = plan_with(effective.cluster, inputs.spec, inputs.time_limit, effective.catalog,
-                                  lambda _: None)
+            judged = self._judge(plan, inputs, effective.cluster, effective.catalog, window, load)
         except PlanningError as err:
             self.out(f"  not replanning: the observed capacity cannot be planned ({err})")
             return None
-        options = PlannerOptions(throughput_model="profiled")
-        now_value = plan_value(plan, effective.cluster, effective.catalog, inputs.spec, options)
-        new_value = plan_value(candidate, effective.cluster, effective.catalog, inputs.spec, options)
+        self.judged.append(judged)
+        now_value, new_value = judged.serving.decode_throughput, judged.chosen.decode_throughput
         if not self.tracker.worth_replanning(now_value, new_value):
-            self.out(f"  not replanning: on the observed capacity the serving plan carries {now_value:.1f} tok/s, "
-                     f"a new one {new_value:.1f} (less than {self.tracker.min_gain:.0%} more)")
+            self.out(f"  not replanning: on the observed capacity the serving plan decodes {now_value:.1f} tok/s "
+                     f"simulated, the best new one {new_value:.1f} (less than {self.tracker.min_gain:.0%} more)")
             return None
-        self.out(f"  replanning: on the observed capacity the serving plan carries {now_value:.1f} tok/s, "
-                 f"plan {candidate.plan_hash} {new_value:.1f}")
-        return FleetPlan(restore_gpu_types(candidate, inputs.cluster), serving.fleet_plan.slowdowns, inputs)
+        self.out(f"  replanning: on the observed capacity the serving plan decodes {now_value:.1f} tok/s simulated, "
+                 f"plan {judged.chosen.plan.plan_hash} {new_value:.1f}")
+        return FleetPlan(restore_gpu_types(judged.chosen.plan, inputs.cluster), serving.fleet_plan.slowdowns, inputs)
+
+    def _keep_reading(self, serving: Generation, now: float) -> None:
+        """Read the served metrics every `LOAD_WINDOW_SECONDS`, keeping the last two: a drift's load is
+        measured from the older one (one to two windows back), so it is the load of late."""
+        if self._readings and now - self._readings[-1].at < LOAD_WINDOW_SECONDS:
+            return
+        try:
+            self._readings = [*self._readings, self.measure(serving)][-2:]
+        except (OSError, ValueError, ServingError, PlanningError) as err:
+            self.out(f"served metrics: cannot read them ({err}); reading again later")
+
+    def _judge(self, plan: Plan, inputs: PlanInputs, cluster: Cluster, catalog: Catalog, window: ServedMetrics,
+               load: ServedLoad) -> Judged:
+        """The serving plan and the serving objective's candidates on `cluster` and `catalog` (the effective
+        inputs), simulated with the calibration `window` gives under its load."""
+        calibration = calibrate(window, cluster, inputs.spec, catalog, f"plan {plan.plan_hash}", self.step_tokens)
+        clients = max(1, round(load.in_flight))
+        lengths = load_lengths(f"fixed:{max(1, round(load.prompt_tokens))},{max(1, round(load.output_tokens))}",
+                               Path())
+        objective = ServingObjective(scheduler=self.routing, heuristics=HEURISTICS,
+                                     window=calibration.config(clients, max(MIN_JUDGED_REQUESTS, 4 * clients), seed=1))
+        self.out(f"  judging by the simulator: {calibration.describe()}; {clients} requests in flight of "
+                 f"{lengths.inputs[0]} prompt and {lengths.outputs[0]} output tokens, routed by {self.routing}")
+        current = restore_gpu_types(plan, cluster)  # the serving plan on the effective inputs' types
+        serving = judge(current, 0.0, objective, cluster, inputs.spec, catalog, lengths)
+        carried = plan_value(current, cluster, catalog, inputs.spec, PlannerOptions(throughput_model="profiled"))
+        self.out(f"    serving plan {plan.plan_hash}: {_describe(serving, carried)}")
+        options = PlannerOptions(time_limit=inputs.time_limit, throughput_model="profiled")
+        chosen, candidates = plan_for_serving(cluster, inputs.spec, options, lengths, objective, catalog=catalog,
+                                              previous=current)
+        for candidate in candidates:
+            self.out(f"    candidate {candidate.plan.plan_hash} ({candidate.label}): "
+                     f"{_describe(candidate, candidate.plan.throughput)}")
+        best = next(c for c in candidates if c.plan.layout == chosen.layout)
+        return Judged(calibration, load, objective, lengths, serving, replace(best, plan=chosen), candidates)
+
+
+def _describe(candidate: Candidate, max_flow: float) -> str:
+    return (f"max flow {max_flow:.1f} tok/s, simulated decode "
+            f"{candidate.decode_throughput:.1f} tok/s, p95 TTFT {candidate.ttft_p95:.2f} s")

@@ -14,7 +14,8 @@ slow links; this needs root (CAP_NET_ADMIN).
 Unless told not to (`replan`), clients reach the front end through a public entry of relays
 (`entry`), and `helix up` watches the capacity the fleet serves with: when a worker turns slower
 or a link loses bandwidth for long enough (`replan.Replanner`), it plans again with what it
-observed and rolls the new plan out blue/green (`rollout`), with no request lost. Each worker's
+observed, judges the candidates by the simulator calibrated to the serving fleet
+(`served_metrics`), and rolls the best out blue/green (`rollout`), with no request lost. Each worker's
 slowdown can be changed while it runs (its HELIX_SLOWDOWN_FILE, printed), to watch that happen.
 """
 
@@ -50,6 +51,7 @@ from helix_worker.fleet.plans import (
 )
 from helix_worker.fleet.replan import Replanner
 from helix_worker.fleet.rollout import Generation, Launch, roll_out, start_generation, switch, wait_ready
+from helix_worker.fleet.served_metrics import scrape
 from helix_worker.model.config import ModelConfig, load_model_config
 from helix_worker.model.random_checkpoint import write_demo_checkpoint
 
@@ -181,7 +183,10 @@ def up(options: UpOptions, out: Callable[[str], None] = print) -> int:
             if options.exit_after_sample:
                 return 0
             out("serving; press Ctrl-C to stop")
-            replanner = Replanner(DriftTracker(debounce_seconds=options.replan_debounce), out=out)
+            settings = Settings.from_env(os.environ | shared)
+            replanner = Replanner(lambda generation: scrape(generation.fleet, net, generation.served.ready_url),
+                                  DriftTracker(debounce_seconds=options.replan_debounce), routing=settings.routing,
+                                  step_tokens=settings.max_batch_tokens, out=out)
             serve(launch, serving, replanner if options.replan else None, out)
             raise ServingError(f"the front end exited; see {serving[-1].fleet.workdir / 'frontend.log'}")
         except KeyboardInterrupt:
