@@ -11,8 +11,8 @@ lengths and scheduler, and keeps the one with the highest decode throughput (amo
 meeting the p95 TTFT target when one is given). The result is an ordinary plan; its bound
 is the unrestricted max-flow bound, so its gap says how much max flow it gives up. Where every
 node's layer cap is below the floors' shares, the floors all give one layout, though several may
-tie on max flow and serve far apart; an objective can then have the planner's baselines
-(`ServingObjective.heuristics`) judged beside them.
+tie on max flow and serve far apart; an objective can then have the planner's baselines and
+max flow on the fastest GPU types alone (`ServingObjective.heuristics`) judged beside them.
 
 Saturated, a placement runs as many requests as KV room allows, and the last of them add
 more time to first token (bigger decode batches ahead of every prompt, at every stage) than
@@ -71,8 +71,9 @@ class ServingObjective:
     ttft_slo: float | None = None  # seconds of p95 TTFT a candidate must meet (None: throughput alone)
     seeds: int = 1  # runs per candidate (seeds window.seed, +1, ...): one run's p95 TTFT moves by about ±10%
     estimate_from_nodes: int = FLEET_NODES  # clusters this large are judged by `serving_model`, not simulated
-    # Planner baselines judged beside the floors' max-flow plans (`HEURISTICS`): where every node's layer
-    # cap already meets the floors, the floors all give one layout, one of several that tie on max flow.
+    # Alternatives judged beside the floors' max-flow plans (any of `HEURISTICS`): the planner's baselines, and
+    # FASTEST, max flow without the slowest GPU types. Where every node's layer cap already meets the floors,
+    # the floors all give one layout, one of several that tie on max flow.
     heuristics: tuple[str, ...] = ()
 
 
@@ -86,7 +87,7 @@ class Candidate:
     ttft_p95: float
     in_flight: float  # requests admitted at the end of a saturated run
     judged_by: str = "simulator"  # or "model": then ttft_p95 is the model's typical time to first token
-    heuristic: str = ""  # the planner baseline that made it, or "" for the floor's max-flow plan
+    heuristic: str = ""  # what made it if not a floor's max-flow plan: a baseline ("swarm"), or "without T4"
 
     @property
     def label(self) -> str:

@@ -10,8 +10,10 @@ from plankit import reference_case
 from test_plan_cli import helix
 
 from helix_planner.errors import PlanningError
+from helix_planner.models import get_model
 from helix_planner.planner import PlannerOptions, plan_cluster
 from helix_planner.serving_plan import (
+    FASTEST,
     HEURISTICS,
     Candidate,
     ServingObjective,
@@ -164,3 +166,17 @@ def test_an_objective_with_heuristics_judges_the_baselines_and_the_fastest_types
     assert any("without T4: no placement (llama1-30b does not fit" in line for line in said)  # four L4s: too few
     best = choose(candidates, None)
     assert plan.layout == best.plan.layout and plan.solver.method.startswith(f"serving({best.label}")
+
+
+def test_max_flow_without_the_slowest_type_is_judged_where_the_rest_holds_the_model(reference, catalog) -> None:
+    cluster, _, _, _ = reference_case(reference, catalog, "small10")
+    model = get_model("llama3-8b")  # small enough for small10's T4s alone
+    window = replace(SHORT, mode="closed", clients=16, requests=48, warmup=0.0, duration=3600.0)
+    _, candidates = plan_for_serving(cluster, model, PlannerOptions(time_limit=3), load_lengths("fixed:750,240",
+                                     reference / "traces"), ServingObjective(floors=(0.0,), window=window,
+                                                                             heuristics=(FASTEST,)),
+                                     catalog=catalog)
+    slowest = without_slowest(cluster, model, catalog)[0][0].removeprefix("without ")
+    fewer = next(c for c in candidates if c.label == f"without {slowest}")
+    assert slowest not in {n.gpu_type for n in fewer.plan.nodes} and fewer.decode_throughput > 0
+    assert [c.label for c in candidates] == ["floor 0", f"without {slowest}"]

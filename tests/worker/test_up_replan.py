@@ -163,8 +163,12 @@ def test_the_loop_replans_on_a_sustained_drift_and_not_on_a_blip(tmp_path: Path)
                       inputs)
     observed, now, lines = Observations(first), [0.0], []
 
+    unreachable: list[str] = []
+
     def metrics(_: Generation) -> ServedMetrics:
         """Two requests finish a second, each having taken 4 s: 8 in flight, of 100 prompt and 50 output tokens."""
+        if unreachable:
+            raise OSError(unreachable[0])
         done = 2 * now[0]
         return ServedMetrics(now[0], {}, {}, RequestTotals(done, 4 * done, 100 * done, 50 * done),
                              parse_observed(observed("")))
@@ -184,7 +188,11 @@ def test_the_loop_replans_on_a_sustained_drift_and_not_on_a_blip(tmp_path: Path)
     idle = next(n.name for n in first.plan.nodes if n.name != "n0")
     observed.idle = {idle}  # routing sends it nothing yet: the reference is taken without it
     assert poll(4) == [] and not replanner.referenced(serving)
+    unreachable.append("connection refused")  # the metrics cannot be read for a while: said once
     assert poll(3) == [] and replanner.referenced(serving)  # the reference, once it served for the debounce
+    unreachable.clear()
+    assert [line for line in lines if "connection refused" in line] == [
+        "served metrics: cannot read them (connection refused); reading again at the next poll"]
     observed.idle = set()  # measured from now on, against its own first figure, not its description
     observed.ratio["n0"] = 4.5  # a blip: three slow seconds, then as before
     assert poll(3) == []

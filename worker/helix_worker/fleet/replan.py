@@ -115,7 +115,7 @@ class Replanner:
     _readings: list[ServedMetrics] = field(default_factory=list)  # the serving plan's last two metric readings
     _first_seen: dict[str, float] = field(default_factory=dict)  # plan hash -> when it was first polled
     _next_poll: float = 0.0
-    _unreadable: str = ""  # why the last poll could not read the document
+    _unreadable: str = ""  # the last failure said (`_say_once`)
 
     def referenced(self, serving: Generation) -> bool:
         """Whether the serving plan's reference is taken (drift counts from then on)."""
@@ -132,11 +132,8 @@ class Replanner:
         try:
             observed = parse_observed(self.source(serving.served.http_url))
         except (OSError, ValueError, PlanningError) as err:
-            if str(err) != self._unreadable:  # said once, not at every poll
-                self.out(f"observed capacity: cannot read it ({err}); polling on")
-            self._unreadable = str(err)
+            self._say_once(f"observed capacity: cannot read it ({err}); polling on")
             return None
-        self._unreadable = ""
         if observed.plan_hash != plan.plan_hash:  # a front end of another plan answered
             return None
         ratios = measured_ratios(inputs.cluster, inputs.catalog, inputs.spec, observed)
@@ -160,10 +157,12 @@ class Replanner:
         if sustained is None:
             return None
         try:
+            if not self._readings:
+                raise ServingError("no earlier reading of the served metrics")
             window = self.measure(serving).since(self._readings[0])
             load = window.load(window.at - self._readings[0].at)
         except (OSError, ValueError, ServingError, PlanningError) as err:
-            self.out(f"observed drift: {sustained.message}; cannot measure the served load yet ({err})")
+            self._say_once(f"observed drift: {sustained.message}; cannot measure the served load yet ({err})")
             return None
         self.detected.append((now, sustained.message))
         self.out(f"observed drift: {sustained.message}")
@@ -193,7 +192,13 @@ class Replanner:
         try:
             self._readings = [*self._readings, self.measure(serving)][-2:]
         except (OSError, ValueError, ServingError, PlanningError) as err:
-            self.out(f"served metrics: cannot read them ({err}); reading again later")
+            self._say_once(f"served metrics: cannot read them ({err}); reading again at the next poll")
+
+    def _say_once(self, line: str) -> None:
+        """Say `line` unless it was the last thing said this way (a failure is not repeated at every poll)."""
+        if line != self._unreadable:
+            self.out(line)
+        self._unreadable = line
 
     def _judge(self, plan: Plan, inputs: PlanInputs, cluster: Cluster, catalog: Catalog, window: ServedMetrics,
                load: ServedLoad) -> Judged:
