@@ -137,12 +137,14 @@ class Replanner:
         if observed.plan_hash != plan.plan_hash:  # a front end of another plan answered
             return None
         ratios = measured_ratios(inputs.cluster, inputs.catalog, inputs.spec, observed)
+        if plan.plan_hash not in self._first_seen:  # a plan new to serving: its own fleet's metrics from now on
+            self._first_seen[plan.plan_hash], self._readings = now, []
+        self._keep_reading(serving, now)
         if self._referenced != plan.plan_hash:
-            settled = now - self._first_seen.setdefault(plan.plan_hash, now) >= self.tracker.debounce_seconds
-            if settled and ratios:
+            if now - self._first_seen[plan.plan_hash] >= self.tracker.debounce_seconds and ratios:
                 self.tracker.update(ratios, now)
                 self.tracker.settle()
-                self._referenced, self._readings = plan.plan_hash, []
+                self._referenced = plan.plan_hash
                 self.out("observed capacity, the reference from now on: "
                          + ", ".join(f"{r.key} {r.ratio:.2f}x" for r in ratios))
             return None
@@ -152,7 +154,6 @@ class Replanner:
         if unseen:
             self.tracker.baselines.update(unseen)
             self.out("observed capacity, first measured: " + ", ".join(f"{k} {v:.2f}x" for k, v in unseen.items()))
-        self._keep_reading(serving, now)
         sustained = self.tracker.update(ratios, now)
         if sustained is None:
             return None
