@@ -53,6 +53,7 @@ import argparse
 import asyncio
 import importlib
 import math
+import statistics
 import sys
 import tempfile
 from collections import Counter
@@ -73,7 +74,7 @@ from helix_planner.plan_format import Plan
 from helix_planner.planner import PlannerOptions, plan_cluster
 from helix_planner.profiles import Catalog, load_catalog
 from helix_planner.serving_plan import ServingObjective, plan_for_serving
-from helix_planner.sim.calibration import Calibration, ServedMetrics, calibrate
+from helix_planner.sim.calibration import Calibration, ServedMetrics, calibrate, step_ratios
 from helix_planner.sim.inputs import scenario_from_plan
 from helix_planner.sim.metrics import SimResult
 from helix_planner.sim.simulation import SimConfig, Simulation
@@ -222,13 +223,19 @@ def placements_on(setup: Setup, net: EmulatedNetwork, portals: Portals) -> list[
         if row.seen is not None:  # what this placement's own metrics say
             own = calibrate(row.seen, cluster, setup.spec, setup.catalog, f"{placement} on {fleet}", STEP_TOKENS)
             row = replace(row, own=own)
-            say(f"{fleet} {placement}: measured {own.describe()}")
+            say(f"{fleet} {placement}: measured {own.describe()}; recent decode steps over the profile, per stage: "
+                + ", ".join(f"{node} x{statistics.median(decode):.2f}" for node, (decode, _) in
+                            step_ratios(row.seen, cluster, setup.spec, setup.catalog).items() if decode))
             calibration = calibration or own
         if calibration is not None:
             calibrated = simulate(plan, cluster, setup.spec, setup.catalog, setup.lengths, mode.load.concurrency,
                                   calibration=calibration, requests=mode.load.requests)
             row = replace(row, calibrated_tps=calibrated.decode_throughput,
                           calibrated_ttft=calibrated.ttft.p95, calibration=calibration)
+            one_scale = simulate(plan, cluster, setup.spec, setup.catalog, setup.lengths, mode.load.concurrency,
+                                 calibration=replace(calibration, gpu_scales={}), requests=mode.load.requests)
+            say(f"{fleet} {placement}: with one decode scale for every GPU type the calibrated simulation gives "
+                f"{one_scale.decode_throughput:.1f} tok/s, p95 TTFT {one_scale.ttft.p95:.2f} s")
         rows.append(row)
         say(f"{fleet} {placement}: served {row.served_tps:.1f} tok/s, p95 TTFT {row.served_ttft:.2f} s; calibrated "
             f"simulation {row.calibrated_tps:.1f} tok/s, p95 TTFT {row.calibrated_ttft:.2f} s")

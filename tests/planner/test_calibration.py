@@ -46,11 +46,13 @@ def served(decode_scale: float, prompt_scale: float, *, prefill: bool = True) ->
 def test_the_calibration_recovers_the_scales_and_overheads_it_was_built_with() -> None:
     calibration = calibrate(served(2.0, 1.5), two_stages(), TOY, CATALOG, "toy", 512)
     assert calibration.compute_scale == pytest.approx(2.0) and calibration.prompt_scale == pytest.approx(1.5)
+    assert calibration.gpu_scales == {"G": pytest.approx(2.0)}  # each type's own stages: both are G here
     assert calibration.step_seconds == pytest.approx(0.002)  # (0.1 + 0.3) s over 200 steps
     assert calibration.hop_seconds == pytest.approx(0.004, rel=1e-6)
     config = calibration.config(clients=4, requests=16, seed=1)
     assert (config.mode, config.clients, config.requests, config.step_tokens) == ("closed", 4, 16, 512)
     assert (config.compute_scale, config.prompt_scale, config.hop_seconds) == pytest.approx((2.0, 1.5, 0.004))
+    assert config.gpu_scales == calibration.gpu_scales
 
 
 def test_a_window_is_the_change_between_two_readings_and_its_load_follows_littles_law() -> None:

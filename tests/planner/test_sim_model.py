@@ -235,6 +235,16 @@ def test_contention_step_overhead_and_hop_overhead_lengthen_every_pass_and_messa
     assert prompt_slower == pytest.approx(1.5 * PROMPT_PASS)  # prompts at their own scale
 
 
+def test_a_gpu_types_own_scale_replaces_the_common_one_for_its_nodes() -> None:
+    common = one_node(SimConfig(mode="closed", clients=1, warmup=10.0, duration=120.0, compute_scale=2.0))
+    own = one_node(SimConfig(mode="closed", clients=1, warmup=10.0, duration=120.0, compute_scale=1.0,
+                             gpu_scales={"G": 2.0}))
+    other = one_node(SimConfig(mode="closed", clients=1, warmup=10.0, duration=120.0, compute_scale=2.0,
+                               gpu_scales={"H": 5.0}))
+    assert own == pytest.approx(common) and other == pytest.approx(common)
+    assert own[2] == pytest.approx(2.0 * PROMPT_PASS)
+
+
 def test_the_engine_step_budget_runs_prompts_together_within_its_tokens() -> None:
     def first_tokens(step_tokens: int | None) -> float:
         """p50 TTFT of two one-token requests sent together (and of nothing else: the window ends first)."""
@@ -248,7 +258,7 @@ def test_the_engine_step_budget_runs_prompts_together_within_its_tokens() -> Non
 
 @pytest.mark.parametrize("config", [SimConfig(mode="closed"), SimConfig(step_overhead=-1.0),
                                     SimConfig(compute_scale=0.0), SimConfig(prompt_scale=0.0),
-                                    SimConfig(hop_seconds=-1.0),
+                                    SimConfig(hop_seconds=-1.0), SimConfig(gpu_scales={"G": 0.0}),
                                     SimConfig(step_tokens=0), SimConfig(requests=3)])
 def test_bad_closed_loop_or_calibration_settings_are_one_clear_error(config: SimConfig) -> None:
     with pytest.raises(PlanningError, match="clients|calibration|closed mode"):

@@ -6,11 +6,13 @@ observed-capacity document's recent steps); `ServedMetrics.since` turns two read
 window. `calibrate` fits, from one window of one served placement:
 - compute: each stage's recent steps one by one (the observed-capacity document: compute alone,
   an emulated type's sleep included) over what the profile says the same step takes (its rows or
-  tokens, at its layer count and GPU type); the median over the stages' decode steps scales the
-  decode curve, the median over their prefill steps the prompt curve. Where workers share cores
-  (a machine emulating a fleet) both carry the others' load, and they differ: a long prompt's step
-  is mostly large matrix products, a decode step mostly the fixed cost of a step, which waits for
-  a core relatively longer.
+  tokens, at its layer count and GPU type); the median over each GPU type's stages' decode steps
+  scales that type's decode curve (the median over all stages' a type not measured), the median
+  over all prefill steps the prompt curve. Where workers share cores (a machine emulating a fleet)
+  both carry the others' load, and they differ: a long prompt's step is mostly large matrix
+  products, a decode step mostly the fixed cost of a step, which waits for a core relatively
+  longer; and a type emulated by sleeping as long again as it computes waits relatively longer
+  still (its stages read 5-15% further above their profile than the fastest type's).
 - step overhead: what a step costs its stage beyond the layers' compute, the mean over every
   stage's steps (`helix_stage_step_overhead_seconds`: forming the step, handing it to the compute
   thread and back, sending its outputs), in seconds, the same on every GPU type (a real engine's
@@ -30,7 +32,8 @@ bench/closed_loop.py measures how close this comes to served throughput, per pla
 """
 
 import statistics
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 
 from helix_planner.cluster import SINK, SOURCE, Cluster
 from helix_planner.errors import PlanningError
@@ -128,30 +131,46 @@ class Calibration:
     hop_seconds: float  # per message, beyond the link's latency and transfer time
     step_tokens: int  # the engine's token budget per step (HELIX_MAX_BATCH_TOKENS)
     source: str  # what it was measured on
+    gpu_scales: Mapping[str, float] = field(default_factory=dict)  # decode scale of each GPU type measured
 
     def config(self, clients: int, requests: int, seed: int = 0) -> SimConfig:
         """`requests` in a closed loop of `clients`, with the engine's step budget and these measurements;
         the span ends when the last request finishes."""
         return SimConfig(mode="closed", warmup=0.0, duration=LONGEST, seed=seed, clients=clients, requests=requests,
-                         max_in_flight=clients, compute_scale=self.compute_scale, prompt_scale=self.prompt_scale,
+                         max_in_flight=clients, compute_scale=self.compute_scale, gpu_scales=self.gpu_scales,
+                         prompt_scale=self.prompt_scale,
                          step_overhead=self.step_seconds, hop_seconds=self.hop_seconds, step_tokens=self.step_tokens)
 
     def describe(self) -> str:
-        return (f"decode x{self.compute_scale:.2f}, prompts x{self.prompt_scale:.2f}, {self.step_seconds * 1e3:.1f} ms "
+        types = ", ".join(f"{gpu} x{scale:.2f}" for gpu, scale in self.gpu_scales.items())
+        return (f"decode x{self.compute_scale:.2f}{f' ({types})' if types else ''}, prompts x{self.prompt_scale:.2f}, "
+                f"{self.step_seconds * 1e3:.1f} ms "
                 f"per step beyond compute, {self.hop_seconds * 1e3:.1f} ms per message beyond link latency, steps of "
                 f"{self.step_tokens} tokens (measured on {self.source})")
+
+
+def step_ratios(seen: ServedMetrics, cluster: Cluster, model: ModelSpec,
+                catalog: Catalog) -> dict[str, tuple[list[float], list[float]]]:
+    """Per node of `cluster`: each recent decode step's and prefill step's seconds over the profile's for it."""
+    ratios = {}
+    for name, node in seen.capacity.nodes.items():
+        if name not in cluster.node_names:
+            continue
+        prompt_curve, decode_curve = layer_curves(catalog, model, catalog.gpu(cluster.node(name).gpu))
+        ratios[name] = ([s.seconds / (s.layers * decode_curve(s.size)) for s in node.decode if s.size > 0],
+                        [s.seconds / (s.layers * prompt_curve(s.size)) for s in node.prefill if s.size > 0])
+    return ratios
 
 
 def calibrate(seen: ServedMetrics, cluster: Cluster, model: ModelSpec, catalog: Catalog, source: str,
               step_tokens: int) -> Calibration:
     """Decode and prompt compute scales, step and hop overheads from one served placement's metrics."""
-    decode, prompt = [], []  # every recent step's seconds over the profile's for it
-    for name, node in seen.capacity.nodes.items():
-        if name not in cluster.node_names:
-            continue
-        prompt_curve, decode_curve = layer_curves(catalog, model, catalog.gpu(cluster.node(name).gpu))
-        decode += [s.seconds / (s.layers * decode_curve(s.size)) for s in node.decode if s.size > 0]
-        prompt += [s.seconds / (s.layers * prompt_curve(s.size)) for s in node.prefill if s.size > 0]
+    per_node = step_ratios(seen, cluster, model, catalog)
+    decode = [r for node, _ in per_node.values() for r in node]
+    prompt = [r for _, node in per_node.values() for r in node]
+    by_type: dict[str, list[float]] = {}
+    for name, (node_decode, _) in per_node.items():
+        by_type.setdefault(cluster.node(name).gpu, []).extend(node_decode)
     if not decode or not prompt:
         raise PlanningError(f"{source}: the stages reported no {'decode' if not decode else 'prefill'} steps to "
                             f"calibrate with")
@@ -171,4 +190,5 @@ def calibrate(seen: ServedMetrics, cluster: Cluster, model: ModelSpec, catalog: 
     steps = sum(stage.steps for stage in seen.stages.values())
     overhead = sum(stage.overhead for stage in seen.stages.values()) / steps if steps else 0.0
     return Calibration(statistics.median(decode), statistics.median(prompt), overhead,
-                       max(0.0, residual / messages) if messages else 0.0, step_tokens, source)
+                       max(0.0, residual / messages) if messages else 0.0, step_tokens, source,
+                       {gpu: statistics.median(ratios) for gpu, ratios in sorted(by_type.items()) if ratios})

@@ -15,7 +15,7 @@ and its TTFT counts that wait).
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +71,7 @@ class SimConfig:
     # step, the compute thread's hand-off, sending its outputs); each message's overhead beyond its link's latency
     # (RPC, relays); the engine's step budget.
     compute_scale: float = 1.0
+    gpu_scales: Mapping[str, float] | None = None  # decode scales of GPU types measured alone (others: compute_scale)
     prompt_scale: float | None = None  # prompts' own compute scale (None: compute_scale)
     step_overhead: float = 0.0
     hop_seconds: float = 0.0
@@ -89,6 +90,7 @@ class SimConfig:
             raise PlanningError(f"warm-up must be >= 0 and the measured window > 0 "
                                 f"(got {self.warmup}, {self.duration})")
         if (self.compute_scale <= 0 or (self.prompt_scale is not None and self.prompt_scale <= 0)
+                or any(scale <= 0 for scale in (self.gpu_scales or {}).values())
                 or self.step_overhead < 0 or self.hop_seconds < 0
                 or (self.step_tokens is not None and self.step_tokens < 1)):
             raise PlanningError(f"calibration: compute and prompt scales must be > 0, step overhead and hop seconds "
@@ -110,10 +112,10 @@ class Simulation:
             if node.name in scenario.layout:
                 start, end = scenario.layout[node.name]
                 profile = node_profile(scenario.catalog, model, node.gpu, end - start)
-                if (config.compute_scale != 1.0 or config.prompt_scale is not None or config.step_overhead
+                scale = (config.gpu_scales or {}).get(node.gpu, config.compute_scale)
+                if (scale != 1.0 or config.prompt_scale is not None or config.step_overhead
                         or config.step_tokens is not None):
-                    profile = profile.calibrated(config.compute_scale, config.step_overhead, config.step_tokens,
-                                                 config.prompt_scale)
+                    profile = profile.calibrated(scale, config.step_overhead, config.step_tokens, config.prompt_scale)
                 self.nodes[node.name] = GpuNode(node.name, node.gpu, start, end, profile, config.kv_high_water)
         missing = sorted(set(scenario.layout) - set(self.nodes))
         if missing:
