@@ -11,8 +11,8 @@ window. `calibrate` fits, from one window of one served placement:
   over all prefill steps the prompt curve. Where workers share cores (a machine emulating a fleet)
   both carry the others' load, and they differ: a long prompt's step is mostly large matrix
   products, a decode step mostly the fixed cost of a step, which waits for a core relatively
-  longer; and a type emulated by sleeping as long again as it computes waits relatively longer
-  still (its stages read 5-15% further above their profile than the fastest type's).
+  longer; and a type emulated by sleeping waits relatively longer still (the 3x type read up to
+  21% further above its profile than the fastest type).
 - step overhead: what a step costs its stage beyond the layers' compute, the mean over every
   stage's steps (`helix_stage_step_overhead_seconds`: forming the step, handing it to the compute
   thread and back, sending its outputs), in seconds, the same on every GPU type (a real engine's
