@@ -17,7 +17,7 @@ from dataplane_helpers import MODEL, NUM_LAYERS, WORKER_ENV, write_plan
 from helix_planner.cluster import Node
 from helix_planner.models import get_model
 from helix_planner.network import NetworkModel, build_cluster
-from helix_planner.observed import DriftTracker, parse_observed
+from helix_planner.observed import Drift, DriftTracker, parse_observed
 from helix_planner.profiles import load_catalog
 from helix_planner.sim.calibration import RequestTotals, ServedLoad, ServedMetrics
 from helix_planner.throughput.profiled import layer_curves
@@ -26,7 +26,7 @@ from helix_worker.fleet.emulated import Served
 from helix_worker.fleet.entry import start_loopback_entry
 from helix_worker.fleet.launcher import LocalFleet
 from helix_worker.fleet.plans import FleetPlan, PlanInputs, plan_with
-from helix_worker.fleet.replan import Replanner
+from helix_worker.fleet.replan import Replanner, planning_reference
 from helix_worker.fleet.rollout import Generation, Launch, roll_out, start_generation, switch
 from helix_worker.fleet.served_metrics import scrape
 
@@ -216,3 +216,17 @@ def test_the_loop_replans_on_a_sustained_drift_and_not_on_a_blip(tmp_path: Path)
     assert any(line.startswith(f"  replanning: on the observed capacity the serving plan decodes "
                                f"{judged.serving.decode_throughput:.1f} tok/s simulated") for line in lines), lines
     assert poll(10) == []  # settled: the same drift does not trigger again
+
+
+def test_a_change_every_node_shares_is_left_to_the_calibration() -> None:
+    """Where workers share cores, slowing one makes the rest read faster: planned as one node slower, not
+    as one node slower and the rest faster."""
+    baselines = {"a": 2.0, "b": 2.0, "c": 2.0, "d": 2.0, "a>b": 0.9}
+    now = [Drift("a", 3.0, ""), Drift("b", 1.5, ""), Drift("c", 1.5, ""), Drift("d", 1.52, ""), Drift("a>b", 0.5, "")]
+    reference, common = planning_reference(now, baselines)
+    assert common == pytest.approx(0.75)  # the low median of the nodes' changes: links do not count
+    assert {k: now_ratio.ratio / reference[now_ratio.key] for k, now_ratio in zip("abcd", now)} == pytest.approx(
+        {"a": 2.0, "b": 1.0, "c": 1.0, "d": 1.52 / 1.5})
+    assert reference["a>b"] == 0.9  # a link's share is its own
+    alone = [Drift("a", 4.0, ""), Drift("b", 2.0, ""), Drift("c", 2.0, "")]  # one node slower, the rest as they were
+    assert planning_reference(alone, baselines) == ({**baselines}, 1.0)

@@ -9,10 +9,11 @@ has served for the debounce time (past a rollout's overlap with the plan before)
 (`DriftTracker.settle`; a node or link measured only later, because routing sent nothing through it
 until then, is referenced when first measured): the fleet as it served then, contention and all, so only
 a change from there counts. A change beyond the tracker's threshold that lasts its
-debounce is a sustained drift. The effective inputs scale the plan's inputs by the change since
-the reference (`relative_to`), not by the ratio to the catalog: where workers share cores, as on a
-machine emulating a fleet, every step time carries the others' load, which moves with the
-placement and is no property of a node.
+debounce is a sustained drift. The effective inputs scale the plan's inputs by each node's change
+since the reference beyond the change all nodes share (`planning_reference`, `relative_to`), not
+by the ratio to the catalog: where workers share cores, as on a machine emulating a fleet, every
+step time carries the others' load, which moves with the placement (slowing one worker frees
+time for the rest) and is no property of a node.
 
 On a sustained drift the replanner makes the serving objective's candidates for the effective
 inputs (drifted nodes on slowed-down types, drifted links at their observed bandwidth): the
@@ -28,6 +29,7 @@ is settled, so it does not trigger again.
 """
 
 import json
+import statistics
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -40,6 +42,7 @@ from helix_planner.errors import PlanningError
 from helix_planner.observed import (
     LINK_SEPARATOR,
     PATH,
+    Drift,
     DriftTracker,
     Observed,
     StepSample,
@@ -74,6 +77,16 @@ def fetch_observed(http_url: str) -> Any:
     """The observed-capacity document of the front end at `http_url`."""
     with urllib.request.urlopen(http_url + PATH, timeout=5) as response:
         return json.loads(response.read())
+
+
+def planning_reference(ratios: list[Drift], baselines: Mapping[str, float]) -> tuple[Mapping[str, float], float]:
+    """The reference to plan from: each node's baseline times the change every node shares (the low median of
+    the nodes' changes since their baselines), and that change. Where workers share cores, slowing one frees
+    time for the others, which all read faster since the reference; a placement turns on the nodes' speeds
+    relative to each other, and the calibrated simulator that judges it carries the common change."""
+    changes = [r.ratio / baselines[r.key] for r in ratios if not r.is_link and r.key in baselines]
+    common = statistics.median_low(changes) if changes else 1.0
+    return {key: value if LINK_SEPARATOR in key else value * common for key, value in baselines.items()}, common
 
 
 def relative_to(observed: Observed, baselines: Mapping[str, float]) -> Observed:
@@ -172,8 +185,12 @@ class Replanner:
             return None
         self.detected.append((now, sustained.message))
         self.out(f"observed drift: {sustained.message}")
-        effective = effective_inputs(inputs.cluster, inputs.catalog, inputs.spec,
-                                     relative_to(observed, self.tracker.baselines), self.tracker.threshold)
+        reference, common = planning_reference(ratios, self.tracker.baselines)
+        if abs(common - 1.0) > 1e-9:
+            self.out(f"  every node's steps changed x{common:.2f} since the reference: planning on the change "
+                     "beyond that, the calibration carries it")
+        effective = effective_inputs(inputs.cluster, inputs.catalog, inputs.spec, relative_to(observed, reference),
+                                     self.tracker.threshold)
         self.tracker.settle()
         try:
             judged = self._judge(plan, inputs, effective.cluster, effective.catalog, window, load)
