@@ -28,10 +28,8 @@ plan, simulated alike. Either way it says what it saw and what it decided, and t
 is settled, so it does not trigger again.
 """
 
-import json
 import statistics
 import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,7 +39,6 @@ from helix_planner.cluster import Cluster
 from helix_planner.errors import PlanningError
 from helix_planner.observed import (
     LINK_SEPARATOR,
-    PATH,
     Drift,
     DriftTracker,
     Observed,
@@ -62,6 +59,7 @@ from helix_worker.envs import Settings
 from helix_worker.errors import ServingError
 from helix_worker.fleet.plans import FleetPlan, PlanInputs
 from helix_worker.fleet.rollout import Generation
+from helix_worker.fleet.served_metrics import fetch_observed
 
 POLL_SECONDS = 2.0
 LOAD_WINDOW_SECONDS = 60.0  # how often the served metrics are read for a drift's load and calibration
@@ -71,12 +69,6 @@ MIN_JUDGED_REQUESTS = 32  # a candidate's simulated closed loop runs at least th
 # pipelines, and twice in the replan bench the simulator put a Petals plan first that served 6-11% below the
 # fresh plan.
 ALTERNATIVES = ("separate", FASTEST)
-
-
-def fetch_observed(http_url: str) -> Any:
-    """The observed-capacity document of the front end at `http_url`."""
-    with urllib.request.urlopen(http_url + PATH, timeout=5) as response:
-        return json.loads(response.read())
 
 
 def planning_reference(ratios: list[Drift], baselines: Mapping[str, float]) -> tuple[Mapping[str, float], float]:

@@ -14,6 +14,7 @@ import socket
 import time
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -25,6 +26,7 @@ from helix_worker.fleet.netem import EmulatedNetwork
 from helix_worker.fleet.netns import entered
 
 TIMEOUT = 10.0
+POLL_TIMEOUT = 5.0  # the replanner's poll of the observed-capacity document
 
 
 def _samples(text: str, label: str = "") -> dict[str, float]:
@@ -63,9 +65,14 @@ def stage_metrics(text: str) -> StageMetrics:
                         s.get("helix_stage_step_overhead_seconds_sum", 0.0))
 
 
-def _fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+def _fetch(url: str, timeout: float = TIMEOUT) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         return str(response.read().decode())
+
+
+def fetch_observed(http_url: str, timeout: float = POLL_TIMEOUT) -> Any:
+    """The observed-capacity document of the front end at `http_url`."""
+    return json.loads(_fetch(http_url + PATH, timeout))
 
 
 def scrape(fleet: LocalFleet, net: EmulatedNetwork | None, frontend_url: str,
@@ -76,7 +83,7 @@ def scrape(fleet: LocalFleet, net: EmulatedNetwork | None, frontend_url: str,
               for child in fleet.children if child.worker}
     text = _fetch(frontend_url + "/metrics")
     front, pipelines = _samples(text), _samples(text, "pipeline")
-    capacity = parse_observed(json.loads(_fetch(frontend_url + PATH)))
+    capacity = parse_observed(fetch_observed(frontend_url, TIMEOUT))
     names = {key.split(" ", 1)[1] for key in pipelines if key.startswith("helix_pipeline_step_seconds_count ")}
     totals = RequestTotals(front.get("vllm:e2e_request_latency_seconds_count", 0.0),
                            front.get("vllm:e2e_request_latency_seconds_sum", 0.0),
